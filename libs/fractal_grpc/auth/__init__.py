@@ -1,0 +1,1 @@
+"""Passwords, tokens and the principal of the current call."""

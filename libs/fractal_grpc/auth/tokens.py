@@ -1,0 +1,98 @@
+"""Ed25519-signed JWTs (EdDSA).
+
+Two audiences: ``fractal-api`` for user tokens (minted by api only, it alone has the private key)
+and ``fractal-internal`` for service tokens (runner and collector calling api). Verification
+pins the algorithm to EdDSA, so ``alg=none`` and HMAC tricks are refused.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import jwt
+
+USER_AUDIENCE = "fractal-api"
+INTERNAL_AUDIENCE = "fractal-internal"
+ISSUER = "fractal-api"
+_ALGORITHMS = ["EdDSA"]
+
+
+class InvalidToken(Exception):
+    """The token is missing, expired, forged or meant for another audience."""
+
+
+@dataclass(frozen=True)
+class Claims:
+    subject: str
+    audience: str
+    expires_at: int
+
+
+class TokenSigner:
+    def __init__(self, private_key_pem: str, *, issuer: str, audience: str, lifetime: int) -> None:
+        self._key = private_key_pem
+        self.issuer = issuer
+        self.audience = audience
+        self.lifetime = lifetime
+
+    def sign(self, subject: str) -> tuple[str, int]:
+        """A token for ``subject`` and its lifetime in seconds."""
+        now = int(time.time())
+        payload = {
+            "sub": subject,
+            "aud": self.audience,
+            "iss": self.issuer,
+            "iat": now,
+            "exp": now + self.lifetime,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(payload, self._key, algorithm="EdDSA"), self.lifetime
+
+
+class TokenVerifier:
+    def __init__(self, public_key_pem: str, *, audience: str) -> None:
+        self._key = public_key_pem
+        self.audience = audience
+
+    def verify(self, token: str) -> Claims:
+        try:
+            payload = jwt.decode(
+                token,
+                self._key,
+                algorithms=_ALGORITHMS,
+                audience=self.audience,
+                options={"require": ["exp", "sub", "aud"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise InvalidToken("token expired") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise InvalidToken("token not valid for this service") from exc
+        except jwt.PyJWTError as exc:
+            raise InvalidToken("invalid token") from exc
+        return Claims(
+            subject=str(payload["sub"]), audience=self.audience, expires_at=payload["exp"]
+        )
+
+
+class ServiceTokenSource:
+    """Mints short-lived service tokens for outgoing internal calls, renewing before expiry."""
+
+    def __init__(self, private_key_pem: str, *, service: str, lifetime: int = 300) -> None:
+        self._signer = TokenSigner(
+            private_key_pem, issuer=service, audience=INTERNAL_AUDIENCE, lifetime=lifetime
+        )
+        self._service = service
+        self._token = ""
+        self._renew_at = 0.0
+
+    def token(self) -> str:
+        now = time.time()
+        if now >= self._renew_at:
+            self._token, lifetime = self._signer.sign(f"service:{self._service}")
+            self._renew_at = now + lifetime / 2
+        return self._token
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token()}"),)

@@ -1,0 +1,98 @@
+"""Conversions between protobuf messages and the plain Python values the rules work on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from fractal.v2 import image_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+Scalar = int | float | str | bool
+
+
+def struct_to_dict(value: struct_pb2.Struct, present: bool = True) -> dict[str, Any] | None:
+    """A Struct field as a dict; ``None`` when the field is unset (``present`` False)."""
+    if not present:
+        return None
+    return json_format.MessageToDict(value)
+
+
+def dict_to_struct(value: Mapping[str, Any] | None, target: struct_pb2.Struct) -> None:
+    """Fill ``target`` from ``value`` (nothing for None)."""
+    if value:
+        target.update(dict(value))
+
+
+def attribute_to_python(value: image_pb2.AttributeValue) -> Scalar | None:
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        return None
+    result: Scalar = getattr(value, kind)
+    return result
+
+
+def python_to_attribute(value: Scalar | None, target: image_pb2.AttributeValue) -> None:
+    # bool first: bool is a subclass of int.
+    if value is None:
+        return
+    if isinstance(value, bool):
+        target.bool_value = value
+    elif isinstance(value, int):
+        target.int_value = value
+    elif isinstance(value, float):
+        target.double_value = value
+    else:
+        target.string_value = str(value)
+
+
+def attributes_to_python(
+    values: Mapping[str, image_pb2.AttributeValue],
+) -> dict[str, Scalar | None]:
+    return {key: attribute_to_python(v) for key, v in values.items()}
+
+
+def fill_attributes(target: Any, values: Mapping[str, Scalar | None]) -> None:
+    """Fill a ``map<string, AttributeValue>`` field."""
+    for key, value in values.items():
+        python_to_attribute(value, target[key])
+
+
+def filters_to_dict(filters: image_pb2.Filters) -> dict[str, dict[str, Any]]:
+    return {
+        "attributes": attributes_to_python(filters.attributes),
+        "types": dict(filters.types),
+    }
+
+
+def fill_filters(target: image_pb2.Filters, filters: Mapping[str, Any] | None) -> None:
+    if not filters:
+        return
+    fill_attributes(target.attributes, filters.get("attributes") or {})
+    target.types.update(filters.get("types") or {})
+
+
+def image_to_dict(image: image_pb2.Image) -> dict[str, Any]:
+    return {
+        "zarr_url": image.zarr_url,
+        "origin": image.origin if image.HasField("origin") else None,
+        "attributes": attributes_to_python(image.attributes),
+        "types": dict(image.types),
+    }
+
+
+def fill_image(target: image_pb2.Image, image: Mapping[str, Any]) -> None:
+    target.zarr_url = image["zarr_url"]
+    if image.get("origin") is not None:
+        target.origin = image["origin"]
+    fill_attributes(target.attributes, image.get("attributes") or {})
+    target.types.update(image.get("types") or {})
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts

@@ -1,0 +1,1 @@
+"""The gRPC server kit used by every service: interceptors, health, reflection, shutdown."""

@@ -1,0 +1,156 @@
+"""Settings from environment variables, one class per service on a shared base.
+
+Names follow the reference where the meaning is the same (``FRACTAL_RUNNER_BACKEND``, …).
+A bad value stops the service at start with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self, TypeVar
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+class CommonSettings(BaseSettings):
+    """What every service needs: the database, NATS and the token keys."""
+
+    model_config = SettingsConfigDict(env_prefix="FRACTAL_", extra="ignore")
+
+    database_url: str = Field(
+        default="postgresql+asyncpg://postgres@127.0.0.1:5432/fractal",
+        description="SQLAlchemy URL of PostgreSQL, with the asyncpg driver.",
+    )
+    database_pool_size: int = Field(default=10, ge=1)
+    nats_url: str = "nats://127.0.0.1:4222"
+    # Prefix of the NATS subjects and stream names, so several deployments (or test runs)
+    # can share one NATS server.
+    nats_prefix: str = Field(default="fractal", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    # Public key that verifies service tokens (aud=fractal-internal).
+    service_public_key_file: Path | None = None
+    service_public_key: str | None = None
+    log_level: str = "INFO"
+    grace_seconds: float = Field(default=5.0, ge=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_url(cls, value: str) -> str:
+        if value.startswith("postgresql://") or value.startswith("postgres://"):
+            value = "postgresql+asyncpg://" + value.split("://", 1)[1]
+        if not value.startswith("postgresql+asyncpg://"):
+            raise ValueError("must be a postgresql:// or postgresql+asyncpg:// URL")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return value
+
+    def service_public_key_pem(self) -> str:
+        return _read_key(
+            self.service_public_key, self.service_public_key_file, "SERVICE_PUBLIC_KEY"
+        )
+
+
+def _read_key(value: str | None, path: Path | None, name: str) -> str:
+    if value:
+        return value
+    if path is not None:
+        try:
+            return path.read_text()
+        except OSError as exc:
+            raise SettingsError(f"FRACTAL_{name}_FILE: cannot read {path}: {exc.strerror}") from exc
+    raise SettingsError(f"FRACTAL_{name} or FRACTAL_{name}_FILE must be set")
+
+
+class ApiSettings(CommonSettings):
+    """Settings of the api service."""
+
+    api_address: str = "127.0.0.1:50051"
+    jwt_private_key_file: Path | None = None
+    jwt_private_key: str | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_public_key: str | None = None
+    jwt_expire_seconds: int = Field(default=3600, ge=1)
+    default_admin_email: str = "admin@fractal.xy"
+    default_admin_password: str = Field(default="1234", min_length=4, max_length=100)
+    default_admin_username: str = "admin"
+    runner_backend: str = "local"
+    runner_working_base_dir: Path = Path(".state/jobs")
+    slurm_ssh_working_base_dir: Path | None = None
+    api_submit_rate_limit: int = Field(default=2, ge=0)
+    outbox_poll_seconds: float = Field(default=1.0, gt=0)
+
+    @field_validator("runner_backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        if value not in {"local", "slurm", "slurm_ssh"}:
+            raise ValueError("must be one of local, slurm, slurm_ssh")
+        return value
+
+    @model_validator(mode="after")
+    def _absolute_dirs(self) -> Self:
+        self.runner_working_base_dir = self.runner_working_base_dir.absolute()
+        return self
+
+    def jwt_private_key_pem(self) -> str:
+        return _read_key(self.jwt_private_key, self.jwt_private_key_file, "JWT_PRIVATE_KEY")
+
+    def jwt_public_key_pem(self) -> str:
+        return _read_key(self.jwt_public_key, self.jwt_public_key_file, "JWT_PUBLIC_KEY")
+
+
+class RunnerSettings(CommonSettings):
+    """Settings of the runner service."""
+
+    runner_address: str = "127.0.0.1:50052"
+    api_url: str = "127.0.0.1:50051"
+    runner_backend: str = "local"
+    runner_working_base_dir: Path = Path(".state/jobs")
+    local_config_file: Path | None = None
+    runner_max_jobs: int = Field(default=8, ge=1)
+    service_private_key_file: Path | None = None
+    service_private_key: str | None = None
+
+    @field_validator("runner_backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        if value != "local":
+            raise ValueError("only the local backend is available in this version")
+        return value
+
+    @field_validator("local_config_file")
+    @classmethod
+    def _config_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file {value} does not exist")
+        return value
+
+    def service_private_key_pem(self) -> str:
+        return _read_key(
+            self.service_private_key, self.service_private_key_file, "SERVICE_PRIVATE_KEY"
+        )
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S]) -> S:
+    """Read ``cls`` from the environment, turning validation errors into one clear message."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "?"
+            lines.append(f"{prefix}{field.upper()}: {err['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(lines)) from None

@@ -1,0 +1,1 @@
+"""fractal-api: authentication and the public Fractal API v2; owns the database of record."""

@@ -1,0 +1,57 @@
+"""Who may call what: the one table of the api's access rules (reference §3/§4)."""
+
+from __future__ import annotations
+
+from fractal_grpc.auth.principal import Access
+
+_RULES: dict[str, dict[str, Access]] = {
+    "fractal.v2.AuthService": {"Login": Access.PUBLIC, "GetCurrentUser": Access.USER},
+    "fractal.v2.UserService": {
+        "CreateUser": Access.SUPERUSER,
+        "GetUser": Access.SUPERUSER,
+        "ListUsers": Access.SUPERUSER,
+        "UpdateUser": Access.SUPERUSER,
+    },
+    "fractal.v2.ProjectService": {
+        "CreateProject": Access.USER,
+        "GetProject": Access.USER,
+        "ListProjects": Access.USER,
+    },
+    "fractal.v2.DatasetService": {
+        "CreateDataset": Access.USER,
+        "GetDataset": Access.USER,
+        "ListDatasets": Access.USER,
+    },
+    "fractal.v2.ImageService": {"AddImages": Access.USER, "QueryImages": Access.USER},
+    "fractal.v2.TaskService": {
+        "CreateTask": Access.VERIFIED,
+        "GetTask": Access.USER,
+        "ListTasks": Access.USER,
+    },
+    "fractal.v2.WorkflowService": {
+        "CreateWorkflow": Access.USER,
+        "GetWorkflow": Access.USER,
+        "ListWorkflows": Access.USER,
+        "CreateWorkflowTask": Access.USER,
+    },
+    "fractal.v2.JobService": {
+        "SubmitJob": Access.VERIFIED,
+        "GetJob": Access.USER,
+        "ListJobs": Access.USER,
+        "StopJob": Access.USER,
+        "WatchJob": Access.USER,
+    },
+    "fractal.internal.v1.JobExecutionService": {
+        "GetJobSpec": Access.INTERNAL,
+        "StreamTaskInputs": Access.INTERNAL,
+        "ApplyTaskResult": Access.INTERNAL,
+        "FinishJob": Access.INTERNAL,
+    },
+}
+
+ACCESS: dict[str, Access] = {
+    f"/{service}/{method}": access
+    for service, methods in _RULES.items()
+    for method, access in methods.items()
+}
+SERVICES = list(_RULES)

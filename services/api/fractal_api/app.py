@@ -1,0 +1,116 @@
+"""The api process: database, NATS, outbox relay, and the gRPC server with every servicer."""
+
+from __future__ import annotations
+
+import logging
+
+from fractal.v2 import (
+    auth_service_pb2_grpc,
+    dataset_service_pb2_grpc,
+    project_service_pb2_grpc,
+    user_service_pb2_grpc,
+)
+from fractal_grpc.auth.principal import Principal
+from fractal_grpc.auth.tokens import (
+    INTERNAL_AUDIENCE,
+    ISSUER,
+    USER_AUDIENCE,
+    TokenSigner,
+    TokenVerifier,
+)
+from fractal_grpc.db import make_engine, make_sessionmaker, transaction
+from fractal_grpc.events.bus import EventBus, Subjects
+from fractal_grpc.events.outbox import OutboxRelay
+from fractal_grpc.grpckit.interceptors import AuthInterceptor, ErrorInterceptor, LoggingInterceptor
+from fractal_grpc.grpckit.server import GrpcServer
+from fractal_grpc.settings import ApiSettings
+
+from fractal_api.access import ACCESS
+from fractal_api.context import ApiContext
+from fractal_api.models import outbox
+from fractal_api.servicers.auth import AuthServicer, UserServicer
+from fractal_api.servicers.projects import DatasetServicer, ProjectServicer
+from fractal_api.store import users
+
+log = logging.getLogger("fractal.api")
+
+
+class ApiApp:
+    def __init__(self, settings: ApiSettings) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
+        self.sessions = make_sessionmaker(self.engine)
+        self.ctx = ApiContext(
+            settings=settings,
+            sessions=self.sessions,
+            signer=TokenSigner(
+                settings.jwt_private_key_pem(),
+                issuer=ISSUER,
+                audience=USER_AUDIENCE,
+                lifetime=settings.jwt_expire_seconds,
+            ),
+            subjects=Subjects(settings.nats_prefix),
+        )
+        auth = AuthInterceptor(
+            ACCESS,
+            user_verifier=TokenVerifier(settings.jwt_public_key_pem(), audience=USER_AUDIENCE),
+            internal_verifier=TokenVerifier(
+                settings.service_public_key_pem(), audience=INTERNAL_AUDIENCE
+            ),
+            load_user=self._load_user,
+        )
+        self.server = GrpcServer(
+            settings.api_address, [ErrorInterceptor(), LoggingInterceptor(), auth]
+        )
+        ctx = self.ctx
+        self.server.add(
+            auth_service_pb2_grpc.add_AuthServiceServicer_to_server,
+            AuthServicer(ctx),
+            "fractal.v2.AuthService",
+        )
+        self.server.add(
+            user_service_pb2_grpc.add_UserServiceServicer_to_server,
+            UserServicer(ctx),
+            "fractal.v2.UserService",
+        )
+        self.server.add(
+            project_service_pb2_grpc.add_ProjectServiceServicer_to_server,
+            ProjectServicer(ctx),
+            "fractal.v2.ProjectService",
+        )
+        self.server.add(
+            dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server,
+            DatasetServicer(ctx),
+            "fractal.v2.DatasetService",
+        )
+
+    async def _load_user(self, subject: str) -> Principal | None:
+        if not subject.isdigit():
+            return None
+        async with self.sessions() as session:
+            user = await users.get_or_none(session, int(subject))
+        return users.principal_of(user) if user is not None else None
+
+    async def start(self) -> int:
+        s = self.settings
+        async with transaction(self.sessions) as session:
+            await users.ensure_first_superuser(
+                session,
+                email=s.default_admin_email,
+                password=s.default_admin_password,
+                username=s.default_admin_username,
+            )
+        self.ctx.bus = await EventBus.connect(s.nats_url, self.ctx.subjects, name="fractal-api")
+        self.ctx.relay = OutboxRelay(
+            self.sessions, outbox, self.ctx.bus, poll_seconds=s.outbox_poll_seconds
+        )
+        self.ctx.relay.start()
+        return await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop(self.settings.grace_seconds)
+        if self.ctx.relay is not None:
+            await self.ctx.relay.stop()
+        if self.ctx.bus is not None:
+            await self.ctx.bus.close()
+        await self.engine.dispose()

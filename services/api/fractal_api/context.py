@@ -1,0 +1,26 @@
+"""What every servicer of the api needs: settings, sessions, token signer, outbox relay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fractal_grpc.auth.tokens import TokenSigner
+from fractal_grpc.events.bus import EventBus, Subjects
+from fractal_grpc.events.outbox import OutboxRelay
+from fractal_grpc.settings import ApiSettings
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+
+@dataclass
+class ApiContext:
+    settings: ApiSettings
+    sessions: async_sessionmaker[AsyncSession]
+    signer: TokenSigner
+    subjects: Subjects
+    bus: EventBus | None = None
+    relay: OutboxRelay | None = field(default=None)
+
+    def outbox_written(self) -> None:
+        """Call after committing outbox rows: the relay publishes them at once."""
+        if self.relay is not None:
+            self.relay.notify()

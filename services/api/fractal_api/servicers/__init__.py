@@ -1,0 +1,1 @@
+"""gRPC servicers: authorize, load, check, change, return. Database work is in ``store``."""

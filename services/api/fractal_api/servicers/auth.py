@@ -1,0 +1,130 @@
+"""AuthService and UserService."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc.aio
+from fractal.v2 import auth_service_pb2 as pb
+from fractal.v2 import auth_service_pb2_grpc as rpc
+from fractal.v2 import user_service_pb2 as upb
+from fractal.v2 import user_service_pb2_grpc as urpc
+from fractal_grpc.auth.passwords import DUMMY_HASH, hash_password, verify_password
+from fractal_grpc.auth.principal import current_user
+from fractal_grpc.db import transaction
+from fractal_grpc.grpckit.errors import AlreadyExists, Unauthenticated, Violations, invalid_field
+from fractal_grpc.pagination import decode_token, encode_token, page_size
+
+from fractal_api.context import ApiContext
+from fractal_api.store import users
+from fractal_api.views import user_view
+
+_USER_FIELDS = (
+    "email",
+    "is_active",
+    "is_superuser",
+    "is_verified",
+    "slurm_user",
+    "cache_dir",
+    "username",
+    "slurm_accounts",
+)
+
+
+class AuthServicer(rpc.AuthServiceServicer):
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    async def Login(self, request: pb.LoginRequest, context: grpc.aio.ServicerContext) -> Any:
+        async with self.ctx.sessions() as session:
+            user = await users.by_email(session, request.email.strip())
+        ok = verify_password(user.hashed_password if user else DUMMY_HASH, request.password)
+        if user is None or not ok or not user.is_active:
+            raise Unauthenticated("Bad credentials", reason="LOGIN_BAD_CREDENTIALS")
+        token, lifetime = self.ctx.signer.sign(str(user.id))
+        return pb.LoginResponse(access_token=token, token_type="bearer", expires_in=lifetime)
+
+    async def GetCurrentUser(
+        self, request: pb.GetCurrentUserRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        me = current_user()
+        async with self.ctx.sessions() as session:
+            user = await users.get(session, me.user_id or 0)
+        return pb.GetCurrentUserResponse(user=user_view(user))
+
+
+class UserServicer(urpc.UserServiceServicer):
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    async def CreateUser(
+        self, request: upb.CreateUserRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        fields: dict[str, Any] = {
+            "email": request.email,
+            "password": request.password,
+            "slurm_accounts": list(request.slurm_accounts),
+        }
+        for name in ("username", "slurm_user", "cache_dir"):
+            if request.HasField(name):
+                fields[name] = getattr(request, name)
+        violations = Violations()
+        users.validate_fields(fields, violations)
+        violations.raise_if_any()
+        async with transaction(self.ctx.sessions) as session:
+            user = await users.create(session, **fields)
+        return upb.CreateUserResponse(user=user_view(user))
+
+    async def GetUser(self, request: upb.GetUserRequest, context: grpc.aio.ServicerContext) -> Any:
+        async with self.ctx.sessions() as session:
+            user = await users.get(session, request.user_id)
+        return upb.GetUserResponse(user=user_view(user))
+
+    async def ListUsers(
+        self, request: upb.ListUsersRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        size = page_size(request.page_size)
+        state = decode_token(request.page_token, "users") or {"after": 0}
+        async with self.ctx.sessions() as session:
+            rows = await users.list_page(session, after_id=state["after"], limit=size + 1)
+        more = len(rows) > size
+        rows = rows[:size]
+        token = encode_token("users", after=rows[-1].id) if more else ""
+        return upb.ListUsersResponse(users=[user_view(u) for u in rows], next_page_token=token)
+
+    async def UpdateUser(
+        self, request: upb.UpdateUserRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        paths = list(request.update_mask.paths)
+        if not paths:
+            raise invalid_field("update_mask", "must name at least one field")
+        fields: dict[str, Any] = {}
+        for path in paths:
+            if path == "password":
+                fields["password"] = request.password
+            elif path in _USER_FIELDS:
+                optional = path in ("slurm_user", "cache_dir", "username")
+                if optional and not request.user.HasField(path):  # type: ignore[arg-type]
+                    fields[path] = None
+                else:
+                    value = getattr(request.user, path)
+                    fields[path] = list(value) if path == "slurm_accounts" else value
+            else:
+                raise invalid_field("update_mask", f"unknown or read-only field '{path}'")
+        violations = Violations()
+        users.validate_fields(fields, violations)
+        violations.raise_if_any()
+        async with transaction(self.ctx.sessions) as session:
+            user = await users.get(session, request.user_id)
+            if "email" in fields and fields["email"].lower() != user.email.lower():
+                other = await users.by_email(session, fields["email"])
+                if other is not None:
+                    raise AlreadyExists(
+                        f"A user with email {fields['email']} already exists", reason="USER_EXISTS"
+                    )
+            for name, value in fields.items():
+                if name == "password":
+                    user.hashed_password = hash_password(value)
+                else:
+                    setattr(user, name, value)
+        return upb.UpdateUserResponse(user=user_view(user))

@@ -1,0 +1,133 @@
+"""ProjectService and DatasetService."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc.aio
+from fractal.v2 import dataset_service_pb2 as dpb
+from fractal.v2 import dataset_service_pb2_grpc as drpc
+from fractal.v2 import project_service_pb2 as pb
+from fractal.v2 import project_service_pb2_grpc as rpc
+from fractal_grpc.auth.principal import current_user
+from fractal_grpc.db import transaction
+from fractal_grpc.grpckit.errors import Violations
+from fractal_grpc.pagination import decode_token, encode_token, page_size
+
+from fractal_api import validation
+from fractal_api.context import ApiContext
+from fractal_api.models import Dataset, Project
+from fractal_api.store import datasets, projects, requests
+from fractal_api.views import dataset_view, project_view
+
+
+class ProjectServicer(rpc.ProjectServiceServicer):
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    async def CreateProject(
+        self, request: pb.CreateProjectRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        violations = Violations()
+        name = validation.name(request.name, "name", violations)
+        violations.raise_if_any()
+        async with transaction(self.ctx.sessions) as session:
+            earlier = await requests.replay(session, user_id, "CreateProject", request.request_id)
+            if earlier is not None:
+                project = await projects.get_checked(session, earlier, user_id)
+            else:
+                project = await projects.create(session, name, user_id)
+                await requests.remember(
+                    session, user_id, "CreateProject", request.request_id, project.id
+                )
+        return pb.CreateProjectResponse(project=project_view(project))
+
+    async def GetProject(
+        self, request: pb.GetProjectRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async with self.ctx.sessions() as session:
+            project = await projects.get_checked(
+                session, request.project_id, current_user().user_id or 0
+            )
+        return pb.GetProjectResponse(project=project_view(project))
+
+    async def ListProjects(
+        self, request: pb.ListProjectsRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        size = page_size(request.page_size)
+        state = decode_token(request.page_token, "projects") or {"after": 0}
+        async with self.ctx.sessions() as session:
+            rows: list[Project] = list(
+                await projects.list_for_user(
+                    session, current_user().user_id or 0, after_id=state["after"], limit=size + 1
+                )
+            )
+        token = encode_token("projects", after=rows[size - 1].id) if len(rows) > size else ""
+        return pb.ListProjectsResponse(
+            projects=[project_view(p) for p in rows[:size]], next_page_token=token
+        )
+
+
+class DatasetServicer(drpc.DatasetServiceServicer):
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    async def CreateDataset(
+        self, request: dpb.CreateDatasetRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        violations = Violations()
+        name = validation.name(request.name, "name", violations)
+        zarr_dir = validation.url(request.zarr_dir, "zarr_dir", violations)
+        filters = validation.filters(request.filters, "filters", violations)
+        async with transaction(self.ctx.sessions) as session:
+            await projects.get_checked(session, request.project_id, user_id)
+            violations.raise_if_any()
+            earlier = await requests.replay(session, user_id, "CreateDataset", request.request_id)
+            if earlier is not None:
+                dataset = await projects.dataset_checked(
+                    session, request.project_id, earlier, user_id
+                )
+            else:
+                dataset = await datasets.create(
+                    session,
+                    project_id=request.project_id,
+                    name=name,
+                    zarr_dir=zarr_dir,
+                    filters=filters,
+                )
+                await requests.remember(
+                    session, user_id, "CreateDataset", request.request_id, dataset.id
+                )
+        return dpb.CreateDatasetResponse(dataset=dataset_view(dataset))
+
+    async def GetDataset(
+        self, request: dpb.GetDatasetRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async with self.ctx.sessions() as session:
+            dataset = await projects.dataset_checked(
+                session, request.project_id, request.dataset_id, current_user().user_id or 0
+            )
+        return dpb.GetDatasetResponse(dataset=dataset_view(dataset))
+
+    async def ListDatasets(
+        self, request: dpb.ListDatasetsRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        size = page_size(request.page_size)
+        query = f"datasets:{request.project_id}"
+        state = decode_token(request.page_token, query) or {"after": 0}
+        async with self.ctx.sessions() as session:
+            await projects.get_checked(session, request.project_id, current_user().user_id or 0)
+            rows: list[Dataset] = list(
+                await datasets.list_page(
+                    session, request.project_id, after_id=state["after"], limit=size + 1
+                )
+            )
+        token = encode_token(query, after=rows[size - 1].id) if len(rows) > size else ""
+        return dpb.ListDatasetsResponse(
+            datasets=[
+                dataset_view(d, include_history=request.include_history) for d in rows[:size]
+            ],
+            next_page_token=token,
+        )

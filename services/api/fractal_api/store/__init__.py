@@ -1,0 +1,1 @@
+"""Repository functions: all database access of the api service lives here."""

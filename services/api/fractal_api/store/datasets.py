@@ -1,0 +1,35 @@
+"""Datasets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fractal_api.models import Dataset
+
+
+async def create(
+    session: AsyncSession, *, project_id: int, name: str, zarr_dir: str, filters: dict[str, Any]
+) -> Dataset:
+    dataset = Dataset(
+        project_id=project_id, name=name, zarr_dir=zarr_dir, filters=filters, history=[]
+    )
+    session.add(dataset)
+    await session.flush()
+    await session.refresh(dataset)
+    return dataset
+
+
+async def list_page(
+    session: AsyncSession, project_id: int, *, after_id: int, limit: int
+) -> Sequence[Dataset]:
+    result = await session.execute(
+        select(Dataset)
+        .where(Dataset.project_id == project_id, Dataset.id > after_id)
+        .order_by(Dataset.id)
+        .limit(limit)
+    )
+    return result.scalars().all()

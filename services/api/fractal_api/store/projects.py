@@ -1,0 +1,107 @@
+"""Projects, membership, and the ownership checks every project-scoped RPC starts with."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fractal_grpc.grpckit.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+from sqlalchemy import exists, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fractal_api.models import Dataset, Job, Project, ProjectMember, Workflow
+
+
+async def get_checked(session: AsyncSession, project_id: int, user_id: int) -> Project:
+    """The project, if the user is a member (NOT_FOUND / PERMISSION_DENIED otherwise)."""
+    if project_id <= 0:
+        raise InvalidArgument(
+            "project_id: must be positive", violations=[("project_id", "must be positive")]
+        )
+    project = await session.get(Project, project_id)
+    if project is None:
+        raise NotFound("Project not found", metadata={"project_id": str(project_id)})
+    member = await session.scalar(
+        select(
+            exists().where(ProjectMember.project_id == project_id, ProjectMember.user_id == user_id)
+        )
+    )
+    if not member:
+        raise PermissionDenied(f"Not allowed on project {project_id}", reason="NOT_A_MEMBER")
+    return project
+
+
+async def _child_checked(
+    session: AsyncSession,
+    model: type[Dataset] | type[Workflow] | type[Job],
+    label: str,
+    project_id: int,
+    object_id: int,
+    user_id: int,
+) -> Dataset | Workflow | Job:
+    await get_checked(session, project_id, user_id)
+    field = f"{label.lower()}_id"
+    if object_id <= 0:
+        raise InvalidArgument(
+            f"{field}: must be positive", violations=[(field, "must be positive")]
+        )
+    obj: Dataset | Workflow | Job | None = await session.get(model, object_id)
+    if obj is None:
+        raise NotFound(f"{label} not found", metadata={field: str(object_id)})
+    if obj.project_id != project_id:
+        raise InvalidArgument(
+            f"Invalid project_id={project_id} for {field}={object_id}",
+            violations=[(field, f"does not belong to project {project_id}")],
+        )
+    return obj
+
+
+async def dataset_checked(
+    session: AsyncSession, project_id: int, dataset_id: int, user_id: int
+) -> Dataset:
+    obj = await _child_checked(session, Dataset, "Dataset", project_id, dataset_id, user_id)
+    assert isinstance(obj, Dataset)
+    return obj
+
+
+async def workflow_checked(
+    session: AsyncSession, project_id: int, workflow_id: int, user_id: int
+) -> Workflow:
+    obj = await _child_checked(session, Workflow, "Workflow", project_id, workflow_id, user_id)
+    assert isinstance(obj, Workflow)
+    return obj
+
+
+async def job_checked(session: AsyncSession, project_id: int, job_id: int, user_id: int) -> Job:
+    obj = await _child_checked(session, Job, "Job", project_id, job_id, user_id)
+    assert isinstance(obj, Job)
+    return obj
+
+
+async def create(session: AsyncSession, name: str, user_id: int) -> Project:
+    duplicate = await session.scalar(
+        select(Project.id)
+        .join(ProjectMember, ProjectMember.project_id == Project.id)
+        .where(ProjectMember.user_id == user_id, Project.name == name)
+        .limit(1)
+    )
+    if duplicate is not None:
+        raise AlreadyExists(f"Project name ({name}) already in use", reason="PROJECT_NAME_IN_USE")
+    project = Project(name=name)
+    session.add(project)
+    await session.flush()
+    session.add(ProjectMember(project_id=project.id, user_id=user_id))
+    await session.flush()
+    return project
+
+
+async def list_for_user(
+    session: AsyncSession, user_id: int, *, after_id: int, limit: int
+) -> Sequence[Project]:
+    result = await session.execute(
+        select(Project)
+        .join(ProjectMember, ProjectMember.project_id == Project.id)
+        .where(ProjectMember.user_id == user_id, Project.id > after_id)
+        .order_by(Project.id)
+        .limit(limit)
+    )
+    return result.scalars().all()

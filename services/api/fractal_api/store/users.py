@@ -1,0 +1,135 @@
+"""Users: lookup, creation, update, first-superuser bootstrap."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fractal_grpc.auth.passwords import hash_password
+from fractal_grpc.auth.principal import Principal
+from fractal_grpc.grpckit.errors import AlreadyExists, NotFound, Violations
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fractal_api.models import User
+
+log = logging.getLogger("fractal.api.users")
+
+
+def principal_of(user: User) -> Principal:
+    return Principal(
+        user_id=user.id,
+        email=user.email,
+        is_active=user.is_active,
+        is_superuser=user.is_superuser,
+        is_verified=user.is_verified,
+        username=user.username,
+        slurm_user=user.slurm_user,
+        cache_dir=user.cache_dir,
+        slurm_accounts=list(user.slurm_accounts),
+    )
+
+
+async def by_email(session: AsyncSession, email: str) -> User | None:
+    result = await session.execute(select(User).where(func.lower(User.email) == email.lower()))
+    return result.scalar_one_or_none()
+
+
+async def get(session: AsyncSession, user_id: int) -> User:
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"User {user_id} not found", metadata={"user_id": str(user_id)})
+    return user
+
+
+def validate_fields(fields: Mapping[str, Any], violations: Violations) -> None:
+    """The reference's UserCreate/UserUpdate validators."""
+    if "email" in fields:
+        email = fields["email"]
+        if not email or "@" not in email or email != email.strip():
+            violations.add("email", "must be a valid email address")
+    if "password" in fields:
+        password = fields["password"]
+        if not 4 <= len(password) <= 100:
+            violations.add("password", "must have between 4 and 100 characters")
+    for name in ("slurm_user", "username", "cache_dir"):
+        value = fields.get(name)
+        if value is not None and not value.strip():
+            violations.add(name, "must not be empty")
+    cache_dir = fields.get("cache_dir")
+    if cache_dir and not cache_dir.startswith("/"):
+        violations.add("cache_dir", "must be an absolute path")
+    accounts = fields.get("slurm_accounts")
+    if accounts is not None:
+        stripped = [a.strip() for a in accounts]
+        if any(not a for a in stripped):
+            violations.add("slurm_accounts", "items must not be empty")
+        if len(set(stripped)) != len(stripped):
+            violations.add("slurm_accounts", "items must be unique")
+
+
+async def create(
+    session: AsyncSession,
+    *,
+    email: str,
+    password: str,
+    is_superuser: bool = False,
+    is_verified: bool = False,
+    **extra: Any,
+) -> User:
+    if await by_email(session, email) is not None:
+        raise AlreadyExists(f"A user with email {email} already exists", reason="USER_EXISTS")
+    user = User(
+        email=email,
+        hashed_password=hash_password(password),
+        is_active=True,
+        is_superuser=is_superuser,
+        is_verified=is_verified,
+        slurm_accounts=list(extra.pop("slurm_accounts", None) or []),
+        **extra,
+    )
+    session.add(user)
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise AlreadyExists(
+            f"A user with email {email} already exists", reason="USER_EXISTS"
+        ) from None
+    return user
+
+
+async def ensure_first_superuser(
+    session: AsyncSession, *, email: str, password: str, username: str
+) -> bool:
+    """Create the first superuser unless any superuser exists (reference §4)."""
+    exists = await session.scalar(select(User.id).where(User.is_superuser.is_(True)).limit(1))
+    if exists is not None:
+        return False
+    try:
+        async with session.begin_nested():
+            await create(
+                session,
+                email=email,
+                password=password,
+                is_superuser=True,
+                is_verified=True,
+                username=username,
+            )
+    except (AlreadyExists, IntegrityError):
+        log.info("first superuser %s already exists", email)
+        return False
+    log.info("created first superuser %s", email)
+    return True
+
+
+async def list_page(session: AsyncSession, *, after_id: int, limit: int) -> list[User]:
+    result = await session.execute(
+        select(User).where(User.id > after_id).order_by(User.id).limit(limit)
+    )
+    return list(result.scalars().all())
+
+
+async def get_or_none(session: AsyncSession, user_id: int) -> User | None:
+    return await session.get(User, user_id)

@@ -1,0 +1,166 @@
+"""Rows to protobuf messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fractal.v2 import job_pb2, project_pb2, task_pb2, user_pb2, workflow_pb2
+from fractal_grpc.convert import dict_to_struct, fill_filters, timestamp
+
+from fractal_api import models
+
+TASK_TYPES = {
+    "non_parallel": task_pb2.TASK_TYPE_NON_PARALLEL,
+    "parallel": task_pb2.TASK_TYPE_PARALLEL,
+    "compound": task_pb2.TASK_TYPE_COMPOUND,
+}
+JOB_STATUSES = {
+    "submitted": job_pb2.JOB_STATUS_SUBMITTED,
+    "done": job_pb2.JOB_STATUS_DONE,
+    "failed": job_pb2.JOB_STATUS_FAILED,
+}
+
+
+def user_view(user: models.User) -> user_pb2.User:
+    msg = user_pb2.User(
+        id=user.id,
+        email=user.email,
+        is_active=user.is_active,
+        is_superuser=user.is_superuser,
+        is_verified=user.is_verified,
+        slurm_accounts=user.slurm_accounts,
+    )
+    for name in ("slurm_user", "cache_dir", "username"):
+        value = getattr(user, name)
+        if value is not None:
+            setattr(msg, name, value)
+    return msg
+
+
+def project_view(project: models.Project) -> project_pb2.Project:
+    return project_pb2.Project(
+        id=project.id, name=project.name, create_time=timestamp(project.created_at)
+    )
+
+
+def dataset_view(dataset: models.Dataset, *, include_history: bool = True) -> project_pb2.Dataset:
+    msg = project_pb2.Dataset(
+        id=dataset.id,
+        project_id=dataset.project_id,
+        name=dataset.name,
+        zarr_dir=dataset.zarr_dir,
+        create_time=timestamp(dataset.created_at),
+        image_count=dataset.image_count,
+    )
+    fill_filters(msg.filters, dataset.filters)
+    if include_history:
+        for item in dataset.history:
+            entry = msg.history.add(status=item.get("status", ""))
+            dict_to_struct(item.get("workflowtask"), entry.workflowtask)
+            dict_to_struct(item.get("parallelization"), entry.parallelization)
+    return msg
+
+
+def task_view(task: models.Task, *, with_schemas: bool = True) -> task_pb2.Task:
+    msg = task_pb2.Task(
+        id=task.id,
+        name=task.name,
+        type=TASK_TYPES[task.type],
+        source=task.source,
+        input_types=task.input_types,
+        output_types=task.output_types,
+    )
+    for name in (
+        "owner",
+        "version",
+        "command_non_parallel",
+        "command_parallel",
+        "args_schema_version",
+        "docs_info",
+        "docs_link",
+    ):
+        value = getattr(task, name)
+        if value is not None:
+            setattr(msg, name, value)
+    dict_to_struct(task.meta_non_parallel, msg.meta_non_parallel)
+    dict_to_struct(task.meta_parallel, msg.meta_parallel)
+    if with_schemas:
+        dict_to_struct(task.args_schema_non_parallel, msg.args_schema_non_parallel)
+        dict_to_struct(task.args_schema_parallel, msg.args_schema_parallel)
+    return msg
+
+
+def workflow_task_view(wftask: models.WorkflowTask, task: models.Task) -> workflow_pb2.WorkflowTask:
+    msg = workflow_pb2.WorkflowTask(
+        id=wftask.id,
+        workflow_id=wftask.workflow_id,
+        order=wftask.order,
+        task_id=wftask.task_id,
+        task_type=TASK_TYPES[wftask.task_type],
+        task=task_view(task),
+    )
+    dict_to_struct(wftask.args_non_parallel, msg.args_non_parallel)
+    dict_to_struct(wftask.args_parallel, msg.args_parallel)
+    dict_to_struct(wftask.meta_non_parallel, msg.meta_non_parallel)
+    dict_to_struct(wftask.meta_parallel, msg.meta_parallel)
+    fill_filters(msg.input_filters, wftask.input_filters)
+    return msg
+
+
+def workflow_view(
+    workflow: models.Workflow, tasks: list[tuple[models.WorkflowTask, models.Task]]
+) -> workflow_pb2.Workflow:
+    return workflow_pb2.Workflow(
+        id=workflow.id,
+        project_id=workflow.project_id,
+        name=workflow.name,
+        create_time=timestamp(workflow.created_at),
+        task_list=[workflow_task_view(w, t) for w, t in tasks],
+    )
+
+
+def job_view(job: models.Job, *, log: str | None = None, with_log: bool = True) -> job_pb2.Job:
+    msg = job_pb2.Job(
+        id=job.id,
+        user_email=job.user_email,
+        status=JOB_STATUSES[job.status],
+        working_dir=job.working_dir or "",
+        working_dir_user=job.working_dir_user or "",
+        first_task_index=job.first_task_index,
+        last_task_index=job.last_task_index,
+        start_time=timestamp(job.start_timestamp),
+        version=job.version,
+    )
+    end = timestamp(job.end_timestamp)
+    if end is not None:
+        msg.end_time.CopyFrom(end)
+    for name in ("project_id", "workflow_id", "dataset_id", "slurm_account", "worker_init"):
+        value = getattr(job, name)
+        if value is not None:
+            setattr(msg, name, value)
+    if with_log:
+        msg.log = log if log is not None else (job.log or "")
+    dict_to_struct(job.project_dump, msg.project_dump)
+    dict_to_struct(job.workflow_dump, msg.workflow_dump)
+    dict_to_struct(job.dataset_dump, msg.dataset_dump)
+    for item in job.task_statuses:
+        msg.task_statuses.add(
+            workflow_task_id=item["workflow_task_id"], order=item["order"], status=item["status"]
+        )
+    return msg
+
+
+def task_dump(task: models.Task) -> dict[str, Any]:
+    """The reference's TaskDumpV2 (used in history items and job snapshots)."""
+    return {
+        "id": task.id,
+        "name": task.name,
+        "type": task.type,
+        "command_non_parallel": task.command_non_parallel,
+        "command_parallel": task.command_parallel,
+        "source": task.source,
+        "owner": task.owner,
+        "version": task.version,
+        "input_types": task.input_types,
+        "output_types": task.output_types,
+    }

@@ -1,0 +1,138 @@
+"""Fixtures that build the world: a fresh database and NATS prefix per run, real services."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import grpc
+import grpc.aio
+import nats
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import ApiClient  # noqa: E402
+
+PG_ADMIN_URL = os.environ.get("FRACTAL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+NATS_URL = os.environ.get("FRACTAL_TEST_NATS", "nats://127.0.0.1:4222")
+RUN_ID = secrets.token_hex(4)
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return RUN_ID
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("state")
+
+
+@pytest.fixture(scope="session")
+def key_env(state_dir: Path) -> dict[str, str]:
+    from fractal_grpc.devstack.keys import ensure_dev_keys
+
+    return ensure_dev_keys(state_dir / "keys")
+
+
+async def _admin_exec(sql: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A database of its own for this test run, migrated, dropped at the end."""
+    name = f"fractal_test_{RUN_ID}"
+    asyncio.run(_admin_exec(f'CREATE DATABASE "{name}"'))
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    url = f"{base}/{name}"
+    from fractal_api.main import MIGRATIONS as API_MIGRATIONS
+    from fractal_grpc.migrate import upgrade
+
+    upgrade(API_MIGRATIONS, url, "api")
+    try:
+        from fractal_runner.main import MIGRATIONS as RUNNER_MIGRATIONS
+
+        upgrade(RUNNER_MIGRATIONS, url, "runner")
+    except ImportError:
+        pass
+    yield url
+    asyncio.run(_admin_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def nats_prefix() -> Iterator[str]:
+    """NATS subjects and streams of this run only; the streams are deleted at the end."""
+    prefix = f"t{RUN_ID}"
+    yield prefix
+
+    async def cleanup() -> None:
+        nc = await nats.connect(NATS_URL)
+        js = nc.jetstream()
+        for suffix in ("CMD", "EVT"):
+            try:
+                await js.delete_stream(f"{prefix.upper()}_{suffix}")
+            except Exception:  # noqa: BLE001 - the stream may not exist
+                pass
+        await nc.close()
+
+    asyncio.run(cleanup())
+
+
+@pytest.fixture(scope="session")
+def service_env(
+    database_url: str, nats_prefix: str, key_env: dict[str, str], state_dir: Path
+) -> dict[str, str]:
+    """Environment shared by every service of this run."""
+    return {
+        **key_env,
+        "FRACTAL_DATABASE_URL": database_url,
+        "FRACTAL_NATS_URL": NATS_URL,
+        "FRACTAL_NATS_PREFIX": nats_prefix,
+        "FRACTAL_RUNNER_WORKING_BASE_DIR": str(state_dir / "jobs"),
+        "FRACTAL_API_SUBMIT_RATE_LIMIT": "0",
+        "FRACTAL_DEFAULT_ADMIN_EMAIL": "admin@fractal.xy",
+        "FRACTAL_DEFAULT_ADMIN_PASSWORD": "1234",
+        "FRACTAL_LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture(scope="session")
+async def api_address(service_env: dict[str, str]) -> AsyncIterator[str]:
+    """The api service in this process on a random loopback port."""
+    from fractal_api.app import ApiApp
+    from fractal_grpc.settings import ApiSettings
+
+    env = {k.removeprefix("FRACTAL_").lower(): v for k, v in service_env.items()}
+    settings = ApiSettings(**env, api_address="127.0.0.1:0", grace_seconds=0.5)
+    app = ApiApp(settings)
+    port = await app.start()
+    yield f"127.0.0.1:{port}"
+    await app.stop()
+
+
+@pytest.fixture(scope="session")
+async def channel(api_address: str) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(api_address) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="session")
+async def admin(channel: grpc.aio.Channel) -> ApiClient:
+    return await ApiClient.login(channel, "admin@fractal.xy", "1234")
+
+
+@pytest.fixture
+async def user(admin: ApiClient) -> ApiClient:
+    """A fresh verified user with a username."""
+    return await admin.new_user(verified=True)
