@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import sys
@@ -80,10 +81,8 @@ def nats_prefix() -> Iterator[str]:
         nc = await nats.connect(NATS_URL)
         js = nc.jetstream()
         for suffix in ("CMD", "EVT"):
-            try:
+            with contextlib.suppress(Exception):  # the stream may not exist
                 await js.delete_stream(f"{prefix.upper()}_{suffix}")
-            except Exception:  # noqa: BLE001 - the stream may not exist
-                pass
         await nc.close()
 
     asyncio.run(cleanup())

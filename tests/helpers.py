@@ -8,6 +8,10 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from google.protobuf import field_mask_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
 from fractal.internal.v1 import job_execution_service_pb2_grpc
 from fractal.v2 import (
     auth_service_pb2,
@@ -23,9 +27,6 @@ from fractal.v2 import (
     user_service_pb2_grpc,
     workflow_service_pb2_grpc,
 )
-from google.protobuf import field_mask_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 
 @dataclass

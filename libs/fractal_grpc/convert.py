@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from fractal.v2 import image_pb2
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from fractal.v2 import image_pb2
 
 Scalar = int | float | str | bool
 

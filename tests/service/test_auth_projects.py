@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import grpc
 import grpc.aio
@@ -10,6 +11,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
 from fractal.v2 import (
     auth_service_pb2,
     dataset_service_pb2,
@@ -48,8 +50,8 @@ def _forged_tokens(key_env: dict[str, str]) -> list[str]:
     other = Ed25519PrivateKey.generate().private_bytes(
         Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
     )
-    real = open(key_env["FRACTAL_JWT_PRIVATE_KEY_FILE"]).read()
-    service = open(key_env["FRACTAL_SERVICE_PRIVATE_KEY_FILE"]).read()
+    real = Path(key_env["FRACTAL_JWT_PRIVATE_KEY_FILE"]).read_text()
+    service = Path(key_env["FRACTAL_SERVICE_PRIVATE_KEY_FILE"]).read_text()
     return [
         "not-a-token",
         jwt.encode(claims, None, algorithm="none"),

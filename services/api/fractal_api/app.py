@@ -10,6 +10,12 @@ from fractal.v2 import (
     project_service_pb2_grpc,
     user_service_pb2_grpc,
 )
+from fractal_api.access import ACCESS
+from fractal_api.context import ApiContext
+from fractal_api.models import outbox
+from fractal_api.servicers.auth import AuthServicer, UserServicer
+from fractal_api.servicers.projects import DatasetServicer, ProjectServicer
+from fractal_api.store import users
 from fractal_grpc.auth.principal import Principal
 from fractal_grpc.auth.tokens import (
     INTERNAL_AUDIENCE,
@@ -24,13 +30,6 @@ from fractal_grpc.events.outbox import OutboxRelay
 from fractal_grpc.grpckit.interceptors import AuthInterceptor, ErrorInterceptor, LoggingInterceptor
 from fractal_grpc.grpckit.server import GrpcServer
 from fractal_grpc.settings import ApiSettings
-
-from fractal_api.access import ACCESS
-from fractal_api.context import ApiContext
-from fractal_api.models import outbox
-from fractal_api.servicers.auth import AuthServicer, UserServicer
-from fractal_api.servicers.projects import DatasetServicer, ProjectServicer
-from fractal_api.store import users
 
 log = logging.getLogger("fractal.api")
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from fractal_grpc.auth.tokens import TokenSigner
 from fractal_grpc.events.bus import EventBus, Subjects
 from fractal_grpc.events.outbox import OutboxRelay
 from fractal_grpc.settings import ApiSettings
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 
 @dataclass

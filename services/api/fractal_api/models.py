@@ -5,8 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fractal_grpc.db import schema_metadata
-from fractal_grpc.events.outbox import outbox_table
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -22,6 +20,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from fractal_grpc.db import schema_metadata
+from fractal_grpc.events.outbox import outbox_table
 
 SCHEMA = "api"
 

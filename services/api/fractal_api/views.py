@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fractal.v2 import job_pb2, project_pb2, task_pb2, user_pb2, workflow_pb2
-from fractal_grpc.convert import dict_to_struct, fill_filters, timestamp
-
 from fractal_api import models
+from fractal_grpc.convert import dict_to_struct, fill_filters, timestamp
 
 TASK_TYPES = {
     "non_parallel": task_pb2.TASK_TYPE_NON_PARALLEL,

@@ -5,19 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 import grpc.aio
+
 from fractal.v2 import auth_service_pb2 as pb
 from fractal.v2 import auth_service_pb2_grpc as rpc
 from fractal.v2 import user_service_pb2 as upb
 from fractal.v2 import user_service_pb2_grpc as urpc
+from fractal_api.context import ApiContext
+from fractal_api.store import users
+from fractal_api.views import user_view
 from fractal_grpc.auth.passwords import DUMMY_HASH, hash_password, verify_password
 from fractal_grpc.auth.principal import current_user
 from fractal_grpc.db import transaction
 from fractal_grpc.grpckit.errors import AlreadyExists, Unauthenticated, Violations, invalid_field
 from fractal_grpc.pagination import decode_token, encode_token, page_size
-
-from fractal_api.context import ApiContext
-from fractal_api.store import users
-from fractal_api.views import user_view
 
 _USER_FIELDS = (
     "email",

@@ -5,20 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 import grpc.aio
+
 from fractal.v2 import dataset_service_pb2 as dpb
 from fractal.v2 import dataset_service_pb2_grpc as drpc
 from fractal.v2 import project_service_pb2 as pb
 from fractal.v2 import project_service_pb2_grpc as rpc
-from fractal_grpc.auth.principal import current_user
-from fractal_grpc.db import transaction
-from fractal_grpc.grpckit.errors import Violations
-from fractal_grpc.pagination import decode_token, encode_token, page_size
-
 from fractal_api import validation
 from fractal_api.context import ApiContext
 from fractal_api.models import Dataset, Project
 from fractal_api.store import datasets, projects, requests
 from fractal_api.views import dataset_view, project_view
+from fractal_grpc.auth.principal import current_user
+from fractal_grpc.db import transaction
+from fractal_grpc.grpckit.errors import Violations
+from fractal_grpc.pagination import decode_token, encode_token, page_size
 
 
 class ProjectServicer(rpc.ProjectServiceServicer):

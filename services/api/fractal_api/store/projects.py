@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fractal_grpc.grpckit.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Dataset, Job, Project, ProjectMember, Workflow
+from fractal_grpc.grpckit.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 
 
 async def get_checked(session: AsyncSession, project_id: int, user_id: int) -> Project:

@@ -1,13 +1,13 @@
-"""Idempotency keys (AIP-155): a create retried with the same request_id returns the first result."""
+"""Idempotency keys (AIP-155): a create retried with one request_id returns the first result."""
 
 from __future__ import annotations
 
-from fractal_grpc.grpckit.errors import invalid_field
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import RequestRecord
+from fractal_grpc.grpckit.errors import invalid_field
 
 
 async def replay(session: AsyncSession, user_id: int, method: str, request_id: str) -> int | None:

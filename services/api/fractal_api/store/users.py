@@ -6,14 +6,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from fractal_grpc.auth.passwords import hash_password
-from fractal_grpc.auth.principal import Principal
-from fractal_grpc.grpckit.errors import AlreadyExists, NotFound, Violations
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import User
+from fractal_grpc.auth.passwords import hash_password
+from fractal_grpc.auth.principal import Principal
+from fractal_grpc.grpckit.errors import AlreadyExists, NotFound, Violations
 
 log = logging.getLogger("fractal.api.users")
 
