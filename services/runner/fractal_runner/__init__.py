@@ -1,0 +1,1 @@
+"""fractal-runner: executes jobs (local executor), reporting results to api."""
