@@ -1,0 +1,98 @@
+"""Names and folders of a job's working directory (reference §5.1 step 10, §5.2 step 6, §5.9).
+
+{base}/proj_v2_0000001_wf_0000002_job_0000003_20240101_120000/
+    workflow.log
+    0_create_ome_zarr_compound/
+        0.args.json  0.metadiff.json  0.log                     (single call)
+        0_par_0000000.args.json  0_par_0000000.metadiff.json ... (parallel items)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+__all__ = [
+    "FOLDER_MODE",
+    "CallPaths",
+    "create_job_folders",
+    "job_folder_name",
+    "parallel_prefix",
+    "single_prefix",
+    "task_slug",
+    "task_subfolder",
+]
+
+FOLDER_MODE = 0o755
+
+
+def job_folder_name(project_id: int, workflow_id: int, job_id: int, when: datetime) -> str:
+    """`proj_v2_{pid:07d}_wf_{wid:07d}_job_{jid:07d}_{YYYYmmdd_HHMMSS}`."""
+    return (
+        f"proj_v2_{project_id:07d}_wf_{workflow_id:07d}_job_{job_id:07d}"
+        f"_{when.strftime('%Y%m%d_%H%M%S')}"
+    )
+
+
+def task_slug(name: str) -> str:
+    """Lowercase, spaces replaced by underscores (nothing else is changed, as in the reference)."""
+    return name.lower().replace(" ", "_")
+
+
+def task_subfolder(order: int, task_name: str) -> str:
+    """`{order}_{slug}`: the folder of one workflow task inside the job folder."""
+    return f"{order}_{task_slug(task_name)}"
+
+
+def single_prefix(order: int) -> str:
+    """File prefix of a non-parallel call (or the init call of a compound task)."""
+    return f"{order}"
+
+
+def parallel_prefix(order: int, index: int) -> str:
+    """File prefix of the `index`-th parallel call: `{order}_par_{index:07d}`."""
+    return f"{order}_par_{index:07d}"
+
+
+@dataclass(frozen=True, slots=True)
+class CallPaths:
+    """The three files of one task call."""
+
+    args_json: Path
+    out_json: Path
+    log: Path
+
+    @classmethod
+    def build(cls, job_dir: Path, subfolder: str, prefix: str) -> CallPaths:
+        folder = job_dir / subfolder
+        return cls(
+            args_json=folder / f"{prefix}.args.json",
+            out_json=folder / f"{prefix}.metadiff.json",
+            log=folder / f"{prefix}.log",
+        )
+
+
+def _mkdir(path: Path, *, parents: bool = False) -> None:
+    path.mkdir(mode=FOLDER_MODE, parents=parents, exist_ok=False)
+    # mkdir's mode is filtered by the umask; chmod gives exactly 0755 without touching the
+    # process-wide umask (which the reference sets to 0, a race for a multi-job process).
+    os.chmod(path, FOLDER_MODE)
+
+
+def create_job_folders(job_dir: Path, tasks_slice: Iterable[tuple[int, str]]) -> dict[int, Path]:
+    """Create the job folder and one subfolder per `(order, task name)`, all with mode 0755.
+
+    Missing parents of `job_dir` are created too (with default permissions). Raises
+    FileExistsError if `job_dir` already exists: a job folder is never reused.
+    Returns the subfolder of each order.
+    """
+    _mkdir(job_dir, parents=True)
+    subfolders: dict[int, Path] = {}
+    for order, name in tasks_slice:
+        subfolder = job_dir / task_subfolder(order, name)
+        _mkdir(subfolder)
+        subfolders[order] = subfolder
+    return subfolders
