@@ -135,3 +135,12 @@ async def admin(channel: grpc.aio.Channel) -> ApiClient:
 async def user(admin: ApiClient) -> ApiClient:
     """A fresh verified user with a username."""
     return await admin.new_user(verified=True)
+
+
+@pytest.fixture(scope="session")
+def service_md(key_env: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """Metadata with a service token, as the runner sends it to api's internal RPCs."""
+    from fractal_grpc.auth.tokens import ServiceTokenSource
+
+    key = Path(key_env["FRACTAL_SERVICE_PRIVATE_KEY_FILE"]).read_text()
+    return ServiceTokenSource(key, service="test-runner").metadata()

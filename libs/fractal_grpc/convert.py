@@ -83,7 +83,8 @@ def image_to_dict(image: image_pb2.Image) -> dict[str, Any]:
     }
 
 
-def fill_image(target: image_pb2.Image, image: Mapping[str, Any]) -> None:
+def fill_image(target: image_pb2.Image, image: Any) -> None:
+    """Fill from a mapping with zarr_url, origin, attributes and types (a dict or a row)."""
     target.zarr_url = image["zarr_url"]
     if image.get("origin") is not None:
         target.origin = image["origin"]

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+from fractal.internal.v1 import job_execution_service_pb2_grpc as internal_rpc
 from fractal.v2 import (
     auth_service_pb2_grpc,
     dataset_service_pb2_grpc,
+    image_service_pb2_grpc,
+    job_service_pb2_grpc,
     project_service_pb2_grpc,
+    task_service_pb2_grpc,
     user_service_pb2_grpc,
+    workflow_service_pb2_grpc,
 )
-from fractal_api.access import ACCESS
+from fractal_api.access import ACCESS, SERVICES
 from fractal_api.context import ApiContext
 from fractal_api.models import outbox
 from fractal_api.servicers.auth import AuthServicer, UserServicer
+from fractal_api.servicers.images import ImageServicer
+from fractal_api.servicers.internal import JobExecutionServicer
+from fractal_api.servicers.jobs import JobServicer
 from fractal_api.servicers.projects import DatasetServicer, ProjectServicer
+from fractal_api.servicers.tasks import TaskServicer
+from fractal_api.servicers.workflows import WorkflowServicer
 from fractal_api.store import users
 from fractal_grpc.auth.principal import Principal
 from fractal_grpc.auth.tokens import (
@@ -62,26 +73,22 @@ class ApiApp:
             settings.api_address, [ErrorInterceptor(), LoggingInterceptor(), auth]
         )
         ctx = self.ctx
-        self.server.add(
-            auth_service_pb2_grpc.add_AuthServiceServicer_to_server,
-            AuthServicer(ctx),
-            "fractal.v2.AuthService",
-        )
-        self.server.add(
-            user_service_pb2_grpc.add_UserServiceServicer_to_server,
-            UserServicer(ctx),
-            "fractal.v2.UserService",
-        )
-        self.server.add(
-            project_service_pb2_grpc.add_ProjectServiceServicer_to_server,
-            ProjectServicer(ctx),
-            "fractal.v2.ProjectService",
-        )
-        self.server.add(
-            dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server,
-            DatasetServicer(ctx),
-            "fractal.v2.DatasetService",
-        )
+        registrations: list[tuple[Callable[..., None], object]] = [
+            (auth_service_pb2_grpc.add_AuthServiceServicer_to_server, AuthServicer(ctx)),
+            (user_service_pb2_grpc.add_UserServiceServicer_to_server, UserServicer(ctx)),
+            (project_service_pb2_grpc.add_ProjectServiceServicer_to_server, ProjectServicer(ctx)),
+            (dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server, DatasetServicer(ctx)),
+            (image_service_pb2_grpc.add_ImageServiceServicer_to_server, ImageServicer(ctx)),
+            (task_service_pb2_grpc.add_TaskServiceServicer_to_server, TaskServicer(ctx)),
+            (
+                workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server,
+                WorkflowServicer(ctx),
+            ),
+            (job_service_pb2_grpc.add_JobServiceServicer_to_server, JobServicer(ctx)),
+            (internal_rpc.add_JobExecutionServiceServicer_to_server, JobExecutionServicer(ctx)),
+        ]
+        for (register, servicer), name in zip(registrations, SERVICES, strict=True):
+            self.server.add(register, servicer, name)
 
     async def _load_user(self, subject: str) -> Principal | None:
         if not subject.isdigit():

@@ -1,0 +1,137 @@
+"""ImageService (reference §6.3), one row per image."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc.aio
+
+from fractal.v2 import image_service_pb2 as pb
+from fractal.v2 import image_service_pb2_grpc as rpc
+from fractal_api import validation
+from fractal_api.context import ApiContext
+from fractal_api.store import images, projects
+from fractal_grpc.auth.principal import current_user
+from fractal_grpc.convert import attributes_to_python, fill_image, python_to_attribute
+from fractal_grpc.db import transaction
+from fractal_grpc.grpckit.errors import AlreadyExists, NotFound, Violations
+from fractal_grpc.images.changes import ImageRecord
+from fractal_grpc.images.filters import validate_keys
+from fractal_grpc.pagination import decode_token, encode_token, page_size, query_fingerprint
+
+MAX_PAGE = 10_000
+
+
+def _is_under(zarr_url: str, zarr_dir: str) -> bool:
+    return zarr_url.startswith(zarr_dir.rstrip("/") + "/")
+
+
+def _checked_images(request: pb.AddImagesRequest, zarr_dir: str) -> list[ImageRecord]:
+    violations = Violations()
+    records: list[ImageRecord] = []
+    seen: set[str] = set()
+    for i, image in enumerate(request.images):
+        field = f"images[{i}]"
+        url = validation.url(image.zarr_url, f"{field}.zarr_url", violations)
+        if url == zarr_dir:
+            violations.add(f"{field}.zarr_url", "cannot be equal to the dataset's zarr_dir")
+        elif url.startswith("/") and not _is_under(url, zarr_dir):
+            violations.add(f"{field}.zarr_url", f"must be inside zarr_dir {zarr_dir}")
+        if url in seen:
+            violations.add(f"{field}.zarr_url", "appears twice in this request")
+        seen.add(url)
+        origin = None
+        if image.HasField("origin"):
+            origin = validation.url(image.origin, f"{field}.origin", violations)
+        attributes = attributes_to_python(image.attributes)
+        nulls = sorted(k for k, v in attributes.items() if v is None)
+        if nulls:
+            violations.add(f"{field}.attributes", f"null values are not allowed ({nulls[0]})")
+        try:
+            attributes = validate_keys(attributes, f"{field}.attributes")
+            types = validate_keys(dict(image.types), f"{field}.types")
+        except ValueError as exc:
+            violations.add(f"{field}", str(exc))
+            types = {}
+        records.append(ImageRecord(url, origin, attributes, types))
+    violations.raise_if_any()
+    return records
+
+
+class ImageServicer(rpc.ImageServiceServicer):
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    async def AddImages(
+        self, request: pb.AddImagesRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        async with transaction(self.ctx.sessions) as session:
+            dataset = await projects.dataset_checked(
+                session, request.project_id, request.dataset_id, user_id
+            )
+            records = _checked_images(request, dataset.zarr_dir)
+            locked = await images.lock_dataset(session, dataset.id)
+            if locked is None:
+                raise NotFound("Dataset not found")
+            present = await images.existing_urls(session, dataset.id, [r.zarr_url for r in records])
+            if present:
+                raise AlreadyExists(
+                    f"{len(present)} image(s) already in the dataset, e.g. {present[0]}",
+                    reason="IMAGE_EXISTS",
+                    violations=[
+                        (f"images[{i}].zarr_url", "already in the dataset")
+                        for i, r in enumerate(records)
+                        if r.zarr_url in set(present)
+                    ][:100],
+                )
+            added = await images.append(session, locked, records)
+        return pb.AddImagesResponse(added_count=added)
+
+    async def QueryImages(
+        self, request: pb.QueryImagesRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        violations = Violations()
+        size = page_size(request.page_size, maximum=MAX_PAGE)
+        filters = validation.filters(request.filters, "filters", violations)
+        zarr_url = request.zarr_url if request.HasField("zarr_url") else None
+        violations.raise_if_any()
+        async with self.ctx.sessions() as session:
+            dataset = await projects.dataset_checked(
+                session, request.project_id, request.dataset_id, user_id
+            )
+            dataset_filters = dataset.filters if request.use_dataset_filters else None
+            fingerprint = query_fingerprint(
+                dataset.id, filters, dataset_filters, zarr_url, request.use_dataset_filters
+            )
+            state = decode_token(request.page_token, fingerprint)
+            where = images.query_clause(dataset.id, filters, dataset_filters, zarr_url)
+            response = pb.QueryImagesResponse()
+            if state is None:
+                total = await images.count(session, where)
+                if dataset_filters and (dataset_filters["attributes"] or dataset_filters["types"]):
+                    facet_attrs, facet_types = await images.facets_of(
+                        session, images.query_clause(dataset.id, None, dataset_filters)
+                    )
+                else:
+                    await images.ensure_facets(session, dataset)
+                    await session.commit()
+                    facet_attrs, facet_types = await images.facets(session, dataset.id)
+                for key, values in facet_attrs.items():
+                    entry = response.attributes[key]
+                    for value in values:
+                        python_to_attribute(value, entry.values.add())
+                response.types.extend(facet_types)
+                after = -1
+            else:
+                total, after = int(state["total"]), int(state["after"])
+            rows = await images.page(session, where, after_position=after, limit=size + 1)
+        for row in rows[:size]:
+            fill_image(response.images.add(), row._mapping)
+        response.total_count = total
+        if len(rows) > size:
+            response.next_page_token = encode_token(
+                fingerprint, after=rows[size - 1].position, total=total
+            )
+        return response

@@ -1,0 +1,211 @@
+"""JobService (reference §3.2 "Jobs", §5.1), with WatchJob streaming the job's changes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc.aio
+
+from fractal.events.v1 import job_events_pb2
+from fractal.v2 import job_pb2
+from fractal.v2 import job_service_pb2 as pb
+from fractal.v2 import job_service_pb2_grpc as rpc
+from fractal_api.context import ApiContext
+from fractal_api.models import Job
+from fractal_api.store import jobs, projects, requests, workflows
+from fractal_api.views import job_view
+from fractal_grpc.auth.principal import current_user
+from fractal_grpc.db import transaction
+from fractal_grpc.grpckit.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
+from fractal_grpc.pagination import decode_token, encode_token, page_size
+
+JOB_STATUS_DONE = job_pb2.JOB_STATUS_DONE
+JOB_STATUS_FAILED = job_pb2.JOB_STATUS_FAILED
+# How often WatchJob re-reads the job even without an event (a safety net, not the mechanism).
+WATCH_RESYNC_SECONDS = 5.0
+
+
+def _indices(request: pb.SubmitJobRequest, n: int) -> tuple[int, int]:
+    """Reference ``set_start_and_last_task_index``."""
+    first = request.first_task_index if request.HasField("first_task_index") else 0
+    last = request.last_task_index if request.HasField("last_task_index") else n - 1
+    violations = Violations()
+    if first < 0:
+        violations.add("first_task_index", "must not be negative")
+    if last < 0:
+        violations.add("last_task_index", "must not be negative")
+    if last > n - 1:
+        violations.add("last_task_index", f"must be at most {n - 1}")
+    if first > last:
+        violations.add("first_task_index", "must not be greater than last_task_index")
+    if violations.items:
+        raise InvalidArgument(
+            f"Invalid values for first_task_index or last_task_index "
+            f"(with {n} tasks): first={first}, last={last}",
+            violations=violations.items,
+        )
+    return first, last
+
+
+def _read_tmp_log(job: Job) -> str | None:
+    if not job.working_dir:
+        return None
+    with contextlib.suppress(OSError):
+        return (Path(job.working_dir) / "workflow.log").read_text(errors="replace")
+    return None
+
+
+class JobServicer(rpc.JobServiceServicer):
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    async def SubmitJob(
+        self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        me = current_user()
+        user_id = me.user_id or 0
+        settings = self.ctx.settings
+        violations = Violations()
+        worker_init = request.worker_init if request.HasField("worker_init") else None
+        if worker_init is not None and not worker_init.strip():
+            violations.add("worker_init", "must not be blank")
+        violations.raise_if_any()
+        async with transaction(self.ctx.sessions) as session:
+            earlier = await requests.replay(session, user_id, "SubmitJob", request.request_id)
+            if earlier is not None:
+                job = await projects.job_checked(session, request.project_id, earlier, user_id)
+                return pb.SubmitJobResponse(job=job_view(job))
+            dataset = await projects.dataset_checked(
+                session, request.project_id, request.dataset_id, user_id
+            )
+            workflow = await projects.workflow_checked(
+                session, request.project_id, request.workflow_id, user_id
+            )
+            project = await projects.get_checked(session, request.project_id, user_id)
+            wftasks = (await workflows.task_list(session, [workflow.id]))[workflow.id]
+            if not wftasks:
+                raise FailedPrecondition(
+                    f"Workflow {workflow.id} has empty task_list", reason="WORKFLOW_EMPTY"
+                )
+            first, last = _indices(request, len(wftasks))
+            if settings.runner_backend == "slurm" and not (me.slurm_user and me.cache_dir):
+                raise FailedPrecondition(
+                    f"{settings.runner_backend=} but user has slurm_user={me.slurm_user} "
+                    f"and cache_dir={me.cache_dir}",
+                    reason="USER_NOT_SLURM_READY",
+                )
+            if request.HasField("slurm_account"):
+                if request.slurm_account not in me.slurm_accounts:
+                    raise InvalidArgument(
+                        f"SLURM account '{request.slurm_account}' is not allowed for this user",
+                        violations=[("slurm_account", "not one of the user's slurm_accounts")],
+                    )
+                slurm_account: str | None = request.slurm_account
+            else:
+                slurm_account = me.slurm_accounts[0] if me.slurm_accounts else None
+            await jobs.check_rate_limit(
+                session, project.id, workflow.id, dataset.id, settings.api_submit_rate_limit
+            )
+            job = await jobs.submit(
+                session,
+                self.ctx.subjects,
+                project=project,
+                workflow=workflow,
+                dataset=dataset,
+                wftasks=wftasks,
+                first=first,
+                last=last,
+                user_id=user_id,
+                user_email=me.email,
+                slurm_account=slurm_account,
+                worker_init=worker_init,
+                working_base_dir=str(settings.runner_working_base_dir),
+            )
+            await requests.remember(session, user_id, "SubmitJob", request.request_id, job.id)
+        self.ctx.outbox_written()
+        return pb.SubmitJobResponse(job=job_view(job))
+
+    async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> Any:
+        async with self.ctx.sessions() as session:
+            job = await projects.job_checked(
+                session, request.project_id, request.job_id, current_user().user_id or 0
+            )
+        log = None
+        if request.show_tmp_logs and job.status == "submitted":
+            log = _read_tmp_log(job)
+        return pb.GetJobResponse(job=job_view(job, log=log))
+
+    async def ListJobs(self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> Any:
+        user_id = current_user().user_id or 0
+        size = page_size(request.page_size)
+        query = f"jobs:{request.project_id}"
+        state = decode_token(request.page_token, query)
+        async with self.ctx.sessions() as session:
+            if request.project_id:
+                await projects.get_checked(session, request.project_id, user_id)
+            rows = await jobs.list_page(
+                session,
+                user_id,
+                request.project_id,
+                before_id=state["before"] if state else None,
+                limit=size + 1,
+            )
+        token = encode_token(query, before=rows[size - 1].id) if len(rows) > size else ""
+        return pb.ListJobsResponse(
+            jobs=[job_view(j, with_log=not request.skip_logs) for j in rows[:size]],
+            next_page_token=token,
+        )
+
+    async def StopJob(self, request: pb.StopJobRequest, context: grpc.aio.ServicerContext) -> Any:
+        user_id = current_user().user_id or 0
+        async with transaction(self.ctx.sessions) as session:
+            await projects.job_checked(session, request.project_id, request.job_id, user_id)
+            job = await jobs.lock(session, request.job_id)
+            job = await jobs.request_stop(session, self.ctx.subjects, job)
+        self.ctx.outbox_written()
+        return pb.StopJobResponse(job=job_view(job))
+
+    async def _load(self, job_id: int) -> job_pb2.Job:
+        async with self.ctx.sessions() as session:
+            job = await session.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"Job {job_id} not found")
+        return job_view(job)
+
+    async def WatchJob(
+        self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchJobResponse]:
+        user_id = current_user().user_id or 0
+        async with self.ctx.sessions() as session:
+            await projects.job_checked(session, request.project_id, request.job_id, user_id)
+        assert self.ctx.bus is not None
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_event(msg: Any) -> None:
+            queue.put_nowait(msg.data)
+
+        # Subscribe before reading the current state, so no change falls in between.
+        sub = await self.ctx.bus.nc.subscribe(
+            self.ctx.subjects.job_event(request.job_id), cb=on_event
+        )
+        try:
+            state = await self._load(request.job_id)
+            sent = 0
+            while True:
+                if state.version > sent:
+                    sent = state.version
+                    yield pb.WatchJobResponse(job=state)
+                if state.status in (JOB_STATUS_DONE, JOB_STATUS_FAILED):
+                    return
+                try:
+                    data = await asyncio.wait_for(queue.get(), WATCH_RESYNC_SECONDS)
+                    state = job_events_pb2.JobChanged.FromString(data).job
+                except TimeoutError:
+                    state = await self._load(request.job_id)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()

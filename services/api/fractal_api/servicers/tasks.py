@@ -1,0 +1,125 @@
+"""TaskService: custom tasks and the catalogue (reference §3.2 "Tasks (V2)", §8.4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc.aio
+import jsonschema
+
+from fractal.v2 import task_service_pb2 as pb
+from fractal.v2 import task_service_pb2_grpc as rpc
+from fractal_api import validation
+from fractal_api.context import ApiContext
+from fractal_api.models import Task
+from fractal_api.store import requests, tasks
+from fractal_api.views import task_view
+from fractal_grpc.auth.principal import current_user
+from fractal_grpc.convert import struct_to_dict
+from fractal_grpc.db import transaction
+from fractal_grpc.grpckit.errors import FailedPrecondition, Violations
+from fractal_grpc.images.filters import validate_keys
+from fractal_grpc.pagination import decode_token, encode_token, page_size
+
+
+def _schema(request: Any, field: str, violations: Violations) -> dict[str, Any] | None:
+    schema = struct_to_dict(getattr(request, field), request.HasField(field))
+    if schema is not None:
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            violations.add(field, f"not a valid JSON Schema: {exc.message}")
+    return schema
+
+
+class TaskServicer(rpc.TaskServiceServicer):
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    async def CreateTask(
+        self, request: pb.CreateTaskRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        me = current_user()
+        violations = Violations()
+        name = validation.name(request.name, "name", violations)
+        source = validation.name(request.source, "source", violations)
+        commands: dict[str, str | None] = {}
+        for field in ("command_non_parallel", "command_parallel"):
+            value = getattr(request, field) if request.HasField(field) else None
+            if value is not None and not value.strip():
+                violations.add(field, "must not be empty")
+            commands[field] = value.strip() if value else None
+        if not commands["command_non_parallel"] and not commands["command_parallel"]:
+            violations.add("command_parallel", "a task needs at least one command")
+        kind = tasks.task_type(commands["command_non_parallel"], commands["command_parallel"])
+        meta_np = struct_to_dict(request.meta_non_parallel) or {}
+        meta_p = struct_to_dict(request.meta_parallel) or {}
+        schema_np = _schema(request, "args_schema_non_parallel", violations)
+        schema_p = _schema(request, "args_schema_parallel", violations)
+        if kind == "parallel" and (schema_np is not None or meta_np):
+            violations.add("args_schema_non_parallel", "not allowed for a parallel task")
+        if kind == "non_parallel" and (schema_p is not None or meta_p):
+            violations.add("args_schema_parallel", "not allowed for a non-parallel task")
+        types: dict[str, dict[str, bool]] = {}
+        for field in ("input_types", "output_types"):
+            try:
+                types[field] = validate_keys(dict(getattr(request, field)), field)
+            except ValueError as exc:
+                violations.add(field, str(exc))
+        violations.raise_if_any()
+        owner = me.username or me.slurm_user
+        if not owner:
+            raise FailedPrecondition(
+                "Cannot add a new task because current user does not have `username` or "
+                "`slurm_user` attributes.",
+                reason="TASK_OWNER_UNKNOWN",
+            )
+        user_id = me.user_id or 0
+        async with transaction(self.ctx.sessions) as session:
+            earlier = await requests.replay(session, user_id, "CreateTask", request.request_id)
+            if earlier is not None:
+                task = await tasks.get(session, earlier)
+            else:
+                task = await tasks.create(
+                    session,
+                    name=name,
+                    type=kind,
+                    source=f"{owner}:{source}",
+                    owner=owner,
+                    version=request.version if request.HasField("version") else None,
+                    command_non_parallel=commands["command_non_parallel"],
+                    command_parallel=commands["command_parallel"],
+                    meta_non_parallel=meta_np,
+                    meta_parallel=meta_p,
+                    args_schema_non_parallel=schema_np,
+                    args_schema_parallel=schema_p,
+                    args_schema_version=request.args_schema_version
+                    if request.HasField("args_schema_version")
+                    else None,
+                    docs_info=request.docs_info if request.HasField("docs_info") else None,
+                    docs_link=request.docs_link if request.HasField("docs_link") else None,
+                    input_types=types["input_types"],
+                    output_types=types["output_types"],
+                )
+                await requests.remember(session, user_id, "CreateTask", request.request_id, task.id)
+        return pb.CreateTaskResponse(task=task_view(task))
+
+    async def GetTask(self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext) -> Any:
+        async with self.ctx.sessions() as session:
+            task = await tasks.get(session, request.task_id)
+        return pb.GetTaskResponse(task=task_view(task))
+
+    async def ListTasks(
+        self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        size = page_size(request.page_size)
+        state = decode_token(request.page_token, "tasks") or {"after": 0}
+        async with self.ctx.sessions() as session:
+            rows: list[Task] = list(
+                await tasks.list_page(session, after_id=state["after"], limit=size + 1)
+            )
+        token = encode_token("tasks", after=rows[size - 1].id) if len(rows) > size else ""
+        return pb.ListTasksResponse(
+            tasks=[task_view(t, with_schemas=not request.skip_args_schemas) for t in rows[:size]],
+            next_page_token=token,
+        )

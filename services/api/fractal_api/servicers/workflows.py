@@ -1,0 +1,139 @@
+"""WorkflowService (reference §3.2 "Workflows", "Workflow tasks")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc.aio
+
+from fractal.v2 import workflow_service_pb2 as pb
+from fractal.v2 import workflow_service_pb2_grpc as rpc
+from fractal_api import validation
+from fractal_api.context import ApiContext
+from fractal_api.models import Workflow, WorkflowTask
+from fractal_api.store import projects, requests, tasks, workflows
+from fractal_api.views import workflow_task_view, workflow_view
+from fractal_grpc.auth.principal import current_user
+from fractal_grpc.convert import struct_to_dict
+from fractal_grpc.db import transaction
+from fractal_grpc.grpckit.errors import Violations
+from fractal_grpc.images.filters import validate_keys
+from fractal_grpc.pagination import decode_token, encode_token, page_size
+
+RESERVED_ARGS = ("zarr_url", "zarr_urls", "zarr_dir", "init_args")
+
+
+class WorkflowServicer(rpc.WorkflowServiceServicer):
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    async def CreateWorkflow(
+        self, request: pb.CreateWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        violations = Violations()
+        name = validation.name(request.name, "name", violations)
+        async with transaction(self.ctx.sessions) as session:
+            await projects.get_checked(session, request.project_id, user_id)
+            violations.raise_if_any()
+            earlier = await requests.replay(session, user_id, "CreateWorkflow", request.request_id)
+            if earlier is not None:
+                workflow = await projects.workflow_checked(
+                    session, request.project_id, earlier, user_id
+                )
+            else:
+                workflow = await workflows.create(session, request.project_id, name)
+                await requests.remember(
+                    session, user_id, "CreateWorkflow", request.request_id, workflow.id
+                )
+            listing = await workflows.task_list(session, [workflow.id])
+        return pb.CreateWorkflowResponse(workflow=workflow_view(workflow, listing[workflow.id]))
+
+    async def GetWorkflow(
+        self, request: pb.GetWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async with self.ctx.sessions() as session:
+            workflow = await projects.workflow_checked(
+                session, request.project_id, request.workflow_id, current_user().user_id or 0
+            )
+            listing = await workflows.task_list(session, [workflow.id])
+        return pb.GetWorkflowResponse(workflow=workflow_view(workflow, listing[workflow.id]))
+
+    async def ListWorkflows(
+        self, request: pb.ListWorkflowsRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        size = page_size(request.page_size)
+        query = f"workflows:{request.project_id}"
+        state = decode_token(request.page_token, query) or {"after": 0}
+        async with self.ctx.sessions() as session:
+            await projects.get_checked(session, request.project_id, current_user().user_id or 0)
+            rows: list[Workflow] = list(
+                await workflows.list_page(
+                    session, request.project_id, after_id=state["after"], limit=size + 1
+                )
+            )
+            listing = await workflows.task_list(session, [w.id for w in rows[:size]])
+        token = encode_token(query, after=rows[size - 1].id) if len(rows) > size else ""
+        return pb.ListWorkflowsResponse(
+            workflows=[workflow_view(w, listing[w.id]) for w in rows[:size]],
+            next_page_token=token,
+        )
+
+    async def CreateWorkflowTask(
+        self, request: pb.CreateWorkflowTaskRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        violations = Violations()
+        given: dict[str, dict[str, Any] | None] = {}
+        for field in ("args_non_parallel", "args_parallel", "meta_non_parallel", "meta_parallel"):
+            value = struct_to_dict(getattr(request, field), request.HasField(field))
+            if value is not None:
+                try:
+                    value = validate_keys(value, field)
+                except ValueError as exc:
+                    violations.add(field, str(exc))
+            given[field] = value
+        for field in ("args_non_parallel", "args_parallel"):
+            reserved = sorted(set(given[field] or {}) & set(RESERVED_ARGS))
+            if reserved:
+                violations.add(field, f"reserved keys are not allowed: {', '.join(reserved)}")
+        input_filters = validation.filters(request.input_filters, "input_filters", violations)
+        if request.HasField("order") and request.order < 0:
+            violations.add("order", "must not be negative")
+        async with transaction(self.ctx.sessions) as session:
+            workflow = await projects.workflow_checked(
+                session, request.project_id, request.workflow_id, user_id
+            )
+            task = await tasks.get(session, request.task_id)
+            if task.type == "parallel":
+                for field in ("args_non_parallel", "meta_non_parallel"):
+                    if given[field] is not None:
+                        violations.add(field, "not allowed for a parallel task")
+            if task.type == "non_parallel":
+                for field in ("args_parallel", "meta_parallel"):
+                    if given[field] is not None:
+                        violations.add(field, "not allowed for a non-parallel task")
+            violations.raise_if_any()
+            args_np = {
+                **tasks.schema_defaults(task.args_schema_non_parallel),
+                **(given["args_non_parallel"] or {}),
+            }
+            args_p = {
+                **tasks.schema_defaults(task.args_schema_parallel),
+                **(given["args_parallel"] or {}),
+            }
+            meta_np = {**task.meta_non_parallel, **(given["meta_non_parallel"] or {})}
+            meta_p = {**task.meta_parallel, **(given["meta_parallel"] or {})}
+            wftask = WorkflowTask(
+                task_id=task.id,
+                task_type=task.type,
+                args_non_parallel=args_np or None,
+                args_parallel=args_p or None,
+                meta_non_parallel=meta_np or None,
+                meta_parallel=meta_p or None,
+                input_filters=input_filters,
+            )
+            wftask = await workflows.insert_task(
+                session, workflow, wftask, request.order if request.HasField("order") else None
+            )
+        return pb.CreateWorkflowTaskResponse(workflow_task=workflow_task_view(wftask, task))

@@ -1,0 +1,266 @@
+"""The image table: bulk set operations, keyset pages, facets (DESIGN §5).
+
+Bulk writes pass whole columns as arrays (``unnest``), never one statement per image.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, cast, delete, func, literal, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fractal_api.models import Dataset, Image, ImageFacet
+from fractal_grpc.images.changes import ImageRecord
+from fractal_grpc.images.sql_filters import image_filter_clause
+
+_INSERT = text(
+    """
+    INSERT INTO api.images (dataset_id, position, zarr_url, origin, attributes, types)
+    SELECT :dataset_id, :start + u.ord - 1, u.zarr_url, u.origin, u.attributes::jsonb,
+           u.types::jsonb
+    FROM unnest(CAST(:urls AS text[]), CAST(:origins AS text[]), CAST(:attributes AS text[]),
+                CAST(:types AS text[])) WITH ORDINALITY
+         AS u(zarr_url, origin, attributes, types, ord)
+    """
+)
+
+_FACETS_ADD = text(
+    """
+    INSERT INTO api.image_facets (dataset_id, kind, key, value, count)
+    SELECT :dataset_id, f.kind, f.key, f.value, count(*)
+    FROM (
+        SELECT 'a' AS kind, e.key, e.value
+        FROM unnest(CAST(:attributes AS text[])) AS a(doc), jsonb_each(a.doc::jsonb) AS e
+        UNION ALL
+        SELECT 't', k, 'true'::jsonb
+        FROM unnest(CAST(:types AS text[])) AS t(doc), jsonb_object_keys(t.doc::jsonb) AS k
+    ) AS f
+    GROUP BY f.kind, f.key, f.value
+    ON CONFLICT (dataset_id, kind, key, value)
+    DO UPDATE SET count = api.image_facets.count + excluded.count
+    """
+)
+
+_FACETS_REBUILD = text(
+    """
+    INSERT INTO api.image_facets (dataset_id, kind, key, value, count)
+    SELECT :dataset_id, f.kind, f.key, f.value, count(*)
+    FROM (
+        SELECT 'a' AS kind, e.key, e.value
+        FROM api.images i, jsonb_each(i.attributes) AS e WHERE i.dataset_id = :dataset_id
+        UNION ALL
+        SELECT 't', k, 'true'::jsonb
+        FROM api.images i, jsonb_object_keys(i.types) AS k WHERE i.dataset_id = :dataset_id
+    ) AS f
+    GROUP BY f.kind, f.key, f.value
+    """
+)
+
+_UPDATE_MANY = text(
+    """
+    UPDATE api.images AS i SET attributes = u.attributes::jsonb, types = u.types::jsonb
+    FROM unnest(CAST(:urls AS text[]), CAST(:attributes AS text[]), CAST(:types AS text[]))
+         AS u(zarr_url, attributes, types)
+    WHERE i.dataset_id = :dataset_id AND i.zarr_url = u.zarr_url
+    """
+)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+async def lock_dataset(session: AsyncSession, dataset_id: int) -> Dataset | None:
+    """The dataset row, locked for this transaction (serialises writers of one image list)."""
+    result = await session.execute(
+        select(Dataset)
+        .where(Dataset.id == dataset_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return result.scalar_one_or_none()
+
+
+async def existing_urls(session: AsyncSession, dataset_id: int, urls: Sequence[str]) -> list[str]:
+    result = await session.execute(
+        select(Image.zarr_url).where(Image.dataset_id == dataset_id, Image.zarr_url.in_(urls))
+    )
+    return list(result.scalars())
+
+
+async def fetch(
+    session: AsyncSession, dataset_id: int, urls: Sequence[str]
+) -> dict[str, ImageRecord]:
+    if not urls:
+        return {}
+    result = await session.execute(
+        select(Image.zarr_url, Image.origin, Image.attributes, Image.types).where(
+            Image.dataset_id == dataset_id, Image.zarr_url.in_(list(set(urls)))
+        )
+    )
+    return {
+        row.zarr_url: ImageRecord(row.zarr_url, row.origin, row.attributes, row.types)
+        for row in result
+    }
+
+
+async def append(session: AsyncSession, dataset: Dataset, images: Sequence[ImageRecord]) -> int:
+    """Append images at the end of the list and count them into the facets."""
+    if not images:
+        return 0
+    attributes = [_dumps(i.attributes) for i in images]
+    types = [_dumps(i.types) for i in images]
+    await session.execute(
+        _INSERT,
+        {
+            "dataset_id": dataset.id,
+            "start": dataset.next_position,
+            "urls": [i.zarr_url for i in images],
+            "origins": [i.origin for i in images],
+            "attributes": attributes,
+            "types": types,
+        },
+    )
+    if not dataset.facets_stale:
+        await session.execute(
+            _FACETS_ADD, {"dataset_id": dataset.id, "attributes": attributes, "types": types}
+        )
+    dataset.next_position += len(images)
+    dataset.image_count += len(images)
+    return len(images)
+
+
+async def replace_many(
+    session: AsyncSession, dataset: Dataset, images: Sequence[ImageRecord]
+) -> None:
+    if not images:
+        return
+    await session.execute(
+        _UPDATE_MANY,
+        {
+            "dataset_id": dataset.id,
+            "urls": [i.zarr_url for i in images],
+            "attributes": [_dumps(i.attributes) for i in images],
+            "types": [_dumps(i.types) for i in images],
+        },
+    )
+    dataset.facets_stale = True
+
+
+async def remove_many(session: AsyncSession, dataset: Dataset, urls: Sequence[str]) -> None:
+    if not urls:
+        return
+    result = await session.execute(
+        delete(Image).where(Image.dataset_id == dataset.id, Image.zarr_url.in_(list(urls)))
+    )
+    dataset.image_count -= result.rowcount  # type: ignore[attr-defined]
+    dataset.facets_stale = True
+
+
+async def add_types_where(
+    session: AsyncSession, dataset: Dataset, where: ColumnElement[bool], types: Mapping[str, bool]
+) -> int:
+    """Set ``types`` on every image matching ``where`` (the implicit update, as one statement)."""
+    result = await session.execute(
+        update(Image)
+        .where(Image.dataset_id == dataset.id, where)
+        .values(types=Image.types.op("||")(cast(literal(_dumps(dict(types))), JSONB)))
+    )
+    if types:
+        dataset.facets_stale = True
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def filter_clause(filters: Mapping[str, Any] | None) -> ColumnElement[bool]:
+    filters = filters or {}
+    return image_filter_clause(
+        Image.__table__.c.attributes,
+        Image.__table__.c.types,
+        filters.get("attributes") or {},
+        filters.get("types") or {},
+    )
+
+
+def query_clause(
+    dataset_id: int,
+    filters: Mapping[str, Any] | None,
+    dataset_filters: Mapping[str, Any] | None = None,
+    zarr_url: str | None = None,
+) -> ColumnElement[bool]:
+    parts = [Image.dataset_id == dataset_id, filter_clause(filters)]
+    if dataset_filters is not None:
+        parts.append(filter_clause(dataset_filters))
+    if zarr_url is not None:
+        parts.append(Image.zarr_url == zarr_url)
+    return and_(*parts)
+
+
+async def page(
+    session: AsyncSession, where: ColumnElement[bool], *, after_position: int, limit: int
+) -> list[Any]:
+    result = await session.execute(
+        select(Image.position, Image.zarr_url, Image.origin, Image.attributes, Image.types)
+        .where(where, Image.position > after_position)
+        .order_by(Image.position)
+        .limit(limit)
+    )
+    return list(result)
+
+
+async def count(session: AsyncSession, where: ColumnElement[bool]) -> int:
+    return int(await session.scalar(select(func.count()).select_from(Image).where(where)) or 0)
+
+
+async def ensure_facets(session: AsyncSession, dataset: Dataset) -> None:
+    """Rebuild the facet summary when writes marked it stale."""
+    if not dataset.facets_stale:
+        return
+    locked = await lock_dataset(session, dataset.id)
+    if locked is None or not locked.facets_stale:
+        return
+    await session.execute(delete(ImageFacet).where(ImageFacet.dataset_id == dataset.id))
+    await session.execute(_FACETS_REBUILD, {"dataset_id": dataset.id})
+    locked.facets_stale = False
+
+
+async def facets(session: AsyncSession, dataset_id: int) -> tuple[dict[str, list[Any]], list[str]]:
+    rows = await session.execute(
+        select(ImageFacet.kind, ImageFacet.key, ImageFacet.value)
+        .where(ImageFacet.dataset_id == dataset_id, ImageFacet.count > 0)
+        .order_by(ImageFacet.kind, ImageFacet.key)
+    )
+    attributes: dict[str, list[Any]] = {}
+    types: list[str] = []
+    for kind, key, value in rows:
+        if kind == "a":
+            attributes.setdefault(key, []).append(value)
+        else:
+            types.append(key)
+    return attributes, types
+
+
+async def facets_of(
+    session: AsyncSession, where: ColumnElement[bool]
+) -> tuple[dict[str, list[Any]], list[str]]:
+    """Facets of an arbitrary subset, computed by scanning it."""
+    sub = select(Image.attributes, Image.types).where(where).subquery()
+    attr_rows = await session.execute(
+        select(text("e.key"), text("e.value"))
+        .select_from(sub)
+        .join(
+            func.jsonb_each(sub.c.attributes).table_valued("key", "value").alias("e"), text("true")
+        )
+        .distinct()
+        .order_by(text("e.key"))
+    )
+    attributes: dict[str, list[Any]] = {}
+    for key, value in attr_rows:
+        attributes.setdefault(key, []).append(value)
+    type_rows = await session.execute(
+        select(func.jsonb_object_keys(sub.c.types).label("k")).select_from(sub).distinct()
+    )
+    return attributes, sorted(r.k for r in type_rows)

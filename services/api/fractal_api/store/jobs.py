@@ -1,0 +1,298 @@
+"""Jobs: submission with snapshots, per-task results, the end of a job, stop requests.
+
+Every change of a job bumps its ``version`` and records a JobChanged event in the outbox in the
+same transaction; commands (submit, stop) go through the outbox too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fractal.events.v1 import job_events_pb2
+from fractal_api import views
+from fractal_api.models import (
+    Dataset,
+    Job,
+    JobTaskResult,
+    Project,
+    ProjectMember,
+    Task,
+    Workflow,
+    WorkflowTask,
+    outbox,
+)
+from fractal_grpc.events.bus import Subjects
+from fractal_grpc.events.outbox import add_to_outbox
+from fractal_grpc.grpckit.errors import FailedPrecondition, NotFound, ResourceExhausted
+
+TERMINAL = ("done", "failed")
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+def wftask_dump(wftask: WorkflowTask, task: Task) -> dict[str, Any]:
+    """The reference's WorkflowTaskDumpV2."""
+    return {
+        "id": wftask.id,
+        "workflow_id": wftask.workflow_id,
+        "order": wftask.order,
+        "is_legacy_task": False,
+        "input_filters": wftask.input_filters,
+        "task_id": task.id,
+        "task": views.task_dump(task),
+        "task_legacy_id": None,
+        "task_legacy": None,
+    }
+
+
+def task_snapshot(wftask: WorkflowTask, task: Task) -> dict[str, Any]:
+    """What the runner needs to run one workflow task, frozen at submission."""
+    return {
+        "order": wftask.order,
+        "workflow_task_id": wftask.id,
+        "task_id": task.id,
+        "task_name": task.name,
+        "task_type": wftask.task_type,
+        "command_non_parallel": task.command_non_parallel,
+        "command_parallel": task.command_parallel,
+        "args_non_parallel": wftask.args_non_parallel,
+        "args_parallel": wftask.args_parallel,
+        "meta_non_parallel": wftask.meta_non_parallel,
+        "meta_parallel": wftask.meta_parallel,
+        "input_filters": wftask.input_filters,
+        "input_types": task.input_types,
+        "output_types": task.output_types,
+        "dump": wftask_dump(wftask, task),
+    }
+
+
+async def emit_changed(session: AsyncSession, subjects: Subjects, job: Job) -> None:
+    await add_to_outbox(
+        session,
+        outbox,
+        subjects.job_event(job.id),
+        job_events_pb2.JobChanged(job=views.job_view(job, with_log=True)),
+    )
+
+
+async def check_rate_limit(
+    session: AsyncSession, project_id: int, workflow_id: int, dataset_id: int, seconds: int
+) -> None:
+    if seconds <= 0:
+        return
+    since = datetime.now(UTC) - timedelta(seconds=seconds)
+    recent = await session.scalar(
+        select(Job.id)
+        .where(
+            Job.project_id == project_id,
+            Job.workflow_id == workflow_id,
+            Job.dataset_id == dataset_id,
+            Job.start_timestamp > since,
+        )
+        .limit(1)
+    )
+    if recent is not None:
+        raise ResourceExhausted(
+            f"The endpoint 'POST /job/submit/' is rate limited: wait {seconds} seconds between "
+            "two submissions of the same project, workflow and dataset.",
+            reason="SUBMIT_RATE_LIMITED",
+        )
+
+
+async def dataset_in_use(session: AsyncSession, dataset_id: int) -> bool:
+    found = await session.scalar(
+        select(Job.id).where(Job.dataset_id == dataset_id, Job.status == "submitted").limit(1)
+    )
+    return found is not None
+
+
+def _in_use(dataset_id: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"Dataset {dataset_id} is already in use in submitted job(s).", reason="DATASET_IN_USE"
+    )
+
+
+async def submit(
+    session: AsyncSession,
+    subjects: Subjects,
+    *,
+    project: Project,
+    workflow: Workflow,
+    dataset: Dataset,
+    wftasks: Sequence[tuple[WorkflowTask, Task]],
+    first: int,
+    last: int,
+    user_id: int,
+    user_email: str,
+    slurm_account: str | None,
+    worker_init: str | None,
+    working_base_dir: str,
+) -> Job:
+    if await dataset_in_use(session, dataset.id):
+        raise _in_use(dataset.id)
+    slice_ = wftasks[first : last + 1]
+    job = Job(
+        project_id=project.id,
+        workflow_id=workflow.id,
+        dataset_id=dataset.id,
+        user_id=user_id,
+        user_email=user_email,
+        slurm_account=slurm_account,
+        worker_init=worker_init,
+        first_task_index=first,
+        last_task_index=last,
+        status="submitted",
+        project_dump={
+            "id": project.id,
+            "name": project.name,
+            "timestamp_created": _iso(project.created_at),
+        },
+        workflow_dump={
+            "id": workflow.id,
+            "name": workflow.name,
+            "project_id": workflow.project_id,
+            "timestamp_created": _iso(workflow.created_at),
+        },
+        dataset_dump={
+            "id": dataset.id,
+            "name": dataset.name,
+            "project_id": dataset.project_id,
+            "timestamp_created": _iso(dataset.created_at),
+            "zarr_dir": dataset.zarr_dir,
+            "filters": dataset.filters,
+        },
+        tasks_snapshot=[task_snapshot(w, t) for w, t in slice_],
+        task_statuses=[
+            {"workflow_task_id": w.id, "order": w.order, "status": "submitted"} for w, _ in slice_
+        ],
+        version=1,
+    )
+    session.add(job)
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError:
+        # Lost a race with another submission: the partial unique index decided.
+        raise _in_use(dataset.id) from None
+    await session.refresh(job)
+    stamp = job.start_timestamp.astimezone(UTC).strftime("%Y%m%d_%H%M%S")
+    folder = f"proj_v2_{project.id:07d}_wf_{workflow.id:07d}_job_{job.id:07d}_{stamp}"
+    job.working_dir = f"{working_base_dir.rstrip('/')}/{folder}"
+    job.working_dir_user = job.working_dir
+    await session.flush()
+    await add_to_outbox(
+        session, outbox, subjects.job_submit, job_events_pb2.JobSubmitted(job_id=job.id)
+    )
+    await emit_changed(session, subjects, job)
+    return job
+
+
+async def lock(session: AsyncSession, job_id: int) -> Job:
+    result = await session.execute(
+        select(Job)
+        .where(Job.id == job_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    job = result.scalar_one_or_none()
+    if job is None:
+        raise NotFound(f"Job {job_id} not found", metadata={"job_id": str(job_id)})
+    return job
+
+
+def set_task_status(job: Job, order: int, status: str) -> None:
+    job.task_statuses = [
+        {**item, "status": status} if item["order"] == order else item for item in job.task_statuses
+    ]
+
+
+async def applied_orders(session: AsyncSession, job_id: int) -> list[int]:
+    result = await session.execute(
+        select(JobTaskResult.task_order)
+        .where(JobTaskResult.job_id == job_id)
+        .order_by(JobTaskResult.task_order)
+    )
+    return list(result.scalars())
+
+
+async def finish(
+    session: AsyncSession,
+    subjects: Subjects,
+    job: Job,
+    *,
+    status: str,
+    log: str,
+    failed_task_order: int | None,
+) -> Job:
+    """End a job (idempotent: an ended job is returned unchanged)."""
+    if job.status in TERMINAL:
+        return job
+    job.status = status
+    job.log = log
+    job.end_timestamp = datetime.now(UTC)
+    if status == "failed":
+        if failed_task_order is not None:
+            set_task_status(job, failed_task_order, "failed")
+            snapshot = next(
+                (t for t in job.tasks_snapshot if t["order"] == failed_task_order), None
+            )
+            if snapshot is not None and job.dataset_id is not None:
+                dataset = await session.get(Dataset, job.dataset_id, with_for_update=True)
+                if dataset is not None:
+                    dataset.history = [
+                        *dataset.history,
+                        {
+                            "workflowtask": snapshot["dump"],
+                            "status": "failed",
+                            "parallelization": {},
+                        },
+                    ]
+        # Tasks that never ran are no longer pending.
+        job.task_statuses = [t for t in job.task_statuses if t["status"] != "submitted"]
+    job.version += 1
+    await session.flush()
+    await emit_changed(session, subjects, job)
+    return job
+
+
+async def request_stop(session: AsyncSession, subjects: Subjects, job: Job) -> Job:
+    if job.status in TERMINAL:
+        raise FailedPrecondition(
+            f"Job {job.id} is already {job.status}", reason="JOB_ALREADY_ENDED"
+        )
+    if not job.stop_requested:
+        job.stop_requested = True
+        job.version += 1
+        await session.flush()
+        await add_to_outbox(
+            session, outbox, subjects.job_stop, job_events_pb2.JobStopRequested(job_id=job.id)
+        )
+    return job
+
+
+async def list_page(
+    session: AsyncSession,
+    user_id: int,
+    project_id: int,
+    *,
+    before_id: int | None,
+    limit: int,
+) -> list[Job]:
+    member_projects = select(ProjectMember.project_id).where(ProjectMember.user_id == user_id)
+    conditions: list[ColumnElement[bool]] = [Job.project_id.in_(member_projects)]
+    if project_id:
+        conditions.append(Job.project_id == project_id)
+    if before_id is not None:
+        conditions.append(Job.id < before_id)
+    result = await session.execute(
+        select(Job).where(and_(*conditions)).order_by(Job.id.desc()).limit(limit)
+    )
+    return list(result.scalars())

@@ -1,0 +1,504 @@
+"""Images, tasks, workflows and job submission through the api, plus the internal RPCs the
+runner uses (called here directly with a service token): the reference's image-list rules."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+from google.protobuf import struct_pb2
+
+from fractal.internal.v1 import job_execution_service_pb2 as ipb
+from fractal.v2 import (
+    dataset_service_pb2,
+    image_pb2,
+    image_service_pb2,
+    job_pb2,
+    job_service_pb2,
+    task_service_pb2,
+    workflow_service_pb2,
+)
+from helpers import ApiClient, error_details
+
+MOCK = Path(__file__).parents[1] / "fractal_tasks_mock" / "fractal_tasks_mock"
+
+
+def av(value: object) -> image_pb2.AttributeValue:
+    if isinstance(value, bool):
+        return image_pb2.AttributeValue(bool_value=value)
+    if isinstance(value, int):
+        return image_pb2.AttributeValue(int_value=value)
+    if isinstance(value, float):
+        return image_pb2.AttributeValue(double_value=value)
+    return image_pb2.AttributeValue(string_value=str(value))
+
+
+def image(url: str, origin: str | None = None, **attributes: object) -> image_pb2.Image:
+    msg = image_pb2.Image(zarr_url=url, attributes={k: av(v) for k, v in attributes.items()})
+    if origin:
+        msg.origin = origin
+    return msg
+
+
+async def make_dataset(client: ApiClient, zarr_dir: str = "/zarr") -> tuple[int, int]:
+    project = await client.new_project()
+    ds = await client.datasets.CreateDataset(
+        dataset_service_pb2.CreateDatasetRequest(
+            project_id=project.id, name="d", zarr_dir=zarr_dir
+        ),
+        metadata=client.md,
+    )
+    return project.id, ds.dataset.id
+
+
+async def query(
+    client: ApiClient, pid: int, did: int, **kw: object
+) -> image_service_pb2.QueryImagesResponse:
+    return await client.images.QueryImages(
+        image_service_pb2.QueryImagesRequest(project_id=pid, dataset_id=did, **kw),  # type: ignore[arg-type]
+        metadata=client.md,
+    )
+
+
+async def test_add_and_query_images_with_filters_facets_and_pages(user: ApiClient) -> None:
+    pid, did = await make_dataset(user)
+    batch = [
+        image_pb2.Image(
+            zarr_url=f"/zarr/plate.zarr/A/{i:02d}/0",
+            attributes={"well": av(f"A{i:02d}"), "plate": av("plate.zarr"), "idx": av(i)},
+            types={"3D": i % 2 == 0},
+        )
+        for i in range(25)
+    ]
+    added = await user.images.AddImages(
+        image_service_pb2.AddImagesRequest(project_id=pid, dataset_id=did, images=batch),
+        metadata=user.md,
+    )
+    assert added.added_count == 25
+    first = await query(user, pid, did, page_size=10)
+    assert first.total_count == 25
+    assert [i.zarr_url for i in first.images] == [b.zarr_url for b in batch[:10]]
+    assert sorted(first.types) == ["3D"]
+    assert sorted(v.string_value for v in first.attributes["plate"].values) == ["plate.zarr"]
+    assert len(first.attributes["well"].values) == 25
+    urls = [i.zarr_url for i in first.images]
+    token = first.next_page_token
+    while token:
+        page = await query(user, pid, did, page_size=10, page_token=token)
+        assert page.total_count == 25
+        urls += [i.zarr_url for i in page.images]
+        token = page.next_page_token
+    assert urls == [b.zarr_url for b in batch]
+
+    filtered = await query(
+        user, pid, did, filters=image_pb2.Filters(types={"3D": False}, attributes={"idx": av(3)})
+    )
+    assert [i.zarr_url for i in filtered.images] == ["/zarr/plate.zarr/A/03/0"]
+    assert filtered.total_count == 1
+    one = await query(user, pid, did, zarr_url="/zarr/plate.zarr/A/07/0")
+    assert [i.attributes["idx"].int_value for i in one.images] == [7]
+
+    # A token used with another query is refused.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await query(user, pid, did, page_size=10, page_token=first.next_page_token, zarr_url="/x")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_add_images_rules_all_or_nothing(user: ApiClient) -> None:
+    pid, did = await make_dataset(user)
+    await user.images.AddImages(
+        image_service_pb2.AddImagesRequest(
+            project_id=pid, dataset_id=did, images=[image("/zarr/a")]
+        ),
+        metadata=user.md,
+    )
+    bad_batches = [
+        (
+            [image("/zarr/b"), image("/elsewhere/c")],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "images[1].zarr_url",
+        ),
+        ([image("/zarr")], grpc.StatusCode.INVALID_ARGUMENT, "images[0].zarr_url"),
+        ([image("relative")], grpc.StatusCode.INVALID_ARGUMENT, "images[0].zarr_url"),
+        (
+            [image("/zarr/b"), image("/zarr/b/")],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "images[1].zarr_url",
+        ),
+        (
+            [image("/zarr/b"), image("/zarr/a")],
+            grpc.StatusCode.ALREADY_EXISTS,
+            "images[1].zarr_url",
+        ),
+        (
+            [image_pb2.Image(zarr_url="/zarr/n", attributes={"k": image_pb2.AttributeValue()})],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "images[0].attributes",
+        ),
+    ]
+    for batch, code, field in bad_batches:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await user.images.AddImages(
+                image_service_pb2.AddImagesRequest(project_id=pid, dataset_id=did, images=batch),
+                metadata=user.md,
+            )
+        assert err.value.code() == code
+        assert field in error_details(err.value)[1]
+    page = await query(user, pid, did)
+    assert [i.zarr_url for i in page.images] == ["/zarr/a"]
+
+
+async def make_task(client: ApiClient, name: str, **kw: object) -> int:
+    resp = await client.tasks.CreateTask(
+        task_service_pb2.CreateTaskRequest(name=name, source=f"src-{name}", **kw),  # type: ignore[arg-type]
+        metadata=client.md,
+    )
+    return resp.task.id
+
+
+def struct(**values: object) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(values)
+    return s
+
+
+async def test_create_task_rules(user: ApiClient) -> None:
+    cmd = f"{sys.executable} {MOCK / 'generic_task.py'}"
+    resp = await user.tasks.CreateTask(
+        task_service_pb2.CreateTaskRequest(
+            name="generic", source="gen", command_non_parallel=cmd, input_types={"3D": True}
+        ),
+        metadata=user.md,
+    )
+    task = resp.task
+    assert task.type == 1 and task.source.endswith(":gen") and task.owner
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await user.tasks.CreateTask(
+            task_service_pb2.CreateTaskRequest(name="g2", source="gen", command_parallel=cmd),
+            metadata=user.md,
+        )
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    for req, field in [
+        (task_service_pb2.CreateTaskRequest(name="x", source="s1"), "command_parallel"),
+        (
+            task_service_pb2.CreateTaskRequest(
+                name="x", source="s2", command_parallel=cmd, meta_non_parallel=struct(a=1)
+            ),
+            "args_schema_non_parallel",
+        ),
+        (
+            task_service_pb2.CreateTaskRequest(
+                name="x",
+                source="s3",
+                command_parallel=cmd,
+                args_schema_parallel=struct(type=12),
+            ),
+            "args_schema_parallel",
+        ),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await user.tasks.CreateTask(req, metadata=user.md)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in error_details(err.value)[1]
+
+
+async def test_unverified_user_cannot_create_tasks_or_submit(admin: ApiClient) -> None:
+    plain = await admin.new_user(verified=False)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await make_task(plain, "t", command_parallel="/bin/true")
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_workflow_task_args_defaults_and_reserved_keys(user: ApiClient) -> None:
+    schema = struct(
+        type="object",
+        properties={
+            "a": {"type": "integer", "default": 1},
+            "b": {"type": "string", "default": "x"},
+        },
+    )
+    tid = await make_task(
+        user,
+        "withdefaults",
+        command_parallel="/bin/true",
+        args_schema_parallel=schema,
+        meta_parallel=struct(cpus=1),
+    )
+    project = await user.new_project()
+    wf = await user.workflows.CreateWorkflow(
+        workflow_service_pb2.CreateWorkflowRequest(project_id=project.id, name="wf"),
+        metadata=user.md,
+    )
+    wid = wf.workflow.id
+    created = await user.workflows.CreateWorkflowTask(
+        workflow_service_pb2.CreateWorkflowTaskRequest(
+            project_id=project.id,
+            workflow_id=wid,
+            task_id=tid,
+            args_parallel=struct(b="y", c=3),
+            meta_parallel=struct(mem=10),
+        ),
+        metadata=user.md,
+    )
+    wft = created.workflow_task
+    assert dict(wft.args_parallel) == {"a": 1, "b": "y", "c": 3}
+    assert dict(wft.meta_parallel) == {"cpus": 1, "mem": 10}
+    for args, field in [
+        (dict(args_parallel=struct(zarr_url="/x")), "args_parallel"),
+        (dict(args_non_parallel=struct(k=1)), "args_non_parallel"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await user.workflows.CreateWorkflowTask(
+                workflow_service_pb2.CreateWorkflowTaskRequest(
+                    project_id=project.id,
+                    workflow_id=wid,
+                    task_id=tid,
+                    **args,  # type: ignore[arg-type]
+                ),
+                metadata=user.md,
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in error_details(err.value)[1]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await user.workflows.CreateWorkflowTask(
+            workflow_service_pb2.CreateWorkflowTaskRequest(
+                project_id=project.id, workflow_id=wid, task_id=10**12
+            ),
+            metadata=user.md,
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # Insert at the front: orders shift.
+    await user.workflows.CreateWorkflowTask(
+        workflow_service_pb2.CreateWorkflowTaskRequest(
+            project_id=project.id, workflow_id=wid, task_id=tid, order=0
+        ),
+        metadata=user.md,
+    )
+    got = await user.workflows.GetWorkflow(
+        workflow_service_pb2.GetWorkflowRequest(project_id=project.id, workflow_id=wid),
+        metadata=user.md,
+    )
+    assert [t.order for t in got.workflow.task_list] == [0, 1]
+    assert got.workflow.task_list[1].id == wft.id
+
+
+async def submitted_job(
+    client: ApiClient, *, task_kw: dict[str, object], zarr_dir: str = "/zarr"
+) -> tuple[int, int, int, int]:
+    """A project with a dataset and a one-task workflow; returns (pid, did, wid, job_id)."""
+    pid, did = await make_dataset(client, zarr_dir)
+    tid = await make_task(client, f"t{pid}", **task_kw)
+    wf = await client.workflows.CreateWorkflow(
+        workflow_service_pb2.CreateWorkflowRequest(project_id=pid, name="wf"), metadata=client.md
+    )
+    await client.workflows.CreateWorkflowTask(
+        workflow_service_pb2.CreateWorkflowTaskRequest(
+            project_id=pid, workflow_id=wf.workflow.id, task_id=tid
+        ),
+        metadata=client.md,
+    )
+    job = await client.jobs.SubmitJob(
+        job_service_pb2.SubmitJobRequest(
+            project_id=pid, workflow_id=wf.workflow.id, dataset_id=did
+        ),
+        metadata=client.md,
+    )
+    return pid, did, wf.workflow.id, job.job.id
+
+
+async def test_submit_checks(user: ApiClient) -> None:
+    pid, did, wid, job_id = await submitted_job(user, task_kw={"command_non_parallel": "/bin/true"})
+    # One submitted job per dataset.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await user.jobs.SubmitJob(
+            job_service_pb2.SubmitJobRequest(project_id=pid, workflow_id=wid, dataset_id=did),
+            metadata=user.md,
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"Dataset {did} is already in use" in (err.value.details() or "")
+    free = await user.datasets.CreateDataset(
+        dataset_service_pb2.CreateDatasetRequest(project_id=pid, name="free", zarr_dir="/z2"),
+        metadata=user.md,
+    )
+    for kw, field in [
+        (dict(first_task_index=1), "first_task_index"),
+        (dict(last_task_index=5), "last_task_index"),
+        (dict(first_task_index=-1), "first_task_index"),
+        (dict(worker_init="  "), "worker_init"),
+        (dict(slurm_account="nope"), "slurm_account"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await user.jobs.SubmitJob(
+                job_service_pb2.SubmitJobRequest(
+                    project_id=pid,
+                    workflow_id=wid,
+                    dataset_id=free.dataset.id,
+                    **kw,  # type: ignore[arg-type]
+                ),
+                metadata=user.md,
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, kw
+        assert field in error_details(err.value)[1]
+    listed = await user.jobs.ListJobs(
+        job_service_pb2.ListJobsRequest(project_id=pid), metadata=user.md
+    )
+    assert [j.id for j in listed.jobs] == [job_id]
+    job = listed.jobs[0]
+    assert job.status == job_pb2.JOB_STATUS_SUBMITTED
+    assert f"_job_{job_id:07d}_" in job.working_dir
+    assert [t.status for t in job.task_statuses] == ["submitted"]
+
+
+def update(
+    url: str, origin: str | None = None, types: dict[str, bool] | None = None, **attrs: object
+) -> ipb.ImageUpdate:
+    msg = ipb.ImageUpdate(zarr_url=url, types=types or {})
+    for key, value in attrs.items():
+        if value is None:
+            msg.attributes[key].CopyFrom(image_pb2.AttributeValue())
+        else:
+            msg.attributes[key].CopyFrom(av(value))
+    if origin:
+        msg.origin = origin
+    return msg
+
+
+async def dataset_images(client: ApiClient, pid: int, did: int) -> dict[str, dict[str, object]]:
+    page = await query(client, pid, did, page_size=1000)
+    result = {}
+    for img in page.images:
+        attrs = {k: getattr(v, v.WhichOneof("kind")) for k, v in img.attributes.items()}
+        result[img.zarr_url] = {
+            "origin": img.origin if img.HasField("origin") else None,
+            "attributes": attrs,
+            "types": dict(img.types),
+        }
+    return result
+
+
+async def test_internal_rpcs_refuse_user_tokens(user: ApiClient) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await user.internal.GetJobSpec(ipb.GetJobSpecRequest(job_id=1), metadata=user.md)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_apply_task_result_rules(
+    user: ApiClient, service_md: tuple[tuple[str, str], ...]
+) -> None:
+    pid, did, wid, job_id = await submitted_job(
+        user,
+        task_kw={"command_non_parallel": "/bin/true", "output_types": {"processed": True}},
+    )
+    await user.images.AddImages(
+        image_service_pb2.AddImagesRequest(
+            project_id=pid,
+            dataset_id=did,
+            images=[
+                image("/zarr/a", well="A01", plate="p"),
+                image("/zarr/b", well="B01", plate="p"),
+            ],
+        ),
+        metadata=user.md,
+    )
+    spec = (
+        await user.internal.GetJobSpec(ipb.GetJobSpecRequest(job_id=job_id), metadata=service_md)
+    ).spec
+    assert [t.order for t in spec.tasks] == [0] and spec.zarr_dir == "/zarr"
+    inputs = [
+        img.zarr_url
+        async for batch in user.internal.StreamTaskInputs(
+            ipb.StreamTaskInputsRequest(job_id=job_id, task_order=0), metadata=service_md
+        )
+        for img in batch.images
+    ]
+    assert inputs == ["/zarr/a", "/zarr/b"]
+
+    # A new image outside zarr_dir is refused and changes nothing.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await user.internal.ApplyTaskResult(
+            ipb.ApplyTaskResultRequest(
+                job_id=job_id,
+                task_order=0,
+                output=ipb.TaskOutput(image_list_updates=[update("/outside/new")]),
+            ),
+            metadata=service_md,
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert len(await dataset_images(user, pid, did)) == 2
+
+    # Insert one image (inherits from its origin), unset an attribute, remove another image.
+    output = ipb.TaskOutput(
+        image_list_updates=[
+            update("/zarr/a_new", origin="/zarr/a", plate="p2"),
+            update("/zarr/a", well=None),
+        ],
+        image_list_removals=["/zarr/b"],
+        filters=image_pb2.Filters(attributes={"plate": av("p2")}),
+    )
+    req = ipb.ApplyTaskResultRequest(job_id=job_id, task_order=0, output=output)
+    first = await user.internal.ApplyTaskResult(req, metadata=service_md)
+    assert (first.images_updated, first.images_created, first.images_removed) == (1, 1, 1)
+    again = await user.internal.ApplyTaskResult(req, metadata=service_md)
+    assert again.already_applied
+    assert await dataset_images(user, pid, did) == {
+        "/zarr/a": {"origin": None, "attributes": {"plate": "p"}, "types": {"processed": True}},
+        "/zarr/a_new": {
+            "origin": "/zarr/a",
+            "attributes": {"well": "A01", "plate": "p2"},
+            "types": {"processed": True},
+        },
+    }
+    ds = await user.datasets.GetDataset(
+        dataset_service_pb2.GetDatasetRequest(project_id=pid, dataset_id=did), metadata=user.md
+    )
+    assert ds.dataset.filters.attributes["plate"].string_value == "p2"
+    assert dict(ds.dataset.filters.types) == {"processed": True}
+    assert [h.status for h in ds.dataset.history] == ["done"]
+    facets = await query(user, pid, did)
+    assert sorted(v.string_value for v in facets.attributes["plate"].values) == ["p", "p2"]
+
+    done = await user.internal.FinishJob(
+        ipb.FinishJobRequest(job_id=job_id, status=job_pb2.JOB_STATUS_DONE, log="all good"),
+        metadata=service_md,
+    )
+    assert done.job.status == job_pb2.JOB_STATUS_DONE and done.job.log == "all good"
+    # Finishing again returns the job unchanged; applying after the end is refused.
+    again_done = await user.internal.FinishJob(
+        ipb.FinishJobRequest(job_id=job_id, status=job_pb2.JOB_STATUS_FAILED, log="late"),
+        metadata=service_md,
+    )
+    assert again_done.job.status == job_pb2.JOB_STATUS_DONE
+
+
+async def test_implicit_update_applies_output_types_to_filtered_inputs(
+    user: ApiClient, service_md: tuple[tuple[str, str], ...]
+) -> None:
+    pid, did, wid, job_id = await submitted_job(
+        user, task_kw={"command_non_parallel": "/bin/true", "output_types": {"done": True}}
+    )
+    await user.images.AddImages(
+        image_service_pb2.AddImagesRequest(
+            project_id=pid, dataset_id=did, images=[image("/zarr/a"), image("/zarr/b")]
+        ),
+        metadata=user.md,
+    )
+    await user.internal.ApplyTaskResult(
+        ipb.ApplyTaskResultRequest(job_id=job_id, task_order=0, output=ipb.TaskOutput()),
+        metadata=service_md,
+    )
+    got = await dataset_images(user, pid, did)
+    assert all(v["types"] == {"done": True} for v in got.values()) and len(got) == 2
+    failed = await user.internal.FinishJob(
+        ipb.FinishJobRequest(
+            job_id=job_id, status=job_pb2.JOB_STATUS_FAILED, log="TASK ERROR", failed_task_order=0
+        ),
+        metadata=service_md,
+    )
+    assert failed.job.status == job_pb2.JOB_STATUS_FAILED
+    ds = await user.datasets.GetDataset(
+        dataset_service_pb2.GetDatasetRequest(project_id=pid, dataset_id=did), metadata=user.md
+    )
+    assert [h.status for h in ds.dataset.history] == ["done", "failed"]
