@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import secrets
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import grpc
 import grpc.aio
-import nats
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import ApiClient  # noqa: E402
-
-PG_ADMIN_URL = os.environ.get("FRACTAL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-NATS_URL = os.environ.get("FRACTAL_TEST_NATS", "nats://127.0.0.1:4222")
-RUN_ID = secrets.token_hex(4)
+from world import NATS_URL, RUN_ID, create_database, delete_streams, drop_database  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -42,33 +33,13 @@ def key_env(state_dir: Path) -> dict[str, str]:
     return ensure_dev_keys(state_dir / "keys")
 
 
-async def _admin_exec(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A database of its own for this test run, migrated, dropped at the end."""
     name = f"fractal_test_{RUN_ID}"
-    asyncio.run(_admin_exec(f'CREATE DATABASE "{name}"'))
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    url = f"{base}/{name}"
-    from fractal_api.main import MIGRATIONS as API_MIGRATIONS
-    from fractal_grpc.migrate import upgrade
-
-    upgrade(API_MIGRATIONS, url, "api")
-    try:
-        from fractal_runner.main import MIGRATIONS as RUNNER_MIGRATIONS
-
-        upgrade(RUNNER_MIGRATIONS, url, "runner")
-    except ImportError:
-        pass
+    url = create_database(name)
     yield url
-    asyncio.run(_admin_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    drop_database(name)
 
 
 @pytest.fixture(scope="session")
@@ -76,16 +47,7 @@ def nats_prefix() -> Iterator[str]:
     """NATS subjects and streams of this run only; the streams are deleted at the end."""
     prefix = f"t{RUN_ID}"
     yield prefix
-
-    async def cleanup() -> None:
-        nc = await nats.connect(NATS_URL)
-        js = nc.jetstream()
-        for suffix in ("CMD", "EVT"):
-            with contextlib.suppress(Exception):  # the stream may not exist
-                await js.delete_stream(f"{prefix.upper()}_{suffix}")
-        await nc.close()
-
-    asyncio.run(cleanup())
+    delete_streams(prefix)
 
 
 @pytest.fixture(scope="session")

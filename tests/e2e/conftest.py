@@ -1,0 +1,105 @@
+"""End to end: api and runner as real processes, on their own database and NATS prefix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc.aio
+import pytest
+
+from fractal_grpc.devstack.cli import grpc_serving
+from fractal_grpc.devstack.embedded import free_port
+from helpers import ApiClient
+from world import NATS_URL, RUN_ID, create_database, delete_streams, drop_database
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Stack:
+    api_address: str
+    env: dict[str, str]
+    processes: dict[str, subprocess.Popen[bytes]]
+    logs: Path
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+
+def _start(name: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
+    out = (logs / f"{name}.log").open("wb")
+    return subprocess.Popen(
+        [str(BIN / f"fractal-{name}"), "serve"],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _wait_serving(name: str, address: str, proc: subprocess.Popen[bytes], logs: Path) -> None:
+    deadline = time.monotonic() + 60
+    while not grpc_serving(address, timeout=1.0):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            text = (logs / f"{name}.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"fractal-{name} did not become healthy:\n{text}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def stack(key_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    name = f"fractal_e2e_{RUN_ID}"
+    prefix = f"e{RUN_ID}"
+    url = create_database(name)
+    state = tmp_path_factory.mktemp("e2e")
+    logs = state / "logs"
+    logs.mkdir()
+    api_address = f"127.0.0.1:{free_port()}"
+    runner_address = f"127.0.0.1:{free_port()}"
+    env = {
+        **os.environ,
+        **key_env,
+        "FRACTAL_DATABASE_URL": url,
+        "FRACTAL_NATS_URL": NATS_URL,
+        "FRACTAL_NATS_PREFIX": prefix,
+        "FRACTAL_API_ADDRESS": api_address,
+        "FRACTAL_API_URL": api_address,
+        "FRACTAL_RUNNER_ADDRESS": runner_address,
+        "FRACTAL_RUNNER_WORKING_BASE_DIR": str(state / "jobs"),
+        "FRACTAL_API_SUBMIT_RATE_LIMIT": "0",
+        "FRACTAL_GRACE_SECONDS": "1",
+    }
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        processes["api"] = _start("api", env, logs)
+        _wait_serving("api", api_address, processes["api"], logs)
+        processes["runner"] = _start("runner", env, logs)
+        _wait_serving("runner", runner_address, processes["runner"], logs)
+        yield Stack(api_address, env, processes, logs)
+    finally:
+        for proc in reversed(list(processes.values())):
+            proc.terminate()
+        for proc in processes.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        drop_database(name)
+        delete_streams(prefix)
+
+
+@pytest.fixture(scope="session")
+async def e2e_channel(stack: Stack) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(stack.api_address) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="session")
+async def e2e_admin(e2e_channel: grpc.aio.Channel) -> ApiClient:
+    return await ApiClient.login(e2e_channel, "admin@fractal.xy", "1234")

@@ -1,0 +1,600 @@
+"""The runner executing jobs end to end: a RunnerApp in this process, the api in this process,
+real PostgreSQL, NATS and task subprocesses (the mock task package), driven through the public
+API only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import psutil
+import pytest
+from google.protobuf import json_format, struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from fractal.v2 import (
+    dataset_service_pb2,
+    image_pb2,
+    image_service_pb2,
+    job_pb2,
+    job_service_pb2,
+    task_service_pb2,
+    workflow_service_pb2,
+)
+from fractal_grpc.convert import attributes_to_python, filters_to_dict
+from fractal_grpc.db import make_engine, make_sessionmaker
+from fractal_grpc.settings import RunnerSettings
+from fractal_runner.app import RunnerApp
+from fractal_runner.jobs import RunStore
+from fractal_runner.models import RunStatus
+from helpers import ApiClient
+
+MOCK = Path(__file__).resolve().parents[1] / "fractal_tasks_mock" / "fractal_tasks_mock"
+PYTHON = shlex.quote(sys.executable)
+JOB_TIMEOUT = 20.0
+
+
+def mock(script: str) -> str:
+    return f"{PYTHON} {shlex.quote(str(MOCK / script))}"
+
+
+def python_command(code: str) -> str:
+    """A task command running inline code (it receives --args-json/--out-json in sys.argv)."""
+    return f"{PYTHON} -c {shlex.quote(code)}"
+
+
+# --- the runner -------------------------------------------------------------------------
+
+
+@dataclass
+class Runner:
+    """The runner of this test session; ``restart()`` replaces it (graceful stop, new start)."""
+
+    settings: RunnerSettings
+    app: RunnerApp
+    port: int
+
+    async def restart_after_stop(self) -> None:
+        self.app = RunnerApp(self.settings)
+        self.port = await self.app.start()
+
+
+@pytest.fixture(scope="session")
+async def runner(service_env: dict[str, str], api_address: str) -> AsyncIterator[Runner]:
+    env = {k.removeprefix("FRACTAL_").lower(): v for k, v in service_env.items()}
+    settings = RunnerSettings(
+        **env, runner_address="127.0.0.1:0", api_url=api_address, grace_seconds=0.5
+    )
+    app = RunnerApp(settings)
+    port = await app.start()
+    handle = Runner(settings, app, port)
+    yield handle
+    await handle.app.stop()
+
+
+# --- building the world through the public API -------------------------------------------
+
+
+def struct(**values: Any) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(values)
+    return s
+
+
+async def create_task(
+    client: ApiClient,
+    name: str,
+    *,
+    non_parallel: str | None = None,
+    parallel: str | None = None,
+    input_types: dict[str, bool] | None = None,
+    output_types: dict[str, bool] | None = None,
+) -> int:
+    req = task_service_pb2.CreateTaskRequest(
+        name=name,
+        source=f"{name}-{time.monotonic_ns()}",
+        input_types=input_types or {},
+        output_types=output_types or {},
+    )
+    if non_parallel is not None:
+        req.command_non_parallel = non_parallel
+    if parallel is not None:
+        req.command_parallel = parallel
+    resp = await client.tasks.CreateTask(req, metadata=client.md)
+    return resp.task.id
+
+
+@dataclass
+class World:
+    """A project with one dataset (zarr_dir under tmp_path) and one workflow."""
+
+    client: ApiClient
+    project_id: int
+    dataset_id: int
+    workflow_id: int
+    zarr_dir: str
+
+    async def add_task(
+        self,
+        task_id: int,
+        *,
+        args_non_parallel: dict[str, Any] | None = None,
+        args_parallel: dict[str, Any] | None = None,
+        meta_parallel: dict[str, Any] | None = None,
+    ) -> int:
+        req = workflow_service_pb2.CreateWorkflowTaskRequest(
+            project_id=self.project_id, workflow_id=self.workflow_id, task_id=task_id
+        )
+        if args_non_parallel:
+            req.args_non_parallel.update(args_non_parallel)
+        if args_parallel:
+            req.args_parallel.update(args_parallel)
+        if meta_parallel:
+            req.meta_parallel.update(meta_parallel)
+        resp = await self.client.workflows.CreateWorkflowTask(req, metadata=self.client.md)
+        return resp.workflow_task.id
+
+    async def add_images(self, *images: image_pb2.Image) -> None:
+        await self.client.images.AddImages(
+            image_service_pb2.AddImagesRequest(
+                project_id=self.project_id, dataset_id=self.dataset_id, images=images
+            ),
+            metadata=self.client.md,
+        )
+
+    async def submit(self, **kw: int) -> job_pb2.Job:
+        resp = await self.client.jobs.SubmitJob(
+            job_service_pb2.SubmitJobRequest(
+                project_id=self.project_id,
+                workflow_id=self.workflow_id,
+                dataset_id=self.dataset_id,
+                **kw,  # type: ignore[arg-type]
+            ),
+            metadata=self.client.md,
+        )
+        return resp.job
+
+    async def wait(self, job_id: int, timeout: float = JOB_TIMEOUT) -> job_pb2.Job:
+        """Watch the job until it ends."""
+
+        async def watch() -> job_pb2.Job:
+            last = None
+            stream = self.client.jobs.WatchJob(
+                job_service_pb2.WatchJobRequest(project_id=self.project_id, job_id=job_id),
+                metadata=self.client.md,
+            )
+            async for resp in stream:
+                last = resp.job
+                if last.status in (job_pb2.JOB_STATUS_DONE, job_pb2.JOB_STATUS_FAILED):
+                    return last
+            raise AssertionError(f"watch ended without a terminal state: {last}")
+
+        return await asyncio.wait_for(watch(), timeout)
+
+    async def run(self, **kw: int) -> job_pb2.Job:
+        job = await self.submit(**kw)
+        return await self.wait(job.id)
+
+    async def images(self) -> dict[str, dict[str, Any]]:
+        resp = await self.client.images.QueryImages(
+            image_service_pb2.QueryImagesRequest(
+                project_id=self.project_id, dataset_id=self.dataset_id, page_size=1000
+            ),
+            metadata=self.client.md,
+        )
+        return {
+            image.zarr_url: {
+                "origin": image.origin if image.HasField("origin") else None,
+                "attributes": attributes_to_python(image.attributes),
+                "types": dict(image.types),
+            }
+            for image in resp.images
+        }
+
+    async def dataset(self) -> Any:
+        resp = await self.client.datasets.GetDataset(
+            dataset_service_pb2.GetDatasetRequest(
+                project_id=self.project_id, dataset_id=self.dataset_id
+            ),
+            metadata=self.client.md,
+        )
+        return resp.dataset
+
+    async def history(self) -> list[tuple[int, str]]:
+        """(order, status) of each history item of the dataset."""
+        dataset = await self.dataset()
+        return [
+            (int(json_format.MessageToDict(item.workflowtask)["order"]), item.status)
+            for item in dataset.history
+        ]
+
+
+@pytest.fixture
+async def world(user: ApiClient, tmp_path: Path, runner: Runner) -> World:
+    project = await user.new_project()
+    zarr_dir = str(tmp_path / "zarr")
+    ds = await user.datasets.CreateDataset(
+        dataset_service_pb2.CreateDatasetRequest(
+            project_id=project.id, name="ds", zarr_dir=zarr_dir
+        ),
+        metadata=user.md,
+    )
+    wf = await user.workflows.CreateWorkflow(
+        workflow_service_pb2.CreateWorkflowRequest(project_id=project.id, name="wf"),
+        metadata=user.md,
+    )
+    return World(user, project.id, ds.dataset.id, wf.workflow.id, zarr_dir)
+
+
+def image(url: str, **types: bool) -> image_pb2.Image:
+    return image_pb2.Image(zarr_url=url, types=types)
+
+
+@pytest.fixture(scope="module")
+async def runs(database_url: str) -> AsyncIterator[RunStore]:
+    engine = make_engine(database_url, pool_size=1)
+    yield RunStore(make_sessionmaker(engine))
+    await engine.dispose()
+
+
+def is_gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        await asyncio.sleep(0.02)
+
+
+async def wait_until_async(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        await asyncio.sleep(0.02)
+
+
+async def wait_for_file(path: Path, timeout: float = 10.0) -> None:
+    await wait_until(path.exists, timeout)
+
+
+# --- tests ------------------------------------------------------------------------------
+
+
+async def test_runner_serves_health(runner: Runner) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{runner.port}") as channel:
+        resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_golden_scenario(world: World, tmp_path: Path) -> None:
+    """Reference §11: create_ome_zarr_compound → illumination_correction → MIP_compound."""
+    create = await create_task(
+        world.client,
+        "create_ome_zarr_compound",
+        non_parallel=mock("create_ome_zarr_compound_init.py"),
+        parallel=mock("create_ome_zarr_compound_compute.py"),
+    )
+    illumination = await create_task(
+        world.client,
+        "illumination_correction",
+        parallel=mock("illumination_correction.py"),
+        input_types={"illumination_correction": False},
+        output_types={"illumination_correction": True},
+    )
+    mip = await create_task(
+        world.client,
+        "MIP_compound",
+        non_parallel=mock("MIP_compound_init.py"),
+        parallel=mock("MIP_compound_compute.py"),
+        input_types={"3D": True},
+        output_types={"3D": False},
+    )
+    image_dir = str(tmp_path / "images")
+    wftask_ids = [
+        await world.add_task(create, args_non_parallel={"image_dir": image_dir}),
+        await world.add_task(illumination, args_parallel={"overwrite_input": True}),
+        await world.add_task(mip),
+    ]
+
+    job = await world.run()
+    assert job.status == job_pb2.JOB_STATUS_DONE, job.log
+    assert "END 2-th task (name=MIP_compound)" in job.log
+
+    z = world.zarr_dir
+    plate = f"{z}/my_plate.zarr"
+    mip_plate = f"{z}/my_plate_mip.zarr"
+    assert await world.images() == {
+        f"{plate}/A/01/0": {
+            "origin": None,
+            "attributes": {"well": "A01", "plate": "my_plate.zarr"},
+            "types": {"3D": True, "illumination_correction": True},
+        },
+        f"{plate}/A/02/0": {
+            "origin": None,
+            "attributes": {"well": "A02", "plate": "my_plate.zarr"},
+            "types": {"3D": True, "illumination_correction": True},
+        },
+        f"{mip_plate}/A/01/0": {
+            "origin": f"{plate}/A/01/0",
+            "attributes": {"well": "A01", "plate": "my_plate_mip.zarr"},
+            "types": {"3D": False, "illumination_correction": True},
+        },
+        f"{mip_plate}/A/02/0": {
+            "origin": f"{plate}/A/02/0",
+            "attributes": {"well": "A02", "plate": "my_plate_mip.zarr"},
+            "types": {"3D": False, "illumination_correction": True},
+        },
+    }
+    dataset = await world.dataset()
+    assert filters_to_dict(dataset.filters) == {
+        "attributes": {},
+        "types": {"illumination_correction": True, "3D": False},
+    }
+    assert await world.history() == [(0, "done"), (1, "done"), (2, "done")]
+
+    # The job folder (reference §5.9) and the exact task arguments (§5.4).
+    job_dir = Path(job.working_dir)
+    assert sorted(p.name for p in job_dir.iterdir()) == [
+        "0_create_ome_zarr_compound",
+        "1_illumination_correction",
+        "2_mip_compound",
+        "history.json",
+        "workflow.log",
+    ]
+    history = json.loads((job_dir / "history.json").read_text())
+    assert [item["workflowtask"]["id"] for item in history] == wftask_ids
+    assert all(item["status"] == "done" for item in history)
+
+    def args(folder: str, prefix: str) -> Any:
+        return json.loads((job_dir / folder / f"{prefix}.args.json").read_text())
+
+    assert args("0_create_ome_zarr_compound", "0") == {
+        "image_dir": image_dir,
+        "zarr_urls": [],
+        "zarr_dir": z,
+    }
+    assert args("0_create_ome_zarr_compound", "0_par_0000001") == {
+        "zarr_url": f"{plate}/A/02/0",
+        "init_args": {"image_dir": image_dir},
+    }
+    assert args("1_illumination_correction", "1_par_0000000") == {
+        "overwrite_input": True,
+        "zarr_url": f"{plate}/A/01/0",
+    }
+    assert not (job_dir / "1_illumination_correction" / "1_par_0000000.metadiff.json").exists()
+    assert args("2_mip_compound", "2") == {
+        "zarr_urls": [f"{plate}/A/01/0", f"{plate}/A/02/0"],
+        "zarr_dir": z,
+    }
+    assert args("2_mip_compound", "2_par_0000000") == {
+        "zarr_url": f"{plate}/A/01/0",
+        "init_args": {"new_zarr_url": f"{mip_plate}/A/01/0"},
+    }
+    assert sorted(p.name for p in (job_dir / "2_mip_compound").iterdir()) == sorted(
+        f"{prefix}.{suffix}"
+        for prefix in ("2", "2_par_0000000", "2_par_0000001")
+        for suffix in ("args.json", "log", "metadiff.json")
+    )
+
+
+async def test_task_error_keeps_earlier_results(world: World) -> None:
+    ok = await create_task(
+        world.client, "mark", non_parallel=mock("generic_task.py"), output_types={"marked": True}
+    )
+    failing = await create_task(world.client, "fail here", non_parallel=mock("generic_task.py"))
+    await world.add_task(ok)
+    await world.add_task(failing, args_non_parallel={"raise_error": True})
+    await world.add_images(image(f"{world.zarr_dir}/a"), image(f"{world.zarr_dir}/b"))
+
+    job = await world.run()
+    assert job.status == job_pb2.JOB_STATUS_FAILED
+    assert job.log.startswith(
+        "TASK ERROR: Task name: fail here, position in Workflow: 1\nTRACEBACK:\n"
+    )
+    assert "generic_task: failing on purpose (raise_error=True)" in job.log
+    # The first task's result stays applied; the failed task is in the history.
+    images = await world.images()
+    assert {url: img["types"] for url, img in images.items()} == {
+        f"{world.zarr_dir}/a": {"marked": True},
+        f"{world.zarr_dir}/b": {"marked": True},
+    }
+    assert filters_to_dict((await world.dataset()).filters)["types"] == {"marked": True}
+    assert await world.history() == [(0, "done"), (1, "failed")]
+    history = json.loads((Path(job.working_dir) / "history.json").read_text())
+    assert [item["workflowtask"]["order"] for item in history] == [0]
+
+
+@pytest.mark.parametrize(
+    ("switch", "expected"),
+    [("write_garbage", "is not valid JSON"), ("invalid_output", "Extra inputs are not permitted")],
+)
+async def test_invalid_task_output_is_a_job_error(world: World, switch: str, expected: str) -> None:
+    task = await create_task(world.client, "generic", non_parallel=mock("generic_task.py"))
+    await world.add_task(task, args_non_parallel={switch: True})
+    job = await world.run()
+    assert job.status == job_pb2.JOB_STATUS_FAILED
+    assert job.log.startswith(f"JOB ERROR in Fractal job {job.id}:\nTRACEBACK:\n")
+    assert "Validation of task output failed" in job.log
+    assert expected in job.log
+    assert await world.history() == [(0, "failed")]
+
+
+async def test_input_types_violation(world: World) -> None:
+    task = await create_task(
+        world.client, "needs 3D", non_parallel=mock("generic_task.py"), input_types={"3D": True}
+    )
+    await world.add_task(task)
+    await world.add_images(
+        image(f"{world.zarr_dir}/a", **{"3D": True}), image(f"{world.zarr_dir}/b")
+    )
+    job = await world.run()
+    assert job.status == job_pb2.JOB_STATUS_FAILED
+    assert job.log.startswith(f"JOB ERROR in Fractal job {job.id}:\nTRACEBACK:\n")
+    assert "Invalid filtered image list" in job.log
+    assert f"Image zarr_url: {world.zarr_dir}/b" in job.log
+    assert not (Path(job.working_dir) / "0_needs_3d" / "0.args.json").exists()
+
+
+async def test_image_rule_breach_is_a_job_error(world: World, tmp_path: Path) -> None:
+    """An output that api refuses (a new image outside zarr_dir) fails the job with the rule."""
+    out = json.dumps({"image_list_updates": [{"zarr_url": str(tmp_path / "elsewhere")}]})
+    code = (
+        "import sys\n"
+        "out = sys.argv[sys.argv.index('--out-json') + 1]\n"
+        f"open(out, 'w').write({out!r})\n"
+    )
+    task = await create_task(world.client, "escape", non_parallel=python_command(code))
+    await world.add_task(task)
+    job = await world.run()
+    assert job.status == job_pb2.JOB_STATUS_FAILED
+    assert job.log.startswith(f"JOB ERROR in Fractal job {job.id}:\nTRACEBACK:\n")
+    assert "elsewhere" in job.log
+    assert await world.images() == {}
+
+
+async def test_task_slice_and_parallel_edge_cases(world: World) -> None:
+    """first/last_task_index run only the slice; a parallel task with no input makes no call
+    but its output types still reach the dataset filters."""
+    tasks = [
+        await create_task(
+            world.client,
+            f"t{i}",
+            non_parallel=mock("generic_task.py"),
+            output_types={f"t{i}": True},
+        )
+        for i in range(3)
+    ]
+    for task in tasks:
+        await world.add_task(task)
+    parallel = await create_task(
+        world.client,
+        "par",
+        parallel=mock("generic_task_parallel.py"),
+        output_types={"par": True},
+    )
+    await world.add_task(parallel, meta_parallel={"parallel_tasks_per_job": 1})
+    await world.add_images(image(f"{world.zarr_dir}/a"))
+
+    job = await world.run(first_task_index=1, last_task_index=1)
+    assert job.status == job_pb2.JOB_STATUS_DONE, job.log
+    job_dir = Path(job.working_dir)
+    assert sorted(p.name for p in job_dir.iterdir()) == ["1_t1", "history.json", "workflow.log"]
+    assert (await world.images())[f"{world.zarr_dir}/a"]["types"] == {"t1": True}
+    assert await world.history() == [(1, "done")]
+
+    # The last task alone: inputs filtered by the dataset filters {t1: true} ∪ … → the image
+    # runs; then again with a filter that matches nothing → no call at all.
+    job = await world.run(first_task_index=3)
+    assert job.status == job_pb2.JOB_STATUS_DONE, job.log
+    assert (Path(job.working_dir) / "3_par" / "3_par_0000000.args.json").exists()
+    assert (await world.images())[f"{world.zarr_dir}/a"]["types"] == {"t1": True, "par": True}
+
+    await world.add_images(image(f"{world.zarr_dir}/b"))  # not t1: filtered out
+    filters = filters_to_dict((await world.dataset()).filters)
+    assert filters["types"] == {"t1": True, "par": True}
+    job = await world.run(first_task_index=2, last_task_index=2)
+    assert job.status == job_pb2.JOB_STATUS_DONE, job.log
+    images = await world.images()
+    assert images[f"{world.zarr_dir}/b"]["types"] == {}  # not an input: untouched
+    assert images[f"{world.zarr_dir}/a"]["types"] == {"t1": True, "par": True, "t2": True}
+
+
+async def test_parallel_task_without_inputs_makes_no_call(world: World) -> None:
+    parallel = await create_task(
+        world.client, "par", parallel=mock("generic_task_parallel.py"), output_types={"p": True}
+    )
+    await world.add_task(parallel)
+    job = await world.run()
+    assert job.status == job_pb2.JOB_STATUS_DONE, job.log
+    assert list((Path(job.working_dir) / "0_par").iterdir()) == []
+    assert filters_to_dict((await world.dataset()).filters)["types"] == {"p": True}
+
+
+async def test_stop_running_job_kills_its_processes(world: World, tmp_path: Path) -> None:
+    task = await create_task(world.client, "spawner", non_parallel=mock("spawning_task.py"))
+    pid_file = tmp_path / "pids.json"
+    await world.add_task(
+        task, args_non_parallel={"pid_file": str(pid_file), "child_new_session": True}
+    )
+    job = await world.submit()
+    await wait_for_file(pid_file)
+    pids = json.loads(pid_file.read_text())
+
+    started = time.monotonic()
+    await world.client.jobs.StopJob(
+        job_service_pb2.StopJobRequest(project_id=world.project_id, job_id=job.id),
+        metadata=world.client.md,
+    )
+    ended = await world.wait(job.id)
+    assert time.monotonic() - started < 5
+    assert ended.status == job_pb2.JOB_STATUS_FAILED
+    assert ended.log == (
+        f"JOB ERROR in Fractal job {job.id}:\nTRACEBACK:\nJob stopped by user request."
+    )
+    await wait_until(lambda: is_gone(pids["task_pid"]) and is_gone(pids["child_pid"]), 2.0)
+    assert await world.history() == [(0, "failed")]
+
+
+async def test_restart_resumes_unfinished_run(
+    world: World, runner: Runner, tmp_path: Path, runs: RunStore
+) -> None:
+    """A graceful stop kills the running task and leaves the run unfinished; the next start
+    resumes it, skipping the task api already applied."""
+    first = await create_task(
+        world.client, "first", non_parallel=mock("generic_task.py"), output_types={"first": True}
+    )
+    marker = tmp_path / "started-once"
+    pid_file = tmp_path / "sleeper.pid"
+    code = (
+        "import os, sys, time\n"
+        f"marker, pid_file = {str(marker)!r}, {str(pid_file)!r}\n"
+        "if os.path.exists(marker): sys.exit(0)\n"
+        "open(pid_file + '.tmp', 'w').write(str(os.getpid()))\n"
+        "os.replace(pid_file + '.tmp', pid_file)\n"
+        "open(marker, 'w').close()\n"
+        "time.sleep(600)\n"
+    )
+    sleeper = await create_task(world.client, "sleeper", non_parallel=python_command(code))
+    await world.add_task(first)
+    await world.add_task(sleeper)
+    await world.add_images(image(f"{world.zarr_dir}/a"))
+
+    job = await world.submit()
+    await wait_for_file(marker)
+    sleeper_pid = int(pid_file.read_text())
+
+    await runner.app.stop()
+    await wait_until(lambda: is_gone(sleeper_pid))
+    run = await runs.get(job.id)
+    assert run is not None and run.status == RunStatus.RUNNING and run.attempts == 1
+    await runner.restart_after_stop()
+
+    ended = await world.wait(job.id)
+    assert ended.status == job_pb2.JOB_STATUS_DONE, ended.log
+    assert "SKIP 0-th task (name=first): already applied" in ended.log
+    assert await world.history() == [(0, "done"), (1, "done")]
+    assert (await world.images())[f"{world.zarr_dir}/a"]["types"] == {"first": True}
+    history = json.loads((Path(ended.working_dir) / "history.json").read_text())
+    assert [item["workflowtask"]["order"] for item in history] == [0, 1]
+
+    async def finished() -> bool:
+        run = await runs.get(job.id)
+        return run is not None and run.status == RunStatus.FINISHED
+
+    await wait_until_async(finished)
+    run = await runs.get(job.id)
+    assert run is not None and run.attempts == 2

@@ -1,0 +1,57 @@
+"""The world the tests run in: their own database and NATS streams on the machine's servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+
+import asyncpg
+import nats
+
+PG_ADMIN_URL = os.environ.get("FRACTAL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+NATS_URL = os.environ.get("FRACTAL_TEST_NATS", "nats://127.0.0.1:4222")
+RUN_ID = secrets.token_hex(4)
+
+
+async def _admin_exec(sql: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def create_database(name: str) -> str:
+    """Create and migrate a database of its own (api and runner schemas); returns its URL."""
+    asyncio.run(_admin_exec(f'CREATE DATABASE "{name}"'))
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    url = f"{base}/{name}"
+    from fractal_api.main import MIGRATIONS as API_MIGRATIONS
+    from fractal_grpc.migrate import upgrade
+
+    upgrade(API_MIGRATIONS, url, "api")
+    try:
+        from fractal_runner.main import MIGRATIONS as RUNNER_MIGRATIONS
+
+        upgrade(RUNNER_MIGRATIONS, url, "runner")
+    except ImportError:
+        pass
+    return url
+
+
+def drop_database(name: str) -> None:
+    asyncio.run(_admin_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def delete_streams(prefix: str) -> None:
+    async def cleanup() -> None:
+        nc = await nats.connect(NATS_URL)
+        js = nc.jetstream()
+        for suffix in ("CMD", "EVT"):
+            with contextlib.suppress(Exception):  # the stream may not exist
+                await js.delete_stream(f"{prefix.upper()}_{suffix}")
+        await nc.close()
+
+    asyncio.run(cleanup())
