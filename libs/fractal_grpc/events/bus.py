@@ -150,5 +150,8 @@ class EventBus:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        # close(), not drain(): every consumer acks only after its work is durable, so an
+        # unacked message is simply redelivered; and draining a pull subscription can wait
+        # for its whole drain timeout.
         with contextlib.suppress(Exception):
-            await self.nc.drain()
+            await self.nc.close()
