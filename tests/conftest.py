@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -13,7 +15,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import ApiClient  # noqa: E402
-from world import NATS_URL, RUN_ID, create_database, delete_streams, drop_database  # noqa: E402
+from world import (
+    NATS_URL,
+    RUN_ID,
+    create_database,
+    delete_streams,
+    delete_streams_async,
+    drop_database,
+)  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -68,18 +77,43 @@ def service_env(
     }
 
 
-@pytest.fixture(scope="session")
-async def api_address(service_env: dict[str, str]) -> AsyncIterator[str]:
-    """The api service in this process on a random loopback port."""
+@asynccontextmanager
+async def running_api(service_env: dict[str, str], **overrides: Any) -> AsyncIterator[str]:
+    """An api service in this process on a random loopback port; yields its address."""
     from fractal_api.app import ApiApp
     from fractal_grpc.settings import ApiSettings
 
-    env = {k.removeprefix("FRACTAL_").lower(): v for k, v in service_env.items()}
-    settings = ApiSettings(**env, api_address="127.0.0.1:0", grace_seconds=0.5)
-    app = ApiApp(settings)
+    env: dict[str, Any] = {k.removeprefix("FRACTAL_").lower(): v for k, v in service_env.items()}
+    env.update(api_address="127.0.0.1:0", grace_seconds=0.5, **overrides)
+    app = ApiApp(ApiSettings(**env))
     port = await app.start()
-    yield f"127.0.0.1:{port}"
-    await app.stop()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await app.stop()
+
+
+@pytest.fixture(scope="session")
+async def api_address(service_env: dict[str, str]) -> AsyncIterator[str]:
+    async with running_api(service_env) as address:
+        yield address
+
+
+@pytest.fixture(scope="session")
+async def runnerless_admin(
+    service_env: dict[str, str], nats_prefix: str
+) -> AsyncIterator[ApiClient]:
+    """The superuser on an api whose job commands no runner consumes (its own NATS prefix):
+    for tests that play the runner themselves through the internal RPCs."""
+    prefix = f"{nats_prefix}q"
+    try:
+        async with (
+            running_api(service_env, nats_prefix=prefix) as address,
+            grpc.aio.insecure_channel(address) as ch,
+        ):
+            yield await ApiClient.login(ch, "admin@fractal.xy", "1234")
+    finally:
+        await delete_streams_async(prefix)
 
 
 @pytest.fixture(scope="session")

@@ -45,13 +45,14 @@ def drop_database(name: str) -> None:
     asyncio.run(_admin_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def delete_streams(prefix: str) -> None:
-    async def cleanup() -> None:
-        nc = await nats.connect(NATS_URL)
-        js = nc.jetstream()
-        for suffix in ("CMD", "EVT"):
-            with contextlib.suppress(Exception):  # the stream may not exist
-                await js.delete_stream(f"{prefix.upper()}_{suffix}")
-        await nc.close()
+async def delete_streams_async(prefix: str) -> None:
+    nc = await nats.connect(NATS_URL)
+    js = nc.jetstream()
+    for suffix in ("CMD", "EVT"):
+        with contextlib.suppress(Exception):  # the stream may not exist
+            await js.delete_stream(f"{prefix.upper()}_{suffix}")
+    await nc.close()
 
-    asyncio.run(cleanup())
+
+def delete_streams(prefix: str) -> None:
+    asyncio.run(delete_streams_async(prefix))

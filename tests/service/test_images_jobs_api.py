@@ -309,7 +309,8 @@ async def submitted_job(
     return pid, did, wf.workflow.id, job.job.id
 
 
-async def test_submit_checks(user: ApiClient) -> None:
+async def test_submit_checks(runnerless_admin: ApiClient) -> None:
+    user = await runnerless_admin.new_user()
     pid, did, wid, job_id = await submitted_job(user, task_kw={"command_non_parallel": "/bin/true"})
     # One submitted job per dataset.
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -386,8 +387,9 @@ async def test_internal_rpcs_refuse_user_tokens(user: ApiClient) -> None:
 
 
 async def test_apply_task_result_rules(
-    user: ApiClient, service_md: tuple[tuple[str, str], ...]
+    runnerless_admin: ApiClient, service_md: tuple[tuple[str, str], ...]
 ) -> None:
+    user = await runnerless_admin.new_user()
     pid, did, wid, job_id = await submitted_job(
         user,
         task_kw={"command_non_parallel": "/bin/true", "output_types": {"processed": True}},
@@ -474,8 +476,9 @@ async def test_apply_task_result_rules(
 
 
 async def test_implicit_update_applies_output_types_to_filtered_inputs(
-    user: ApiClient, service_md: tuple[tuple[str, str], ...]
+    runnerless_admin: ApiClient, service_md: tuple[tuple[str, str], ...]
 ) -> None:
+    user = await runnerless_admin.new_user()
     pid, did, wid, job_id = await submitted_job(
         user, task_kw={"command_non_parallel": "/bin/true", "output_types": {"done": True}}
     )
@@ -502,3 +505,94 @@ async def test_implicit_update_applies_output_types_to_filtered_inputs(
         dataset_service_pb2.GetDatasetRequest(project_id=pid, dataset_id=did), metadata=user.md
     )
     assert [h.status for h in ds.dataset.history] == ["done", "failed"]
+
+
+async def test_bad_ids_and_cross_project_references(user: ApiClient, admin: ApiClient) -> None:
+    pid, did = await make_dataset(user)
+    other_pid, other_did = await make_dataset(user)
+    cases = [
+        (
+            user.datasets.GetDataset(
+                dataset_service_pb2.GetDatasetRequest(project_id=pid, dataset_id=10**12),
+                metadata=user.md,
+            ),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (
+            user.datasets.GetDataset(
+                dataset_service_pb2.GetDatasetRequest(project_id=pid, dataset_id=other_did),
+                metadata=user.md,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            user.datasets.GetDataset(
+                dataset_service_pb2.GetDatasetRequest(project_id=0, dataset_id=did),
+                metadata=user.md,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            admin.images.QueryImages(
+                image_service_pb2.QueryImagesRequest(project_id=pid, dataset_id=did),
+                metadata=admin.md,
+            ),
+            grpc.StatusCode.PERMISSION_DENIED,
+        ),
+        (
+            user.images.QueryImages(
+                image_service_pb2.QueryImagesRequest(project_id=pid, dataset_id=did, page_size=-1),
+                metadata=user.md,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            user.images.QueryImages(
+                image_service_pb2.QueryImagesRequest(
+                    project_id=pid, dataset_id=did, page_token="!!not-a-token!!"
+                ),
+                metadata=user.md,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            user.workflows.GetWorkflow(
+                workflow_service_pb2.GetWorkflowRequest(project_id=pid, workflow_id=10**12),
+                metadata=user.md,
+            ),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (
+            user.jobs.GetJob(
+                job_service_pb2.GetJobRequest(project_id=pid, job_id=10**12), metadata=user.md
+            ),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (
+            user.tasks.GetTask(task_service_pb2.GetTaskRequest(task_id=10**12), metadata=user.md),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+    ]
+    for call, code in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == code, (code, err.value.details())
+        info, _ = error_details(err.value)
+        assert info is not None and info.reason
+    del other_pid
+
+
+async def test_stop_of_an_ended_job_is_refused(
+    runnerless_admin: ApiClient, service_md: tuple[tuple[str, str], ...]
+) -> None:
+    user = await runnerless_admin.new_user()
+    pid, _, _, job_id = await submitted_job(user, task_kw={"command_non_parallel": "/bin/true"})
+    await user.internal.FinishJob(
+        ipb.FinishJobRequest(job_id=job_id, status=job_pb2.JOB_STATUS_DONE, log="ok"),
+        metadata=service_md,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await user.jobs.StopJob(
+            job_service_pb2.StopJobRequest(project_id=pid, job_id=job_id), metadata=user.md
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
