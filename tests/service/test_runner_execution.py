@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,13 @@ from fractal.v2 import (
     task_service_pb2,
     workflow_service_pb2,
 )
+from fractal_grpc.auth.tokens import ServiceTokenSource
 from fractal_grpc.convert import attributes_to_python, filters_to_dict
 from fractal_grpc.db import make_engine, make_sessionmaker
 from fractal_grpc.settings import RunnerSettings
+from fractal_runner.api_client import JobExecutionClient, open_channel
 from fractal_runner.app import RunnerApp
-from fractal_runner.jobs import RunStore
+from fractal_runner.jobs import JobScheduler, RunStore
 from fractal_runner.models import RunStatus
 from helpers import ApiClient
 
@@ -578,10 +581,12 @@ async def test_restart_resumes_unfinished_run(
     sleeper_pid = int(pid_file.read_text())
 
     await runner.app.stop()
-    await wait_until(lambda: is_gone(sleeper_pid))
-    run = await runs.get(job.id)
-    assert run is not None and run.status == RunStatus.RUNNING and run.attempts == 1
-    await runner.restart_after_stop()
+    try:
+        await wait_until(lambda: is_gone(sleeper_pid))
+        run = await runs.get(job.id)
+        assert run is not None and run.status == RunStatus.RUNNING and run.attempts == 1
+    finally:
+        await runner.restart_after_stop()
 
     ended = await world.wait(job.id)
     assert ended.status == job_pb2.JOB_STATUS_DONE, ended.log
@@ -598,3 +603,112 @@ async def test_restart_resumes_unfinished_run(
     await wait_until_async(finished)
     run = await runs.get(job.id)
     assert run is not None and run.attempts == 2
+
+
+async def test_stop_of_queued_and_unknown_jobs(
+    world: World,
+    runner: Runner,
+    runs: RunStore,
+    api_address: str,
+    key_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """With the session runner stopped, a scheduler of one slot: a stop for the job waiting
+    for the slot, and for a job the runner never saw, ends each FAILED at once; the running
+    job is unaffected until stopped itself. Redelivered submits of ended jobs do nothing."""
+    task = await create_task(world.client, "spawner", non_parallel=mock("spawning_task.py"))
+    pid_file = tmp_path / "pids.json"
+    await world.add_task(task, args_non_parallel={"pid_file": str(pid_file)})
+
+    async def other_dataset(name: str) -> World:
+        ds = await world.client.datasets.CreateDataset(
+            dataset_service_pb2.CreateDatasetRequest(
+                project_id=world.project_id, name=name, zarr_dir=f"{world.zarr_dir}-{name}"
+            ),
+            metadata=world.client.md,
+        )
+        return replace(world, dataset_id=ds.dataset.id)
+
+    await runner.app.stop()
+    try:
+        running = await world.submit()
+        queued = await (await other_dataset("q")).submit()
+        unknown = await (await other_dataset("u")).submit()
+        tokens = ServiceTokenSource(
+            Path(key_env["FRACTAL_SERVICE_PRIVATE_KEY_FILE"]).read_text(), service="runner"
+        )
+        async with open_channel(api_address) as channel:
+            scheduler = JobScheduler(runs, JobExecutionClient(channel, tokens), max_jobs=1)
+            try:
+                await scheduler.submit(running.id)
+                await wait_for_file(pid_file)
+                await scheduler.submit(queued.id)
+                assert scheduler.is_active(queued.id)
+
+                await scheduler.stop(queued.id)
+                assert not scheduler.is_active(queued.id)
+                for job in (queued, unknown):
+                    if job is unknown:
+                        await scheduler.stop(unknown.id)
+                    ended = await world.wait(job.id)
+                    assert ended.status == job_pb2.JOB_STATUS_FAILED
+                    assert ended.log == (
+                        f"JOB ERROR in Fractal job {job.id}:\nTRACEBACK:\n"
+                        "Job stopped by user request."
+                    )
+                assert not Path(queued.working_dir).exists()
+                run = await runs.get(queued.id)
+                assert run is not None and run.status == RunStatus.FINISHED
+                assert await runs.get(unknown.id) is None
+
+                current = await world.client.jobs.GetJob(
+                    job_service_pb2.GetJobRequest(project_id=world.project_id, job_id=running.id),
+                    metadata=world.client.md,
+                )
+                assert current.job.status == job_pb2.JOB_STATUS_SUBMITTED
+                await scheduler.stop(running.id)
+                ended = await world.wait(running.id)
+                assert ended.status == job_pb2.JOB_STATUS_FAILED
+                assert "Job stopped by user request." in ended.log
+            finally:
+                await scheduler.close()
+    finally:
+        await runner.restart_after_stop()
+
+    # The session runner now consumes the three submit commands: nothing runs again.
+    async def all_finished() -> bool:
+        found = [await runs.get(job.id) for job in (running, queued, unknown)]
+        return all(run is not None and run.status == RunStatus.FINISHED for run in found)
+
+    await wait_until_async(all_finished)
+    assert not (Path(unknown.working_dir)).exists()
+
+
+async def test_api_client_retries_while_api_is_unavailable(
+    service_env: dict[str, str], key_env: dict[str, str]
+) -> None:
+    """UNAVAILABLE is retried until api answers (here: a second api started late)."""
+    from fractal_api.app import ApiApp
+    from fractal_grpc.settings import ApiSettings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tokens = ServiceTokenSource(
+        Path(key_env["FRACTAL_SERVICE_PRIVATE_KEY_FILE"]).read_text(), service="runner"
+    )
+    async with open_channel(f"127.0.0.1:{port}") as channel:
+        client = JobExecutionClient(channel, tokens, first_backoff=0.01, max_backoff=0.05)
+        call = asyncio.create_task(client.get_job_spec(10**12))
+        await asyncio.sleep(0.3)
+        assert not call.done()
+
+        env = {k.removeprefix("FRACTAL_").lower(): v for k, v in service_env.items()}
+        api = ApiApp(ApiSettings(**env, api_address=f"127.0.0.1:{port}", grace_seconds=0.1))
+        await api.start()
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(call, 5)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        finally:
+            await api.stop()

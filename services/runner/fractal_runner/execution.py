@@ -233,8 +233,11 @@ class JobExecution:
 
         job_dir = Path(spec.working_dir)
         try:
+            if not job_dir.is_absolute():
+                raise ValueError(f"the job's working_dir {spec.working_dir!r} is not absolute")
             await asyncio.to_thread(prepare_job_folder, job_dir, spec.tasks)
-        except OSError as exc:
+            logger, handler = _open_job_logger(spec, job_dir)
+        except (OSError, ValueError) as exc:
             message = (
                 "An error occurred while creating job folder and subfolders.\n"
                 f"Original error: {exc}"
@@ -242,7 +245,6 @@ class JobExecution:
             await self.api.finish_job(job_id, FAILED, message)
             return
 
-        logger, handler = _open_job_logger(spec, job_dir)
         try:
             await self._execute(spec, job_dir, logger)
         finally:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fractal_grpc.db import transaction
 from fractal_runner.api_client import JobExecutionClient
-from fractal_runner.execution import FAILED, JobExecution, stop_log
+from fractal_runner.execution import FAILED, JobExecution, stop_log, unknown_error_log
 from fractal_runner.models import Run, RunStatus
 from fractal_runner.taskproc import LocalExecutor
 
@@ -37,6 +38,10 @@ log = logging.getLogger("fractal.runner")
 #: attempt is an error talking to api that is not UNAVAILABLE, which is retried on its own).
 MAX_ATTEMPTS = 5
 RETRY_DELAY_SECONDS = 1.0
+#: Pause before trying again when the runner's own database writes fail.
+BOOKKEEPING_RETRY_SECONDS = 5.0
+#: How long the last attempt to end a given-up job FAILED may wait for api.
+GIVE_UP_FINISH_SECONDS = 30.0
 
 
 class RunStore:
@@ -142,10 +147,6 @@ class JobScheduler:
     def is_active(self, job_id: int) -> bool:
         return job_id in self._active
 
-    @property
-    def active_jobs(self) -> list[int]:
-        return list(self._active)
-
     async def submit(self, job_id: int) -> None:
         """Handle a submit command: record the run, then execute it in the background."""
         added = await self.store.add(job_id)
@@ -204,11 +205,15 @@ class JobScheduler:
         try:
             async with self._slots:
                 job.started = True
-                await self._execute(job)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - bookkeeping failed; the run is resumed at restart
-            log.exception("job %s: execution bookkeeping failed", job.job_id)
+                while True:
+                    try:
+                        await self._execute(job)
+                        return
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # noqa: BLE001 - the database failed: try again later
+                        log.exception("job %s: run bookkeeping failed; retrying", job.job_id)
+                        await asyncio.sleep(BOOKKEEPING_RETRY_SECONDS)
         finally:
             if self._active.get(job.job_id) is job:
                 del self._active[job.job_id]
@@ -233,11 +238,22 @@ class JobScheduler:
                 error = f"{type(exc).__name__}: {exc}"
                 log.exception("job %s: execution attempt failed", job_id)
                 if attempt == MAX_ATTEMPTS:
-                    await self.store.finish(job_id, error=error)
                     log.error("job %s: given up after %s attempts", job_id, attempt)
+                    await self._give_up(job_id, traceback.format_exc())
+                    await self.store.finish(job_id, error=error)
                     return
                 await self.store.record_error(job_id, error)
                 await asyncio.sleep(self.retry_delay * 2 ** (attempt - 1))
                 continue
             await self.store.finish(job_id)
             return
+
+    async def _give_up(self, job_id: int, trace: str) -> None:
+        """Best effort: end the job FAILED, so it does not stay SUBMITTED."""
+        try:
+            await asyncio.wait_for(
+                self.api.finish_job(job_id, FAILED, unknown_error_log(job_id, trace)),
+                GIVE_UP_FINISH_SECONDS,
+            )
+        except Exception:  # noqa: BLE001 - nothing more can be done from here
+            log.exception("job %s: could not end it FAILED", job_id)
