@@ -13,11 +13,33 @@ from fractal.v2 import image_pb2
 Scalar = int | float | str | bool
 
 
+def json_numbers(value: Any) -> Any:
+    """Undo Struct's "every number is a double": integral floats become ints again.
+
+    Free-form JSON (task args, meta, schemas) travels as ``google.protobuf.Struct``; a task that
+    declares ``num_images: int`` must receive ``2``, not ``2.0``. JSON itself does not tell 2
+    from 2.0, so neither do we: this is applied wherever a Struct enters the system.
+    """
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) <= 2**53:
+            return int(value)
+        return value
+    if isinstance(value, dict):
+        return {key: json_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_numbers(item) for item in value]
+    return value
+
+
+def struct_dict(value: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as a plain dict, integral numbers as ints."""
+    result: dict[str, Any] = json_numbers(json_format.MessageToDict(value))
+    return result
+
+
 def struct_to_dict(value: struct_pb2.Struct, present: bool = True) -> dict[str, Any] | None:
-    """A Struct field as a dict; ``None`` when the field is unset (``present`` False)."""
-    if not present:
-        return None
-    return json_format.MessageToDict(value)
+    """An optional Struct field as a dict; ``None`` when the field is unset (``present``)."""
+    return struct_dict(value) if present else None
 
 
 def dict_to_struct(value: Mapping[str, Any] | None, target: struct_pb2.Struct) -> None:

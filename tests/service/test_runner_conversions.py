@@ -10,13 +10,13 @@ from pathlib import Path
 from google.protobuf import struct_pb2
 
 from fractal.internal.v1 import job_execution_service_pb2 as pb
+from fractal_grpc.convert import struct_dict
 from fractal_grpc.images.task_output import parse_task_output
 from fractal_runner.execution import (
     job_error_log,
     output_to_proto,
     prepare_job_folder,
     stop_log,
-    struct_to_plain,
     task_error_log,
     unknown_error_log,
 )
@@ -25,15 +25,15 @@ from fractal_runner.execution import (
 def test_struct_args_keep_integers() -> None:
     value = struct_pb2.Struct()
     value.update({"n": 2, "x": 0.5, "nested": {"k": [1, 2.5, {"m": 3}]}, "s": "a", "b": True})
-    assert struct_to_plain(value) == {
+    assert struct_dict(value) == {
         "n": 2,
         "x": 0.5,
         "nested": {"k": [1, 2.5, {"m": 3}]},
         "s": "a",
         "b": True,
     }
-    assert type(struct_to_plain(value)["n"]) is int
-    assert struct_to_plain(struct_pb2.Struct()) == {}
+    assert type(struct_dict(value)["n"]) is int
+    assert struct_dict(struct_pb2.Struct()) == {}
 
 
 def test_output_to_proto_keeps_types_and_unset_attributes() -> None:

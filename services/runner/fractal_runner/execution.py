@@ -25,11 +25,11 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from fractal.internal.v1 import job_execution_service_pb2 as pb
 from fractal.v2 import image_pb2, job_pb2, task_pb2
-from fractal_grpc.convert import python_to_attribute
+from fractal_grpc.convert import python_to_attribute, struct_dict
 from fractal_grpc.images.filters import match_filter
 from fractal_grpc.images.task_output import (
     MAX_PARALLELIZATION_LIST_SIZE,
@@ -100,29 +100,6 @@ def stop_log(job_id: int) -> str:
 
 
 # --- conversions ------------------------------------------------------------------------
-
-
-def _json_numbers(value: Any) -> Any:
-    """Undo Struct's "every number is a double": integral floats become ints again.
-
-    Task arguments travel as ``google.protobuf.Struct``; a task declaring ``num_images: int``
-    must receive ``2``, not ``2.0``. JSON itself does not tell 2 from 2.0, so neither do we.
-    """
-    if isinstance(value, float):
-        if value.is_integer() and abs(value) <= 2**53:
-            return int(value)
-        return value
-    if isinstance(value, dict):
-        return {key: _json_numbers(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_numbers(item) for item in value]
-    return value
-
-
-def struct_to_plain(message: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct field (task args or meta) as plain JSON values, ints kept as ints."""
-    result: dict[str, Any] = _json_numbers(json_format.MessageToDict(message))
-    return result
 
 
 def output_to_proto(output: TaskOutput) -> pb.TaskOutput:
@@ -325,7 +302,7 @@ class JobExecution:
         if task_type == task_pb2.TASK_TYPE_NON_PARALLEL:
             command = _command(task, "non_parallel")
             args = {
-                **struct_to_plain(task.args_non_parallel),
+                **struct_dict(task.args_non_parallel),
                 "zarr_urls": zarr_urls,
                 "zarr_dir": spec.zarr_dir,
             }
@@ -339,7 +316,7 @@ class JobExecution:
             if not zarr_urls:
                 return TaskOutput()
             command = _command(task, "parallel")
-            base = struct_to_plain(task.args_parallel)
+            base = struct_dict(task.args_parallel)
             calls = [
                 call(command, parallel_prefix(task.order, i), {**base, "zarr_url": url})
                 for i, url in enumerate(zarr_urls)
@@ -351,7 +328,7 @@ class JobExecution:
             init_command = _command(task, "non_parallel")
             compute_command = _command(task, "parallel")
             init_args = {
-                **struct_to_plain(task.args_non_parallel),
+                **struct_dict(task.args_non_parallel),
                 "zarr_urls": zarr_urls,
                 "zarr_dir": spec.zarr_dir,
             }
@@ -367,7 +344,7 @@ class JobExecution:
             logger.debug("%s-th task: %s parallelization items", task.order, len(items))
             if not items:
                 return TaskOutput()
-            base = struct_to_plain(task.args_parallel)
+            base = struct_dict(task.args_parallel)
             calls = [
                 call(
                     compute_command,
@@ -387,7 +364,7 @@ class JobExecution:
         self, calls: Sequence[TaskCall], meta: struct_pb2.Struct
     ) -> list[dict[str, Any] | None]:
         try:
-            config = get_local_config(struct_to_plain(meta), self.local_config_file)
+            config = get_local_config(struct_dict(meta), self.local_config_file)
         except LocalBackendConfigError as exc:
             raise JobExecutionError(str(exc)) from None
         return await self.executor.run_calls(calls, concurrency=config.parallel_tasks_per_job)
