@@ -55,7 +55,6 @@ from fractal_runner.taskproc import (
     single_prefix,
     task_subfolder,
 )
-from fractal_runner.taskproc.layout import FOLDER_MODE
 
 __all__ = [
     "STOP_INFO",
@@ -141,15 +140,7 @@ def prepare_job_folder(job_dir: Path, tasks: Sequence[pb.TaskSpec]) -> None:
 
     When resuming, the folder already exists: the missing subfolders are added.
     """
-    slice_ = [(task.order, task.task_name) for task in tasks]
-    try:
-        create_job_folders(job_dir, slice_)
-    except FileExistsError:
-        for order, name in slice_:
-            subfolder = job_dir / task_subfolder(order, name)
-            if not subfolder.is_dir():
-                subfolder.mkdir(mode=FOLDER_MODE)
-                os.chmod(subfolder, FOLDER_MODE)
+    create_job_folders(job_dir, [(task.order, task.task_name) for task in tasks], resume=True)
 
 
 def _open_job_logger(spec: pb.JobSpec, job_dir: Path) -> tuple[logging.Logger, logging.Handler]:

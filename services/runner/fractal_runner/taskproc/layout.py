@@ -75,24 +75,29 @@ class CallPaths:
         )
 
 
-def _mkdir(path: Path, *, parents: bool = False) -> None:
+def _mkdir(path: Path, *, parents: bool = False, exist_ok: bool = False) -> None:
+    if exist_ok and path.is_dir():
+        return
     path.mkdir(mode=FOLDER_MODE, parents=parents, exist_ok=False)
     # mkdir's mode is filtered by the umask; chmod gives exactly 0755 without touching the
     # process-wide umask (which the reference sets to 0, a race for a multi-job process).
     os.chmod(path, FOLDER_MODE)
 
 
-def create_job_folders(job_dir: Path, tasks_slice: Iterable[tuple[int, str]]) -> dict[int, Path]:
+def create_job_folders(
+    job_dir: Path, tasks_slice: Iterable[tuple[int, str]], *, resume: bool = False
+) -> dict[int, Path]:
     """Create the job folder and one subfolder per `(order, task name)`, all with mode 0755.
 
     Missing parents of `job_dir` are created too (with default permissions). Raises
-    FileExistsError if `job_dir` already exists: a job folder is never reused.
+    FileExistsError if `job_dir` already exists (a job folder is never reused by another job),
+    unless `resume`: then the job's own folder is completed with what is missing.
     Returns the subfolder of each order.
     """
-    _mkdir(job_dir, parents=True)
+    _mkdir(job_dir, parents=True, exist_ok=resume)
     subfolders: dict[int, Path] = {}
     for order, name in tasks_slice:
         subfolder = job_dir / task_subfolder(order, name)
-        _mkdir(subfolder)
+        _mkdir(subfolder, exist_ok=resume)
         subfolders[order] = subfolder
     return subfolders
