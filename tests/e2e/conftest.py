@@ -4,52 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc.aio
 import pytest
+from e2e_stack import Stack, start_service, wait_serving
 
-from fractal_grpc.devstack.cli import grpc_serving
 from fractal_grpc.devstack.embedded import free_port
 from helpers import ApiClient
 from world import NATS_URL, RUN_ID, create_database, delete_streams, drop_database
-
-BIN = Path(sys.executable).parent
-
-
-@dataclass
-class Stack:
-    api_address: str
-    env: dict[str, str]
-    processes: dict[str, subprocess.Popen[bytes]]
-    logs: Path
-
-    def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")
-
-
-def _start(name: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
-    out = (logs / f"{name}.log").open("wb")
-    return subprocess.Popen(
-        [str(BIN / f"fractal-{name}"), "serve"],
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def _wait_serving(name: str, address: str, proc: subprocess.Popen[bytes], logs: Path) -> None:
-    deadline = time.monotonic() + 60
-    while not grpc_serving(address, timeout=1.0):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            text = (logs / f"{name}.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"fractal-{name} did not become healthy:\n{text}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")
@@ -77,10 +40,10 @@ def stack(key_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     }
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        processes["api"] = _start("api", env, logs)
-        _wait_serving("api", api_address, processes["api"], logs)
-        processes["runner"] = _start("runner", env, logs)
-        _wait_serving("runner", runner_address, processes["runner"], logs)
+        processes["api"] = start_service("api", env, logs)
+        wait_serving("api", api_address, processes["api"], logs)
+        processes["runner"] = start_service("runner", env, logs)
+        wait_serving("runner", runner_address, processes["runner"], logs)
         yield Stack(api_address, env, processes, logs)
     finally:
         for proc in reversed(list(processes.values())):
