@@ -476,7 +476,7 @@ async def test_apply_task_result_rules(
 
 
 async def test_implicit_update_applies_output_types_to_filtered_inputs(
-    runnerless_admin: ApiClient, service_md: tuple[tuple[str, str], ...]
+    runnerless_admin: ApiClient, service_md: tuple[tuple[str, str], ...], database_url: str
 ) -> None:
     user = await runnerless_admin.new_user()
     pid, did, wid, job_id = await submitted_job(
@@ -494,6 +494,7 @@ async def test_implicit_update_applies_output_types_to_filtered_inputs(
     )
     got = await dataset_images(user, pid, did)
     assert all(v["types"] == {"done": True} for v in got.values()) and len(got) == 2
+    await assert_facets_exact(database_url, did)
     failed = await user.internal.FinishJob(
         ipb.FinishJobRequest(
             job_id=job_id, status=job_pb2.JOB_STATUS_FAILED, log="TASK ERROR", failed_task_order=0
@@ -596,3 +597,58 @@ async def test_stop_of_an_ended_job_is_refused(
             job_service_pb2.StopJobRequest(project_id=pid, job_id=job_id), metadata=user.md
         )
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def assert_facets_exact(database_url: str, dataset_id: int) -> None:
+    """The facet summary maintained by writes equals the facets computed by a full scan."""
+    from fractal_api.store import images as image_store
+    from fractal_grpc.db import make_engine, make_sessionmaker
+
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            kept = await image_store.facets(session, dataset_id)
+            scanned = await image_store.facets_of(
+                session, image_store.query_clause(dataset_id, None)
+            )
+    finally:
+        await engine.dispose()
+
+    def canonical(facets: tuple[dict[str, list[object]], list[str]]) -> object:
+        attributes, types = facets
+        return {k: sorted(map(repr, v)) for k, v in attributes.items()}, sorted(types)
+
+    assert canonical(kept) == canonical(scanned)
+
+
+async def test_facets_stay_exact_through_task_results(
+    runnerless_admin: ApiClient, service_md: tuple[tuple[str, str], ...], database_url: str
+) -> None:
+    user = await runnerless_admin.new_user()
+    pid, did, _, job_id = await submitted_job(
+        user, task_kw={"command_non_parallel": "/bin/true", "output_types": {"seen": True}}
+    )
+    await user.images.AddImages(
+        image_service_pb2.AddImagesRequest(
+            project_id=pid,
+            dataset_id=did,
+            images=[
+                image("/zarr/a", well="A01", n=1),
+                image("/zarr/b", well="B01", n=1),
+                image("/zarr/c", well="C01", n=2.5),
+            ],
+        ),
+        metadata=user.md,
+    )
+    await assert_facets_exact(database_url, did)
+    output = ipb.TaskOutput(
+        image_list_updates=[update("/zarr/a", well=None, n=3), update("/zarr/d", origin="/zarr/c")],
+        image_list_removals=["/zarr/b"],
+    )
+    await user.internal.ApplyTaskResult(
+        ipb.ApplyTaskResultRequest(job_id=job_id, task_order=0, output=output), metadata=service_md
+    )
+    await assert_facets_exact(database_url, did)
+    page = await query(user, pid, did)
+    assert sorted(v.string_value for v in page.attributes["well"].values) == ["C01"]
+    assert sorted(page.types) == ["seen"]

@@ -93,10 +93,6 @@ class Dataset(Base):
     image_count: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     # Position of the next image appended (keeps the reference's list order).
     next_position: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
-    # The facet summary must be recomputed before it is read again.
-    facets_stale: Mapped[bool] = mapped_column(
-        Boolean, nullable=False, server_default=text("false")
-    )
     created_at: Mapped[datetime] = _now()
 
 

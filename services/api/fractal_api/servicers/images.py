@@ -115,8 +115,6 @@ class ImageServicer(rpc.ImageServiceServicer):
                         session, images.query_clause(dataset.id, None, dataset_filters)
                     )
                 else:
-                    await images.ensure_facets(session, dataset)
-                    await session.commit()
                     facet_attrs, facet_types = await images.facets(session, dataset.id)
                 for key, values in facet_attrs.items():
                     entry = response.attributes[key]

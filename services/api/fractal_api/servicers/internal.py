@@ -239,7 +239,13 @@ class JobExecutionServicer(rpc.JobExecutionServiceServicer):
         await images.replace_many(session, dataset, changes.updated)
         await images.append(session, dataset, changes.created)
         await images.remove_many(session, dataset, changes.removed)
-        dataset.facets_stale = dataset.facets_stale or bool(changes.created)
+        await images.apply_facet_delta(
+            session,
+            dataset,
+            removed=[existing[r.zarr_url] for r in changes.updated]
+            + [existing[url] for url in changes.removed],
+            added=changes.updated,
+        )
         return (len(changes.updated), len(changes.created), len(changes.removed))
 
     async def FinishJob(

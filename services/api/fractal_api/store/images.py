@@ -6,7 +6,8 @@ Bulk writes pass whole columns as arrays (``unnest``), never one statement per i
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, cast, delete, func, literal, select, text, update
@@ -45,18 +46,14 @@ _FACETS_ADD = text(
     """
 )
 
-_FACETS_REBUILD = text(
+_FACETS_DELTA = text(
     """
     INSERT INTO api.image_facets (dataset_id, kind, key, value, count)
-    SELECT :dataset_id, f.kind, f.key, f.value, count(*)
-    FROM (
-        SELECT 'a' AS kind, e.key, e.value
-        FROM api.images i, jsonb_each(i.attributes) AS e WHERE i.dataset_id = :dataset_id
-        UNION ALL
-        SELECT 't', k, 'true'::jsonb
-        FROM api.images i, jsonb_object_keys(i.types) AS k WHERE i.dataset_id = :dataset_id
-    ) AS f
-    GROUP BY f.kind, f.key, f.value
+    SELECT :dataset_id, d.kind, d.key, d.value::jsonb, d.delta
+    FROM unnest(CAST(:kinds AS text[]), CAST(:keys AS text[]), CAST(:values AS text[]),
+                CAST(:deltas AS bigint[])) AS d(kind, key, value, delta)
+    ON CONFLICT (dataset_id, kind, key, value)
+    DO UPDATE SET count = api.image_facets.count + excluded.count
     """
 )
 
@@ -125,18 +122,60 @@ async def append(session: AsyncSession, dataset: Dataset, images: Sequence[Image
             "types": types,
         },
     )
-    if not dataset.facets_stale:
-        await session.execute(
-            _FACETS_ADD, {"dataset_id": dataset.id, "attributes": attributes, "types": types}
-        )
+    await session.execute(
+        _FACETS_ADD, {"dataset_id": dataset.id, "attributes": attributes, "types": types}
+    )
     dataset.next_position += len(images)
     dataset.image_count += len(images)
     return len(images)
 
 
+def _facet_keys(image: ImageRecord) -> list[tuple[str, str, str]]:
+    keys = [("a", key, _dumps(value)) for key, value in image.attributes.items()]
+    keys += [("t", key, "true") for key in image.types]
+    return keys
+
+
+async def apply_facet_delta(
+    session: AsyncSession,
+    dataset: Dataset,
+    removed: Iterable[ImageRecord] = (),
+    added: Iterable[ImageRecord] = (),
+) -> None:
+    """Keep the facet summary exact: count ``removed`` images out and ``added`` ones in."""
+    delta: Counter[tuple[str, str, str]] = Counter()
+    for image in removed:
+        delta.subtract(_facet_keys(image))
+    for image in added:
+        delta.update(_facet_keys(image))
+    changes = [(k, n) for k, n in delta.items() if n]
+    await apply_facet_counts(session, dataset, changes)
+
+
+async def apply_facet_counts(
+    session: AsyncSession, dataset: Dataset, changes: Sequence[tuple[tuple[str, str, str], int]]
+) -> None:
+    if not changes:
+        return
+    await session.execute(
+        _FACETS_DELTA,
+        {
+            "dataset_id": dataset.id,
+            "kinds": [k[0] for k, _ in changes],
+            "keys": [k[1] for k, _ in changes],
+            "values": [k[2] for k, _ in changes],
+            "deltas": [n for _, n in changes],
+        },
+    )
+    await session.execute(
+        delete(ImageFacet).where(ImageFacet.dataset_id == dataset.id, ImageFacet.count <= 0)
+    )
+
+
 async def replace_many(
     session: AsyncSession, dataset: Dataset, images: Sequence[ImageRecord]
 ) -> None:
+    """Write the new state of existing images (the caller updates the facets)."""
     if not images:
         return
     await session.execute(
@@ -148,30 +187,43 @@ async def replace_many(
             "types": [_dumps(i.types) for i in images],
         },
     )
-    dataset.facets_stale = True
 
 
 async def remove_many(session: AsyncSession, dataset: Dataset, urls: Sequence[str]) -> None:
+    """Delete images (the caller updates the facets)."""
     if not urls:
         return
     result = await session.execute(
         delete(Image).where(Image.dataset_id == dataset.id, Image.zarr_url.in_(list(urls)))
     )
     dataset.image_count -= result.rowcount  # type: ignore[attr-defined]
-    dataset.facets_stale = True
 
 
 async def add_types_where(
     session: AsyncSession, dataset: Dataset, where: ColumnElement[bool], types: Mapping[str, bool]
 ) -> int:
-    """Set ``types`` on every image matching ``where`` (the implicit update, as one statement)."""
+    """Set ``types`` on every image matching ``where`` (the implicit update, as set operations),
+    counting the type keys that images gain into the facets."""
+    if types:
+        gained = await session.execute(
+            select(
+                *[
+                    func.count().filter(~Image.types.has_key(key)).label(f"k{i}")
+                    for i, key in enumerate(types)
+                ]
+            ).where(Image.dataset_id == dataset.id, where)
+        )
+        counts = gained.one()
+        await apply_facet_counts(
+            session,
+            dataset,
+            [(("t", key, "true"), int(counts[i])) for i, key in enumerate(types) if counts[i]],
+        )
     result = await session.execute(
         update(Image)
         .where(Image.dataset_id == dataset.id, where)
         .values(types=Image.types.op("||")(cast(literal(_dumps(dict(types))), JSONB)))
     )
-    if types:
-        dataset.facets_stale = True
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
@@ -213,18 +265,6 @@ async def page(
 
 async def count(session: AsyncSession, where: ColumnElement[bool]) -> int:
     return int(await session.scalar(select(func.count()).select_from(Image).where(where)) or 0)
-
-
-async def ensure_facets(session: AsyncSession, dataset: Dataset) -> None:
-    """Rebuild the facet summary when writes marked it stale."""
-    if not dataset.facets_stale:
-        return
-    locked = await lock_dataset(session, dataset.id)
-    if locked is None or not locked.facets_stale:
-        return
-    await session.execute(delete(ImageFacet).where(ImageFacet.dataset_id == dataset.id))
-    await session.execute(_FACETS_REBUILD, {"dataset_id": dataset.id})
-    locked.facets_stale = False
 
 
 async def facets(session: AsyncSession, dataset_id: int) -> tuple[dict[str, list[Any]], list[str]]:

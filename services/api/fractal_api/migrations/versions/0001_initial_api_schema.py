@@ -159,7 +159,6 @@ def upgrade() -> None:
         ),
         sa.Column("image_count", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("next_position", sa.BigInteger(), server_default="0", nullable=False),
-        sa.Column("facets_stale", sa.Boolean(), server_default=sa.text("false"), nullable=False),
         sa.Column(
             "created_at",
             sa.DateTime(timezone=True),
