@@ -652,3 +652,32 @@ async def test_facets_stay_exact_through_task_results(
     page = await query(user, pid, did)
     assert sorted(v.string_value for v in page.attributes["well"].values) == ["C01"]
     assert sorted(page.types) == ["seen"]
+
+
+async def test_large_batches_are_single_statements(
+    runnerless_admin: ApiClient, service_md: tuple[tuple[str, str], ...]
+) -> None:
+    """More urls than PostgreSQL's 32,767 bind parameters, in one AddImages and one task result."""
+    user = await runnerless_admin.new_user()
+    pid, did, _, job_id = await submitted_job(user, task_kw={"command_non_parallel": "/bin/true"})
+    n = 40_000
+    batch = [image_pb2.Image(zarr_url=f"/zarr/p.zarr/{i}") for i in range(n)]
+    added = await user.images.AddImages(
+        image_service_pb2.AddImagesRequest(project_id=pid, dataset_id=did, images=batch),
+        metadata=user.md,
+    )
+    assert added.added_count == n
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await user.images.AddImages(
+            image_service_pb2.AddImagesRequest(project_id=pid, dataset_id=did, images=batch),
+            metadata=user.md,
+        )
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    output = ipb.TaskOutput(image_list_removals=[f"/zarr/p.zarr/{i}" for i in range(0, n, 2)])
+    result = await user.internal.ApplyTaskResult(
+        ipb.ApplyTaskResultRequest(job_id=job_id, task_order=0, output=output),
+        metadata=service_md,
+    )
+    assert result.images_removed == n // 2
+    page = await query(user, pid, did, page_size=1)
+    assert page.total_count == n // 2 and page.images[0].zarr_url == "/zarr/p.zarr/1"

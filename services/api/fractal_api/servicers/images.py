@@ -76,13 +76,14 @@ class ImageServicer(rpc.ImageServiceServicer):
                 raise NotFound("Dataset not found")
             present = await images.existing_urls(session, dataset.id, [r.zarr_url for r in records])
             if present:
+                known = set(present)
                 raise AlreadyExists(
                     f"{len(present)} image(s) already in the dataset, e.g. {present[0]}",
                     reason="IMAGE_EXISTS",
                     violations=[
                         (f"images[{i}].zarr_url", "already in the dataset")
                         for i, r in enumerate(records)
-                        if r.zarr_url in set(present)
+                        if r.zarr_url in known
                     ][:100],
                 )
             added = await images.append(session, locked, records)

@@ -10,8 +10,20 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, cast, delete, func, literal, select, text, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import (
+    ColumnElement,
+    Text,
+    and_,
+    any_,
+    cast,
+    delete,
+    func,
+    literal,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Dataset, Image, ImageFacet
@@ -67,6 +79,12 @@ _UPDATE_MANY = text(
 )
 
 
+def _text_array(values: Iterable[str]) -> Any:
+    """One array parameter (``= ANY(:urls)``) instead of one bind parameter per url: batches
+    of 100,000 urls stay one statement (PostgreSQL allows at most 32,767 parameters)."""
+    return cast(literal(list(values), ARRAY(Text)), ARRAY(Text))
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -84,7 +102,9 @@ async def lock_dataset(session: AsyncSession, dataset_id: int) -> Dataset | None
 
 async def existing_urls(session: AsyncSession, dataset_id: int, urls: Sequence[str]) -> list[str]:
     result = await session.execute(
-        select(Image.zarr_url).where(Image.dataset_id == dataset_id, Image.zarr_url.in_(urls))
+        select(Image.zarr_url).where(
+            Image.dataset_id == dataset_id, Image.zarr_url == any_(_text_array(urls))
+        )
     )
     return list(result.scalars())
 
@@ -96,7 +116,7 @@ async def fetch(
         return {}
     result = await session.execute(
         select(Image.zarr_url, Image.origin, Image.attributes, Image.types).where(
-            Image.dataset_id == dataset_id, Image.zarr_url.in_(list(set(urls)))
+            Image.dataset_id == dataset_id, Image.zarr_url == any_(_text_array(set(urls)))
         )
     )
     return {
@@ -194,7 +214,9 @@ async def remove_many(session: AsyncSession, dataset: Dataset, urls: Sequence[st
     if not urls:
         return
     result = await session.execute(
-        delete(Image).where(Image.dataset_id == dataset.id, Image.zarr_url.in_(list(urls)))
+        delete(Image).where(
+            Image.dataset_id == dataset.id, Image.zarr_url == any_(_text_array(urls))
+        )
     )
     dataset.image_count -= result.rowcount  # type: ignore[attr-defined]
 
