@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextvars
 import enum
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 
@@ -57,3 +59,30 @@ def current_user() -> Principal:
     if principal.user_id is None:
         raise RuntimeError("no user in this call")
     return principal
+
+
+class PrincipalCache:
+    """Loaded users, kept for ``ttl`` seconds: most calls then skip the user lookup.
+
+    A change made through this process (``forget``) is seen at once; one made through another
+    replica within ``ttl`` seconds.
+    """
+
+    def __init__(self, load: Callable[[int], Awaitable[Principal | None]], ttl: float = 2.0):
+        self._load = load
+        self.ttl = ttl
+        self._entries: dict[int, tuple[float, Principal | None]] = {}
+
+    async def get(self, user_id: int) -> Principal | None:
+        now = time.monotonic()
+        entry = self._entries.get(user_id)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        principal = await self._load(user_id)
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[user_id] = (now + self.ttl, principal)
+        return principal
+
+    def forget(self, user_id: int) -> None:
+        self._entries.pop(user_id, None)

@@ -12,11 +12,14 @@ import uuid
 from dataclasses import dataclass
 
 import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 USER_AUDIENCE = "fractal-api"
 INTERNAL_AUDIENCE = "fractal-internal"
 ISSUER = "fractal-api"
 _ALGORITHMS = ["EdDSA"]
+_VERIFIED_CACHE_SIZE = 10_000
 
 
 class InvalidToken(Exception):
@@ -32,7 +35,10 @@ class Claims:
 
 class TokenSigner:
     def __init__(self, private_key_pem: str, *, issuer: str, audience: str, lifetime: int) -> None:
-        self._key = private_key_pem
+        key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError("the token signing key must be an Ed25519 private key")
+        self._key = key
         self.issuer = issuer
         self.audience = audience
         self.lifetime = lifetime
@@ -53,10 +59,28 @@ class TokenSigner:
 
 class TokenVerifier:
     def __init__(self, public_key_pem: str, *, audience: str) -> None:
-        self._key = public_key_pem
+        # Parsed once: pyjwt would parse a PEM string on every verification.
+        key = serialization.load_pem_public_key(public_key_pem.encode())
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError("the token verification key must be an Ed25519 public key")
+        self._key = key
         self.audience = audience
+        self._verified: dict[str, Claims] = {}
 
     def verify(self, token: str) -> Claims:
+        """The token's claims; raises InvalidToken. Verified tokens are remembered until they
+        expire (a signature check costs more than the rest of a small call)."""
+        now = time.time()
+        cached = self._verified.get(token)
+        if cached is not None and cached.expires_at > now:
+            return cached
+        claims = self._verify(token)
+        if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = claims
+        return claims
+
+    def _verify(self, token: str) -> Claims:
         try:
             payload = jwt.decode(
                 token,

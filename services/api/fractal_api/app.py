@@ -27,7 +27,7 @@ from fractal_api.servicers.projects import DatasetServicer, ProjectServicer
 from fractal_api.servicers.tasks import TaskServicer
 from fractal_api.servicers.workflows import WorkflowServicer
 from fractal_api.store import users
-from fractal_grpc.auth.principal import Principal
+from fractal_grpc.auth.principal import Principal, PrincipalCache
 from fractal_grpc.auth.tokens import (
     INTERNAL_AUDIENCE,
     ISSUER,
@@ -35,7 +35,13 @@ from fractal_grpc.auth.tokens import (
     TokenSigner,
     TokenVerifier,
 )
-from fractal_grpc.db import make_engine, make_sessionmaker, transaction
+from fractal_grpc.db import (
+    make_engine,
+    make_raw_pool,
+    make_read_sessionmaker,
+    make_sessionmaker,
+    transaction,
+)
 from fractal_grpc.events.bus import EventBus, Subjects
 from fractal_grpc.events.outbox import OutboxRelay
 from fractal_grpc.grpckit.interceptors import AuthInterceptor, ErrorInterceptor, LoggingInterceptor
@@ -50,9 +56,13 @@ class ApiApp:
         self.settings = settings
         self.engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
         self.sessions = make_sessionmaker(self.engine)
+        self.reads = make_read_sessionmaker(self.engine)
         self.ctx = ApiContext(
             settings=settings,
             sessions=self.sessions,
+            reads=self.reads,
+            pg=None,
+            principals=PrincipalCache(self._fetch_user),
             signer=TokenSigner(
                 settings.jwt_private_key_pem(),
                 issuer=ISSUER,
@@ -91,14 +101,14 @@ class ApiApp:
             self.server.add(register, servicer, name)
 
     async def _load_user(self, subject: str) -> Principal | None:
-        if not subject.isdigit():
-            return None
-        async with self.sessions() as session:
-            user = await users.get_or_none(session, int(subject))
-        return users.principal_of(user) if user is not None else None
+        return await self.ctx.principals.get(int(subject)) if subject.isdigit() else None
+
+    async def _fetch_user(self, user_id: int) -> Principal | None:
+        return await users.load_principal(self.ctx.raw, user_id)
 
     async def start(self) -> int:
         s = self.settings
+        self.ctx.pg = await make_raw_pool(s.database_url, size=s.database_pool_size)
         async with transaction(self.sessions) as session:
             await users.ensure_first_superuser(
                 session,
@@ -119,4 +129,6 @@ class ApiApp:
             await self.ctx.relay.stop()
         if self.ctx.bus is not None:
             await self.ctx.bus.close()
+        if self.ctx.pg is not None:
+            await self.ctx.pg.close()
         await self.engine.dispose()

@@ -36,7 +36,7 @@ class AuthServicer(rpc.AuthServiceServicer):
         self.ctx = ctx
 
     async def Login(self, request: pb.LoginRequest, context: grpc.aio.ServicerContext) -> Any:
-        async with self.ctx.sessions() as session:
+        async with self.ctx.reads() as session:
             user = await users.by_email(session, request.email.strip())
         ok = verify_password(user.hashed_password if user else DUMMY_HASH, request.password)
         if user is None or not ok or not user.is_active:
@@ -48,7 +48,7 @@ class AuthServicer(rpc.AuthServiceServicer):
         self, request: pb.GetCurrentUserRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         me = current_user()
-        async with self.ctx.sessions() as session:
+        async with self.ctx.reads() as session:
             user = await users.get(session, me.user_id or 0)
         return pb.GetCurrentUserResponse(user=user_view(user))
 
@@ -76,7 +76,7 @@ class UserServicer(urpc.UserServiceServicer):
         return upb.CreateUserResponse(user=user_view(user))
 
     async def GetUser(self, request: upb.GetUserRequest, context: grpc.aio.ServicerContext) -> Any:
-        async with self.ctx.sessions() as session:
+        async with self.ctx.reads() as session:
             user = await users.get(session, request.user_id)
         return upb.GetUserResponse(user=user_view(user))
 
@@ -85,7 +85,7 @@ class UserServicer(urpc.UserServiceServicer):
     ) -> Any:
         size = page_size(request.page_size)
         state = decode_token(request.page_token, "users") or {"after": 0}
-        async with self.ctx.sessions() as session:
+        async with self.ctx.reads() as session:
             rows = await users.list_page(session, after_id=state["after"], limit=size + 1)
         more = len(rows) > size
         rows = rows[:size]
@@ -127,4 +127,5 @@ class UserServicer(urpc.UserServiceServicer):
                     user.hashed_password = hash_password(value)
                 else:
                     setattr(user, name, value)
+        self.ctx.principals.forget(user.id)
         return upb.UpdateUserResponse(user=user_view(user))

@@ -98,7 +98,7 @@ class ImageServicer(rpc.ImageServiceServicer):
         filters = validation.filters(request.filters, "filters", violations)
         zarr_url = request.zarr_url if request.HasField("zarr_url") else None
         violations.raise_if_any()
-        async with self.ctx.sessions() as session:
+        async with self.ctx.reads() as session:
             dataset = await projects.dataset_checked(
                 session, request.project_id, request.dataset_id, user_id
             )

@@ -85,7 +85,7 @@ class JobExecutionServicer(rpc.JobExecutionServiceServicer):
     async def GetJobSpec(
         self, request: pb.GetJobSpecRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        async with self.ctx.sessions() as session:
+        async with self.ctx.reads() as session:
             job = await self._job(session, request.job_id)
             applied = await jobs.applied_orders(session, job.id)
             user = await session.get(User, job.user_id) if job.user_id else None
@@ -139,7 +139,7 @@ class JobExecutionServicer(rpc.JobExecutionServiceServicer):
         self, request: pb.StreamTaskInputsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamTaskInputsResponse]:
         batch = request.batch_size or 1000
-        async with self.ctx.sessions() as session:
+        async with self.ctx.reads() as session:
             job = await self._job(session, request.job_id)
             snapshot = _snapshot(job, request.task_order)
             if job.dataset_id is None:

@@ -130,7 +130,7 @@ class JobServicer(rpc.JobServiceServicer):
         return pb.SubmitJobResponse(job=job_view(job))
 
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> Any:
-        async with self.ctx.sessions() as session:
+        async with self.ctx.reads() as session:
             job = await projects.job_checked(
                 session, request.project_id, request.job_id, current_user().user_id or 0
             )
@@ -144,7 +144,7 @@ class JobServicer(rpc.JobServiceServicer):
         size = page_size(request.page_size)
         query = f"jobs:{request.project_id}"
         state = decode_token(request.page_token, query)
-        async with self.ctx.sessions() as session:
+        async with self.ctx.reads() as session:
             if request.project_id:
                 await projects.get_checked(session, request.project_id, user_id)
             rows = await jobs.list_page(
@@ -170,7 +170,7 @@ class JobServicer(rpc.JobServiceServicer):
         return pb.StopJobResponse(job=job_view(job))
 
     async def _load(self, job_id: int) -> job_pb2.Job:
-        async with self.ctx.sessions() as session:
+        async with self.ctx.reads() as session:
             job = await session.get(Job, job_id)
         if job is None:
             raise NotFound(f"Job {job_id} not found")
@@ -180,7 +180,7 @@ class JobServicer(rpc.JobServiceServicer):
         self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchJobResponse]:
         user_id = current_user().user_id or 0
-        async with self.ctx.sessions() as session:
+        async with self.ctx.reads() as session:
             await projects.job_checked(session, request.project_id, request.job_id, user_id)
         assert self.ctx.bus is not None
         queue: asyncio.Queue[bytes] = asyncio.Queue()

@@ -8,14 +8,16 @@ import grpc.aio
 
 from fractal.v2 import dataset_service_pb2 as dpb
 from fractal.v2 import dataset_service_pb2_grpc as drpc
+from fractal.v2 import project_pb2
 from fractal.v2 import project_service_pb2 as pb
 from fractal.v2 import project_service_pb2_grpc as rpc
 from fractal_api import validation
 from fractal_api.context import ApiContext
-from fractal_api.models import Dataset, Project
+from fractal_api.models import Dataset
 from fractal_api.store import datasets, projects, requests
 from fractal_api.views import dataset_view, project_view
 from fractal_grpc.auth.principal import current_user
+from fractal_grpc.convert import timestamp
 from fractal_grpc.db import transaction
 from fractal_grpc.grpckit.errors import Violations
 from fractal_grpc.pagination import decode_token, encode_token, page_size
@@ -46,7 +48,7 @@ class ProjectServicer(rpc.ProjectServiceServicer):
     async def GetProject(
         self, request: pb.GetProjectRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        async with self.ctx.sessions() as session:
+        async with self.ctx.reads() as session:
             project = await projects.get_checked(
                 session, request.project_id, current_user().user_id or 0
             )
@@ -57,15 +59,18 @@ class ProjectServicer(rpc.ProjectServiceServicer):
     ) -> Any:
         size = page_size(request.page_size)
         state = decode_token(request.page_token, "projects") or {"after": 0}
-        async with self.ctx.sessions() as session:
-            rows: list[Project] = list(
-                await projects.list_for_user(
-                    session, current_user().user_id or 0, after_id=state["after"], limit=size + 1
-                )
-            )
-        token = encode_token("projects", after=rows[size - 1].id) if len(rows) > size else ""
+        rows = await projects.list_for_user(
+            self.ctx.raw, current_user().user_id or 0, after_id=state["after"], limit=size + 1
+        )
+        token = encode_token("projects", after=rows[size - 1]["id"]) if len(rows) > size else ""
         return pb.ListProjectsResponse(
-            projects=[project_view(p) for p in rows[:size]], next_page_token=token
+            projects=[
+                project_pb2.Project(
+                    id=r["id"], name=r["name"], create_time=timestamp(r["created_at"])
+                )
+                for r in rows[:size]
+            ],
+            next_page_token=token,
         )
 
 
@@ -105,7 +110,7 @@ class DatasetServicer(drpc.DatasetServiceServicer):
     async def GetDataset(
         self, request: dpb.GetDatasetRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        async with self.ctx.sessions() as session:
+        async with self.ctx.reads() as session:
             dataset = await projects.dataset_checked(
                 session, request.project_id, request.dataset_id, current_user().user_id or 0
             )
@@ -117,7 +122,7 @@ class DatasetServicer(drpc.DatasetServiceServicer):
         size = page_size(request.page_size)
         query = f"datasets:{request.project_id}"
         state = decode_token(request.page_token, query) or {"after": 0}
-        async with self.ctx.sessions() as session:
+        async with self.ctx.reads() as session:
             await projects.get_checked(session, request.project_id, current_user().user_id or 0)
             rows: list[Dataset] = list(
                 await datasets.list_page(

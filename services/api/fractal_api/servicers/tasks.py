@@ -105,7 +105,7 @@ class TaskServicer(rpc.TaskServiceServicer):
         return pb.CreateTaskResponse(task=task_view(task))
 
     async def GetTask(self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext) -> Any:
-        async with self.ctx.sessions() as session:
+        async with self.ctx.reads() as session:
             task = await tasks.get(session, request.task_id)
         return pb.GetTaskResponse(task=task_view(task))
 
@@ -114,7 +114,7 @@ class TaskServicer(rpc.TaskServiceServicer):
     ) -> Any:
         size = page_size(request.page_size)
         state = decode_token(request.page_token, "tasks") or {"after": 0}
-        async with self.ctx.sessions() as session:
+        async with self.ctx.reads() as session:
             rows: list[Task] = list(
                 await tasks.list_page(session, after_id=state["after"], limit=size + 1)
             )

@@ -52,7 +52,7 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
     async def GetWorkflow(
         self, request: pb.GetWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        async with self.ctx.sessions() as session:
+        async with self.ctx.reads() as session:
             workflow = await projects.workflow_checked(
                 session, request.project_id, request.workflow_id, current_user().user_id or 0
             )
@@ -65,7 +65,7 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
         size = page_size(request.page_size)
         query = f"workflows:{request.project_id}"
         state = decode_token(request.page_token, query) or {"after": 0}
-        async with self.ctx.sessions() as session:
+        async with self.ctx.reads() as session:
             await projects.get_checked(session, request.project_id, current_user().user_id or 0)
             rows: list[Workflow] = list(
                 await workflows.list_page(

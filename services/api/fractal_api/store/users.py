@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
 
+import asyncpg
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -133,3 +135,28 @@ async def list_page(session: AsyncSession, *, after_id: int, limit: int) -> list
 
 async def get_or_none(session: AsyncSession, user_id: int) -> User | None:
     return await session.get(User, user_id)
+
+
+_PRINCIPAL = """
+    SELECT id, email, is_active, is_superuser, is_verified, username, slurm_user, cache_dir,
+           slurm_accounts
+    FROM api.users WHERE id = $1
+"""
+
+
+async def load_principal(pg: asyncpg.Pool, user_id: int) -> Principal | None:
+    """The user as a Principal, or None (runs on most calls before the cache: raw asyncpg)."""
+    row = await pg.fetchrow(_PRINCIPAL, user_id)
+    if row is None:
+        return None
+    return Principal(
+        user_id=row["id"],
+        email=row["email"],
+        is_active=row["is_active"],
+        is_superuser=row["is_superuser"],
+        is_verified=row["is_verified"],
+        username=row["username"],
+        slurm_user=row["slurm_user"],
+        cache_dir=row["cache_dir"],
+        slurm_accounts=list(json.loads(row["slurm_accounts"])),
+    )
