@@ -3,29 +3,42 @@
 from __future__ import annotations
 
 import asyncpg
-from sqlalchemy import exists, select
+from sqlalchemy import ColumnElement, exists, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Dataset, Job, Project, ProjectMember, Workflow
 from fractal_grpc.grpckit.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 
 
-async def get_checked(session: AsyncSession, project_id: int, user_id: int) -> Project:
-    """The project, if the user is a member (NOT_FOUND / PERMISSION_DENIED otherwise)."""
-    if project_id <= 0:
+def _positive(field: str, value: int) -> None:
+    if value <= 0:
         raise InvalidArgument(
-            "project_id: must be positive", violations=[("project_id", "must be positive")]
+            f"{field}: must be positive", violations=[(field, "must be positive")]
         )
-    project = await session.get(Project, project_id)
-    if project is None:
+
+
+def _check_membership(project_id: int, found: bool, member: bool) -> None:
+    if not found:
         raise NotFound("Project not found", metadata={"project_id": str(project_id)})
-    member = await session.scalar(
-        select(
-            exists().where(ProjectMember.project_id == project_id, ProjectMember.user_id == user_id)
-        )
-    )
     if not member:
         raise PermissionDenied(f"Not allowed on project {project_id}", reason="NOT_A_MEMBER")
+
+
+def _is_member(project_id: int, user_id: int) -> ColumnElement[bool]:
+    return exists().where(ProjectMember.project_id == project_id, ProjectMember.user_id == user_id)
+
+
+async def get_checked(session: AsyncSession, project_id: int, user_id: int) -> Project:
+    """The project, if the user is a member (NOT_FOUND / PERMISSION_DENIED otherwise)."""
+    _positive("project_id", project_id)
+    row = (
+        await session.execute(
+            select(Project, _is_member(project_id, user_id)).where(Project.id == project_id)
+        )
+    ).first()
+    _check_membership(project_id, row is not None, bool(row and row[1]))
+    assert row is not None
+    project: Project = row[0]
     return project
 
 
@@ -37,13 +50,25 @@ async def _child_checked(
     object_id: int,
     user_id: int,
 ) -> Dataset | Workflow | Job:
-    await get_checked(session, project_id, user_id)
+    """One query for the three checks of the reference's helpers: the project exists, the user
+    is a member, the object exists and belongs to that project."""
+    _positive("project_id", project_id)
     field = f"{label.lower()}_id"
-    if object_id <= 0:
-        raise InvalidArgument(
-            f"{field}: must be positive", violations=[(field, "must be positive")]
+    _positive(field, object_id)
+    one_row = select(literal(1).label("one")).subquery()
+    row = (
+        await session.execute(
+            select(
+                select(Project.id).where(Project.id == project_id).exists(),
+                _is_member(project_id, user_id),
+                model,
+            )
+            .select_from(one_row)
+            .outerjoin(model, model.id == object_id)
         )
-    obj: Dataset | Workflow | Job | None = await session.get(model, object_id)
+    ).one()
+    _check_membership(project_id, bool(row[0]), bool(row[1]))
+    obj: Dataset | Workflow | Job | None = row[2]  # type: ignore[assignment]
     if obj is None:
         raise NotFound(f"{label} not found", metadata={field: str(object_id)})
     if obj.project_id != project_id:
