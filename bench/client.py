@@ -1,0 +1,229 @@
+"""A thin client over the generated stubs (as in tests/helpers.py) and the benchmark data."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc.aio
+from google.protobuf import field_mask_pb2, struct_pb2
+
+from fractal.v2 import (
+    auth_service_pb2,
+    auth_service_pb2_grpc,
+    dataset_service_pb2,
+    dataset_service_pb2_grpc,
+    image_pb2,
+    image_service_pb2,
+    image_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    project_service_pb2,
+    project_service_pb2_grpc,
+    task_service_pb2,
+    task_service_pb2_grpc,
+    user_pb2,
+    user_service_pb2,
+    user_service_pb2_grpc,
+    workflow_service_pb2,
+    workflow_service_pb2_grpc,
+)
+
+# Large AddImages requests (1M images are sent in batches of 100k, ~10 MB each).
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ("grpc.enable_http_proxy", 0),
+]
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def open_channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+@dataclass
+class ApiClient:
+    """Stubs plus the caller's token; ``md`` is the call metadata."""
+
+    channel: grpc.aio.Channel
+    token: str
+    email: str = ""
+
+    @classmethod
+    async def login(cls, channel: grpc.aio.Channel, email: str, password: str) -> ApiClient:
+        stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+        resp = await stub.Login(auth_service_pb2.LoginRequest(email=email, password=password))
+        return cls(channel, resp.access_token, email)
+
+    @property
+    def md(self) -> Metadata:
+        return (("authorization", f"Bearer {self.token}"),)
+
+    @property
+    def users(self) -> user_service_pb2_grpc.UserServiceStub:
+        return user_service_pb2_grpc.UserServiceStub(self.channel)
+
+    @property
+    def projects(self) -> project_service_pb2_grpc.ProjectServiceStub:
+        return project_service_pb2_grpc.ProjectServiceStub(self.channel)
+
+    @property
+    def datasets(self) -> dataset_service_pb2_grpc.DatasetServiceStub:
+        return dataset_service_pb2_grpc.DatasetServiceStub(self.channel)
+
+    @property
+    def images(self) -> image_service_pb2_grpc.ImageServiceStub:
+        return image_service_pb2_grpc.ImageServiceStub(self.channel)
+
+    @property
+    def tasks(self) -> task_service_pb2_grpc.TaskServiceStub:
+        return task_service_pb2_grpc.TaskServiceStub(self.channel)
+
+    @property
+    def workflows(self) -> workflow_service_pb2_grpc.WorkflowServiceStub:
+        return workflow_service_pb2_grpc.WorkflowServiceStub(self.channel)
+
+    @property
+    def jobs(self) -> job_service_pb2_grpc.JobServiceStub:
+        return job_service_pb2_grpc.JobServiceStub(self.channel)
+
+    async def new_user(self) -> ApiClient:
+        """Create a verified user with a username (as this superuser) and log in as it."""
+        email = f"bench-{secrets.token_hex(4)}@example.org"
+        req = user_service_pb2.CreateUserRequest(
+            email=email, password="bench-pw", username=email.split("@")[0]
+        )
+        created = await self.users.CreateUser(req, metadata=self.md)
+        await self.users.UpdateUser(
+            user_service_pb2.UpdateUserRequest(
+                user_id=created.user.id,
+                user=user_pb2.User(is_verified=True),
+                update_mask=field_mask_pb2.FieldMask(paths=["is_verified"]),
+            ),
+            metadata=self.md,
+        )
+        return await ApiClient.login(self.channel, email, "bench-pw")
+
+    async def new_project(self, name: str | None = None) -> int:
+        resp = await self.projects.CreateProject(
+            project_service_pb2.CreateProjectRequest(name=name or f"p-{secrets.token_hex(3)}"),
+            metadata=self.md,
+        )
+        return int(resp.project.id)
+
+    async def new_dataset(self, project_id: int, zarr_dir: str) -> int:
+        resp = await self.datasets.CreateDataset(
+            dataset_service_pb2.CreateDatasetRequest(
+                project_id=project_id, name=f"ds-{secrets.token_hex(3)}", zarr_dir=zarr_dir
+            ),
+            metadata=self.md,
+        )
+        return int(resp.dataset.id)
+
+    async def add_images(
+        self, project_id: int, dataset_id: int, images: list[image_pb2.Image]
+    ) -> int:
+        resp = await self.images.AddImages(
+            image_service_pb2.AddImagesRequest(
+                project_id=project_id, dataset_id=dataset_id, images=images
+            ),
+            metadata=self.md,
+        )
+        return int(resp.added_count)
+
+    async def new_parallel_task(self, command: str, meta: Mapping[str, Any]) -> int:
+        req = task_service_pb2.CreateTaskRequest(
+            name=f"bench-trivial-{secrets.token_hex(3)}",
+            command_parallel=command,
+            source=f"bench-{secrets.token_hex(3)}",
+            meta_parallel=to_struct(meta),
+        )
+        resp = await self.tasks.CreateTask(req, metadata=self.md)
+        return int(resp.task.id)
+
+    async def new_workflow(self, project_id: int, task_id: int, meta: Mapping[str, Any]) -> int:
+        wf = await self.workflows.CreateWorkflow(
+            workflow_service_pb2.CreateWorkflowRequest(
+                project_id=project_id, name=f"wf-{secrets.token_hex(3)}"
+            ),
+            metadata=self.md,
+        )
+        workflow_id = int(wf.workflow.id)
+        await self.workflows.CreateWorkflowTask(
+            workflow_service_pb2.CreateWorkflowTaskRequest(
+                project_id=project_id,
+                workflow_id=workflow_id,
+                task_id=task_id,
+                meta_parallel=to_struct(meta),
+            ),
+            metadata=self.md,
+        )
+        return workflow_id
+
+    async def submit_and_wait(
+        self, project_id: int, workflow_id: int, dataset_id: int, watch_seconds: float
+    ) -> job_pb2.Job:
+        """SubmitJob, then WatchJob until the job is DONE or FAILED; returns the last state."""
+        submitted = await self.jobs.SubmitJob(
+            job_service_pb2.SubmitJobRequest(
+                project_id=project_id, workflow_id=workflow_id, dataset_id=dataset_id
+            ),
+            metadata=self.md,
+        )
+        job_id = submitted.job.id
+        last = submitted.job
+        stream = self.jobs.WatchJob(
+            job_service_pb2.WatchJobRequest(project_id=project_id, job_id=job_id),
+            metadata=self.md,
+            timeout=watch_seconds,
+        )
+        async for update in stream:
+            last = update.job
+            if last.status in (job_pb2.JOB_STATUS_DONE, job_pb2.JOB_STATUS_FAILED):
+                stream.cancel()
+                break
+        return last
+
+
+def to_struct(value: Mapping[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(dict(value))
+    return struct
+
+
+# --- benchmark images ------------------------------------------------------------------------
+#
+# Image i of a dataset: plate_{i // 100000}.zarr/{row}/{col}/{i}, with attributes
+#   plate       = "plate_NN.zarr"    (10 values per 1M images)
+#   well        = "B03"              (384 values: wells of a 384-well plate, 8 images each)
+#   acquisition = i % 4              (int)
+# and one type, "3D" = (i // 4) % 2 == 0. QUERY_FILTERS (acquisition == 1 and 3D) matches
+# exactly one image in eight, spread evenly over the list.
+
+ROWS = "ABCDEFGHIJKLMNOP"
+WELLS = [f"{row}{col:02d}" for row in ROWS for col in range(1, 25)]
+QUERY_FILTERS = image_pb2.Filters(
+    attributes={"acquisition": image_pb2.AttributeValue(int_value=1)}, types={"3D": True}
+)
+QUERY_SELECTIVITY = 1 / 8
+
+
+def make_images(zarr_dir: str, start: int, count: int) -> list[image_pb2.Image]:
+    images: list[image_pb2.Image] = []
+    append = images.append
+    for i in range(start, start + count):
+        well = WELLS[(i // 8) % len(WELLS)]
+        plate = f"plate_{i // 100_000:02d}.zarr"
+        image = image_pb2.Image(zarr_url=f"{zarr_dir}/{plate}/{well[0]}/{well[1:]}/{i}")
+        attributes = image.attributes
+        attributes["plate"].string_value = plate
+        attributes["well"].string_value = well
+        attributes["acquisition"].int_value = i % 4
+        image.types["3D"] = (i // 4) % 2 == 0
+        append(image)
+    return images

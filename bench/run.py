@@ -1,0 +1,379 @@
+"""Run the benchmarks: ``python -m bench.run [--quick] [--only api,images,query,jobs]``.
+
+One run = one fresh database ``fractal_bench_<hex>`` on the PostgreSQL at 127.0.0.1:5432, NATS
+streams under the prefix ``b<hex>`` on 127.0.0.1:4222, ``fractal-api serve`` (and, for the job
+benchmarks, ``fractal-runner serve``) as separate processes on free loopback ports. All of it is
+removed at the end, also after a failure, Ctrl-C or SIGTERM. Results go to
+``bench/results/<UTC timestamp>.json`` and ``bench/results/latest.json``; a table of our
+figures next to the reference's is printed at the end. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import grpc.aio
+
+from bench import api_bench, images_bench, jobs_bench, query_bench
+from bench.client import ApiClient, make_images, open_channel
+from bench.report import format_table, rows_as_dicts, summary_rows
+from bench.stack import ADMIN_EMAIL, ADMIN_PASSWORD, BenchStack
+from bench.stats import machine_info
+
+SECTIONS = ("api", "images", "query", "jobs")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Config:
+    mode: str
+    # api: (concurrency, client processes), measured in this order
+    list_levels: tuple[tuple[int, int], ...]
+    list_warmup: float
+    list_duration: float
+    # images
+    bulk_images: int
+    single_total: int
+    single_block: int
+    single_all: bool  # every image one by one (else: first and last block only)
+    large_images: int
+    large_batch: int
+    # query
+    query_sizes: tuple[int, ...]
+    query_calls: int
+    query_budget: float  # seconds per measured series, at most
+    # jobs
+    job_concurrency: int
+    job_single_runs: int
+    job_medium: tuple[int, int]  # (images, runs)
+    job_large: tuple[int, int]  # (images, runs); each run is followed by the direct launch
+    job_lean_runs: int  # the large pair again, the task's interpreter started with -S
+
+
+FULL = Config(
+    mode="full",
+    list_levels=((1, 1), (8, 1), (8, 2)),
+    list_warmup=2.0,
+    list_duration=10.0,
+    bulk_images=100_000,
+    single_total=10_000,
+    single_block=1_000,
+    single_all=True,
+    large_images=1_000_000,
+    large_batch=100_000,
+    query_sizes=(1_000, 5_000, 10_000),
+    query_calls=100,
+    query_budget=20.0,
+    job_concurrency=8,
+    job_single_runs=20,
+    job_medium=(100, 3),
+    job_large=(1_000, 2),
+    job_lean_runs=1,
+)
+
+QUICK = Config(
+    mode="quick",
+    list_levels=((1, 1), (8, 1)),
+    list_warmup=1.0,
+    list_duration=3.0,
+    bulk_images=100_000,
+    single_total=10_000,
+    single_block=200,
+    single_all=False,
+    large_images=100_000,
+    large_batch=50_000,
+    query_sizes=(1_000, 5_000, 10_000),
+    query_calls=30,
+    query_budget=5.0,
+    job_concurrency=8,
+    job_single_runs=5,
+    job_medium=(100, 1),
+    job_large=(200, 1),
+    job_lean_runs=1,
+)
+
+
+class Runner:
+    """Runs the selected sections against one stack, recording into ``self.sections``."""
+
+    def __init__(self, stack: BenchStack, config: Config, selected: list[str]) -> None:
+        self.stack = stack
+        self.config = config
+        self.selected = selected
+        self.sections: dict[str, Any] = {}
+        self.zarr_root = str(stack.state_dir / "zarr")
+        self.large: images_bench.LargeDataset | None = None
+
+    def pids(self) -> dict[str, int]:
+        return {n: p for n in ("api", "runner") if (p := self.stack.pid(n)) is not None}
+
+    async def run(self) -> None:
+        address = self.stack.start_api()
+        async with open_channel(address) as channel:
+            admin = await ApiClient.login(channel, ADMIN_EMAIL, ADMIN_PASSWORD)
+            user = await admin.new_user()
+            steps: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+                "api": lambda: self.api(address, admin),
+                "images": lambda: self.images(user),
+                "query": lambda: self.query(user),
+                "jobs": lambda: self.jobs(user),
+            }
+            for name in self.selected:
+                print(f"[{name}]", flush=True)
+                t0 = time.perf_counter()
+                try:
+                    self.sections[name] = await steps[name]()
+                except Exception as exc:  # noqa: BLE001 - the other sections go on
+                    traceback.print_exc()
+                    self.sections[name] = {"error": describe(exc)}
+                    self._print_logs()
+                self.sections[name]["section_seconds"] = round(time.perf_counter() - t0, 1)
+
+    def _print_logs(self) -> None:
+        for service in ("api", "runner"):
+            tail = self.stack.log_tail(service)
+            if tail:
+                print(f"--- last lines of {service}.log ---\n{tail}", file=sys.stderr)
+
+    async def _part(self, out: dict[str, Any], key: str, part: Awaitable[dict[str, Any]]) -> None:
+        """``out[key] = await part``, or the error, so that the next parts still run."""
+        try:
+            out[key] = await part
+        except Exception as exc:  # noqa: BLE001
+            print(f"  {key}: FAILED: {describe(exc)}", file=sys.stderr, flush=True)
+            self._print_logs()
+            out[key] = {"error": describe(exc)}
+
+    async def api(self, address: str, admin: ApiClient) -> dict[str, Any]:
+        c = self.config
+        result = await api_bench.bench_list_projects(
+            address,
+            admin,
+            levels=list(c.list_levels),
+            warmup=c.list_warmup,
+            duration=c.list_duration,
+            pids=self.pids(),
+        )
+        return {"list_projects": result}
+
+    async def _large(self, user: ApiClient, project_id: int) -> dict[str, Any]:
+        c = self.config
+        t0 = time.perf_counter()
+        self.large = await images_bench.load_large(
+            user, project_id, self.zarr_root, size=c.large_images, batch=c.large_batch
+        )
+        return images_bench.large_result(self.large, c.large_batch, time.perf_counter() - t0)
+
+    async def images(self, user: ApiClient) -> dict[str, Any]:
+        c = self.config
+        project_id = await user.new_project("bench-images")
+        out: dict[str, Any] = {}
+        await self._part(
+            out,
+            "bulk",
+            images_bench.bench_bulk(user, project_id, self.zarr_root, c.bulk_images, self.pids()),
+        )
+        await self._part(
+            out,
+            "single",
+            images_bench.bench_single(
+                user,
+                project_id,
+                self.zarr_root,
+                total=c.single_total,
+                block=c.single_block,
+                full=c.single_all,
+            ),
+        )
+        await self._part(out, "large", self._large(user, project_id))
+        return out
+
+    async def query(self, user: ApiClient) -> dict[str, Any]:
+        c = self.config
+        project_id = await user.new_project("bench-query")
+        out: dict[str, Any] = {"filters": "attributes {acquisition: 1}, types {3D: true}"}
+        if self.large is None:
+            out["large_setup"] = await self._large(user, project_id)
+        assert self.large is not None
+        targets: list[tuple[int, int, int]] = []  # (project, dataset, size)
+        for size in c.query_sizes:
+            zarr_dir = f"{self.zarr_root}/query-{size}"
+            dataset_id = await user.new_dataset(project_id, zarr_dir)
+            await user.add_images(project_id, dataset_id, make_images(zarr_dir, 0, size))
+            targets.append((project_id, dataset_id, size))
+        targets.append((self.large.project_id, self.large.dataset_id, self.large.size))
+
+        async def measure_all() -> list[dict[str, Any]]:
+            return [
+                await query_bench.bench_query(
+                    user, p, d, n, calls=c.query_calls, budget=c.query_budget
+                )
+                for p, d, n in targets
+            ]
+
+        # As loaded: right after the AddImages calls, before PostgreSQL has table statistics
+        # for the new rows (autovacuum analyses a table only after a while).
+        out["sizes"] = await measure_all()
+        print("  ANALYZE api.images, then again:", flush=True)
+        await self.stack.analyze_images()
+        out["sizes_analyzed"] = await measure_all()
+        return out
+
+    async def jobs(self, user: ApiClient) -> dict[str, Any]:
+        c = self.config
+        await asyncio.to_thread(self.stack.start_runner)
+        project_id = await user.new_project("bench-jobs")
+        return await jobs_bench.bench_jobs(
+            user,
+            project_id,
+            self.zarr_root,
+            self.stack.state_dir / "direct",
+            concurrency=c.job_concurrency,
+            single_runs=c.job_single_runs,
+            medium=c.job_medium,
+            large=c.job_large,
+            lean_runs=c.job_lean_runs,
+            pids=self.pids(),
+        )
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM is handled like Ctrl-C: unwind, then clean up."""
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """While cleaning up, a second Ctrl-C or SIGTERM must not leave things half removed."""
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _has_error(node: Any) -> bool:
+    if isinstance(node, dict):
+        return "error" in node or any(_has_error(v) for v in node.values())
+    return False
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an error; gRPC errors as CODE: details."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _git_commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="CI-sized variant (< 2 minutes)")
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run, from {','.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument(
+        "--keep-state", action="store_true", help="keep the temporary state directory (logs)"
+    )
+    parser.add_argument("--no-save", action="store_true", help="print only; write no JSON")
+    args = parser.parse_args(argv)
+    selected = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(selected) - set(SECTIONS))
+    if unknown or not selected:
+        parser.error(f"--only: unknown section(s) {unknown}; choose from {','.join(SECTIONS)}")
+    return args, [s for s in SECTIONS if s in selected]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, selected = _parse_args(argv)
+    config = QUICK if args.quick else FULL
+    started = datetime.now(UTC)
+    record: dict[str, Any] = {
+        "started_at": started.isoformat(timespec="seconds"),
+        "mode": config.mode,
+        "sections_selected": selected,
+        "git_commit": _git_commit(),
+        "python": sys.version.split()[0],
+        "machine": machine_info(),
+        "config": config.__dict__,
+    }
+    signal.signal(signal.SIGTERM, _terminate)
+    stack = BenchStack(keep_state=args.keep_state)
+    runner = Runner(stack, config, selected)
+    status = "ok"
+    print(
+        f"bench ({config.mode}): database {stack.db_name}, NATS prefix {stack.nats_prefix}, "
+        f"state {stack.state_dir}",
+        flush=True,
+    )
+    try:
+        stack.open()
+        asyncio.run(runner.run())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        status = "interrupted"
+        print("\nbench: interrupted; cleaning up…", file=sys.stderr, flush=True)
+    except Exception as exc:  # noqa: BLE001 - reported, then cleaned up
+        status = f"failed: {type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    finally:
+        with _signals_ignored():
+            for problem in stack.close():
+                print(f"bench: cleanup: {problem}", file=sys.stderr)
+    if status == "ok" and _has_error(runner.sections):
+        status = "some benchmarks failed"
+
+    rows = summary_rows(runner.sections)
+    record.update(
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        status=status,
+        sections=runner.sections,
+        summary=rows_as_dicts(rows),
+    )
+    print()
+    print(format_table(rows))
+    if not args.no_save:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(record, indent=2, default=str) + "\n"
+        path = RESULTS_DIR / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+        path.write_text(text)
+        (RESULTS_DIR / "latest.json").write_text(text)
+        shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+        print(f"\nresults: {shown}")
+    print(f"status: {status}")
+    return 0 if status == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
