@@ -49,8 +49,8 @@ $(BUF):
 ## lint: buf lint (STANDARD), ruff and mypy on our own code.
 lint: $(STAMP) $(BUF)
 	$(BUF) lint protos
-	$(VENV)/bin/ruff check libs/fractal_grpc services tests
-	$(VENV)/bin/ruff format --check libs/fractal_grpc services tests
+	$(VENV)/bin/ruff check libs/fractal_grpc services tests bench
+	$(VENV)/bin/ruff format --check libs/fractal_grpc services tests bench
 	$(VENV)/bin/mypy
 
 test-unit: $(STAMP)
