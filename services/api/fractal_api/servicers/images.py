@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc.aio
@@ -102,35 +103,54 @@ class ImageServicer(rpc.ImageServiceServicer):
             dataset = await projects.dataset_checked(
                 session, request.project_id, request.dataset_id, user_id
             )
-            dataset_filters = dataset.filters if request.use_dataset_filters else None
-            fingerprint = query_fingerprint(
-                dataset.id, filters, dataset_filters, zarr_url, request.use_dataset_filters
-            )
-            state = decode_token(request.page_token, fingerprint)
-            where = images.query_clause(dataset.id, filters, dataset_filters, zarr_url)
-            response = pb.QueryImagesResponse()
-            if state is None:
-                total = await images.count(session, where)
-                if dataset_filters and (dataset_filters["attributes"] or dataset_filters["types"]):
-                    facet_attrs, facet_types = await images.facets_of(
+        dataset_filters = dataset.filters if request.use_dataset_filters else None
+        if dataset_filters and not (dataset_filters["attributes"] or dataset_filters["types"]):
+            dataset_filters = None
+        fingerprint = query_fingerprint(
+            dataset.id, filters, dataset_filters, zarr_url, request.use_dataset_filters
+        )
+        state = decode_token(request.page_token, fingerprint)
+        where = images.query_clause(dataset.id, filters, dataset_filters, zarr_url)
+        after = -1 if state is None else int(state["after"])
+
+        async def page() -> list[Any]:
+            async with self.ctx.reads() as session:
+                return await images.page(session, where, after_position=after, limit=size + 1)
+
+        async def total() -> int:
+            async with self.ctx.reads() as session:
+                if zarr_url is None and dataset_filters is None:
+                    cheap = await images.summary_count(session, dataset, filters)
+                    if cheap is not None:
+                        return cheap
+                return await images.count(session, where)
+
+        async def facets() -> tuple[dict[str, list[Any]], list[str]]:
+            async with self.ctx.reads() as session:
+                if dataset_filters is not None:
+                    return await images.facets_of(
                         session, images.query_clause(dataset.id, None, dataset_filters)
                     )
-                else:
-                    facet_attrs, facet_types = await images.facets(session, dataset.id)
-                for key, values in facet_attrs.items():
-                    entry = response.attributes[key]
-                    for value in values:
-                        python_to_attribute(value, entry.values.add())
-                response.types.extend(facet_types)
-                after = -1
-            else:
-                total, after = int(state["total"]), int(state["after"])
-            rows = await images.page(session, where, after_position=after, limit=size + 1)
+                return await images.facets(session, dataset.id)
+
+        response = pb.QueryImagesResponse()
+        if state is None:
+            # The first page: the page, the exact total and the facets, side by side.
+            rows, count, (facet_attrs, facet_types) = await asyncio.gather(
+                page(), total(), facets()
+            )
+            for key, values in facet_attrs.items():
+                entry = response.attributes[key]
+                for value in values:
+                    python_to_attribute(value, entry.values.add())
+            response.types.extend(facet_types)
+        else:
+            rows, count = await page(), int(state["total"])
         for row in rows[:size]:
             fill_image(response.images.add(), row._mapping)
-        response.total_count = total
+        response.total_count = count
         if len(rows) > size:
             response.next_page_token = encode_token(
-                fingerprint, after=rows[size - 1].position, total=total
+                fingerprint, after=rows[size - 1].position, total=count
             )
         return response

@@ -49,8 +49,8 @@ _FACETS_ADD = text(
         SELECT 'a' AS kind, e.key, e.value
         FROM unnest(CAST(:attributes AS text[])) AS a(doc), jsonb_each(a.doc::jsonb) AS e
         UNION ALL
-        SELECT 't', k, 'true'::jsonb
-        FROM unnest(CAST(:types AS text[])) AS t(doc), jsonb_object_keys(t.doc::jsonb) AS k
+        SELECT 't', e.key, e.value
+        FROM unnest(CAST(:types AS text[])) AS t(doc), jsonb_each(t.doc::jsonb) AS e
     ) AS f
     GROUP BY f.kind, f.key, f.value
     ON CONFLICT (dataset_id, kind, key, value)
@@ -152,7 +152,7 @@ async def append(session: AsyncSession, dataset: Dataset, images: Sequence[Image
 
 def _facet_keys(image: ImageRecord) -> list[tuple[str, str, str]]:
     keys = [("a", key, _dumps(value)) for key, value in image.attributes.items()]
-    keys += [("t", key, "true") for key in image.types]
+    keys += [("t", key, _dumps(bool(value))) for key, value in image.types.items()]
     return keys
 
 
@@ -227,20 +227,25 @@ async def add_types_where(
     """Set ``types`` on every image matching ``where`` (the implicit update, as set operations),
     counting the type keys that images gain into the facets."""
     if types:
-        gained = await session.execute(
-            select(
-                *[
-                    func.count().filter(~Image.types.has_key(key)).label(f"k{i}")
-                    for i, key in enumerate(types)
-                ]
-            ).where(Image.dataset_id == dataset.id, where)
-        )
-        counts = gained.one()
-        await apply_facet_counts(
-            session,
-            dataset,
-            [(("t", key, "true"), int(counts[i])) for i, key in enumerate(types) if counts[i]],
-        )
+        # Per key: images that lack it, and images that have it with the other value.
+        columns = []
+        for key, value in types.items():
+            columns.append(func.count().filter(~Image.types.has_key(key)))
+            columns.append(
+                func.count().filter(
+                    Image.types.has_key(key),
+                    Image.types[key] != cast(literal(_dumps(value)), JSONB),
+                )
+            )
+        counts = (
+            await session.execute(select(*columns).where(Image.dataset_id == dataset.id, where))
+        ).one()
+        changes: list[tuple[tuple[str, str, str], int]] = []
+        for i, (key, value) in enumerate(types.items()):
+            missing, flipped = int(counts[2 * i]), int(counts[2 * i + 1])
+            changes.append((("t", key, _dumps(bool(value))), missing + flipped))
+            changes.append((("t", key, _dumps(not value)), -flipped))
+        await apply_facet_counts(session, dataset, [c for c in changes if c[1]])
     result = await session.execute(
         update(Image)
         .where(Image.dataset_id == dataset.id, where)
@@ -296,13 +301,43 @@ async def facets(session: AsyncSession, dataset_id: int) -> tuple[dict[str, list
         .order_by(ImageFacet.kind, ImageFacet.key)
     )
     attributes: dict[str, list[Any]] = {}
-    types: list[str] = []
+    types: dict[str, None] = {}
     for kind, key, value in rows:
         if kind == "a":
             attributes.setdefault(key, []).append(value)
         else:
-            types.append(key)
-    return attributes, types
+            types[key] = None
+    return attributes, list(types)
+
+
+async def summary_count(
+    session: AsyncSession, dataset: Dataset, filters: Mapping[str, Any]
+) -> int | None:
+    """The number of images matching ``filters``, read from the facet summary when one facet
+    decides it (no filter, one attribute, or one type); None when a scan is needed."""
+    attributes = {k: v for k, v in (filters.get("attributes") or {}).items() if v is not None}
+    types = filters.get("types") or {}
+    if not attributes and not types:
+        return dataset.image_count
+    if len(attributes) + len(types) != 1:
+        return None
+    if attributes:
+        ((key, value),) = attributes.items()
+        kind, wanted = "a", value
+    else:
+        ((key, value),) = types.items()
+        kind, wanted = "t", True
+    found = await session.scalar(
+        select(ImageFacet.count).where(
+            ImageFacet.dataset_id == dataset.id,
+            ImageFacet.kind == kind,
+            ImageFacet.key == key,
+            ImageFacet.value == cast(literal(_dumps(wanted)), JSONB),
+        )
+    )
+    count = int(found or 0)
+    # A false type filter matches every image without the type set to true.
+    return count if kind == "a" or value else dataset.image_count - count
 
 
 async def facets_of(
