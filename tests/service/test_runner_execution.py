@@ -11,6 +11,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import psutil
 import pytest
 from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import func, update
 
 from fractal.v2 import (
     dataset_service_pb2,
@@ -33,12 +35,13 @@ from fractal.v2 import (
 )
 from fractal_grpc.auth.tokens import ServiceTokenSource
 from fractal_grpc.convert import attributes_to_python, filters_to_dict
-from fractal_grpc.db import make_engine, make_sessionmaker
+from fractal_grpc.db import make_engine, make_sessionmaker, transaction
 from fractal_grpc.settings import RunnerSettings
 from fractal_runner.api_client import JobExecutionClient, open_channel
 from fractal_runner.app import RunnerApp
 from fractal_runner.jobs import JobScheduler, RunStore
-from fractal_runner.models import RunStatus
+from fractal_runner.leases import Instance, LeaseConfig
+from fractal_runner.models import Run, RunStatus
 from helpers import ApiClient
 
 MOCK = Path(__file__).resolve().parents[1] / "fractal_tasks_mock" / "fractal_tasks_mock"
@@ -682,6 +685,224 @@ async def test_stop_of_queued_and_unknown_jobs(
 
     await wait_until_async(all_finished)
     assert not (Path(unknown.working_dir)).exists()
+
+
+# --- several runner replicas (leases on runs) ------------------------------------------------
+
+
+@asynccontextmanager
+async def replicas(
+    runner: Runner, runs: RunStore, api_address: str, key_env: dict[str, str], count: int = 2
+) -> AsyncIterator[list[JobScheduler]]:
+    """With the session runner stopped, ``count`` schedulers with runner identities of their
+    own, as replicas would have (they receive no NATS commands: the test plays them)."""
+    await runner.app.stop()
+    tokens = ServiceTokenSource(
+        Path(key_env["FRACTAL_SERVICE_PRIVATE_KEY_FILE"]).read_text(), service="runner"
+    )
+    try:
+        async with open_channel(api_address) as channel:
+            api = JobExecutionClient(channel, tokens)
+            schedulers = [
+                JobScheduler(
+                    RunStore(
+                        runs.sessions,
+                        instance=Instance(owner=f"replica{i}-{time.monotonic_ns()}"),
+                        lease=LeaseConfig.of(60),
+                    ),
+                    api,
+                    max_jobs=2,
+                )
+                for i in range(count)
+            ]
+            try:
+                yield schedulers
+            finally:
+                for scheduler in schedulers:
+                    await scheduler.close()
+    finally:
+        await runner.restart_after_stop()
+
+
+async def job_status(world: World, job_id: int) -> job_pb2.JobStatus.ValueType:
+    resp = await world.client.jobs.GetJob(
+        job_service_pb2.GetJobRequest(project_id=world.project_id, job_id=job_id),
+        metadata=world.client.md,
+    )
+    return resp.job.status
+
+
+STOPPED_LOG = "JOB ERROR in Fractal job {}:\nTRACEBACK:\nJob stopped by user request."
+
+
+async def test_replicas_one_run_and_stop_reaches_its_owner(
+    world: World,
+    runner: Runner,
+    runs: RunStore,
+    api_address: str,
+    key_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """A run executes on the replica that claimed it: a redelivered submit, a resume, or the
+    durable stop command on another replica leave it alone; the stop broadcast on its owner
+    kills its processes and ends it FAILED."""
+    task = await create_task(world.client, "spawner", non_parallel=mock("spawning_task.py"))
+    pid_file = tmp_path / "pids.json"
+    await world.add_task(task, args_non_parallel={"pid_file": str(pid_file)})
+    async with replicas(runner, runs, api_address, key_env) as (a, b):
+        job = await world.submit()
+        await a.submit(job.id)
+        await wait_for_file(pid_file)
+        pids = json.loads(pid_file.read_text())
+
+        await b.submit(job.id)  # the submit redelivered to the other replica
+        assert job.id not in await b.resume()
+        assert not b.is_active(job.id)
+        await b.stop(job.id)  # the durable stop reached the replica that does not run it
+        assert not await b.stop_local(job.id)  # and so did the broadcast
+        assert await job_status(world, job.id) == job_pb2.JOB_STATUS_SUBMITTED
+        run = await runs.get(job.id)
+        assert run is not None and run.owner == a.owner and run.status == RunStatus.RUNNING
+        assert not is_gone(pids["task_pid"])
+
+        assert await a.stop_local(job.id)  # the broadcast on the owner
+        ended = await world.wait(job.id)
+        assert ended.status == job_pb2.JOB_STATUS_FAILED
+        assert ended.log == STOPPED_LOG.format(job.id)
+        await wait_until(lambda: is_gone(pids["task_pid"]) and is_gone(pids["child_pid"]), 5.0)
+
+
+async def test_a_missed_stop_is_seen_between_tasks(
+    world: World,
+    runner: Runner,
+    runs: RunStore,
+    api_address: str,
+    key_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """No replica gets the stop command (here: nobody consumes it): the owner reads
+    stop_requested before its next task and ends the job FAILED without running it."""
+    started, go, second = tmp_path / "started", tmp_path / "go", tmp_path / "second-ran"
+    first = await create_task(
+        world.client,
+        "waiter",
+        non_parallel=python_command(
+            "import os, time\n"
+            f"open({str(started)!r}, 'w').close()\n"
+            f"while not os.path.exists({str(go)!r}): time.sleep(0.02)\n"
+        ),
+    )
+    then = await create_task(
+        world.client,
+        "second",
+        non_parallel=python_command(f"open({str(second)!r}, 'w').close()"),
+    )
+    await world.add_task(first)
+    await world.add_task(then)
+    async with replicas(runner, runs, api_address, key_env, count=1) as (a,):
+        job = await world.submit()
+        await a.submit(job.id)
+        await wait_for_file(started)
+        await world.client.jobs.StopJob(
+            job_service_pb2.StopJobRequest(project_id=world.project_id, job_id=job.id),
+            metadata=world.client.md,
+        )
+        go.touch()
+        ended = await world.wait(job.id)
+    assert ended.status == job_pb2.JOB_STATUS_FAILED
+    assert ended.log == STOPPED_LOG.format(job.id)
+    assert not second.exists()
+    assert await world.history() == [(0, "done"), (1, "failed")]
+
+
+async def test_a_lost_lease_interrupts_the_execution(
+    world: World,
+    runner: Runner,
+    runs: RunStore,
+    api_address: str,
+    key_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """Another replica took the run over (its lease had expired): the first one kills its
+    processes without ending the job, at its next renewal; the new owner finishes it."""
+    marker, pid_file = tmp_path / "started-once", tmp_path / "sleeper.pid"
+    sleeper = await create_task(
+        world.client,
+        "sleeper",
+        non_parallel=python_command(
+            "import os, sys, time\n"
+            f"marker, pid_file = {str(marker)!r}, {str(pid_file)!r}\n"
+            "if os.path.exists(marker): sys.exit(0)\n"
+            "open(pid_file, 'w').write(str(os.getpid()))\n"
+            "open(marker, 'w').close()\n"
+            "time.sleep(600)\n"
+        ),
+    )
+    await world.add_task(sleeper)
+    async with replicas(runner, runs, api_address, key_env) as (a, b):
+        job = await world.submit()
+        await a.submit(job.id)
+        await wait_for_file(marker)
+        await wait_until(lambda: pid_file.stat().st_size > 0)
+        sleeper_pid = int(pid_file.read_text())
+
+        assert not await b.store.claim(job.id)  # a live lease
+        async with transaction(runs.sessions) as session:
+            await session.execute(
+                update(Run).where(Run.job_id == job.id).values(lease_expires_at=func.now())
+            )
+        assert await b.store.claim(job.id)
+        await a.renew_leases()
+        assert not a.is_active(job.id)
+        await wait_until(lambda: is_gone(sleeper_pid))
+        assert await job_status(world, job.id) == job_pb2.JOB_STATUS_SUBMITTED
+
+        await b.submit(job.id)
+        ended = await world.wait(job.id)
+        assert ended.status == job_pb2.JOB_STATUS_DONE, ended.log
+    run = await runs.get(job.id)
+    assert run is not None and run.owner == b.owner and run.attempts == 2
+
+
+async def test_a_replica_going_down_hands_its_runs_over_at_once(
+    world: World, runner: Runner, runs: RunStore, tmp_path: Path
+) -> None:
+    """A graceful stop releases the leases of the runs it interrupts and tells the other
+    replicas: another replica resumes the run at once, not at its next sweep (30 s)."""
+    marker, pid_file = tmp_path / "started-once", tmp_path / "sleeper.pid"
+    sleeper = await create_task(
+        world.client,
+        "sleeper",
+        non_parallel=python_command(
+            "import os, sys, time\n"
+            f"marker, pid_file = {str(marker)!r}, {str(pid_file)!r}\n"
+            "if os.path.exists(marker): sys.exit(0)\n"
+            "open(pid_file, 'w').write(str(os.getpid()))\n"
+            "open(marker, 'w').close()\n"
+            "time.sleep(600)\n"
+        ),
+    )
+    await world.add_task(sleeper)
+    await runner.app.stop()
+    other = RunnerApp(runner.settings, lease=LeaseConfig.of(30))
+    try:
+        try:
+            await other.start()
+            job = await world.submit()  # only the other replica consumes it
+            await wait_for_file(marker)
+            run = await runs.get(job.id)
+            assert run is not None and run.owner == other.instance.owner
+        finally:
+            await runner.restart_after_stop()
+        # The session runner is back and leaves the live run alone.
+        run = await runs.get(job.id)
+        assert run is not None and run.owner == other.instance.owner
+    finally:
+        await other.stop()
+    ended = await world.wait(job.id, timeout=10)
+    assert ended.status == job_pb2.JOB_STATUS_DONE, ended.log
+    run = await runs.get(job.id)
+    assert run is not None and run.owner == runner.app.instance.owner and run.attempts == 2
 
 
 async def test_api_client_retries_while_api_is_unavailable(

@@ -1,11 +1,21 @@
 """The runner process: run bookkeeping in PostgreSQL, job commands from NATS, one channel to
-api, and a gRPC server with health and reflection only."""
+api, and a gRPC server with health and reflection only.
+
+Safe to run as several replicas: submit and stop commands are work-queue consumers (one replica
+gets each), runs are executed under leases (``fractal_runner.leases``), and every replica also
+receives stop commands as a broadcast (a plain NATS subscription on the same subject), so the
+replica executing the job stops it whichever replica got the command."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import grpc.aio
+import nats
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from fractal.events.v1 import job_events_pb2
 from fractal_grpc.auth.tokens import ServiceTokenSource
@@ -15,6 +25,7 @@ from fractal_grpc.grpckit.server import GrpcServer
 from fractal_grpc.settings import RunnerSettings
 from fractal_runner.api_client import JobExecutionClient, open_channel
 from fractal_runner.jobs import JobScheduler, RunStore
+from fractal_runner.leases import Instance, LeaseConfig
 
 log = logging.getLogger("fractal.runner")
 
@@ -23,12 +34,16 @@ STOP_DURABLE = "runner-stop"
 
 
 class RunnerApp:
-    """``start()`` connects everything, resumes unfinished runs and starts consuming;
+    """``start()`` connects everything, resumes orphaned runs and starts consuming;
     ``stop()`` stops consuming, interrupts running jobs (killing their task processes, leaving
-    their runs unfinished for the next start) and closes the connections."""
+    their runs unfinished and their leases released, for another replica or the next start)
+    and closes the connections."""
 
-    def __init__(self, settings: RunnerSettings) -> None:
+    def __init__(self, settings: RunnerSettings, *, lease: LeaseConfig | None = None) -> None:
         self.settings = settings
+        # TODO(settings): FRACTAL_RUNNER_LEASE_SECONDS belongs in RunnerSettings.
+        self.lease = lease or LeaseConfig.from_env()
+        self.instance = Instance.current()
         self.engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
         self.sessions = make_sessionmaker(self.engine)
         self.subjects = Subjects(settings.nats_prefix)
@@ -37,25 +52,50 @@ class RunnerApp:
         self.channel: grpc.aio.Channel | None = None
         self.bus: EventBus | None = None
         self.scheduler: JobScheduler | None = None
+        self._stop_broadcast: Subscription | None = None
+        self._released_notices: Subscription | None = None
+        self._stopping: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
         s = self.settings
+        log.info(
+            "runner instance %s (lease %.1fs, renewed every %.1fs)",
+            self.instance.owner,
+            self.lease.lease_seconds,
+            self.lease.renew_seconds,
+        )
         self.channel = open_channel(s.api_url)
         api = JobExecutionClient(self.channel, self.tokens)
         self.scheduler = JobScheduler(
-            RunStore(self.sessions),
+            RunStore(self.sessions, instance=self.instance, lease=self.lease),
             api,
             max_jobs=s.runner_max_jobs,
             backend=s.runner_backend,
             local_config_file=s.local_config_file,
         )
         self.bus = await EventBus.connect(s.nats_url, self.subjects, name="fractal-runner")
-        resumed = await self.scheduler.resume()
+        self._stop_broadcast = await self.bus.nc.subscribe(
+            self.subjects.job_stop, cb=self._on_stop_broadcast
+        )
+        self._released_notices = await self.bus.nc.subscribe(
+            self.released_subject, cb=self._on_released
+        )
+        resumed = await self.scheduler.start()
         if resumed:
             log.info("resumed %d unfinished run(s)", len(resumed))
         self.bus.consume(self.subjects.job_submit, SUBMIT_DURABLE, self._on_submit)
         self.bus.consume(self.subjects.job_stop, STOP_DURABLE, self._on_stop)
         return await self.server.start()
+
+    @property
+    def released_subject(self) -> str:
+        """Core NATS (outside the JetStream streams): a replica that released runs on its way
+        down tells the others, which sweep for orphaned runs at once."""
+        return f"{self.subjects.prefix}.runner.released"
+
+    async def _on_released(self, msg: Msg) -> None:
+        if self.scheduler is not None and msg.data.decode() != self.instance.owner:
+            self.scheduler.sweep_soon()
 
     async def _on_submit(self, data: bytes) -> None:
         assert self.scheduler is not None
@@ -68,11 +108,58 @@ class RunnerApp:
         command = job_events_pb2.JobStopRequested.FromString(data)
         await self.scheduler.stop(command.job_id)
 
+    async def _on_stop_broadcast(self, msg: Msg) -> None:
+        # In a task of its own: a stop waits for processes to die, and must not hold up the
+        # subscription's next message.
+        command = job_events_pb2.JobStopRequested.FromString(msg.data)
+        task = asyncio.create_task(self._stop_here(command.job_id))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    async def _stop_here(self, job_id: int) -> None:
+        assert self.scheduler is not None
+        try:
+            await self.scheduler.stop_local(job_id)
+        except Exception:  # noqa: BLE001 - the durable command and the between-task check remain
+            log.exception("job %s: stop broadcast not handled", job_id)
+
+    async def _tell_released(self) -> None:
+        """Best effort, on a connection of its own (the bus is closed by now: no command can
+        reach this replica any more); without it the runs wait for the next sweep."""
+        try:
+            nc = await asyncio.wait_for(
+                nats.connect(
+                    self.settings.nats_url,
+                    name="fractal-runner-leaving",
+                    allow_reconnect=False,
+                    connect_timeout=2,
+                ),
+                3,
+            )
+        except Exception:  # noqa: BLE001
+            log.warning("could not tell the other runners about the released runs")
+            return
+        try:
+            await nc.publish(self.released_subject, self.instance.owner.encode())
+            await nc.flush(timeout=2)
+        except Exception:  # noqa: BLE001
+            log.warning("could not tell the other runners about the released runs")
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.close()
+
     async def stop(self) -> None:
         if self.bus is not None:
             await self.bus.close()
+        for task in list(self._stopping):
+            task.cancel()
+        for task in list(self._stopping):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if self.scheduler is not None:
-            await self.scheduler.close()
+            released = await self.scheduler.close()
+            if released:
+                await self._tell_released()
         await self.server.stop(self.settings.grace_seconds)
         if self.channel is not None:
             await self.channel.close()

@@ -10,6 +10,10 @@ error text. Results of the tasks that succeeded stay applied.
 
 Resuming after a restart is the same run: tasks whose results api already applied
 (``applied_task_orders``) are skipped, and the job folder is reused.
+
+Stop: the scheduler cancels the executor (its processes are killed, the job ends FAILED with the
+reference's stop text). As a safety net for a stop that did not reach this runner, the job's
+``stop_requested`` is read again before every task but the first one this attempt runs.
 """
 
 from __future__ import annotations
@@ -236,6 +240,7 @@ class JobExecution:
         history = [history_item(task) for task in spec.tasks if task.order in applied]
         current: pb.TaskSpec | None = None
         failure: tuple[str, int | None] | None = None
+        ran_one = False
         try:
             for task in spec.tasks:
                 if task.order in applied:
@@ -244,8 +249,9 @@ class JobExecution:
                     )
                     continue
                 current = task
-                if self.executor.stopped:
+                if self.executor.stopped or (ran_one and await self._stop_requested()):
                     raise JobStopped()
+                ran_one = True
                 logger.info("SUBMIT %s-th task (name=%s)", task.order, task.task_name)
                 output = await self._run_task(spec, task, job_dir, logger)
                 await self._apply(task, output)
@@ -276,6 +282,12 @@ class JobExecution:
         workflow_log = await asyncio.to_thread(_read_text, job_dir / WORKFLOW_LOG)
         await self.api.finish_job(job_id, DONE, workflow_log)
         log.info("job %s: done", job_id)
+
+    async def _stop_requested(self) -> bool:
+        """Whether the job was stopped meanwhile: the safety net for a stop broadcast this
+        runner missed (the spec was read at the start; this is read between tasks only)."""
+        spec = await self.api.get_job_spec(self.job_id)
+        return spec.stop_requested or spec.status != SUBMITTED
 
     async def _run_task(
         self, spec: pb.JobSpec, task: pb.TaskSpec, job_dir: Path, logger: logging.Logger
