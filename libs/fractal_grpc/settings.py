@@ -117,6 +117,8 @@ class RunnerSettings(CommonSettings):
     runner_working_base_dir: Path = Path(".state/jobs")
     local_config_file: Path | None = None
     runner_max_jobs: int = Field(default=8, ge=1)
+    # How long a replica's claim on a run lasts without renewal (renewed every third of it).
+    runner_lease_seconds: float = Field(default=30.0, gt=0)
     service_private_key_file: Path | None = None
     service_private_key: str | None = None
 

@@ -47,6 +47,11 @@ class Subjects:
     def job_event(self, job_id: int) -> str:
         return f"{self.prefix}.evt.job.{job_id}"
 
+    @property
+    def runner_released(self) -> str:
+        """Core NATS only (outside the streams): a runner released runs on its way out."""
+        return f"{self.prefix}.runner.released"
+
 
 Handler = Callable[[bytes], Awaitable[None]]
 

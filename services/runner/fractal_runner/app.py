@@ -41,8 +41,7 @@ class RunnerApp:
 
     def __init__(self, settings: RunnerSettings, *, lease: LeaseConfig | None = None) -> None:
         self.settings = settings
-        # TODO(settings): FRACTAL_RUNNER_LEASE_SECONDS belongs in RunnerSettings.
-        self.lease = lease or LeaseConfig.from_env()
+        self.lease = lease or LeaseConfig.of(settings.runner_lease_seconds)
         self.instance = Instance.current()
         self.engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
         self.sessions = make_sessionmaker(self.engine)
@@ -78,7 +77,7 @@ class RunnerApp:
             self.subjects.job_stop, cb=self._on_stop_broadcast
         )
         self._released_notices = await self.bus.nc.subscribe(
-            self.released_subject, cb=self._on_released
+            self.subjects.runner_released, cb=self._on_released
         )
         resumed = await self.scheduler.start()
         if resumed:
@@ -86,12 +85,6 @@ class RunnerApp:
         self.bus.consume(self.subjects.job_submit, SUBMIT_DURABLE, self._on_submit)
         self.bus.consume(self.subjects.job_stop, STOP_DURABLE, self._on_stop)
         return await self.server.start()
-
-    @property
-    def released_subject(self) -> str:
-        """Core NATS (outside the JetStream streams): a replica that released runs on its way
-        down tells the others, which sweep for orphaned runs at once."""
-        return f"{self.subjects.prefix}.runner.released"
 
     async def _on_released(self, msg: Msg) -> None:
         if self.scheduler is not None and msg.data.decode() != self.instance.owner:
@@ -140,7 +133,7 @@ class RunnerApp:
             log.warning("could not tell the other runners about the released runs")
             return
         try:
-            await nc.publish(self.released_subject, self.instance.owner.encode())
+            await nc.publish(self.subjects.runner_released, self.instance.owner.encode())
             await nc.flush(timeout=2)
         except Exception:  # noqa: BLE001
             log.warning("could not tell the other runners about the released runs")

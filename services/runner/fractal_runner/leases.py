@@ -17,8 +17,7 @@ several replicas).
   namespace) that no longer exists is claimable at once, without waiting for its lease: a
   runner restarted after a crash resumes its runs immediately, as a single replica always did.
 
-The lease length comes from ``FRACTAL_RUNNER_LEASE_SECONDS`` (default 30 s; renewal every third
-of it), read here until ``RunnerSettings`` has the field.
+The lease length is ``FRACTAL_RUNNER_LEASE_SECONDS`` (default 30 s; renewal every third of it).
 """
 
 from __future__ import annotations
@@ -26,12 +25,10 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import psutil
 
-LEASE_SECONDS_ENV = "FRACTAL_RUNNER_LEASE_SECONDS"
 DEFAULT_LEASE_SECONDS = 30.0
 #: Start times of one process agree to the hundredth of a second (psutil reads /proc).
 _START_TIME_TOLERANCE = 0.05
@@ -55,19 +52,6 @@ class LeaseConfig:
     def of(cls, lease_seconds: float) -> LeaseConfig:
         """A lease of ``lease_seconds``, renewed every third of it."""
         return cls(lease_seconds=lease_seconds, renew_seconds=lease_seconds / 3)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> LeaseConfig:
-        value = (os.environ if environ is None else environ).get(LEASE_SECONDS_ENV, "").strip()
-        if not value:
-            return cls()
-        try:
-            seconds = float(value)
-        except ValueError:
-            raise ValueError(f"{LEASE_SECONDS_ENV} must be a number, got {value!r}") from None
-        if seconds <= 0:
-            raise ValueError(f"{LEASE_SECONDS_ENV} must be positive, got {value!r}")
-        return cls.of(seconds)
 
 
 def _read_boot_id() -> str | None:

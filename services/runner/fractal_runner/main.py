@@ -11,7 +11,6 @@ from pathlib import Path
 from fractal_grpc.grpckit.server import configure_logging, run_until_signal
 from fractal_grpc.migrate import upgrade
 from fractal_grpc.settings import RunnerSettings, SettingsError, load_settings
-from fractal_runner.leases import LeaseConfig
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -20,10 +19,10 @@ def migrate(settings: RunnerSettings) -> None:
     upgrade(MIGRATIONS, settings.database_url, "runner")
 
 
-async def serve(settings: RunnerSettings, lease: LeaseConfig) -> None:
+async def serve(settings: RunnerSettings) -> None:
     from fractal_runner.app import RunnerApp
 
-    app = RunnerApp(settings, lease=lease)
+    app = RunnerApp(settings)
     await run_until_signal(app.start, app.stop)
 
 
@@ -33,16 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings(RunnerSettings)
-        try:
-            lease = LeaseConfig.from_env()
-        except ValueError as exc:
-            raise SettingsError(str(exc)) from None
         configure_logging(settings.log_level)
         if args.command == "migrate":
             migrate(settings)
         else:
             migrate(settings)
-            asyncio.run(serve(settings, lease))
+            asyncio.run(serve(settings))
     except SettingsError as exc:
         print(f"fractal-runner: {exc}", file=sys.stderr)
         return 2
