@@ -138,6 +138,11 @@ async def test_add_images_rules_all_or_nothing(user: ApiClient) -> None:
             grpc.StatusCode.INVALID_ARGUMENT,
             "images[0].attributes",
         ),
+        (
+            [image("/zarr/ok"), image("/zarr/nan", x=float("nan"))],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "images[1].attributes",
+        ),
     ]
     for batch, code, field in bad_batches:
         with pytest.raises(grpc.aio.AioRpcError) as err:

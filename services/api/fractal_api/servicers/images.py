@@ -13,7 +13,12 @@ from fractal_api import validation
 from fractal_api.context import ApiContext
 from fractal_api.store import images, projects
 from fractal_grpc.auth.principal import current_user
-from fractal_grpc.convert import attributes_to_python, fill_image, python_to_attribute
+from fractal_grpc.convert import (
+    attributes_to_python,
+    fill_image,
+    non_finite_keys,
+    python_to_attribute,
+)
 from fractal_grpc.db import transaction
 from fractal_grpc.grpckit.errors import AlreadyExists, NotFound, Violations
 from fractal_grpc.images.changes import ImageRecord
@@ -23,37 +28,43 @@ from fractal_grpc.pagination import decode_token, encode_token, page_size, query
 MAX_PAGE = 10_000
 
 
-def _is_under(zarr_url: str, zarr_dir: str) -> bool:
-    return zarr_url.startswith(zarr_dir.rstrip("/") + "/")
+def _clean_keys(keys: Any) -> bool:
+    """All keys already stripped and non-empty (the common case: no renaming needed)."""
+    return all(key and key == key.strip() for key in keys)
 
 
 def _checked_images(request: pb.AddImagesRequest, zarr_dir: str) -> list[ImageRecord]:
+    """Validate a batch (reference §6.3 rules); field names are built only for violations."""
     violations = Violations()
     records: list[ImageRecord] = []
     seen: set[str] = set()
+    prefix = zarr_dir.rstrip("/") + "/"
     for i, image in enumerate(request.images):
-        field = f"images[{i}]"
-        url = validation.url(image.zarr_url, f"{field}.zarr_url", violations)
+        url = validation.url(image.zarr_url, f"images[{i}].zarr_url", violations)
         if url == zarr_dir:
-            violations.add(f"{field}.zarr_url", "cannot be equal to the dataset's zarr_dir")
-        elif url.startswith("/") and not _is_under(url, zarr_dir):
-            violations.add(f"{field}.zarr_url", f"must be inside zarr_dir {zarr_dir}")
+            violations.add(f"images[{i}].zarr_url", "cannot be equal to the dataset's zarr_dir")
+        elif url.startswith("/") and not url.startswith(prefix):
+            violations.add(f"images[{i}].zarr_url", f"must be inside zarr_dir {zarr_dir}")
         if url in seen:
-            violations.add(f"{field}.zarr_url", "appears twice in this request")
+            violations.add(f"images[{i}].zarr_url", "appears twice in this request")
         seen.add(url)
         origin = None
         if image.HasField("origin"):
-            origin = validation.url(image.origin, f"{field}.origin", violations)
+            origin = validation.url(image.origin, f"images[{i}].origin", violations)
         attributes = attributes_to_python(image.attributes)
-        nulls = sorted(k for k, v in attributes.items() if v is None)
-        if nulls:
-            violations.add(f"{field}.attributes", f"null values are not allowed ({nulls[0]})")
-        try:
-            attributes = validate_keys(attributes, f"{field}.attributes")
-            types = validate_keys(dict(image.types), f"{field}.types")
-        except ValueError as exc:
-            violations.add(f"{field}", str(exc))
-            types = {}
+        if None in attributes.values():
+            null = sorted(k for k, v in attributes.items() if v is None)[0]
+            violations.add(f"images[{i}].attributes", f"null values are not allowed ({null})")
+        bad = non_finite_keys(attributes)
+        if bad:
+            violations.add(f"images[{i}].attributes", f"values must be finite numbers ({bad[0]})")
+        types = dict(image.types)
+        if not (_clean_keys(attributes) and _clean_keys(types)):
+            try:
+                attributes = validate_keys(attributes, f"images[{i}].attributes")
+                types = validate_keys(types, f"images[{i}].types")
+            except ValueError as exc:
+                violations.add(f"images[{i}]", str(exc))
         records.append(ImageRecord(url, origin, attributes, types))
     violations.raise_if_any()
     return records

@@ -5,11 +5,11 @@ Bulk writes pass whole columns as arrays (``unnest``), never one statement per i
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     ColumnElement,
     Text,
@@ -41,23 +41,6 @@ _INSERT = text(
     """
 )
 
-_FACETS_ADD = text(
-    """
-    INSERT INTO api.image_facets (dataset_id, kind, key, value, count)
-    SELECT :dataset_id, f.kind, f.key, f.value, count(*)
-    FROM (
-        SELECT 'a' AS kind, e.key, e.value
-        FROM unnest(CAST(:attributes AS text[])) AS a(doc), jsonb_each(a.doc::jsonb) AS e
-        UNION ALL
-        SELECT 't', e.key, e.value
-        FROM unnest(CAST(:types AS text[])) AS t(doc), jsonb_each(t.doc::jsonb) AS e
-    ) AS f
-    GROUP BY f.kind, f.key, f.value
-    ON CONFLICT (dataset_id, kind, key, value)
-    DO UPDATE SET count = api.image_facets.count + excluded.count
-    """
-)
-
 _FACETS_DELTA = text(
     """
     INSERT INTO api.image_facets (dataset_id, kind, key, value, count)
@@ -86,7 +69,7 @@ def _text_array(values: Iterable[str]) -> Any:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return orjson.dumps(value).decode()
 
 
 async def lock_dataset(session: AsyncSession, dataset_id: int) -> Dataset | None:
@@ -142,9 +125,7 @@ async def append(session: AsyncSession, dataset: Dataset, images: Sequence[Image
             "types": types,
         },
     )
-    await session.execute(
-        _FACETS_ADD, {"dataset_id": dataset.id, "attributes": attributes, "types": types}
-    )
+    await apply_facet_delta(session, dataset, added=images)
     dataset.next_position += len(images)
     dataset.image_count += len(images)
     return len(images)
