@@ -700,7 +700,7 @@ async def test_facets_stay_exact_through_task_results(
 
 
 async def test_large_batches_are_single_statements(
-    runnerless_admin: ApiClient, service_md: tuple[tuple[str, str], ...]
+    runnerless_admin: ApiClient, service_md: tuple[tuple[str, str], ...], database_url: str
 ) -> None:
     """More urls than PostgreSQL's 32,767 bind parameters, in one AddImages and one task result."""
     user = await runnerless_admin.new_user()
@@ -712,6 +712,7 @@ async def test_large_batches_are_single_statements(
         metadata=user.md,
     )
     assert added.added_count == n
+    await assert_statistics_refreshed(database_url)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await user.images.AddImages(
             image_service_pb2.AddImagesRequest(project_id=pid, dataset_id=did, images=batch),
@@ -760,3 +761,24 @@ async def test_total_count_matches_the_images_for_every_filter_shape(user: ApiCl
         assert page.total_count == len(page.images), filters
     assert (await query(user, pid, did, filters=shapes[5])).total_count == 20
     assert (await query(user, pid, did, filters=shapes[3])).total_count == 0
+
+
+async def assert_statistics_refreshed(database_url: str) -> None:
+    """A bulk AddImages refreshes the planner statistics of the image table (ANALYZE)."""
+    import asyncio
+
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        for _ in range(100):
+            analyzed = await conn.fetchval(
+                "SELECT last_analyze FROM pg_stat_user_tables "
+                "WHERE schemaname = 'api' AND relname = 'images'"
+            )
+            if analyzed is not None:
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+    raise AssertionError("api.images was not analyzed after a bulk write")

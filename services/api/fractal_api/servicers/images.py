@@ -10,7 +10,7 @@ import grpc.aio
 from fractal.v2 import image_service_pb2 as pb
 from fractal.v2 import image_service_pb2_grpc as rpc
 from fractal_api import validation
-from fractal_api.context import ApiContext
+from fractal_api.context import BULK_ROWS, ApiContext
 from fractal_api.store import images, projects
 from fractal_grpc.auth.principal import current_user
 from fractal_grpc.convert import (
@@ -99,6 +99,8 @@ class ImageServicer(rpc.ImageServiceServicer):
                     ][:100],
                 )
             added = await images.append(session, locked, records)
+        if added >= BULK_ROWS:
+            self.ctx.images_bulk_written()
         return pb.AddImagesResponse(added_count=added)
 
     async def QueryImages(
