@@ -32,6 +32,13 @@ async def _bug(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     raise ZeroDivisionError("secret internals")
 
 
+async def _slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    import asyncio
+
+    await asyncio.sleep(0.5)
+    return b"done:" + request
+
+
 async def _stream_bug(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
     yield b"first"
     raise InvalidArgument("half way", violations=[("x", "bad")])
@@ -54,6 +61,7 @@ def _handlers() -> grpc.GenericRpcHandler:
             "Missing": unary(_missing),
             "Bug": unary(_bug),
             "Unlisted": unary(_missing),
+            "Slow": unary(_slow),
             "Stream": grpc.unary_stream_rpc_method_handler(
                 _stream_bug, request_deserializer=_identity, response_serializer=_identity
             ),
@@ -118,3 +126,27 @@ async def test_health_serving(kit: grpc.aio.Channel) -> None:
     stub = health_pb2_grpc.HealthStub(kit)
     reply = await stub.Check(health_pb2.HealthCheckRequest(service=""))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_graceful_stop_drains_calls_in_flight(key_env: dict[str, str]) -> None:
+    """stop(grace): health turns NOT_SERVING, calls in flight finish, new calls are refused."""
+    import asyncio
+
+    public = Path(key_env["FRACTAL_SERVICE_PUBLIC_KEY_FILE"]).read_text()
+    auth = AuthInterceptor(
+        {"/test.Kit/Slow": Access.PUBLIC},
+        internal_verifier=TokenVerifier(public, audience=INTERNAL_AUDIENCE),
+    )
+    server = GrpcServer("127.0.0.1:0", [ErrorInterceptor(), auth])
+    server.server.add_generic_rpc_handlers((_handlers(),))
+    port = await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        slow = asyncio.ensure_future(channel.unary_unary("/test.Kit/Slow")(b"x"))
+        await asyncio.sleep(0.1)
+        stopping = asyncio.ensure_future(server.stop(5.0))
+        await asyncio.sleep(0.05)
+        health = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+        assert await slow == b"done:x"
+        await stopping

@@ -782,3 +782,115 @@ async def assert_statistics_refreshed(database_url: str) -> None:
     finally:
         await conn.close()
     raise AssertionError("api.images was not analyzed after a bulk write")
+
+
+async def test_concurrent_submissions_one_job_per_dataset(runnerless_admin: ApiClient) -> None:
+    """Racing submissions on one dataset: the database's partial unique index lets one win."""
+    import asyncio
+
+    user = await runnerless_admin.new_user()
+    pid, did = await make_dataset(user)
+    tid = await make_task(user, f"race{pid}", command_non_parallel="/bin/true")
+    workflows = []
+    for i in range(6):
+        wf = await user.workflows.CreateWorkflow(
+            workflow_service_pb2.CreateWorkflowRequest(project_id=pid, name=f"wf{i}"),
+            metadata=user.md,
+        )
+        await user.workflows.CreateWorkflowTask(
+            workflow_service_pb2.CreateWorkflowTaskRequest(
+                project_id=pid, workflow_id=wf.workflow.id, task_id=tid
+            ),
+            metadata=user.md,
+        )
+        workflows.append(wf.workflow.id)
+
+    async def submit(wid: int) -> grpc.StatusCode:
+        try:
+            await user.jobs.SubmitJob(
+                job_service_pb2.SubmitJobRequest(project_id=pid, workflow_id=wid, dataset_id=did),
+                metadata=user.md,
+            )
+        except grpc.aio.AioRpcError as err:
+            return err.code()
+        return grpc.StatusCode.OK
+
+    codes = await asyncio.gather(*[submit(w) for w in workflows])
+    assert sorted(c.name for c in codes) == ["FAILED_PRECONDITION"] * 5 + ["OK"]
+    listed = await user.jobs.ListJobs(
+        job_service_pb2.ListJobsRequest(project_id=pid), metadata=user.md
+    )
+    assert len(listed.jobs) == 1
+
+
+async def test_use_dataset_filters_restricts_images_and_facets(
+    runnerless_admin: ApiClient,
+) -> None:
+    user = await runnerless_admin.new_user()
+    project = await user.new_project()
+    ds = await user.datasets.CreateDataset(
+        dataset_service_pb2.CreateDatasetRequest(
+            project_id=project.id,
+            name="d",
+            zarr_dir="/zarr",
+            filters=image_pb2.Filters(types={"3D": False}),
+        ),
+        metadata=user.md,
+    )
+    pid, did = project.id, ds.dataset.id
+    flat = image("/zarr/flat", well="A01")
+    cube = image("/zarr/cube", well="B01")
+    cube.types["3D"] = True
+    await user.images.AddImages(
+        image_service_pb2.AddImagesRequest(project_id=pid, dataset_id=did, images=[flat, cube]),
+        metadata=user.md,
+    )
+    everything = await query(user, pid, did)
+    assert everything.total_count == 2 and sorted(everything.types) == ["3D"]
+    restricted = await query(user, pid, did, use_dataset_filters=True)
+    assert [i.zarr_url for i in restricted.images] == ["/zarr/flat"]
+    assert restricted.total_count == 1
+    assert [v.string_value for v in restricted.attributes["well"].values] == ["A01"]
+    assert list(restricted.types) == []
+
+
+async def test_list_tasks_and_workflows_paginate(user: ApiClient) -> None:
+    for i in range(3):
+        await make_task(user, f"listed{i}-{user.email}", command_parallel="/bin/true")
+    seen: list[int] = []
+    token = ""
+    while True:
+        page = await user.tasks.ListTasks(
+            task_service_pb2.ListTasksRequest(
+                page_size=2, page_token=token, skip_args_schemas=True
+            ),
+            metadata=user.md,
+        )
+        assert len(page.tasks) <= 2
+        seen += [t.id for t in page.tasks]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == sorted(seen) and len(seen) >= 3
+    project = await user.new_project()
+    for i in range(3):
+        await user.workflows.CreateWorkflow(
+            workflow_service_pb2.CreateWorkflowRequest(project_id=project.id, name=f"w{i}"),
+            metadata=user.md,
+        )
+    first = await user.workflows.ListWorkflows(
+        workflow_service_pb2.ListWorkflowsRequest(project_id=project.id, page_size=2),
+        metadata=user.md,
+    )
+    rest = await user.workflows.ListWorkflows(
+        workflow_service_pb2.ListWorkflowsRequest(
+            project_id=project.id, page_size=2, page_token=first.next_page_token
+        ),
+        metadata=user.md,
+    )
+    assert [w.name for w in first.workflows] + [w.name for w in rest.workflows] == [
+        "w0",
+        "w1",
+        "w2",
+    ]
+    assert rest.next_page_token == ""

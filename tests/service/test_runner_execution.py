@@ -933,3 +933,55 @@ async def test_api_client_retries_while_api_is_unavailable(
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
         finally:
             await api.stop()
+
+
+async def test_dummy_examples(world: World) -> None:
+    """Reference ``test_dummy_examples``, with the project's mock tasks through the runner:
+    insert a single image, unset an attribute with null, an implicit update on empty output,
+    remove images, and a new image outside zarr_dir refused."""
+    z = world.zarr_dir
+    insert = await create_task(
+        world.client, "insert", non_parallel=mock("dummy_insert_single_image.py")
+    )
+    unset = await create_task(world.client, "unset", non_parallel=mock("dummy_unset_attribute.py"))
+    touch = await create_task(
+        world.client,
+        "touch",
+        parallel=mock("generic_task_parallel.py"),
+        output_types={"seen": True},
+    )
+    remove = await create_task(world.client, "remove", non_parallel=mock("dummy_remove_images.py"))
+    await world.add_task(insert, args_non_parallel={"attributes": {"well": "A01", "keep": 1}})
+    await world.add_task(unset, args_non_parallel={"attribute": "well"})
+    await world.add_task(touch)
+    job = await world.run()
+    assert job.status == job_pb2.JOB_STATUS_DONE, job.log
+    assert await world.images() == {
+        f"{z}/new_image": {"origin": None, "attributes": {"keep": 1}, "types": {"seen": True}}
+    }
+    dataset = await world.dataset()
+    assert dict(dataset.filters.types) == {"seen": True}
+
+    # Removing every (filtered) image.
+    wf2 = await world.client.workflows.CreateWorkflow(
+        workflow_service_pb2.CreateWorkflowRequest(project_id=world.project_id, name="wf2"),
+        metadata=world.client.md,
+    )
+    world.workflow_id = wf2.workflow.id
+    await world.add_task(remove)
+    job = await world.run()
+    assert job.status == job_pb2.JOB_STATUS_DONE, job.log
+    assert await world.images() == {}
+
+    # A new image outside zarr_dir fails the job and changes nothing.
+    wf3 = await world.client.workflows.CreateWorkflow(
+        workflow_service_pb2.CreateWorkflowRequest(project_id=world.project_id, name="wf3"),
+        metadata=world.client.md,
+    )
+    world.workflow_id = wf3.workflow.id
+    await world.add_task(insert, args_non_parallel={"outside_zarr_dir": True})
+    job = await world.run()
+    assert job.status == job_pb2.JOB_STATUS_FAILED
+    assert job.log.startswith(f"JOB ERROR in Fractal job {job.id}:\nTRACEBACK:\n")
+    assert "not a parent directory" in job.log
+    assert await world.images() == {}

@@ -136,8 +136,9 @@ async def submit(
     worker_init: str | None,
     working_base_dir: str,
 ) -> Job:
-    if await dataset_in_use(session, dataset.id):
-        raise _in_use(dataset.id)
+    dataset_id = dataset.id
+    if await dataset_in_use(session, dataset_id):
+        raise _in_use(dataset_id)
     slice_ = wftasks[first : last + 1]
     job = Job(
         project_id=project.id,
@@ -180,8 +181,9 @@ async def submit(
         async with session.begin_nested():
             await session.flush()
     except IntegrityError:
-        # Lost a race with another submission: the partial unique index decided.
-        raise _in_use(dataset.id) from None
+        # Lost a race with another submission: the partial unique index decided. (The
+        # rollback to the savepoint expired the loaded rows: use the id captured above.)
+        raise _in_use(dataset_id) from None
     await session.refresh(job)
     stamp = job.start_timestamp.astimezone(UTC).strftime("%Y%m%d_%H%M%S")
     folder = f"proj_v2_{project.id:07d}_wf_{workflow.id:07d}_job_{job.id:07d}_{stamp}"
