@@ -15,9 +15,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from bench.client import ApiClient, open_channel
+from bench.client import ApiClient
 from bench.stats import CpuMeter, summary_ms
 from fractal.v2 import project_service_pb2, project_service_pb2_grpc
+from fractal_grpc.client import open_channel
 
 PROJECTS_PER_USER = 10
 

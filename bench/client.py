@@ -1,112 +1,33 @@
-"""A thin client over the generated stubs (as in tests/helpers.py) and the benchmark data."""
+"""The SDK client with the calls the benchmarks repeat, and the benchmark data."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-import grpc.aio
-from google.protobuf import field_mask_pb2, struct_pb2
+from google.protobuf import struct_pb2
 
 from fractal.v2 import (
-    auth_service_pb2,
-    auth_service_pb2_grpc,
     dataset_service_pb2,
-    dataset_service_pb2_grpc,
     image_pb2,
     image_service_pb2,
-    image_service_pb2_grpc,
     job_pb2,
     job_service_pb2,
-    job_service_pb2_grpc,
     project_service_pb2,
-    project_service_pb2_grpc,
     task_service_pb2,
-    task_service_pb2_grpc,
-    user_pb2,
-    user_service_pb2,
-    user_service_pb2_grpc,
     workflow_service_pb2,
-    workflow_service_pb2_grpc,
 )
-
-# Large AddImages requests (1M images are sent in batches of 100k, ~10 MB each).
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
-    ("grpc.enable_http_proxy", 0),
-]
-
-Metadata = tuple[tuple[str, str], ...]
+from fractal_grpc.client import FractalClient
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-
-
-@dataclass
-class ApiClient:
-    """Stubs plus the caller's token; ``md`` is the call metadata."""
-
-    channel: grpc.aio.Channel
-    token: str
-    email: str = ""
-
-    @classmethod
-    async def login(cls, channel: grpc.aio.Channel, email: str, password: str) -> ApiClient:
-        stub = auth_service_pb2_grpc.AuthServiceStub(channel)
-        resp = await stub.Login(auth_service_pb2.LoginRequest(email=email, password=password))
-        return cls(channel, resp.access_token, email)
-
-    @property
-    def md(self) -> Metadata:
-        return (("authorization", f"Bearer {self.token}"),)
-
-    @property
-    def users(self) -> user_service_pb2_grpc.UserServiceStub:
-        return user_service_pb2_grpc.UserServiceStub(self.channel)
-
-    @property
-    def projects(self) -> project_service_pb2_grpc.ProjectServiceStub:
-        return project_service_pb2_grpc.ProjectServiceStub(self.channel)
-
-    @property
-    def datasets(self) -> dataset_service_pb2_grpc.DatasetServiceStub:
-        return dataset_service_pb2_grpc.DatasetServiceStub(self.channel)
-
-    @property
-    def images(self) -> image_service_pb2_grpc.ImageServiceStub:
-        return image_service_pb2_grpc.ImageServiceStub(self.channel)
-
-    @property
-    def tasks(self) -> task_service_pb2_grpc.TaskServiceStub:
-        return task_service_pb2_grpc.TaskServiceStub(self.channel)
-
-    @property
-    def workflows(self) -> workflow_service_pb2_grpc.WorkflowServiceStub:
-        return workflow_service_pb2_grpc.WorkflowServiceStub(self.channel)
-
-    @property
-    def jobs(self) -> job_service_pb2_grpc.JobServiceStub:
-        return job_service_pb2_grpc.JobServiceStub(self.channel)
+class ApiClient(FractalClient):
+    """The SDK client plus the few calls the benchmarks repeat."""
 
     async def new_user(self) -> ApiClient:
         """Create a verified user with a username (as this superuser) and log in as it."""
         email = f"bench-{secrets.token_hex(4)}@example.org"
-        req = user_service_pb2.CreateUserRequest(
-            email=email, password="bench-pw", username=email.split("@")[0]
-        )
-        created = await self.users.CreateUser(req, metadata=self.md)
-        await self.users.UpdateUser(
-            user_service_pb2.UpdateUserRequest(
-                user_id=created.user.id,
-                user=user_pb2.User(is_verified=True),
-                update_mask=field_mask_pb2.FieldMask(paths=["is_verified"]),
-            ),
-            metadata=self.md,
-        )
+        await self.create_user(email, "bench-pw", username=email.split("@")[0], verified=True)
         return await ApiClient.login(self.channel, email, "bench-pw")
 
     async def new_project(self, name: str | None = None) -> int:

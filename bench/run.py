@@ -29,10 +29,11 @@ from typing import Any
 import grpc.aio
 
 from bench import api_bench, images_bench, jobs_bench, query_bench
-from bench.client import ApiClient, make_images, open_channel
+from bench.client import ApiClient, make_images
 from bench.report import format_table, rows_as_dicts, summary_rows
 from bench.stack import ADMIN_EMAIL, ADMIN_PASSWORD, BenchStack
 from bench.stats import machine_info
+from fractal_grpc.client import open_channel
 
 SECTIONS = ("api", "images", "query", "jobs")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -9,6 +9,8 @@ import secrets
 
 import asyncpg
 import nats
+from sqlalchemy import MetaData
+from sqlalchemy.engine import Connection
 
 PG_ADMIN_URL = os.environ.get("FRACTAL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 NATS_URL = os.environ.get("FRACTAL_TEST_NATS", "nats://127.0.0.1:4222")
@@ -56,3 +58,33 @@ async def delete_streams_async(prefix: str) -> None:
 
 def delete_streams(prefix: str) -> None:
     asyncio.run(delete_streams_async(prefix))
+
+
+async def schema_diff(database_url: str, metadata: MetaData, schema: str) -> list[object]:
+    """What Alembic's autogenerate would change to make ``schema`` match ``metadata``: empty
+    when the migrations and the models agree."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from fractal_grpc.db import make_engine
+
+    def diff(connection: Connection) -> list[object]:
+        context = MigrationContext.configure(
+            connection,
+            opts={
+                "include_schemas": True,
+                "include_name": lambda name, type_, _: (
+                    name == schema if type_ == "schema" else True
+                ),
+                "compare_type": True,
+                "version_table_schema": schema,
+            },
+        )
+        return list(compare_metadata(context, metadata))
+
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(diff)
+    finally:
+        await engine.dispose()

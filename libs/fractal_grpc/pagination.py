@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from fractal_grpc.grpckit.errors import invalid_field
 
@@ -44,3 +45,16 @@ def decode_token(token: str, query: str) -> dict[str, Any] | None:
     if not isinstance(state, dict) or state.get("q") != query:
         raise invalid_field("page_token", "page token does not belong to this query")
     return state
+
+
+T = TypeVar("T")
+
+
+def split_page(
+    rows: Sequence[T], size: int, query: str, position: Callable[[T], dict[str, Any]]
+) -> tuple[Sequence[T], str]:
+    """``rows`` fetched with ``limit size + 1``: the page, and the token of the next one ("" on
+    the last page), which stores ``position`` of the page's last row."""
+    if len(rows) <= size:
+        return rows, ""
+    return rows[:size], encode_token(query, **position(rows[size - 1]))

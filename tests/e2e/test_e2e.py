@@ -19,6 +19,7 @@ from fractal.v2 import (
     task_service_pb2,
     workflow_service_pb2,
 )
+from golden import GOLDEN_TYPE_FILTERS, golden_images
 from helpers import ApiClient
 
 MOCK = Path(__file__).parents[1] / "fractal_tasks_mock" / "fractal_tasks_mock"
@@ -189,31 +190,9 @@ async def test_golden_scenario(e2e_admin: ApiClient, tmp_path: Path) -> None:
     job = await s.run()
     assert job.status == job_pb2.JOB_STATUS_DONE, job.log
     assert [t.status for t in job.task_statuses] == ["done", "done", "done"]
-    plate, mip = f"{zarr_dir}/my_plate.zarr", f"{zarr_dir}/my_plate_mip.zarr"
-    assert await s.images() == {
-        f"{plate}/A/01/0": {
-            "origin": None,
-            "attributes": {"well": "A01", "plate": "my_plate.zarr"},
-            "types": {"3D": True, "illumination_correction": True},
-        },
-        f"{plate}/A/02/0": {
-            "origin": None,
-            "attributes": {"well": "A02", "plate": "my_plate.zarr"},
-            "types": {"3D": True, "illumination_correction": True},
-        },
-        f"{mip}/A/01/0": {
-            "origin": f"{plate}/A/01/0",
-            "attributes": {"well": "A01", "plate": "my_plate_mip.zarr"},
-            "types": {"3D": False, "illumination_correction": True},
-        },
-        f"{mip}/A/02/0": {
-            "origin": f"{plate}/A/02/0",
-            "attributes": {"well": "A02", "plate": "my_plate_mip.zarr"},
-            "types": {"3D": False, "illumination_correction": True},
-        },
-    }
+    assert await s.images() == golden_images(zarr_dir)
     dataset = await s.dataset()
-    assert dict(dataset.filters.types) == {"illumination_correction": True, "3D": False}
+    assert dict(dataset.filters.types) == GOLDEN_TYPE_FILTERS
     assert dict(dataset.filters.attributes) == {}
     assert [h.status for h in dataset.history] == ["done", "done", "done"]
     assert [h.workflowtask["task"]["name"] for h in dataset.history] == [

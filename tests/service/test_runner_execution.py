@@ -42,6 +42,7 @@ from fractal_runner.app import RunnerApp
 from fractal_runner.jobs import JobScheduler, RunStore
 from fractal_runner.leases import Instance, LeaseConfig
 from fractal_runner.models import Run, RunStatus
+from golden import GOLDEN_TYPE_FILTERS, golden_images
 from helpers import ApiClient
 
 MOCK = Path(__file__).resolve().parents[1] / "fractal_tasks_mock" / "fractal_tasks_mock"
@@ -323,32 +324,11 @@ async def test_golden_scenario(world: World, tmp_path: Path) -> None:
     z = world.zarr_dir
     plate = f"{z}/my_plate.zarr"
     mip_plate = f"{z}/my_plate_mip.zarr"
-    assert await world.images() == {
-        f"{plate}/A/01/0": {
-            "origin": None,
-            "attributes": {"well": "A01", "plate": "my_plate.zarr"},
-            "types": {"3D": True, "illumination_correction": True},
-        },
-        f"{plate}/A/02/0": {
-            "origin": None,
-            "attributes": {"well": "A02", "plate": "my_plate.zarr"},
-            "types": {"3D": True, "illumination_correction": True},
-        },
-        f"{mip_plate}/A/01/0": {
-            "origin": f"{plate}/A/01/0",
-            "attributes": {"well": "A01", "plate": "my_plate_mip.zarr"},
-            "types": {"3D": False, "illumination_correction": True},
-        },
-        f"{mip_plate}/A/02/0": {
-            "origin": f"{plate}/A/02/0",
-            "attributes": {"well": "A02", "plate": "my_plate_mip.zarr"},
-            "types": {"3D": False, "illumination_correction": True},
-        },
-    }
+    assert await world.images() == golden_images(z)
     dataset = await world.dataset()
     assert filters_to_dict(dataset.filters) == {
         "attributes": {},
-        "types": {"illumination_correction": True, "3D": False},
+        "types": GOLDEN_TYPE_FILTERS,
     }
     assert await world.history() == [(0, "done"), (1, "done"), (2, "done")]
 

@@ -11,16 +11,14 @@ from datetime import datetime, timedelta
 
 import psutil
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from sqlalchemy import delete, func, text, update
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fractal_grpc.db import make_engine, make_sessionmaker, transaction
 from fractal_runner.jobs import RunStore
 from fractal_runner.leases import Instance, LeaseConfig
 from fractal_runner.models import Base, Run, RunStatus
+from world import schema_diff
 
 
 @pytest.fixture(scope="module")
@@ -30,27 +28,8 @@ async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncS
     await engine.dispose()
 
 
-def _diff(connection: Connection) -> list[object]:
-    context = MigrationContext.configure(
-        connection,
-        opts={
-            "include_schemas": True,
-            "include_name": lambda name, type_, _: name == "runner" if type_ == "schema" else True,
-            "compare_type": True,
-            "version_table_schema": "runner",
-        },
-    )
-    return list(compare_metadata(context, Base.metadata))
-
-
 async def test_migrations_match_models(database_url: str) -> None:
-    engine = make_engine(database_url, pool_size=1)
-    try:
-        async with engine.connect() as conn:
-            diff = await conn.run_sync(_diff)
-    finally:
-        await engine.dispose()
-    assert diff == []
+    assert await schema_diff(database_url, Base.metadata, "runner") == []
 
 
 def _job_id() -> int:

@@ -1,46 +1,33 @@
-"""``fractal-api``: ``migrate`` applies the api schema's migrations; ``serve`` runs the service."""
+"""``fractal-api``: ``migrate`` applies the api schema's migrations; ``serve`` migrates and runs
+the service."""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import sys
 from pathlib import Path
 
-from fractal_grpc.grpckit.server import configure_logging, run_until_signal
-from fractal_grpc.migrate import upgrade
-from fractal_grpc.settings import ApiSettings, SettingsError, load_settings
+from fractal_grpc.service_main import Service, service_main
+from fractal_grpc.settings import ApiSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def migrate(settings: ApiSettings) -> None:
-    upgrade(MIGRATIONS, settings.database_url, "api")
-
-
-async def serve(settings: ApiSettings) -> None:
+def build(settings: ApiSettings) -> Service:
     from fractal_api.app import ApiApp
 
-    app = ApiApp(settings)
-    await run_until_signal(app.start, app.stop)
+    return ApiApp(settings)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fractal-api", description=__doc__)
-    parser.add_argument("command", choices=["migrate", "serve"])
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings(ApiSettings)
-        configure_logging(settings.log_level)
-        if args.command == "migrate":
-            migrate(settings)
-        else:
-            migrate(settings)
-            asyncio.run(serve(settings))
-    except SettingsError as exc:
-        print(f"fractal-api: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return service_main(
+        prog="fractal-api",
+        description=__doc__,
+        settings_class=ApiSettings,
+        schema="api",
+        migrations=MIGRATIONS,
+        build=build,
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from fractal_grpc.auth.passwords import DUMMY_HASH, hash_password, verify_passwo
 from fractal_grpc.auth.principal import current_user
 from fractal_grpc.db import transaction
 from fractal_grpc.grpckit.errors import AlreadyExists, Unauthenticated, Violations, invalid_field
-from fractal_grpc.pagination import decode_token, encode_token, page_size
+from fractal_grpc.pagination import decode_token, page_size, split_page
 
 _USER_FIELDS = (
     "email",
@@ -87,10 +87,8 @@ class UserServicer(urpc.UserServiceServicer):
         state = decode_token(request.page_token, "users") or {"after": 0}
         async with self.ctx.reads() as session:
             rows = await users.list_page(session, after_id=state["after"], limit=size + 1)
-        more = len(rows) > size
-        rows = rows[:size]
-        token = encode_token("users", after=rows[-1].id) if more else ""
-        return upb.ListUsersResponse(users=[user_view(u) for u in rows], next_page_token=token)
+        page, token = split_page(rows, size, "users", lambda u: {"after": u.id})
+        return upb.ListUsersResponse(users=[user_view(u) for u in page], next_page_token=token)
 
     async def UpdateUser(
         self, request: upb.UpdateUserRequest, context: grpc.aio.ServicerContext

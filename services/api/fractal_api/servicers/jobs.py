@@ -21,7 +21,7 @@ from fractal_api.views import job_view
 from fractal_grpc.auth.principal import current_user
 from fractal_grpc.db import transaction
 from fractal_grpc.grpckit.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
-from fractal_grpc.pagination import decode_token, encode_token, page_size
+from fractal_grpc.pagination import decode_token, page_size, split_page
 
 JOB_STATUS_DONE = job_pb2.JOB_STATUS_DONE
 JOB_STATUS_FAILED = job_pb2.JOB_STATUS_FAILED
@@ -154,9 +154,9 @@ class JobServicer(rpc.JobServiceServicer):
                 before_id=state["before"] if state else None,
                 limit=size + 1,
             )
-        token = encode_token(query, before=rows[size - 1].id) if len(rows) > size else ""
+        page, token = split_page(rows, size, query, lambda j: {"before": j.id})
         return pb.ListJobsResponse(
-            jobs=[job_view(j, with_log=not request.skip_logs) for j in rows[:size]],
+            jobs=[job_view(j, with_log=not request.skip_logs) for j in page],
             next_page_token=token,
         )
 

@@ -20,7 +20,7 @@ from fractal_grpc.auth.principal import current_user
 from fractal_grpc.convert import timestamp
 from fractal_grpc.db import transaction
 from fractal_grpc.grpckit.errors import Violations
-from fractal_grpc.pagination import decode_token, encode_token, page_size
+from fractal_grpc.pagination import decode_token, page_size, split_page
 
 
 class ProjectServicer(rpc.ProjectServiceServicer):
@@ -62,13 +62,13 @@ class ProjectServicer(rpc.ProjectServiceServicer):
         rows = await projects.list_for_user(
             self.ctx.raw, current_user().user_id or 0, after_id=state["after"], limit=size + 1
         )
-        token = encode_token("projects", after=rows[size - 1]["id"]) if len(rows) > size else ""
+        page, token = split_page(rows, size, "projects", lambda r: {"after": r["id"]})
         return pb.ListProjectsResponse(
             projects=[
                 project_pb2.Project(
                     id=r["id"], name=r["name"], create_time=timestamp(r["created_at"])
                 )
-                for r in rows[:size]
+                for r in page
             ],
             next_page_token=token,
         )
@@ -129,10 +129,8 @@ class DatasetServicer(drpc.DatasetServiceServicer):
                     session, request.project_id, after_id=state["after"], limit=size + 1
                 )
             )
-        token = encode_token(query, after=rows[size - 1].id) if len(rows) > size else ""
+        page, token = split_page(rows, size, query, lambda d: {"after": d.id})
         return dpb.ListDatasetsResponse(
-            datasets=[
-                dataset_view(d, include_history=request.include_history) for d in rows[:size]
-            ],
+            datasets=[dataset_view(d, include_history=request.include_history) for d in page],
             next_page_token=token,
         )

@@ -18,7 +18,7 @@ from fractal_grpc.convert import struct_to_dict
 from fractal_grpc.db import transaction
 from fractal_grpc.grpckit.errors import Violations
 from fractal_grpc.images.filters import validate_keys
-from fractal_grpc.pagination import decode_token, encode_token, page_size
+from fractal_grpc.pagination import decode_token, page_size, split_page
 
 RESERVED_ARGS = ("zarr_url", "zarr_urls", "zarr_dir", "init_args")
 
@@ -72,10 +72,10 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
                     session, request.project_id, after_id=state["after"], limit=size + 1
                 )
             )
-            listing = await workflows.task_list(session, [w.id for w in rows[:size]])
-        token = encode_token(query, after=rows[size - 1].id) if len(rows) > size else ""
+            page, token = split_page(rows, size, query, lambda w: {"after": w.id})
+            listing = await workflows.task_list(session, [w.id for w in page])
         return pb.ListWorkflowsResponse(
-            workflows=[workflow_view(w, listing[w.id]) for w in rows[:size]],
+            workflows=[workflow_view(w, listing[w.id]) for w in page],
             next_page_token=token,
         )
 
