@@ -238,6 +238,12 @@ async def test_workflow_task_args_defaults_and_reserved_keys(user: ApiClient) ->
         metadata=user.md,
     )
     wid = wf.workflow.id
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await user.workflows.CreateWorkflow(
+            workflow_service_pb2.CreateWorkflowRequest(project_id=project.id, name="wf"),
+            metadata=user.md,
+        )
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
     created = await user.workflows.CreateWorkflowTask(
         workflow_service_pb2.CreateWorkflowTaskRequest(
             project_id=project.id,

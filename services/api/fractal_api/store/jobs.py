@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal.events.v1 import job_events_pb2
@@ -27,6 +26,7 @@ from fractal_api.models import (
     WorkflowTask,
     outbox,
 )
+from fractal_api.store import insert_unique
 from fractal_grpc.events.bus import Subjects
 from fractal_grpc.events.outbox import add_to_outbox
 from fractal_grpc.grpckit.errors import FailedPrecondition, NotFound, ResourceExhausted
@@ -176,15 +176,8 @@ async def submit(
         ],
         version=1,
     )
-    session.add(job)
-    try:
-        async with session.begin_nested():
-            await session.flush()
-    except IntegrityError:
-        # Lost a race with another submission: the partial unique index decided. (The
-        # rollback to the savepoint expired the loaded rows: use the id captured above.)
-        raise _in_use(dataset_id) from None
-    await session.refresh(job)
+    # Racing submissions: the partial unique index on submitted jobs lets one win.
+    await insert_unique(session, job, _in_use(dataset_id))
     stamp = job.start_timestamp.astimezone(UTC).strftime("%Y%m%d_%H%M%S")
     folder = f"proj_v2_{project.id:07d}_wf_{workflow.id:07d}_job_{job.id:07d}_{stamp}"
     job.working_dir = f"{working_base_dir.rstrip('/')}/{folder}"

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Task
+from fractal_api.store import insert_unique
 from fractal_grpc.grpckit.errors import AlreadyExists, NotFound
 
 
@@ -43,18 +43,9 @@ async def get(session: AsyncSession, task_id: int) -> Task:
 
 async def create(session: AsyncSession, **fields: Any) -> Task:
     source = fields["source"]
-    if await session.scalar(select(Task.id).where(Task.source == source)) is not None:
-        raise AlreadyExists(f"Source '{source}' already in use", reason="TASK_SOURCE_IN_USE")
     task = Task(**fields)
-    session.add(task)
-    try:
-        async with session.begin_nested():
-            await session.flush()
-    except IntegrityError:
-        raise AlreadyExists(
-            f"Source '{source}' already in use", reason="TASK_SOURCE_IN_USE"
-        ) from None
-    await session.refresh(task)
+    conflict = AlreadyExists(f"Source '{source}' already in use", reason="TASK_SOURCE_IN_USE")
+    await insert_unique(session, task, conflict)
     return task
 
 

@@ -5,32 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Task, Workflow, WorkflowTask
+from fractal_api.store import insert_unique
 from fractal_grpc.grpckit.errors import AlreadyExists, InvalidArgument
 
 
 async def create(session: AsyncSession, project_id: int, name: str) -> Workflow:
-    duplicate = await session.scalar(
-        select(Workflow.id).where(Workflow.project_id == project_id, Workflow.name == name)
-    )
-    if duplicate is not None:
-        raise AlreadyExists(
-            f"Workflow with name={name} already exists in project {project_id}",
-            reason="WORKFLOW_NAME_IN_USE",
-        )
     workflow = Workflow(project_id=project_id, name=name)
-    session.add(workflow)
-    try:
-        async with session.begin_nested():
-            await session.flush()
-    except IntegrityError:
-        raise AlreadyExists(
-            f"Workflow with name={name} already exists", reason="WORKFLOW_NAME_IN_USE"
-        ) from None
-    await session.refresh(workflow)
+    conflict = AlreadyExists(
+        f"Workflow with name={name} already exists in project {project_id}",
+        reason="WORKFLOW_NAME_IN_USE",
+    )
+    await insert_unique(session, workflow, conflict)
     return workflow
 
 
