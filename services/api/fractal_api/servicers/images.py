@@ -136,7 +136,7 @@ class ImageServicer(rpc.ImageServiceServicer):
                     cheap = await images.summary_count(session, dataset, filters)
                     if cheap is not None:
                         return cheap
-                return await images.count(session, where)
+                return await images.count(session, dataset, filters, dataset_filters, zarr_url)
 
         async def facets() -> tuple[dict[str, list[Any]], list[str]]:
             async with self.ctx.reads() as session:
