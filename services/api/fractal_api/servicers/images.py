@@ -20,7 +20,7 @@ from fractal_grpc.convert import (
     python_to_attribute,
 )
 from fractal_grpc.db import transaction
-from fractal_grpc.grpckit.errors import AlreadyExists, NotFound, Violations
+from fractal_grpc.grpckit.errors import AlreadyExists, Violations
 from fractal_grpc.images.changes import ImageRecord
 from fractal_grpc.images.filters import validate_keys
 from fractal_grpc.pagination import decode_token, encode_token, page_size, query_fingerprint
@@ -78,27 +78,30 @@ class ImageServicer(rpc.ImageServiceServicer):
         self, request: pb.AddImagesRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         user_id = current_user().user_id or 0
-        async with transaction(self.ctx.sessions) as session:
-            dataset = await projects.dataset_checked(
-                session, request.project_id, request.dataset_id, user_id
-            )
-            records = _checked_images(request, dataset.zarr_dir)
-            locked = await images.lock_dataset(session, dataset.id)
-            if locked is None:
-                raise NotFound("Dataset not found")
-            present = await images.existing_urls(session, dataset.id, [r.zarr_url for r in records])
-            if present:
-                known = set(present)
-                raise AlreadyExists(
-                    f"{len(present)} image(s) already in the dataset, e.g. {present[0]}",
-                    reason="IMAGE_EXISTS",
-                    violations=[
-                        (f"images[{i}].zarr_url", "already in the dataset")
-                        for i, r in enumerate(records)
-                        if r.zarr_url in known
-                    ][:100],
+        try:
+            async with transaction(self.ctx.sessions) as session:
+                dataset = await projects.dataset_checked(
+                    session, request.project_id, request.dataset_id, user_id
                 )
-            added = await images.append(session, locked, records)
+                records = _checked_images(request, dataset.zarr_dir)
+                added = await images.append(session, dataset, records)
+        except images.DuplicateImages:
+            # Rolled back; say which ones (a read of the committed state).
+            async with self.ctx.reads() as session:
+                present = await images.existing_urls(
+                    session, request.dataset_id, [r.zarr_url for r in records]
+                )
+            known = set(present)
+            raise AlreadyExists(
+                f"{len(present)} image(s) already in the dataset"
+                + (f", e.g. {present[0]}" if present else ""),
+                reason="IMAGE_EXISTS",
+                violations=[
+                    (f"images[{i}].zarr_url", "already in the dataset")
+                    for i, r in enumerate(records)
+                    if r.zarr_url in known
+                ][:100],
+            ) from None
         if added >= BULK_ROWS:
             self.ctx.images_bulk_written()
         return pb.AddImagesResponse(added_count=added)

@@ -38,8 +38,21 @@ _INSERT = text(
     FROM unnest(CAST(:urls AS text[]), CAST(:origins AS text[]), CAST(:attributes AS text[]),
                 CAST(:types AS text[])) WITH ORDINALITY
          AS u(zarr_url, origin, attributes, types, ord)
+    ON CONFLICT (dataset_id, zarr_url) DO NOTHING
     """
 )
+
+# Reserve positions at the end of the list and count the images in, in one statement (which
+# also locks the dataset row: writers of one image list take turns).
+_RESERVE = text(
+    """
+    UPDATE api.datasets SET next_position = next_position + :n, image_count = image_count + :n
+    WHERE id = :dataset_id
+    RETURNING next_position - :n
+    """
+)
+
+_UNCOUNT = text("UPDATE api.datasets SET image_count = image_count - :n WHERE id = :dataset_id")
 
 _FACETS_DELTA = text(
     """
@@ -108,26 +121,32 @@ async def fetch(
     }
 
 
+class DuplicateImages(Exception):
+    """Some images of an append are already in the dataset (the transaction must roll back)."""
+
+
 async def append(session: AsyncSession, dataset: Dataset, images: Sequence[ImageRecord]) -> int:
-    """Append images at the end of the list and count them into the facets."""
+    """Append images at the end of the list and count them into the facets. Raises
+    DuplicateImages when a zarr_url is already there (the unique constraint decides)."""
     if not images:
         return 0
+    start = await session.scalar(_RESERVE, {"dataset_id": dataset.id, "n": len(images)})
     attributes = [_dumps(i.attributes) for i in images]
     types = [_dumps(i.types) for i in images]
-    await session.execute(
+    result = await session.execute(
         _INSERT,
         {
             "dataset_id": dataset.id,
-            "start": dataset.next_position,
+            "start": start,
             "urls": [i.zarr_url for i in images],
             "origins": [i.origin for i in images],
             "attributes": attributes,
             "types": types,
         },
     )
+    if result.rowcount != len(images):  # type: ignore[attr-defined]
+        raise DuplicateImages()
     await apply_facet_delta(session, dataset, added=images)
-    dataset.next_position += len(images)
-    dataset.image_count += len(images)
     return len(images)
 
 
@@ -168,9 +187,10 @@ async def apply_facet_counts(
             "deltas": [n for _, n in changes],
         },
     )
-    await session.execute(
-        delete(ImageFacet).where(ImageFacet.dataset_id == dataset.id, ImageFacet.count <= 0)
-    )
+    if any(n < 0 for _, n in changes):
+        await session.execute(
+            delete(ImageFacet).where(ImageFacet.dataset_id == dataset.id, ImageFacet.count <= 0)
+        )
 
 
 async def replace_many(
@@ -199,7 +219,10 @@ async def remove_many(session: AsyncSession, dataset: Dataset, urls: Sequence[st
             Image.dataset_id == dataset.id, Image.zarr_url == any_(_text_array(urls))
         )
     )
-    dataset.image_count -= result.rowcount  # type: ignore[attr-defined]
+    await session.execute(
+        _UNCOUNT,
+        {"dataset_id": dataset.id, "n": result.rowcount},  # type: ignore[attr-defined]
+    )
 
 
 async def add_types_where(
