@@ -102,15 +102,6 @@ def fill_filters(target: image_pb2.Filters, filters: Mapping[str, Any] | None) -
     target.types.update(filters.get("types") or {})
 
 
-def image_to_dict(image: image_pb2.Image) -> dict[str, Any]:
-    return {
-        "zarr_url": image.zarr_url,
-        "origin": image.origin if image.HasField("origin") else None,
-        "attributes": attributes_to_python(image.attributes),
-        "types": dict(image.types),
-    }
-
-
 def fill_image(target: image_pb2.Image, image: Any) -> None:
     """Fill from a mapping with zarr_url, origin, attributes and types (a dict or a row)."""
     target.zarr_url = image["zarr_url"]

@@ -41,10 +41,6 @@ _current: contextvars.ContextVar[Principal] = contextvars.ContextVar(
 )
 
 
-def current_principal() -> Principal:
-    return _current.get()
-
-
 def set_principal(principal: Principal) -> contextvars.Token[Principal]:
     return _current.set(principal)
 

@@ -20,20 +20,6 @@ from fractal_grpc.grpckit.errors import AlreadyExists, NotFound, Violations
 log = logging.getLogger("fractal.api.users")
 
 
-def principal_of(user: User) -> Principal:
-    return Principal(
-        user_id=user.id,
-        email=user.email,
-        is_active=user.is_active,
-        is_superuser=user.is_superuser,
-        is_verified=user.is_verified,
-        username=user.username,
-        slurm_user=user.slurm_user,
-        cache_dir=user.cache_dir,
-        slurm_accounts=list(user.slurm_accounts),
-    )
-
-
 async def by_email(session: AsyncSession, email: str) -> User | None:
     result = await session.execute(select(User).where(func.lower(User.email) == email.lower()))
     return result.scalar_one_or_none()
@@ -131,10 +117,6 @@ async def list_page(session: AsyncSession, *, after_id: int, limit: int) -> list
         select(User).where(User.id > after_id).order_by(User.id).limit(limit)
     )
     return list(result.scalars().all())
-
-
-async def get_or_none(session: AsyncSession, user_id: int) -> User | None:
-    return await session.get(User, user_id)
 
 
 _PRINCIPAL = """
