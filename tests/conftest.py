@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import grpc
 import grpc.aio
@@ -22,6 +20,7 @@ from world import (
     delete_streams,
     delete_streams_async,
     drop_database,
+    running_api,
 )  # noqa: E402
 
 
@@ -75,22 +74,6 @@ def service_env(
         "FRACTAL_DEFAULT_ADMIN_PASSWORD": "1234",
         "FRACTAL_LOG_LEVEL": "INFO",
     }
-
-
-@asynccontextmanager
-async def running_api(service_env: dict[str, str], **overrides: Any) -> AsyncIterator[str]:
-    """An api service in this process on a random loopback port; yields its address."""
-    from fractal_api.app import ApiApp
-    from fractal_grpc.settings import ApiSettings
-
-    env: dict[str, Any] = {k.removeprefix("FRACTAL_").lower(): v for k, v in service_env.items()}
-    env.update(api_address="127.0.0.1:0", grace_seconds=0.5, **overrides)
-    app = ApiApp(ApiSettings(**env))
-    port = await app.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await app.stop()
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import os
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 import nats
@@ -88,3 +91,19 @@ async def schema_diff(database_url: str, metadata: MetaData, schema: str) -> lis
             return await connection.run_sync(diff)
     finally:
         await engine.dispose()
+
+
+@asynccontextmanager
+async def running_api(service_env: dict[str, str], **overrides: Any) -> AsyncIterator[str]:
+    """An api service in this process on a random loopback port; yields its address."""
+    from fractal_api.app import ApiApp
+    from fractal_grpc.settings import ApiSettings
+
+    env: dict[str, Any] = {k.removeprefix("FRACTAL_").lower(): v for k, v in service_env.items()}
+    env.update(api_address="127.0.0.1:0", grace_seconds=0.5, **overrides)
+    app = ApiApp(ApiSettings(**env))
+    port = await app.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await app.stop()

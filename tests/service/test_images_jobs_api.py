@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -202,6 +203,12 @@ async def test_create_task_rules(user: ApiClient) -> None:
                 args_schema_parallel=struct(type=12),
             ),
             "args_schema_parallel",
+        ),
+        (
+            task_service_pb2.CreateTaskRequest(
+                name="x", source="s4", command_parallel="python 'unbalanced"
+            ),
+            "command_parallel",
         ),
     ]:
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -907,3 +914,38 @@ async def test_list_tasks_and_workflows_paginate(user: ApiClient) -> None:
         "w2",
     ]
     assert rest.next_page_token == ""
+
+
+@pytest.fixture(scope="module")
+async def rate_limited_admin(service_env: dict[str, str], nats_prefix: str) -> Any:
+    """An api with the reference's submission rate limit (60 s here), no runner behind it."""
+    from world import delete_streams_async, running_api
+
+    prefix = f"{nats_prefix}r"
+    try:
+        async with (
+            running_api(service_env, nats_prefix=prefix, api_submit_rate_limit=60) as address,
+            grpc.aio.insecure_channel(address) as channel,
+        ):
+            yield await ApiClient.login(channel, "admin@fractal.xy", "1234")
+    finally:
+        await delete_streams_async(prefix)
+
+
+async def test_submission_rate_limit(
+    rate_limited_admin: ApiClient, service_md: tuple[tuple[str, str], ...]
+) -> None:
+    user = await rate_limited_admin.new_user()
+    pid, did, wid, job_id = await submitted_job(user, task_kw={"command_non_parallel": "/bin/true"})
+    await user.internal.FinishJob(
+        ipb.FinishJobRequest(job_id=job_id, status=job_pb2.JOB_STATUS_DONE, log=""),
+        metadata=service_md,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await user.jobs.SubmitJob(
+            job_service_pb2.SubmitJobRequest(project_id=pid, workflow_id=wid, dataset_id=did),
+            metadata=user.md,
+        )
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info, _ = error_details(err.value)
+    assert info is not None and info.reason == "SUBMIT_RATE_LIMITED"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import grpc.aio
@@ -48,6 +49,11 @@ class TaskServicer(rpc.TaskServiceServicer):
             value = getattr(request, field) if request.HasField(field) else None
             if value is not None and not value.strip():
                 violations.add(field, "must not be empty")
+            elif value is not None:
+                try:
+                    shlex.split(value)
+                except ValueError as exc:
+                    violations.add(field, f"not a valid command line: {exc}")
             commands[field] = value.strip() if value else None
         if not commands["command_non_parallel"] and not commands["command_parallel"]:
             violations.add("command_parallel", "a task needs at least one command")
