@@ -270,6 +270,15 @@ async def test_stop_running_job_kills_task_tree(e2e_admin: ApiClient, tmp_path: 
     pids = json.loads(pid_file.read_text())
     procs = [psutil.Process(p) for p in pids.values()] if isinstance(pids, dict) else []
     assert procs and all(p.is_running() for p in procs)
+    # While it runs, show_tmp_logs returns the current workflow.log.
+    running = await s.c.jobs.GetJob(
+        job_service_pb2.GetJobRequest(
+            project_id=s.pid, job_id=submitted.job.id, show_tmp_logs=True
+        ),
+        metadata=s.c.md,
+    )
+    assert running.job.status == job_pb2.JOB_STATUS_SUBMITTED
+    assert "SUBMIT 0-th task (name=spawner)" in running.job.log
     await s.c.jobs.StopJob(
         job_service_pb2.StopJobRequest(project_id=s.pid, job_id=submitted.job.id),
         metadata=s.c.md,
