@@ -26,7 +26,14 @@ Stream = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
 
 class _HandlerWrapper(grpc.aio.ServerInterceptor):
-    """Base: subclasses define ``around_unary`` and ``around_stream`` for one method."""
+    """Base: subclasses define ``around_unary`` and ``around_stream`` for one method.
+
+    The wrapped handler of each method is built once and reused; per call only a lookup runs.
+    Wrappers read per-call data (metadata) from the call's context.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -37,25 +44,32 @@ class _HandlerWrapper(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        metadata = dict(handler_call_details.invocation_metadata or ())
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self.around_unary(method, metadata, handler.unary_unary),
+                self.around_unary(method, handler.unary_unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self.around_stream(method, metadata, handler.unary_stream),
+                self.around_stream(method, handler.unary_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
-    def around_unary(self, method: str, metadata: Mapping[str, Any], inner: Unary) -> Unary:
+    def around_unary(self, method: str, inner: Unary) -> Unary:
         return inner
 
-    def around_stream(self, method: str, metadata: Mapping[str, Any], inner: Stream) -> Stream:
+    def around_stream(self, method: str, inner: Stream) -> Stream:
         return inner
 
 
@@ -79,7 +93,7 @@ class ErrorInterceptor(_HandlerWrapper):
         log.exception("unexpected error in %s (incident %s)", method, incident)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident})")
 
-    def around_unary(self, method: str, metadata: Mapping[str, Any], inner: Unary) -> Unary:
+    def around_unary(self, method: str, inner: Unary) -> Unary:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 return await inner(request, context)
@@ -90,7 +104,7 @@ class ErrorInterceptor(_HandlerWrapper):
 
         return run
 
-    def around_stream(self, method: str, metadata: Mapping[str, Any], inner: Stream) -> Stream:
+    def around_stream(self, method: str, inner: Stream) -> Stream:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
                 async for item in inner(request, context):
@@ -125,6 +139,7 @@ class AuthInterceptor(_HandlerWrapper):
         user_verifier: TokenVerifier | None = None,
         load_user: PrincipalLoader | None = None,
     ) -> None:
+        super().__init__()
         self.access = dict(access)
         self.user_verifier = user_verifier
         self.internal_verifier = internal_verifier
@@ -162,9 +177,9 @@ class AuthInterceptor(_HandlerWrapper):
             raise PermissionDenied("this needs a superuser", reason="SUPERUSER_REQUIRED")
         return principal
 
-    def around_unary(self, method: str, metadata: Mapping[str, Any], inner: Unary) -> Unary:
+    def around_unary(self, method: str, inner: Unary) -> Unary:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            principal = await self.authenticate(method, metadata)
+            principal = await self.authenticate(method, _metadata(context))
             if principal is None:
                 return await inner(request, context)
             token = set_principal(principal)
@@ -175,9 +190,9 @@ class AuthInterceptor(_HandlerWrapper):
 
         return run
 
-    def around_stream(self, method: str, metadata: Mapping[str, Any], inner: Stream) -> Stream:
+    def around_stream(self, method: str, inner: Stream) -> Stream:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            principal = await self.authenticate(method, metadata)
+            principal = await self.authenticate(method, _metadata(context))
             token = set_principal(principal) if principal is not None else None
             try:
                 async for item in inner(request, context):
@@ -187,6 +202,10 @@ class AuthInterceptor(_HandlerWrapper):
                     reset_principal(token)
 
         return run
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, Any]:
+    return dict(context.invocation_metadata() or ())
 
 
 def _bearer(metadata: Mapping[str, Any]) -> str:
@@ -204,7 +223,7 @@ def _bearer(metadata: Mapping[str, Any]) -> str:
 class LoggingInterceptor(_HandlerWrapper):
     """One log line per call: method, outcome and duration (DEBUG for success)."""
 
-    def around_unary(self, method: str, metadata: Mapping[str, Any], inner: Unary) -> Unary:
+    def around_unary(self, method: str, inner: Unary) -> Unary:
         if not log.isEnabledFor(logging.INFO):
             return inner
 
@@ -220,7 +239,7 @@ class LoggingInterceptor(_HandlerWrapper):
 
         return run
 
-    def around_stream(self, method: str, metadata: Mapping[str, Any], inner: Stream) -> Stream:
+    def around_stream(self, method: str, inner: Stream) -> Stream:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             start = time.perf_counter()
             count = 0
