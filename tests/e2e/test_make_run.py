@@ -3,6 +3,7 @@ it comes up, the printed login works, and Ctrl-C stops everything it started."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -40,6 +41,7 @@ def test_fractal_dev_run_embedded_stack() -> None:
         start_new_session=True,
     )
     output: list[str] = []
+    started: list[psutil.Process] = []
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 120
@@ -76,6 +78,15 @@ def test_fractal_dev_run_embedded_stack() -> None:
         assert not alive, alive
         assert not port_accepts("127.0.0.1", int(database.group(1)))
     finally:
+        # Even after a failed assertion, stop what the stack started (its children have their
+        # own process groups): ask it first, then kill what is left.
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        for child in started:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
         shutil.rmtree(state, ignore_errors=True)

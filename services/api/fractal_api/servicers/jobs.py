@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,12 @@ from fractal_grpc.pagination import decode_token, page_size, split_page
 
 JOB_STATUS_DONE = job_pb2.JOB_STATUS_DONE
 JOB_STATUS_FAILED = job_pb2.JOB_STATUS_FAILED
+log = logging.getLogger("fractal.api.jobs")
+
 # How often WatchJob re-reads the job even without an event (a safety net, not the mechanism).
 WATCH_RESYNC_SECONDS = 5.0
+# How often it re-reads the job when NATS is unreachable.
+WATCH_POLL_SECONDS = 0.5
 
 
 def _indices(request: pb.SubmitJobRequest, n: int) -> tuple[int, int]:
@@ -182,16 +187,23 @@ class JobServicer(rpc.JobServiceServicer):
         user_id = current_user().user_id or 0
         async with self.ctx.reads() as session:
             await projects.job_checked(session, request.project_id, request.job_id, user_id)
-        assert self.ctx.bus is not None
         queue: asyncio.Queue[bytes] = asyncio.Queue()
 
         async def on_event(msg: Any) -> None:
             queue.put_nowait(msg.data)
 
-        # Subscribe before reading the current state, so no change falls in between.
-        sub = await self.ctx.bus.nc.subscribe(
-            self.ctx.subjects.job_event(request.job_id), cb=on_event
-        )
+        # Subscribe before reading the current state, so no change falls in between. Without
+        # NATS the watch still works, by re-reading the job more often.
+        sub = None
+        resync = WATCH_RESYNC_SECONDS
+        try:
+            assert self.ctx.bus is not None
+            sub = await self.ctx.bus.nc.subscribe(
+                self.ctx.subjects.job_event(request.job_id), cb=on_event
+            )
+        except Exception:  # noqa: BLE001 - degrade to polling
+            log.warning("WatchJob without NATS events; polling job %s", request.job_id)
+            resync = WATCH_POLL_SECONDS
         try:
             state = await self._load(request.job_id)
             sent = 0
@@ -202,10 +214,11 @@ class JobServicer(rpc.JobServiceServicer):
                 if state.status in (JOB_STATUS_DONE, JOB_STATUS_FAILED):
                     return
                 try:
-                    data = await asyncio.wait_for(queue.get(), WATCH_RESYNC_SECONDS)
+                    data = await asyncio.wait_for(queue.get(), resync)
                     state = job_events_pb2.JobChanged.FromString(data).job
                 except TimeoutError:
                     state = await self._load(request.job_id)
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
