@@ -949,3 +949,23 @@ async def test_submission_rate_limit(
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     info, _ = error_details(err.value)
     assert info is not None and info.reason == "SUBMIT_RATE_LIMITED"
+
+
+async def test_create_workflow_task_is_idempotent_with_request_id(user: ApiClient) -> None:
+    tid = await make_task(user, f"idem-{user.email}", command_parallel="/bin/true")
+    project = await user.new_project()
+    wf = await user.workflows.CreateWorkflow(
+        workflow_service_pb2.CreateWorkflowRequest(project_id=project.id, name="wf"),
+        metadata=user.md,
+    )
+    req = workflow_service_pb2.CreateWorkflowTaskRequest(
+        project_id=project.id, workflow_id=wf.workflow.id, task_id=tid, request_id="once"
+    )
+    first = await user.workflows.CreateWorkflowTask(req, metadata=user.md)
+    again = await user.workflows.CreateWorkflowTask(req, metadata=user.md)
+    assert again.workflow_task.id == first.workflow_task.id
+    got = await user.workflows.GetWorkflow(
+        workflow_service_pb2.GetWorkflowRequest(project_id=project.id, workflow_id=wf.workflow.id),
+        metadata=user.md,
+    )
+    assert [t.id for t in got.workflow.task_list] == [first.workflow_task.id]

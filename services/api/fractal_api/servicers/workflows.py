@@ -104,6 +104,12 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
             workflow = await projects.workflow_checked(
                 session, request.project_id, request.workflow_id, user_id
             )
+            earlier = await requests.replay(
+                session, user_id, "CreateWorkflowTask", request.request_id
+            )
+            if earlier is not None:
+                found = await workflows.workflow_task(session, workflow.id, earlier)
+                return pb.CreateWorkflowTaskResponse(workflow_task=workflow_task_view(*found))
             task = await tasks.get(session, request.task_id)
             if task.type == "parallel":
                 for field in ("args_non_parallel", "meta_non_parallel"):
@@ -135,5 +141,8 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
             )
             wftask = await workflows.insert_task(
                 session, workflow, wftask, request.order if request.HasField("order") else None
+            )
+            await requests.remember(
+                session, user_id, "CreateWorkflowTask", request.request_id, wftask.id
             )
         return pb.CreateWorkflowTaskResponse(workflow_task=workflow_task_view(wftask, task))

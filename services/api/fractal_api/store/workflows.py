@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Task, Workflow, WorkflowTask
 from fractal_api.store import insert_unique
-from fractal_grpc.grpckit.errors import AlreadyExists, InvalidArgument
+from fractal_grpc.grpckit.errors import AlreadyExists, InvalidArgument, NotFound
 
 
 async def create(session: AsyncSession, project_id: int, name: str) -> Workflow:
@@ -75,3 +75,19 @@ async def insert_task(
     await session.flush()
     await session.refresh(wftask)
     return wftask
+
+
+async def workflow_task(
+    session: AsyncSession, workflow_id: int, workflow_task_id: int
+) -> tuple[WorkflowTask, Task]:
+    """One workflow task of a workflow, with its task."""
+    row = (
+        await session.execute(
+            select(WorkflowTask, Task)
+            .join(Task, Task.id == WorkflowTask.task_id)
+            .where(WorkflowTask.id == workflow_task_id, WorkflowTask.workflow_id == workflow_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"Workflow task {workflow_task_id} not found")
+    return row[0], row[1]
