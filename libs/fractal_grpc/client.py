@@ -23,19 +23,17 @@ from fractal.v2 import (
     user_service_pb2_grpc,
     workflow_service_pb2_grpc,
 )
+from fractal_grpc.grpckit.server import MESSAGE_SIZE_OPTIONS
 
-# Large AddImages requests (a batch of 100,000 images is about 10 MB).
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
-    ("grpc.enable_http_proxy", 0),
-]
+CHANNEL_OPTIONS = [*MESSAGE_SIZE_OPTIONS, ("grpc.enable_http_proxy", 0)]
 
 Metadata = tuple[tuple[str, str], ...]
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+def open_channel(
+    address: str, extra_options: list[tuple[str, int]] | None = None
+) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=[*CHANNEL_OPTIONS, *(extra_options or [])])
 
 
 @dataclass

@@ -16,12 +16,12 @@ from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger("fractal.grpc")
 
-# Larger messages for image batches (AddImages of 100k images is ~10 MB).
-_OPTIONS = [
+# Larger messages for image batches (AddImages of 100k images is ~10 MB); clients use the same.
+MESSAGE_SIZE_OPTIONS = [
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
-    ("grpc.so_reuseport", 0),
 ]
+_OPTIONS = [*MESSAGE_SIZE_OPTIONS, ("grpc.so_reuseport", 0)]
 
 
 class GrpcServer:

@@ -16,6 +16,7 @@ from typing import TypeVar
 import grpc
 import grpc.aio
 
+import fractal_grpc.client
 from fractal.internal.v1 import job_execution_service_pb2 as pb
 from fractal.internal.v1 import job_execution_service_pb2_grpc
 from fractal.v2 import image_pb2, job_pb2
@@ -27,9 +28,8 @@ T = TypeVar("T")
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+# The runner's one long-lived channel to api notices a dead peer.
+KEEPALIVE_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 0),
@@ -37,7 +37,7 @@ CHANNEL_OPTIONS = [
 
 
 def open_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return fractal_grpc.client.open_channel(address, KEEPALIVE_OPTIONS)
 
 
 class JobExecutionClient:
