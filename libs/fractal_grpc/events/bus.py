@@ -148,13 +148,17 @@ class EventBus:
             return
         await msg.ack()
 
-    async def close(self) -> None:
+    async def stop_consuming(self) -> None:
+        """Stop the consumers; the connection stays usable for publishing."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+
+    async def close(self) -> None:
+        await self.stop_consuming()
         # close(), not drain(): every consumer acks only after its work is durable, so an
         # unacked message is simply redelivered; and draining a pull subscription can wait
         # for its whole drain timeout.

@@ -13,7 +13,6 @@ import contextlib
 import logging
 
 import grpc.aio
-import nats
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
@@ -116,34 +115,14 @@ class RunnerApp:
         except Exception:  # noqa: BLE001 - the durable command and the between-task check remain
             log.exception("job %s: stop broadcast not handled", job_id)
 
-    async def _tell_released(self) -> None:
-        """Best effort, on a connection of its own (the bus is closed by now: no command can
-        reach this replica any more); without it the runs wait for the next sweep."""
-        try:
-            nc = await asyncio.wait_for(
-                nats.connect(
-                    self.settings.nats_url,
-                    name="fractal-runner-leaving",
-                    allow_reconnect=False,
-                    connect_timeout=2,
-                ),
-                3,
-            )
-        except Exception:  # noqa: BLE001
-            log.warning("could not tell the other runners about the released runs")
-            return
-        try:
-            await nc.publish(self.subjects.runner_released, self.instance.owner.encode())
-            await nc.flush(timeout=2)
-        except Exception:  # noqa: BLE001
-            log.warning("could not tell the other runners about the released runs")
-        finally:
-            with contextlib.suppress(Exception):
-                await nc.close()
-
     async def stop(self) -> None:
         if self.bus is not None:
-            await self.bus.close()
+            # No new commands, nor stop broadcasts, from here on.
+            await self.bus.stop_consuming()
+            for sub in (self._stop_broadcast, self._released_notices):
+                if sub is not None:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
         for task in list(self._stopping):
             task.cancel()
         for task in list(self._stopping):
@@ -151,8 +130,17 @@ class RunnerApp:
                 await task
         if self.scheduler is not None:
             released = await self.scheduler.close()
-            if released:
-                await self._tell_released()
+            if released and self.bus is not None:
+                # Best effort: the other replicas sweep now instead of at their next sweep.
+                try:
+                    await self.bus.nc.publish(
+                        self.subjects.runner_released, self.instance.owner.encode()
+                    )
+                    await self.bus.nc.flush(timeout=2)
+                except Exception:  # noqa: BLE001
+                    log.warning("could not tell the other runners about the released runs")
+        if self.bus is not None:
+            await self.bus.close()
         await self.server.stop(self.settings.grace_seconds)
         if self.channel is not None:
             await self.channel.close()
