@@ -21,9 +21,10 @@ def alembic_config(script_location: Path, database_url: str, schema: str) -> Con
     return config
 
 
-def upgrade(script_location: Path, database_url: str, schema: str) -> None:
-    """Apply every migration of ``schema`` (blocking; call from a thread or at start-up)."""
-    command.upgrade(alembic_config(script_location, database_url, schema), "head")
+def upgrade(script_location: Path, database_url: str, schema: str, revision: str = "head") -> None:
+    """Apply the migrations of ``schema`` up to ``revision`` (blocking; call from a thread or
+    at start-up)."""
+    command.upgrade(alembic_config(script_location, database_url, schema), revision)
 
 
 def run_env(context: EnvironmentContext, metadata: MetaData) -> None:

@@ -9,8 +9,10 @@ from typing import Any
 
 import grpc
 import grpc.aio
+import orjson
 import pytest
 from google.protobuf import struct_pb2
+from pyroaring import BitMap64
 
 from fractal.internal.v1 import job_execution_service_pb2 as ipb
 from fractal.v2 import (
@@ -22,6 +24,7 @@ from fractal.v2 import (
     task_service_pb2,
     workflow_service_pb2,
 )
+from fractal_grpc.images.bitmaps import ALL, build_members, canonical_json
 from helpers import ApiClient, error_details
 
 MOCK = Path(__file__).parents[1] / "fractal_tasks_mock" / "fractal_tasks_mock"
@@ -618,27 +621,32 @@ async def test_stop_of_an_ended_job_is_refused(
 
 
 async def assert_facets_exact(database_url: str, dataset_id: int) -> None:
-    """The facet summary maintained by writes equals the counts of a full scan."""
+    """The facets maintained by writes (each member bitmap and count) equal a rebuild from the
+    images themselves."""
     import asyncpg
 
-    scan = """
-        SELECT 'a' AS kind, e.key, e.value::text AS value, count(*) AS n
-        FROM api.images i, jsonb_each(i.attributes) e WHERE i.dataset_id = $1 GROUP BY 1, 2, 3
-        UNION ALL
-        SELECT 't', e.key, e.value::text, count(*)
-        FROM api.images i, jsonb_each(i.types) e WHERE i.dataset_id = $1 GROUP BY 1, 2, 3
-    """
-    kept = """
-        SELECT kind, key, value::text AS value, count AS n
-        FROM api.image_facets WHERE dataset_id = $1
-    """
     conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
     try:
-        scanned = {tuple(r) for r in await conn.fetch(scan, dataset_id)}
-        summary = {tuple(r) for r in await conn.fetch(kept, dataset_id)}
+        rows = await conn.fetch(
+            "SELECT position, attributes::text, types::text FROM api.images WHERE dataset_id = $1",
+            dataset_id,
+        )
+        stored = await conn.fetch(
+            "SELECT kind, key, value::text, count, members FROM api.image_facets"
+            " WHERE dataset_id = $1",
+            dataset_id,
+        )
     finally:
         await conn.close()
-    assert summary == scanned
+    rebuilt = build_members((r[0], orjson.loads(r[1]), orjson.loads(r[2])) for r in rows)
+    expected = {key: bitmap for key, bitmap in rebuilt.items() if bitmap}
+    kept = {}
+    for kind, key, value, count, members in stored:
+        bitmap = BitMap64.deserialize(members)
+        assert len(bitmap) == count, (kind, key, value)
+        kept[(kind, key, canonical_json(orjson.loads(value)))] = bitmap
+    assert kept == expected
+    assert len(kept.get(ALL, BitMap64())) == len(rows)
 
 
 async def test_facets_stay_exact_through_task_results(
@@ -742,16 +750,11 @@ async def test_large_batches_are_single_statements(
     assert page.total_count == n // 2 and page.images[0].zarr_url == "/zarr/p.zarr/1"
 
 
-@pytest.mark.parametrize("small_dataset_limit", [50_000, 0])
 async def test_total_count_matches_the_images_for_every_filter_shape(
-    user: ApiClient, small_dataset_limit: int, monkeypatch: pytest.MonkeyPatch
+    user: ApiClient, database_url: str
 ) -> None:
-    """Counts read from the facet summary (no filter, one attribute, one type) and counts from a
-    scan (combinations; by the dataset's index or by the GIN indexes) all equal the number of
-    images the query returns."""
-    from fractal_api.store import images as image_store
-
-    monkeypatch.setattr(image_store, "SMALL_DATASET", small_dataset_limit)
+    """Counts come from the facet bitmaps (set operations); for every filter shape they equal
+    the number of images the query returns."""
     pid, did = await make_dataset(user)
     batch = []
     for i in range(30):
@@ -775,12 +778,24 @@ async def test_total_count_matches_the_images_for_every_filter_shape(
         image_pb2.Filters(types={"other": False}),
         image_pb2.Filters(attributes={"well": av("W0")}, types={"3D": True}),
         image_pb2.Filters(attributes={"missing": av("x")}),
+        image_pb2.Filters(attributes={"well": av("W1"), "n": av(1)}, types={"3D": False}),
+        image_pb2.Filters(types={"3D": False, "other": False}),
+        image_pb2.Filters(attributes={"well": av("W2")}, types={"3D": True}),
     ]
     for filters in shapes:
         page = await query(user, pid, did, filters=filters, page_size=1000)
         assert page.total_count == len(page.images), filters
-    assert (await query(user, pid, did, filters=shapes[5])).total_count == 20
-    assert (await query(user, pid, did, filters=shapes[3])).total_count == 0
+    expected = [30, 10, 15, 0, 10, 20, 30, 10, 0, 5, 20, 0]
+    counts = [(await query(user, pid, did, filters=f)).total_count for f in shapes]
+    assert counts == expected
+    one = await user.images.QueryImages(
+        image_service_pb2.QueryImagesRequest(
+            project_id=pid, dataset_id=did, zarr_url="/zarr/i4", filters=shapes[1]
+        ),
+        metadata=user.md,
+    )
+    assert one.total_count == 1 and [i.zarr_url for i in one.images] == ["/zarr/i4"]
+    await assert_facets_exact(database_url, did)
 
 
 async def assert_statistics_refreshed(database_url: str) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     PrimaryKeyConstraint,
     Text,
     UniqueConstraint,
@@ -126,7 +127,9 @@ class Image(Base):
 
 
 class ImageFacet(Base):
-    """Distinct attribute values and type keys of a dataset, with counts (kind 'a' or 't')."""
+    """Per dataset, each attribute value (kind 'a') and type value (kind 't') its images have,
+    with the positions of those images (``members``: a serialized 64-bit roaring bitmap) and
+    their number; kind '*' holds every image (see fractal_grpc.images.bitmaps)."""
 
     __tablename__ = "image_facets"
     dataset_id: Mapped[int] = mapped_column(
@@ -136,6 +139,7 @@ class ImageFacet(Base):
     key: Mapped[str] = mapped_column(Text, nullable=False)
     value: Mapped[Any] = mapped_column(JSONB, nullable=False)
     count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    members: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     __table_args__ = (PrimaryKeyConstraint("dataset_id", "kind", "key", "value"),)
 
 

@@ -135,10 +135,6 @@ class ImageServicer(rpc.ImageServiceServicer):
 
         async def total() -> int:
             async with self.ctx.reads() as session:
-                if zarr_url is None and dataset_filters is None:
-                    cheap = await images.summary_count(session, dataset, filters)
-                    if cheap is not None:
-                        return cheap
                 return await images.count(session, dataset, filters, dataset_filters, zarr_url)
 
         async def facets() -> tuple[dict[str, list[Any]], list[str]]:

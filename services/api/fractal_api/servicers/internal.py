@@ -13,6 +13,7 @@ from fractal.v2 import job_pb2
 from fractal_api.context import ApiContext
 from fractal_api.models import Dataset, Job, JobTaskResult, User
 from fractal_api.store import images, jobs
+from fractal_api.store.facets import FacetEdit
 from fractal_api.views import JOB_STATUSES, TASK_TYPES, job_view
 from fractal_grpc.convert import (
     attributes_to_python,
@@ -228,12 +229,14 @@ class JobExecutionServicer(rpc.JobExecutionServiceServicer):
     ) -> tuple[int, int, int]:
         """The reference's rules for one output (§5.3 steps 4–7) as set operations."""
         output_types = snapshot["output_types"]
+        edit = FacetEdit()
         if not output.image_list_updates and not output.image_list_removals:
             # Implicit update: every filtered input gets the task's output types.
             where = images.filter_clause(_pre_filters(dataset, snapshot))
             if not output_types:
                 return (0, 0, 0)
-            updated = await images.add_types_where(session, dataset, where, output_types)
+            updated = await images.add_types_where(session, dataset, where, output_types, edit)
+            await edit.apply(session, dataset.id)
             return (updated, 0, 0)
         touched = [u.zarr_url for u in output.image_list_updates]
         touched += [u.origin for u in output.image_list_updates if u.origin]
@@ -245,16 +248,10 @@ class JobExecutionServicer(rpc.JobExecutionServiceServicer):
             existing=existing,
             task_output_types=output_types,
         )
-        await images.replace_many(session, dataset, changes.updated)
-        await images.append(session, dataset, changes.created)
-        await images.remove_many(session, dataset, changes.removed)
-        await images.apply_facet_delta(
-            session,
-            dataset,
-            removed=[existing[r.zarr_url] for r in changes.updated]
-            + [existing[url] for url in changes.removed],
-            added=changes.updated,
-        )
+        await images.replace_many(session, dataset, changes.updated, existing, edit)
+        await images.append(session, dataset, changes.created, edit)
+        await images.remove_many(session, dataset, changes.removed, edit)
+        await edit.apply(session, dataset.id)
         return (len(changes.updated), len(changes.created), len(changes.removed))
 
     async def FinishJob(

@@ -5,7 +5,6 @@ Bulk writes pass whole columns as arrays (``unnest``), never one statement per i
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -27,6 +26,9 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Dataset, Image, ImageFacet
+from fractal_api.store import facets as facets_store
+from fractal_api.store.facets import FacetEdit
+from fractal_grpc.images.bitmaps import plan_filters
 from fractal_grpc.images.changes import ImageRecord
 from fractal_grpc.images.sql_filters import image_filter_clause
 
@@ -54,23 +56,13 @@ _RESERVE = text(
 
 _UNCOUNT = text("UPDATE api.datasets SET image_count = image_count - :n WHERE id = :dataset_id")
 
-_FACETS_DELTA = text(
-    """
-    INSERT INTO api.image_facets (dataset_id, kind, key, value, count)
-    SELECT :dataset_id, d.kind, d.key, d.value::jsonb, d.delta
-    FROM unnest(CAST(:kinds AS text[]), CAST(:keys AS text[]), CAST(:values AS text[]),
-                CAST(:deltas AS bigint[])) AS d(kind, key, value, delta)
-    ON CONFLICT (dataset_id, kind, key, value)
-    DO UPDATE SET count = api.image_facets.count + excluded.count
-    """
-)
-
 _UPDATE_MANY = text(
     """
     UPDATE api.images AS i SET attributes = u.attributes::jsonb, types = u.types::jsonb
     FROM unnest(CAST(:urls AS text[]), CAST(:attributes AS text[]), CAST(:types AS text[]))
          AS u(zarr_url, attributes, types)
     WHERE i.dataset_id = :dataset_id AND i.zarr_url = u.zarr_url
+    RETURNING i.position, i.zarr_url
     """
 )
 
@@ -125,9 +117,15 @@ class DuplicateImages(Exception):
     """Some images of an append are already in the dataset (the transaction must roll back)."""
 
 
-async def append(session: AsyncSession, dataset: Dataset, images: Sequence[ImageRecord]) -> int:
-    """Append images at the end of the list and count them into the facets. Raises
-    DuplicateImages when a zarr_url is already there (the unique constraint decides)."""
+async def append(
+    session: AsyncSession,
+    dataset: Dataset,
+    images: Sequence[ImageRecord],
+    edit: FacetEdit | None = None,
+) -> int:
+    """Append images at the end of the list and enter them in the facets (into ``edit`` when
+    given, for the caller to apply; else at once). Raises DuplicateImages when a zarr_url is
+    already there (the unique constraint decides)."""
     if not images:
         return 0
     start = await session.scalar(_RESERVE, {"dataset_id": dataset.id, "n": len(images)})
@@ -146,60 +144,24 @@ async def append(session: AsyncSession, dataset: Dataset, images: Sequence[Image
     )
     if result.rowcount != len(images):  # type: ignore[attr-defined]
         raise DuplicateImages()
-    await apply_facet_delta(session, dataset, added=images)
+    target = FacetEdit() if edit is None else edit
+    target.added_range(int(start or 0), images)
+    if edit is None:
+        await target.apply(session, dataset.id)
     return len(images)
 
 
-def _facet_keys(image: ImageRecord) -> list[tuple[str, str, str]]:
-    keys = [("a", key, _dumps(value)) for key, value in image.attributes.items()]
-    keys += [("t", key, _dumps(bool(value))) for key, value in image.types.items()]
-    return keys
-
-
-async def apply_facet_delta(
+async def replace_many(
     session: AsyncSession,
     dataset: Dataset,
-    removed: Iterable[ImageRecord] = (),
-    added: Iterable[ImageRecord] = (),
+    images: Sequence[ImageRecord],
+    previous: Mapping[str, ImageRecord],
+    edit: FacetEdit,
 ) -> None:
-    """Keep the facet summary exact: count ``removed`` images out and ``added`` ones in."""
-    delta: Counter[tuple[str, str, str]] = Counter()
-    for image in removed:
-        delta.subtract(_facet_keys(image))
-    for image in added:
-        delta.update(_facet_keys(image))
-    changes = [(k, n) for k, n in delta.items() if n]
-    await apply_facet_counts(session, dataset, changes)
-
-
-async def apply_facet_counts(
-    session: AsyncSession, dataset: Dataset, changes: Sequence[tuple[tuple[str, str, str], int]]
-) -> None:
-    if not changes:
-        return
-    await session.execute(
-        _FACETS_DELTA,
-        {
-            "dataset_id": dataset.id,
-            "kinds": [k[0] for k, _ in changes],
-            "keys": [k[1] for k, _ in changes],
-            "values": [k[2] for k, _ in changes],
-            "deltas": [n for _, n in changes],
-        },
-    )
-    if any(n < 0 for _, n in changes):
-        await session.execute(
-            delete(ImageFacet).where(ImageFacet.dataset_id == dataset.id, ImageFacet.count <= 0)
-        )
-
-
-async def replace_many(
-    session: AsyncSession, dataset: Dataset, images: Sequence[ImageRecord]
-) -> None:
-    """Write the new state of existing images (the caller updates the facets)."""
+    """Write the new state of existing images (``previous``: their state before)."""
     if not images:
         return
-    await session.execute(
+    result = await session.execute(
         _UPDATE_MANY,
         {
             "dataset_id": dataset.id,
@@ -208,54 +170,47 @@ async def replace_many(
             "types": [_dumps(i.types) for i in images],
         },
     )
+    new = {i.zarr_url: i for i in images}
+    for position, zarr_url in result:
+        edit.changed(position, previous[zarr_url], new[zarr_url])
 
 
-async def remove_many(session: AsyncSession, dataset: Dataset, urls: Sequence[str]) -> None:
-    """Delete images (the caller updates the facets)."""
+async def remove_many(
+    session: AsyncSession, dataset: Dataset, urls: Sequence[str], edit: FacetEdit
+) -> None:
+    """Delete images, taking them out of the facets."""
     if not urls:
         return
     result = await session.execute(
-        delete(Image).where(
-            Image.dataset_id == dataset.id, Image.zarr_url == any_(_text_array(urls))
-        )
+        delete(Image)
+        .where(Image.dataset_id == dataset.id, Image.zarr_url == any_(_text_array(urls)))
+        .returning(Image.position, Image.attributes, Image.types)
     )
-    await session.execute(
-        _UNCOUNT,
-        {"dataset_id": dataset.id, "n": result.rowcount},  # type: ignore[attr-defined]
-    )
+    removed = 0
+    for position, attributes, types in result:
+        edit.removed(position, attributes, types)
+        removed += 1
+    await session.execute(_UNCOUNT, {"dataset_id": dataset.id, "n": removed})
 
 
 async def add_types_where(
-    session: AsyncSession, dataset: Dataset, where: ColumnElement[bool], types: Mapping[str, bool]
+    session: AsyncSession,
+    dataset: Dataset,
+    where: ColumnElement[bool],
+    types: Mapping[str, bool],
+    edit: FacetEdit,
 ) -> int:
-    """Set ``types`` on every image matching ``where`` (the implicit update, as set operations),
-    counting the type keys that images gain into the facets."""
-    if types:
-        # Per key: images that lack it, and images that have it with the other value.
-        columns = []
-        for key, value in types.items():
-            columns.append(func.count().filter(~Image.types.has_key(key)))
-            columns.append(
-                func.count().filter(
-                    Image.types.has_key(key),
-                    Image.types[key] != cast(literal(_dumps(value)), JSONB),
-                )
-            )
-        counts = (
-            await session.execute(select(*columns).where(Image.dataset_id == dataset.id, where))
-        ).one()
-        changes: list[tuple[tuple[str, str, str], int]] = []
-        for i, (key, value) in enumerate(types.items()):
-            missing, flipped = int(counts[2 * i]), int(counts[2 * i + 1])
-            changes.append((("t", key, _dumps(bool(value))), missing + flipped))
-            changes.append((("t", key, _dumps(not value)), -flipped))
-        await apply_facet_counts(session, dataset, [c for c in changes if c[1]])
+    """Set ``types`` on every image matching ``where`` (the implicit update, as one set
+    operation)."""
     result = await session.execute(
         update(Image)
         .where(Image.dataset_id == dataset.id, where)
         .values(types=Image.types.op("||")(cast(literal(_dumps(dict(types))), JSONB)))
+        .returning(Image.position)
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    positions = list(result.scalars())
+    edit.types_set(positions, types)
+    return len(positions)
 
 
 def filter_clause(
@@ -296,12 +251,6 @@ def query_clause(
     )
 
 
-# Below this many images, a count reads the dataset's rows through its own index and filters
-# them, instead of letting the planner intersect table-wide GIN matches (which, with a large
-# dataset in the same table, visits that dataset's matches too).
-SMALL_DATASET = 50_000
-
-
 async def count(
     session: AsyncSession,
     dataset: Dataset,
@@ -309,23 +258,13 @@ async def count(
     dataset_filters: Mapping[str, Any] | None = None,
     zarr_url: str | None = None,
 ) -> int:
-    if dataset.image_count <= SMALL_DATASET:
-        # OFFSET 0 keeps the filters out of the subquery: the dataset is read by its index.
-        rows = (
-            select(Image.attributes, Image.types, Image.zarr_url)
-            .where(Image.dataset_id == dataset.id)
-            .offset(0)
-            .subquery()
-        )
-        stmt = (
-            select(func.count())
-            .select_from(rows)
-            .where(*_matching(rows.c, filters, dataset_filters, zarr_url))
-        )
-    else:
+    """The number of matching images: from the facet bitmaps (a few set operations, whatever
+    the size of the dataset), or, for one zarr_url, from that row."""
+    if zarr_url is not None:
         where = query_clause(dataset.id, filters, dataset_filters, zarr_url)
-        stmt = select(func.count()).select_from(Image).where(where)
-    return int(await session.scalar(stmt) or 0)
+        return int(await session.scalar(select(func.count()).select_from(Image).where(where)) or 0)
+    plan = plan_filters(filters, dataset_filters)
+    return len(await facets_store.matching(session, dataset.id, plan))
 
 
 async def page(
@@ -343,7 +282,7 @@ async def page(
 async def facets(session: AsyncSession, dataset_id: int) -> tuple[dict[str, list[Any]], list[str]]:
     rows = await session.execute(
         select(ImageFacet.kind, ImageFacet.key, ImageFacet.value)
-        .where(ImageFacet.dataset_id == dataset_id, ImageFacet.count > 0)
+        .where(ImageFacet.dataset_id == dataset_id, ImageFacet.kind.in_(("a", "t")))
         .order_by(ImageFacet.kind, ImageFacet.key)
     )
     attributes: dict[str, list[Any]] = {}
@@ -354,36 +293,6 @@ async def facets(session: AsyncSession, dataset_id: int) -> tuple[dict[str, list
         else:
             types[key] = None
     return attributes, list(types)
-
-
-async def summary_count(
-    session: AsyncSession, dataset: Dataset, filters: Mapping[str, Any]
-) -> int | None:
-    """The number of images matching ``filters``, read from the facet summary when one facet
-    decides it (no filter, one attribute, or one type); None when a scan is needed."""
-    attributes = {k: v for k, v in (filters.get("attributes") or {}).items() if v is not None}
-    types = filters.get("types") or {}
-    if not attributes and not types:
-        return dataset.image_count
-    if len(attributes) + len(types) != 1:
-        return None
-    if attributes:
-        ((key, value),) = attributes.items()
-        kind, wanted = "a", value
-    else:
-        ((key, value),) = types.items()
-        kind, wanted = "t", True
-    found = await session.scalar(
-        select(ImageFacet.count).where(
-            ImageFacet.dataset_id == dataset.id,
-            ImageFacet.kind == kind,
-            ImageFacet.key == key,
-            ImageFacet.value == cast(literal(_dumps(wanted)), JSONB),
-        )
-    )
-    count = int(found or 0)
-    # A false type filter matches every image without the type set to true.
-    return count if kind == "a" or value else dataset.image_count - count
 
 
 async def facets_of(
