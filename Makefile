@@ -60,8 +60,10 @@ test-service: $(STAMP)
 test-e2e: $(STAMP)
 	$(PY) -m pytest tests/e2e
 
-## bench: benchmarks; results in bench/results/, summary in bench/README.md.
+## bench: benchmarks; results in bench/results/, summary in bench/README.md (needs h2load).
 bench: $(STAMP)
+	@command -v h2load >/dev/null || $$([ "$$(id -u)" = 0 ] || echo sudo) sh -c 'apt-get install -y nghttp2-client || { apt-get update && apt-get install -y nghttp2-client; }' \
+		|| echo "bench: h2load not installed (apt-get install nghttp2-client, as root); the h2load rows are skipped" >&2
 	$(PY) -m bench.run
 
 clean:

@@ -46,6 +46,11 @@ class Config:
     list_levels: tuple[tuple[int, int], ...]
     list_warmup: float
     list_duration: float
+    # api with h2load: (connections, streams per connection), measured in this order; a
+    # warm-up of this many requests, then about this many seconds of requests
+    h2load_levels: tuple[tuple[int, int], ...]
+    h2load_warmup_requests: int
+    h2load_duration: float
     # images
     bulk_images: int
     single_total: int
@@ -70,6 +75,9 @@ FULL = Config(
     list_levels=((1, 1), (8, 1), (8, 2)),
     list_warmup=2.0,
     list_duration=10.0,
+    h2load_levels=((1, 1), (1, 8)),
+    h2load_warmup_requests=4_000,
+    h2load_duration=10.0,
     bulk_images=100_000,
     single_total=10_000,
     single_block=1_000,
@@ -91,6 +99,9 @@ QUICK = Config(
     list_levels=((1, 1), (8, 1)),
     list_warmup=1.0,
     list_duration=3.0,
+    h2load_levels=((1, 1), (1, 8)),
+    h2load_warmup_requests=1_500,
+    h2load_duration=3.0,
     bulk_images=100_000,
     single_total=10_000,
     single_block=200,
@@ -161,15 +172,33 @@ class Runner:
 
     async def api(self, address: str, admin: ApiClient) -> dict[str, Any]:
         c = self.config
-        result = await api_bench.bench_list_projects(
-            address,
-            admin,
-            levels=list(c.list_levels),
-            warmup=c.list_warmup,
-            duration=c.list_duration,
-            pids=self.pids(),
+        user = await api_bench.list_projects_user(admin)
+        out: dict[str, Any] = {}
+        await self._part(
+            out,
+            "list_projects",
+            api_bench.bench_list_projects(
+                address,
+                user,
+                levels=list(c.list_levels),
+                warmup=c.list_warmup,
+                duration=c.list_duration,
+                pids=self.pids(),
+            ),
         )
-        return {"list_projects": result}
+        await self._part(
+            out,
+            "list_projects_h2load",
+            api_bench.bench_list_projects_h2load(
+                address,
+                user,
+                levels=list(c.h2load_levels),
+                warmup_requests=c.h2load_warmup_requests,
+                duration=c.h2load_duration,
+                pids=self.pids(),
+            ),
+        )
+        return out
 
     async def _large(self, user: ApiClient, project_id: int) -> dict[str, Any]:
         c = self.config
