@@ -876,17 +876,31 @@ async def test_use_dataset_filters_restricts_images_and_facets(
     flat = image("/zarr/flat", well="A01")
     cube = image("/zarr/cube", well="B01")
     cube.types["3D"] = True
+    cube.attributes["z"].int_value = 3
     await user.images.AddImages(
         image_service_pb2.AddImagesRequest(project_id=pid, dataset_id=did, images=[flat, cube]),
         metadata=user.md,
     )
     everything = await query(user, pid, did)
     assert everything.total_count == 2 and sorted(everything.types) == ["3D"]
+    assert sorted(everything.attributes) == ["well", "z"]
     restricted = await query(user, pid, did, use_dataset_filters=True)
     assert [i.zarr_url for i in restricted.images] == ["/zarr/flat"]
     assert restricted.total_count == 1
     assert [v.string_value for v in restricted.attributes["well"].values] == ["A01"]
+    assert "z" not in restricted.attributes
     assert list(restricted.types) == []
+    # An image with the type set to false counts the type key in.
+    flat2 = image("/zarr/flat2", well="A02")
+    flat2.types["3D"] = False
+    await user.images.AddImages(
+        image_service_pb2.AddImagesRequest(project_id=pid, dataset_id=did, images=[flat2]),
+        metadata=user.md,
+    )
+    restricted = await query(user, pid, did, use_dataset_filters=True)
+    assert restricted.total_count == 2 and list(restricted.types) == ["3D"]
+    wells = sorted(v.string_value for v in restricted.attributes["well"].values)
+    assert wells == ["A01", "A02"]
 
 
 async def test_list_tasks_and_workflows_paginate(user: ApiClient) -> None:

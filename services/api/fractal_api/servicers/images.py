@@ -21,6 +21,7 @@ from fractal_grpc.convert import (
 )
 from fractal_grpc.db import transaction
 from fractal_grpc.grpckit.errors import AlreadyExists, Violations
+from fractal_grpc.images.bitmaps import plan_filters
 from fractal_grpc.images.changes import ImageRecord
 from fractal_grpc.images.filters import validate_keys
 from fractal_grpc.pagination import decode_token, encode_token, page_size, query_fingerprint
@@ -139,11 +140,8 @@ class ImageServicer(rpc.ImageServiceServicer):
 
         async def facets() -> tuple[dict[str, list[Any]], list[str]]:
             async with self.ctx.reads() as session:
-                if dataset_filters is not None:
-                    return await images.facets_of(
-                        session, images.query_clause(dataset.id, None, dataset_filters)
-                    )
-                return await images.facets(session, dataset.id)
+                subset = None if dataset_filters is None else plan_filters(dataset_filters)
+                return await images.facets(session, dataset.id, subset)
 
         response = pb.QueryImagesResponse()
         if state is None:

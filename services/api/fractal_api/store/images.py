@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
+from pyroaring import BitMap64
 from sqlalchemy import (
     ColumnElement,
     Text,
@@ -28,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from fractal_api.models import Dataset, Image, ImageFacet
 from fractal_api.store import facets as facets_store
 from fractal_api.store.facets import FacetEdit
-from fractal_grpc.images.bitmaps import plan_filters
+from fractal_grpc.images.bitmaps import FilterPlan, plan_filters
 from fractal_grpc.images.changes import ImageRecord
 from fractal_grpc.images.sql_filters import image_filter_clause
 
@@ -279,40 +280,27 @@ async def page(
     return list(result)
 
 
-async def facets(session: AsyncSession, dataset_id: int) -> tuple[dict[str, list[Any]], list[str]]:
+async def facets(
+    session: AsyncSession, dataset_id: int, subset: FilterPlan | None = None
+) -> tuple[dict[str, list[Any]], list[str]]:
+    """The attribute values and type keys of the dataset's images, or of the images matching
+    ``subset`` only (a facet counts when its bitmap meets the subset's)."""
+    columns = [ImageFacet.kind, ImageFacet.key, ImageFacet.value]
+    if subset is not None:
+        columns.append(ImageFacet.members)
     rows = await session.execute(
-        select(ImageFacet.kind, ImageFacet.key, ImageFacet.value)
+        select(*columns)
         .where(ImageFacet.dataset_id == dataset_id, ImageFacet.kind.in_(("a", "t")))
         .order_by(ImageFacet.kind, ImageFacet.key)
     )
+    chosen = None if subset is None else await facets_store.matching(session, dataset_id, subset)
     attributes: dict[str, list[Any]] = {}
     types: dict[str, None] = {}
-    for kind, key, value in rows:
-        if kind == "a":
-            attributes.setdefault(key, []).append(value)
+    for row in rows:
+        if chosen is not None and not chosen.intersect(BitMap64.deserialize(row.members)):
+            continue
+        if row.kind == "a":
+            attributes.setdefault(row.key, []).append(row.value)
         else:
-            types[key] = None
+            types[row.key] = None
     return attributes, list(types)
-
-
-async def facets_of(
-    session: AsyncSession, where: ColumnElement[bool]
-) -> tuple[dict[str, list[Any]], list[str]]:
-    """Facets of an arbitrary subset, computed by scanning it."""
-    sub = select(Image.attributes, Image.types).where(where).subquery()
-    attr_rows = await session.execute(
-        select(text("e.key"), text("e.value"))
-        .select_from(sub)
-        .join(
-            func.jsonb_each(sub.c.attributes).table_valued("key", "value").alias("e"), text("true")
-        )
-        .distinct()
-        .order_by(text("e.key"))
-    )
-    attributes: dict[str, list[Any]] = {}
-    for key, value in attr_rows:
-        attributes.setdefault(key, []).append(value)
-    type_rows = await session.execute(
-        select(func.jsonb_object_keys(sub.c.types).label("k")).select_from(sub).distinct()
-    )
-    return attributes, sorted(r.k for r in type_rows)
