@@ -102,6 +102,17 @@ async def test_add_and_query_images_with_filters_facets_and_pages(user: ApiClien
     )
     assert [i.zarr_url for i in filtered.images] == ["/zarr/plate.zarr/A/03/0"]
     assert filtered.total_count == 1
+    # Pages of a filtered query: every match once, in list order, the total on each page.
+    even = image_pb2.Filters(types={"3D": True})
+    urls, token = [], ""
+    while True:
+        page = await query(user, pid, did, filters=even, page_size=4, page_token=token)
+        assert page.total_count == 13 and len(page.images) <= 4
+        urls += [i.zarr_url for i in page.images]
+        token = page.next_page_token
+        if not token:
+            break
+    assert urls == [b.zarr_url for b in batch[::2]]
     one = await query(user, pid, did, zarr_url="/zarr/plate.zarr/A/07/0")
     assert [i.attributes["idx"].int_value for i in one.images] == [7]
 
@@ -438,6 +449,14 @@ async def test_apply_task_result_rules(
         for img in batch.images
     ]
     assert inputs == ["/zarr/a", "/zarr/b"]
+    batches = [
+        [img.zarr_url for img in batch.images]
+        async for batch in user.internal.StreamTaskInputs(
+            ipb.StreamTaskInputsRequest(job_id=job_id, task_order=0, batch_size=1),
+            metadata=service_md,
+        )
+    ]
+    assert batches == [["/zarr/a"], ["/zarr/b"]]
 
     # A new image outside zarr_dir is refused and changes nothing.
     with pytest.raises(grpc.aio.AioRpcError) as err:

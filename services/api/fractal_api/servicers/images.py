@@ -127,16 +127,19 @@ class ImageServicer(rpc.ImageServiceServicer):
             dataset.id, filters, dataset_filters, zarr_url, request.use_dataset_filters
         )
         state = decode_token(request.page_token, fingerprint)
-        where = images.query_clause(dataset.id, filters, dataset_filters, zarr_url)
         after = -1 if state is None else int(state["after"])
+        plan = plan_filters(filters, dataset_filters)
 
-        async def page() -> list[Any]:
+        async def page_and_count() -> tuple[list[Any], int]:
             async with self.ctx.reads() as session:
-                return await images.page(session, where, after_position=after, limit=size + 1)
-
-        async def total() -> int:
-            async with self.ctx.reads() as session:
-                return await images.count(session, dataset, filters, dataset_filters, zarr_url)
+                if zarr_url is not None:  # at most one image: read it by its key
+                    where = images.query_clause(dataset.id, filters, dataset_filters, zarr_url)
+                    rows = await images.page(session, where, after_position=after, limit=2)
+                    return rows, len(rows) if state is None else int(state["total"])
+                # The matches as a bitmap: the total is its size, the page its next positions.
+                matches = await images.matching(session, dataset.id, plan)
+                positions = images.positions_after(matches, after, size + 1)
+                return await images.rows_at(session, dataset.id, positions), len(matches)
 
         async def facets() -> tuple[dict[str, list[Any]], list[str]]:
             async with self.ctx.reads() as session:
@@ -146,8 +149,8 @@ class ImageServicer(rpc.ImageServiceServicer):
         response = pb.QueryImagesResponse()
         if state is None:
             # The first page: the page, the exact total and the facets, side by side.
-            rows, count, (facet_attrs, facet_types) = await asyncio.gather(
-                page(), total(), facets()
+            (rows, count), (facet_attrs, facet_types) = await asyncio.gather(
+                page_and_count(), facets()
             )
             for key, values in facet_attrs.items():
                 entry = response.attributes[key]
@@ -155,7 +158,8 @@ class ImageServicer(rpc.ImageServiceServicer):
                     python_to_attribute(value, entry.values.add())
             response.types.extend(facet_types)
         else:
-            rows, count = await page(), int(state["total"])
+            rows, _ = await page_and_count()
+            count = int(state["total"])
         for row in rows[:size]:
             fill_image(response.images.add(), row._mapping)
         response.total_count = count

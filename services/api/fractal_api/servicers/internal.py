@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from itertools import islice
 from typing import Any
 
 import grpc.aio
@@ -25,6 +26,7 @@ from fractal_grpc.convert import (
 )
 from fractal_grpc.db import transaction
 from fractal_grpc.grpckit.errors import FailedPrecondition, InvalidArgument, NotFound
+from fractal_grpc.images.bitmaps import plan_filters
 from fractal_grpc.images.changes import ImageRuleError, plan_image_changes, update_dataset_filters
 from fractal_grpc.images.filters import Filters, merge_filters
 from fractal_grpc.images.task_output import (
@@ -157,19 +159,15 @@ class JobExecutionServicer(rpc.JobExecutionServiceServicer):
             dataset = await session.get(Dataset, job.dataset_id)
             if dataset is None:
                 raise FailedPrecondition("the job's dataset was deleted", reason="DATASET_GONE")
-            where = images.query_clause(dataset.id, _pre_filters(dataset, snapshot))
-            after = -1
-            while True:
-                rows = await images.page(session, where, after_position=after, limit=batch)
-                if not rows:
-                    return
+            # The inputs are fixed when the task starts (only this job writes to the dataset).
+            plan = plan_filters(_pre_filters(dataset, snapshot))
+            matches = iter(await images.matching(session, dataset.id, plan))
+            while positions := list(islice(matches, batch)):
+                rows = await images.rows_at(session, dataset.id, positions)
                 response = pb.StreamTaskInputsResponse()
                 for row in rows:
                     fill_image(response.images.add(), row._mapping)
                 yield response
-                if len(rows) < batch:
-                    return
-                after = rows[-1].position
 
     async def ApplyTaskResult(
         self, request: pb.ApplyTaskResultRequest, context: grpc.aio.ServicerContext

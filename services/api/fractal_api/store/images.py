@@ -1,23 +1,27 @@
-"""The image table: bulk set operations, keyset pages, facets (DESIGN §5).
+"""The image table: bulk set operations, pages, facets (DESIGN §5).
 
-Bulk writes pass whole columns as arrays (``unnest``), never one statement per image.
+Bulk writes pass whole columns as arrays (``unnest``), never one statement per image, and keep
+the facet bitmaps (:mod:`fractal_api.store.facets`) in step. Reads select by bitmap: the
+matches of a filter are a set of positions, its size is the total, and a page is the next
+positions after the token's, read from the ``(dataset_id, position)`` index.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import islice
 from typing import Any
 
 import orjson
 from pyroaring import BitMap64
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Text,
     and_,
     any_,
     cast,
     delete,
-    func,
     literal,
     select,
     text,
@@ -29,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from fractal_api.models import Dataset, Image, ImageFacet
 from fractal_api.store import facets as facets_store
 from fractal_api.store.facets import FacetEdit
-from fractal_grpc.images.bitmaps import FilterPlan, plan_filters
+from fractal_grpc.images.bitmaps import FilterPlan
 from fractal_grpc.images.changes import ImageRecord
 from fractal_grpc.images.sql_filters import image_filter_clause
 
@@ -72,6 +76,10 @@ def _text_array(values: Iterable[str]) -> Any:
     """One array parameter (``= ANY(:urls)``) instead of one bind parameter per url: batches
     of 100,000 urls stay one statement (PostgreSQL allows at most 32,767 parameters)."""
     return cast(literal(list(values), ARRAY(Text)), ARRAY(Text))
+
+
+def _bigint_array(values: Iterable[int]) -> Any:
+    return cast(literal(list(values), ARRAY(BigInteger)), ARRAY(BigInteger))
 
 
 def _dumps(value: Any) -> str:
@@ -252,22 +260,6 @@ def query_clause(
     )
 
 
-async def count(
-    session: AsyncSession,
-    dataset: Dataset,
-    filters: Mapping[str, Any] | None,
-    dataset_filters: Mapping[str, Any] | None = None,
-    zarr_url: str | None = None,
-) -> int:
-    """The number of matching images: from the facet bitmaps (a few set operations, whatever
-    the size of the dataset), or, for one zarr_url, from that row."""
-    if zarr_url is not None:
-        where = query_clause(dataset.id, filters, dataset_filters, zarr_url)
-        return int(await session.scalar(select(func.count()).select_from(Image).where(where)) or 0)
-    plan = plan_filters(filters, dataset_filters)
-    return len(await facets_store.matching(session, dataset.id, plan))
-
-
 async def page(
     session: AsyncSession, where: ColumnElement[bool], *, after_position: int, limit: int
 ) -> list[Any]:
@@ -276,6 +268,32 @@ async def page(
         .where(where, Image.position > after_position)
         .order_by(Image.position)
         .limit(limit)
+    )
+    return list(result)
+
+
+async def matching(session: AsyncSession, dataset_id: int, plan: FilterPlan) -> BitMap64:
+    """The positions of the dataset's images that match ``plan`` (from the facet bitmaps)."""
+    return await facets_store.matching(session, dataset_id, plan)
+
+
+def positions_after(matches: BitMap64, after: int, n: int) -> list[int]:
+    """The first ``n`` positions of ``matches`` greater than ``after``."""
+    return list(islice(matches.iter_equal_or_larger(after + 1), n))
+
+
+async def rows_at(session: AsyncSession, dataset_id: int, positions: Sequence[int]) -> list[Any]:
+    """The images at ``positions``, in list order."""
+    if not positions:
+        return []
+    result = await session.execute(
+        select(Image.position, Image.zarr_url, Image.origin, Image.attributes, Image.types)
+        .where(
+            Image.dataset_id == dataset_id,
+            Image.position
+            == any_(cast(literal(list(positions), ARRAY(BigInteger)), ARRAY(BigInteger))),
+        )
+        .order_by(Image.position)
     )
     return list(result)
 
