@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from e2e_stack import restart_runner
 from test_e2e import Scenario, command
 
@@ -49,3 +52,44 @@ async def test_job_survives_a_runner_crash(
     assert [h.status for h in dataset.history] == ["done", "done"]
     assert list(await s.images()) == [f"{zarr_dir}/new_image"]
     assert "resumed" in stack.log("runner")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def test_a_crashed_runners_task_processes_are_killed_before_the_task_runs_again(
+    e2e_admin: ApiClient, stack: Any, tmp_path: Path
+) -> None:
+    """Task processes live in their own sessions, so they outlive a SIGKILLed runner; the
+    runner that resumes the job kills them (and their children) before it runs the task
+    again, instead of letting two runs of one task write side by side."""
+    pid_file, marker = tmp_path / "pids.json", tmp_path / "marker"
+    s = await Scenario(await e2e_admin.new_user(), str(tmp_path / "zarr")).setup()
+    await s.add_task(
+        "spawn",
+        command_non_parallel=command("spawning_task.py"),
+        args_np={"pid_file": str(pid_file), "marker_file": str(marker), "sleep_seconds": 600},
+    )
+    submitted = await s.c.jobs.SubmitJob(
+        job_service_pb2.SubmitJobRequest(project_id=s.pid, workflow_id=s.wid, dataset_id=s.did),
+        metadata=s.c.md,
+    )
+    for _ in range(500):
+        if pid_file.exists():
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the task did not start")
+    pids = json.loads(pid_file.read_text())
+    await asyncio.to_thread(restart_runner, stack, signal.SIGKILL)
+    job = await s.watch(submitted.job.id)
+    assert job.status == job_pb2.JOB_STATUS_DONE, job.log
+    deadline = time.monotonic() + 5
+    while not (_gone(pids["task_pid"]) and _gone(pids["child_pid"])):
+        assert time.monotonic() < deadline, f"leftover task processes still run: {pids}"
+        await asyncio.sleep(0.05)
+    assert "leftover task process" in stack.log("runner")

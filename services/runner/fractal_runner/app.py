@@ -30,6 +30,8 @@ log = logging.getLogger("fractal.runner")
 
 SUBMIT_DURABLE = "runner-submit"
 STOP_DURABLE = "runner-stop"
+# Under the working base dir: which task processes each job started (taskproc.ledger).
+LEDGER_FOLDER = ".task-processes"
 
 
 class RunnerApp:
@@ -70,6 +72,7 @@ class RunnerApp:
             max_jobs=s.runner_max_jobs,
             backend=s.runner_backend,
             local_config_file=s.local_config_file,
+            ledger_dir=s.runner_working_base_dir / LEDGER_FOLDER,
         )
         self.bus = await EventBus.connect(s.nats_url, self.subjects, name="fractal-runner")
         self._stop_broadcast = await self.bus.nc.subscribe(

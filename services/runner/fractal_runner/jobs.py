@@ -48,6 +48,7 @@ from fractal_runner.execution import FAILED, JobExecution, stop_log, unknown_err
 from fractal_runner.leases import Instance, LeaseConfig
 from fractal_runner.models import Run, RunStatus
 from fractal_runner.taskproc import LocalExecutor
+from fractal_runner.taskproc.ledger import ProcessLedger, kill_leftovers
 
 log = logging.getLogger("fractal.runner")
 
@@ -306,6 +307,7 @@ class JobScheduler:
         local_config_file: Path | None = None,
         executor_factory: Callable[[], LocalExecutor] = LocalExecutor,
         retry_delay: float = RETRY_DELAY_SECONDS,
+        ledger_dir: Path | None = None,
     ) -> None:
         self.store = store
         self.api = api
@@ -313,6 +315,8 @@ class JobScheduler:
         self.local_config_file = local_config_file
         self.executor_factory = executor_factory
         self.retry_delay = retry_delay
+        #: Per-job files of started task processes (see taskproc.ledger); None: not kept.
+        self.ledger_dir = ledger_dir
         self._slots = asyncio.Semaphore(max_jobs)
         self._active: dict[int, _ActiveJob] = {}
         self._closing = False
@@ -527,6 +531,8 @@ class JobScheduler:
                 return
             job.leased_at = leased_at
             log.info("job %s: executing (attempt %s, runner %s)", job_id, attempts, self.owner)
+            ledger = await self._fresh_ledger(job_id)
+            job.executor.ledger = ledger
             execution = JobExecution(
                 job_id,
                 self.api,
@@ -545,12 +551,32 @@ class JobScheduler:
                     log.error("job %s: given up after %s attempts", job_id, attempt)
                     await self._give_up(job_id, traceback.format_exc())
                     await self.store.finish(job_id, error=error)
+                    if ledger is not None:
+                        ledger.discard()
                     return
                 await self.store.record_error(job_id, error)
                 await asyncio.sleep(self.retry_delay * 2 ** (attempt - 1))
                 continue
             await self.store.finish(job_id)
+            if ledger is not None:
+                ledger.discard()
             return
+
+    async def _fresh_ledger(self, job_id: int) -> ProcessLedger | None:
+        """The job's process ledger, after killing what an earlier attempt (a runner that
+        crashed) left running."""
+        if self.ledger_dir is None:
+            return None
+        path = self.ledger_dir / str(job_id)
+        killed = await asyncio.to_thread(kill_leftovers, path)
+        if killed:
+            log.warning(
+                "job %s: killed %d leftover task process(es) of an earlier attempt: %s",
+                job_id,
+                len(killed),
+                killed,
+            )
+        return ProcessLedger(path)
 
     async def _give_up(self, job_id: int, trace: str) -> None:
         """Best effort: end the job FAILED, so it does not stay SUBMITTED."""

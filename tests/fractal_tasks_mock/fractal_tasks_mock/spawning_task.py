@@ -3,7 +3,8 @@
 The same script serves the non-parallel (`zarr_urls`) and the parallel (`zarr_url`) entries of
 the manifest. With `pid_file`, it writes `{"task_pid": ..., "child_pid": ...}` there once the
 child is running; `child_new_session` puts the child in its own session/process group, so that
-only a process-tree walk (not a process-group kill) can find it.
+only a process-tree walk (not a process-group kill) can find it. With `marker_file`, the first
+run creates that file and a later run (the task run again) returns at once.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ def spawning_task(
     sleep_seconds: float = 600,
     child_new_session: bool = False,
     pid_file: str | None = None,
+    marker_file: str | None = None,
 ) -> None:
+    if marker_file is not None:
+        if os.path.exists(marker_file):
+            print("spawning_task: marker found, a second run ends at once", flush=True)
+            return
+        open(marker_file, "w").close()
     child = subprocess.Popen(
         ["sleep", str(sleep_seconds)],
         stdin=subprocess.DEVNULL,

@@ -45,6 +45,7 @@ from fractal_runner.taskproc.calls import (
     resolve_command,
     write_args_file,
 )
+from fractal_runner.taskproc.ledger import ProcessLedger
 
 __all__ = ["DEFAULT_KILL_GRACE_SECONDS", "DEFAULT_MAX_CONCURRENCY", "LocalExecutor"]
 
@@ -90,6 +91,8 @@ class LocalExecutor:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.max_concurrency = max_concurrency
         self.kill_grace_seconds = kill_grace_seconds
+        #: Where each started process is recorded (for the clean-up after a runner crash).
+        self.ledger: ProcessLedger | None = None
         self._stopped = False
         self._batches: set[_Batch] = set()
 
@@ -208,6 +211,8 @@ class LocalExecutor:
 
         pid = process.pid
         batch.running[pid] = process
+        if self.ledger is not None:
+            self.ledger.record(pid)
         if batch.aborted:  # aborted or stopped while this process was being started
             batch.killed.add(pid)
             _kill_now([process])
