@@ -230,19 +230,26 @@ async def _job_vs_direct(
     command: str,
     pids: dict[str, int],
 ) -> dict[str, object]:
-    """``runs`` times: a job over ``images`` images, then at once the same task processes
-    launched directly."""
+    """``runs`` pairs: a job over ``images`` images and, right before or after it, the same
+    task processes launched directly. The order alternates (job first, then direct first, …),
+    so that whatever the first of two back-to-back runs pays (or the second) is shared."""
     pairs: list[dict[str, object]] = []
     job_times: list[float] = []
     direct_times: list[float] = []
-    for _ in range(runs):
+    for index in range(runs):
         meter = CpuMeter(pids)
+        job_first = index % 2 == 0
+        if not job_first:
+            meter.start()
+            direct_seconds = await direct_launch(images, concurrency, workdir, command)
+            direct_cpu = meter.stop()
         meter.start()
         job_seconds = await run_job(client, project_id, workflow_id, zarr_root, images)
         job_cpu = meter.stop()
-        meter.start()
-        direct_seconds = await direct_launch(images, concurrency, workdir, command)
-        direct_cpu = meter.stop()
+        if job_first:
+            meter.start()
+            direct_seconds = await direct_launch(images, concurrency, workdir, command)
+            direct_cpu = meter.stop()
         job_times.append(job_seconds)
         direct_times.append(direct_seconds)
         pairs.append(
@@ -250,6 +257,7 @@ async def _job_vs_direct(
                 "job_seconds": round(job_seconds, 3),
                 "direct_seconds": round(direct_seconds, 3),
                 "ratio": round(job_seconds / direct_seconds, 3),
+                "first": "job" if job_first else "direct",
                 "job_cpu_cores_used": job_cpu,
                 "direct_cpu_cores_used": direct_cpu,
             }
@@ -257,7 +265,8 @@ async def _job_vs_direct(
         print(
             f"  job over {images} images{' (python -S)' if ' -S ' in command else ''}: "
             f"{job_seconds:.2f} s; "
-            f"launched directly: {direct_seconds:.2f} s (ratio {job_seconds / direct_seconds:.3f})",
+            f"launched directly: {direct_seconds:.2f} s (ratio {job_seconds / direct_seconds:.3f}, "
+            f"{'job' if job_first else 'direct'} first)",
             flush=True,
         )
     job_med, direct_med = statistics.median(job_times), statistics.median(direct_times)

@@ -91,7 +91,7 @@ FULL = Config(
     job_single_runs=20,
     job_medium=(100, 3),
     job_large=(1_000, 2),
-    job_lean_runs=1,
+    job_lean_runs=2,
 )
 
 QUICK = Config(
