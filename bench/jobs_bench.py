@@ -25,6 +25,7 @@ from pathlib import Path
 from bench.client import ApiClient, make_images
 from bench.stats import CpuMeter, summary_ms
 from fractal.v2 import job_pb2
+from fractal_runner.taskproc.local_executor import use_pidfd_child_watcher
 
 TASK_SCRIPT = Path(__file__).resolve().parent / "trivial_task.py"
 TASK_COMMAND = f"{sys.executable} {TASK_SCRIPT}"
@@ -86,7 +87,9 @@ async def direct_launch(
 ) -> float:
     """Seconds to run ``images`` trivial task processes, ``concurrency`` at a time.
 
-    File operations are blocking calls in the event loop, as in the runner's executor."""
+    File operations are blocking calls in the event loop, and processes are waited for through
+    pidfds where the kernel has them, as in the runner's executor."""
+    use_pidfd_child_watcher()
     _fresh_dir(workdir)
     argv = shlex.split(command)
     indices = iter(range(images))

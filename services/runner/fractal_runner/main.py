@@ -14,7 +14,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def build(settings: RunnerSettings) -> Service:
     from fractal_runner.app import RunnerApp
+    from fractal_runner.taskproc.local_executor import use_pidfd_child_watcher
 
+    use_pidfd_child_watcher()  # one waiting thread per task process otherwise (Python 3.11)
     return RunnerApp(settings)
 
 

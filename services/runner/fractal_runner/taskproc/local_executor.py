@@ -28,6 +28,8 @@ import logging
 import os
 import shlex
 import signal
+import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +49,12 @@ from fractal_runner.taskproc.calls import (
 )
 from fractal_runner.taskproc.ledger import ProcessLedger
 
-__all__ = ["DEFAULT_KILL_GRACE_SECONDS", "DEFAULT_MAX_CONCURRENCY", "LocalExecutor"]
+__all__ = [
+    "DEFAULT_KILL_GRACE_SECONDS",
+    "DEFAULT_MAX_CONCURRENCY",
+    "LocalExecutor",
+    "use_pidfd_child_watcher",
+]
 
 DEFAULT_MAX_CONCURRENCY = min(32, (os.cpu_count() or 1) + 4)
 DEFAULT_KILL_GRACE_SECONDS = 2.0
@@ -58,6 +65,33 @@ _LOG_FILE_MODE = 0o644
 Outcome = dict[str, Any] | None
 
 logger = logging.getLogger(__name__)
+
+
+def use_pidfd_child_watcher() -> bool:
+    """Wait for subprocesses through pidfds in the running loop (Linux >= 5.3).
+
+    Python 3.11's default child watcher starts a thread per subprocess, blocked in waitpid; from
+    3.12 on asyncio uses pidfds by default where the kernel has them. Call from inside the loop
+    that will start the processes, before it starts any. Returns whether pidfds are in use.
+    """
+    if sys.version_info >= (3, 12):
+        return hasattr(os, "pidfd_open")
+    if not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:  # an older kernel, or a seccomp profile that refuses the call
+        return False
+    loop = asyncio.get_running_loop()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        current = asyncio.get_child_watcher()
+        if isinstance(current, asyncio.PidfdChildWatcher) and current.is_active():
+            return True
+        watcher = asyncio.PidfdChildWatcher()
+        watcher.attach_loop(loop)
+        asyncio.set_child_watcher(watcher)
+    return True
 
 
 class _KilledByExecutor(Exception):

@@ -1,4 +1,5 @@
-"""The task-process ledger: what a crashed runner left running is killed, nothing else."""
+"""Task processes of the runner: the ledger kills what a crashed runner left running (and
+nothing else); processes are awaited through pidfds."""
 
 from __future__ import annotations
 
@@ -87,3 +88,38 @@ def test_reused_pids_and_other_hosts_are_left_alone(tmp_path: Path) -> None:
 def test_no_ledger_file_is_nothing_to_do(tmp_path: Path) -> None:
     assert kill_leftovers(tmp_path / "missing") == []
     ProcessLedger(tmp_path / "missing").discard()
+
+
+PIDFD_PROBE = """
+import asyncio, sys
+from fractal_runner.taskproc.local_executor import use_pidfd_child_watcher
+
+async def main():
+    used = use_pidfd_child_watcher()
+    results = []
+    for code in (0, 3):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", f"raise SystemExit({code})", start_new_session=True
+        )
+        results.append(await process.wait())
+    kind = type(asyncio.get_child_watcher()).__name__ if sys.version_info < (3, 12) else "-"
+    print(used, results, kind)
+
+asyncio.run(main())
+"""
+
+
+def test_task_processes_are_awaited_through_pidfds() -> None:
+    """The runner waits for task processes through pidfds (no thread per process on 3.11),
+    and exit codes still come through."""
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", PIDFD_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split(maxsplit=1)
+    assert out[0] == "True"  # Linux >= 5.3, as on every machine this runs on
+    assert out[1].startswith("[0, 3]")
+    if sys.version_info < (3, 12):
+        assert out[1].split()[-1] == "PidfdChildWatcher"
