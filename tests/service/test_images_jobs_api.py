@@ -1049,3 +1049,22 @@ async def test_concurrent_adds_to_one_dataset_keep_positions_and_facets_exact(
     )
     assert per_worker.total_count == 20
     await assert_facets_exact(database_url, did)
+
+
+async def test_equal_numbers_share_a_facet_shown_as_first_given(
+    user: ApiClient, database_url: str
+) -> None:
+    """2.0 and 2 are one JSON value: one facet (listed as first given), matched by either."""
+    pid, did = await make_dataset(user)
+    for img in (image("/zarr/a", y=2.0, z=7), image("/zarr/b", y=2, z=7.0)):
+        await user.images.AddImages(
+            image_service_pb2.AddImagesRequest(project_id=pid, dataset_id=did, images=[img]),
+            metadata=user.md,
+        )
+    listed = await query(user, pid, did)
+    assert [v.WhichOneof("kind") for v in listed.attributes["y"].values] == ["double_value"]
+    assert [v.WhichOneof("kind") for v in listed.attributes["z"].values] == ["int_value"]
+    for value in (2, 2.0):
+        found = await query(user, pid, did, filters=image_pb2.Filters(attributes={"y": av(value)}))
+        assert found.total_count == 2 and len(found.images) == 2
+    await assert_facets_exact(database_url, did)

@@ -40,6 +40,7 @@ __all__ = [
     "build_members",
     "canonical_json",
     "image_facet_keys",
+    "json_text",
     "plan_filters",
 ]
 
@@ -62,6 +63,11 @@ def canonical_json(value: Any) -> str:
     if number == number.to_integral_value():
         return str(int(number))
     return str(number)
+
+
+def json_text(value: Any) -> str:
+    """The JSON text of a value as given (``1.0`` stays ``1.0``)."""
+    return orjson.dumps(value).decode()
 
 
 def image_facet_keys(attributes: Mapping[str, Any], types: Mapping[str, Any]) -> list[FacetKey]:

@@ -14,7 +14,14 @@ from pyroaring import BitMap64
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fractal_grpc.images.bitmaps import ALL, FacetKey, FilterPlan, image_facet_keys
+from fractal_grpc.images.bitmaps import (
+    ALL,
+    FacetKey,
+    FilterPlan,
+    canonical_json,
+    image_facet_keys,
+    json_text,
+)
 from fractal_grpc.images.changes import ImageRecord
 
 _LOAD = text(
@@ -85,6 +92,14 @@ class FacetEdit:
     def __init__(self) -> None:
         self._added: dict[FacetKey, list[int]] = {}
         self._removed: dict[FacetKey, list[int]] = {}
+        # How a new facet's value is stored when its canonical text differs from the value's
+        # own (a float such as 1.0, keyed "1"): as first seen, so facets list what was given.
+        self._shown: dict[FacetKey, str] = {}
+
+    def _note_floats(self, attributes: Mapping[str, Any]) -> None:
+        for key, value in attributes.items():
+            if isinstance(value, float):
+                self._shown.setdefault(("a", key, canonical_json(value)), json_text(value))
 
     def _add(self, key: FacetKey, position: int) -> None:
         self._added.setdefault(key, []).append(position)
@@ -99,6 +114,7 @@ class FacetEdit:
         for position, image in enumerate(images, start):
             for key in image_facet_keys(image.attributes, image.types):
                 add(key, position)
+            self._note_floats(image.attributes)
 
     def removed(
         self, position: int, attributes: Mapping[str, Any], types: Mapping[str, Any]
@@ -114,6 +130,7 @@ class FacetEdit:
             self._remove(key, position)
         for key in after - before:
             self._add(key, position)
+        self._note_floats(new.attributes)
 
     def types_set(self, positions: Iterable[int], types: Mapping[str, bool]) -> None:
         """Every image at ``positions`` now has ``types`` (the implicit update)."""
@@ -150,7 +167,7 @@ class FacetEdit:
                     "dataset_id": dataset_id,
                     "kinds": [k[0][0] for k in kept],
                     "keys": [k[0][1] for k in kept],
-                    "values": [k[0][2] for k in kept],
+                    "values": [self._shown.get(k[0], k[0][2]) for k in kept],
                     "counts": [k[1] for k in kept],
                     "members": [k[2] for k in kept],
                 },
@@ -167,3 +184,4 @@ class FacetEdit:
             )
         self._added.clear()
         self._removed.clear()
+        self._shown.clear()
