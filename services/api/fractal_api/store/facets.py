@@ -92,14 +92,19 @@ class FacetEdit:
     def __init__(self) -> None:
         self._added: dict[FacetKey, list[int]] = {}
         self._removed: dict[FacetKey, list[int]] = {}
-        # How a new facet's value is stored when its canonical text differs from the value's
-        # own (a float such as 1.0, keyed "1"): as first seen, so facets list what was given.
+        # How a new numeric facet's value is stored: as the first image that has it gives it
+        # (1.0 and 1 share the facet keyed "1"; it lists whichever came first).
         self._shown: dict[FacetKey, str] = {}
 
-    def _note_floats(self, attributes: Mapping[str, Any]) -> None:
+    def _note_numbers(self, attributes: Mapping[str, Any]) -> None:
+        shown = self._shown
         for key, value in attributes.items():
-            if isinstance(value, float):
-                self._shown.setdefault(("a", key, canonical_json(value)), json_text(value))
+            kind = type(value)
+            if kind is float:
+                shown.setdefault(("a", key, canonical_json(value)), json_text(value))
+            elif kind is int:
+                text = str(value)
+                shown.setdefault(("a", key, text), text)
 
     def _add(self, key: FacetKey, position: int) -> None:
         self._added.setdefault(key, []).append(position)
@@ -114,7 +119,7 @@ class FacetEdit:
         for position, image in enumerate(images, start):
             for key in image_facet_keys(image.attributes, image.types):
                 add(key, position)
-            self._note_floats(image.attributes)
+            self._note_numbers(image.attributes)
 
     def removed(
         self, position: int, attributes: Mapping[str, Any], types: Mapping[str, Any]
@@ -130,7 +135,7 @@ class FacetEdit:
             self._remove(key, position)
         for key in after - before:
             self._add(key, position)
-        self._note_floats(new.attributes)
+        self._note_numbers(new.attributes)
 
     def types_set(self, positions: Iterable[int], types: Mapping[str, bool]) -> None:
         """Every image at ``positions`` now has ``types`` (the implicit update)."""

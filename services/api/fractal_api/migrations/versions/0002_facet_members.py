@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-from fractal_grpc.images.bitmaps import ALL, build_members
+from fractal_grpc.images.bitmaps import ALL, build_members, canonical_json, json_text
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -41,7 +41,16 @@ def _rebuild(connection: sa.Connection, dataset_id: int) -> None:
                 return
             after = batch[-1][0]
 
-    members = build_members(rows())
+    shown: dict[tuple[str, str, str], str] = {}  # numbers are listed as first given
+
+    def noted() -> Iterator[Any]:
+        for position, attributes, types in rows():
+            for key, value in attributes.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    shown.setdefault(("a", key, canonical_json(value)), json_text(value))
+            yield position, attributes, types
+
+    members = build_members(noted())
     connection.execute(
         sa.text("DELETE FROM api.image_facets WHERE dataset_id = :d"), {"d": dataset_id}
     )
@@ -57,7 +66,7 @@ def _rebuild(connection: sa.Connection, dataset_id: int) -> None:
                 "d": dataset_id,
                 "kind": kind,
                 "key": key,
-                "value": value,
+                "value": shown.get((kind, key, value), value),
                 "count": len(bitmap),
                 "members": bitmap.serialize(),
             }
