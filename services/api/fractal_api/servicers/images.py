@@ -130,16 +130,22 @@ class ImageServicer(rpc.ImageServiceServicer):
         after = -1 if state is None else int(state["after"])
         plan = plan_filters(filters, dataset_filters)
 
-        async def page_and_count() -> tuple[list[Any], int]:
+        async def page_and_count() -> tuple[list[Any], int, int | None]:
+            """The page's rows, the total, and the position the next page starts after (None:
+            this is the last page)."""
             async with self.ctx.reads() as session:
                 if zarr_url is not None:  # at most one image: read it by its key
                     where = images.query_clause(dataset.id, filters, dataset_filters, zarr_url)
-                    rows = await images.page(session, where, after_position=after, limit=2)
-                    return rows, len(rows) if state is None else int(state["total"])
+                    rows = await images.page(session, where, after_position=after, limit=1)
+                    return rows, len(rows), None
                 # The matches as a bitmap: the total is its size, the page its next positions.
+                # Whether there is a next page is the bitmap's to say (an image deleted between
+                # the two reads leaves a shorter page, not a shorter list).
                 matches = await images.matching(session, dataset.id, plan)
                 positions = images.positions_after(matches, after, size + 1)
-                return await images.rows_at(session, dataset.id, positions), len(matches)
+                rows = await images.rows_at(session, dataset.id, positions[:size])
+                more = positions[size - 1] if len(positions) > size else None
+                return rows, len(matches), more
 
         async def facets() -> tuple[dict[str, list[Any]], list[str]]:
             async with self.ctx.reads() as session:
@@ -149,7 +155,7 @@ class ImageServicer(rpc.ImageServiceServicer):
         response = pb.QueryImagesResponse()
         if state is None:
             # The first page: the page, the exact total and the facets, side by side.
-            (rows, count), (facet_attrs, facet_types) = await asyncio.gather(
+            (rows, count, more), (facet_attrs, facet_types) = await asyncio.gather(
                 page_and_count(), facets()
             )
             for key, values in facet_attrs.items():
@@ -158,13 +164,11 @@ class ImageServicer(rpc.ImageServiceServicer):
                     python_to_attribute(value, entry.values.add())
             response.types.extend(facet_types)
         else:
-            rows, _ = await page_and_count()
+            rows, _, more = await page_and_count()
             count = int(state["total"])
-        for row in rows[:size]:
+        for row in rows:
             fill_image(response.images.add(), row._mapping)
         response.total_count = count
-        if len(rows) > size:
-            response.next_page_token = encode_token(
-                fingerprint, after=rows[size - 1].position, total=count
-            )
+        if more is not None:
+            response.next_page_token = encode_token(fingerprint, after=more, total=count)
         return response
