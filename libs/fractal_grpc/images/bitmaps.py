@@ -41,6 +41,7 @@ __all__ = [
     "canonical_json",
     "image_facet_keys",
     "json_text",
+    "note_shown_numbers",
     "plan_filters",
 ]
 
@@ -68,6 +69,19 @@ def canonical_json(value: Any) -> str:
 def json_text(value: Any) -> str:
     """The JSON text of a value as given (``1.0`` stays ``1.0``)."""
     return orjson.dumps(value).decode()
+
+
+def note_shown_numbers(shown: dict[FacetKey, str], attributes: Mapping[str, Any]) -> None:
+    """Record in ``shown`` how each numeric facet of ``attributes`` is listed: as the first
+    image that has it gives it (``1`` and ``1.0`` share the facet keyed ``1``; it lists
+    whichever came first). Keys already in ``shown`` stay."""
+    for key, value in attributes.items():
+        kind = type(value)
+        if kind is float:
+            shown.setdefault(("a", key, canonical_json(value)), json_text(value))
+        elif kind is int:
+            text = str(value)
+            shown.setdefault(("a", key, text), text)
 
 
 def image_facet_keys(attributes: Mapping[str, Any], types: Mapping[str, Any]) -> list[FacetKey]:

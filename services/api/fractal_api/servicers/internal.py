@@ -230,10 +230,12 @@ class JobExecutionServicer(rpc.JobExecutionServiceServicer):
         edit = FacetEdit()
         if not output.image_list_updates and not output.image_list_removals:
             # Implicit update: every filtered input gets the task's output types.
-            where = images.filter_clause(_pre_filters(dataset, snapshot))
             if not output_types:
                 return (0, 0, 0)
-            updated = await images.add_types_where(session, dataset, where, output_types, edit)
+            inputs = await images.matching(
+                session, dataset.id, plan_filters(_pre_filters(dataset, snapshot))
+            )
+            updated = await images.add_types_at(session, dataset, inputs, output_types, edit)
             await edit.apply(session, dataset.id)
             return (updated, 0, 0)
         touched = [u.zarr_url for u in output.image_list_updates]

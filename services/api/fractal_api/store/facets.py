@@ -14,14 +14,7 @@ from pyroaring import BitMap64
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fractal_grpc.images.bitmaps import (
-    ALL,
-    FacetKey,
-    FilterPlan,
-    canonical_json,
-    image_facet_keys,
-    json_text,
-)
+from fractal_grpc.images.bitmaps import ALL, FacetKey, image_facet_keys, note_shown_numbers
 from fractal_grpc.images.changes import ImageRecord
 
 _LOAD = text(
@@ -76,11 +69,6 @@ async def load(
     return {keys[idx - 1]: BitMap64.deserialize(members) for idx, members in rows}
 
 
-async def matching(session: AsyncSession, dataset_id: int, plan: FilterPlan) -> BitMap64:
-    """The positions of the dataset's images that match ``plan``."""
-    return plan.combine(await load(session, dataset_id, plan.needed))
-
-
 class FacetEdit:
     """Positions entering and leaving facets during one write, applied at its end.
 
@@ -96,16 +84,6 @@ class FacetEdit:
         # (1.0 and 1 share the facet keyed "1"; it lists whichever came first).
         self._shown: dict[FacetKey, str] = {}
 
-    def _note_numbers(self, attributes: Mapping[str, Any]) -> None:
-        shown = self._shown
-        for key, value in attributes.items():
-            kind = type(value)
-            if kind is float:
-                shown.setdefault(("a", key, canonical_json(value)), json_text(value))
-            elif kind is int:
-                text = str(value)
-                shown.setdefault(("a", key, text), text)
-
     def _add(self, key: FacetKey, position: int) -> None:
         self._added.setdefault(key, []).append(position)
 
@@ -119,7 +97,7 @@ class FacetEdit:
         for position, image in enumerate(images, start):
             for key in image_facet_keys(image.attributes, image.types):
                 add(key, position)
-            self._note_numbers(image.attributes)
+            note_shown_numbers(self._shown, image.attributes)
 
     def removed(
         self, position: int, attributes: Mapping[str, Any], types: Mapping[str, Any]
@@ -135,7 +113,7 @@ class FacetEdit:
             self._remove(key, position)
         for key in after - before:
             self._add(key, position)
-        self._note_numbers(new.attributes)
+        note_shown_numbers(self._shown, new.attributes)
 
     def types_set(self, positions: Iterable[int], types: Mapping[str, bool]) -> None:
         """Every image at ``positions`` now has ``types`` (the implicit update)."""

@@ -72,14 +72,10 @@ _UPDATE_MANY = text(
 )
 
 
-def _text_array(values: Iterable[str]) -> Any:
-    """One array parameter (``= ANY(:urls)``) instead of one bind parameter per url: batches
+def _array(values: Iterable[Any], item_type: type[Text] | type[BigInteger] = Text) -> Any:
+    """One array parameter (``= ANY(:urls)``) instead of one bind parameter per value: batches
     of 100,000 urls stay one statement (PostgreSQL allows at most 32,767 parameters)."""
-    return cast(literal(list(values), ARRAY(Text)), ARRAY(Text))
-
-
-def _bigint_array(values: Iterable[int]) -> Any:
-    return cast(literal(list(values), ARRAY(BigInteger)), ARRAY(BigInteger))
+    return cast(literal(list(values), ARRAY(item_type)), ARRAY(item_type))
 
 
 def _dumps(value: Any) -> str:
@@ -100,7 +96,7 @@ async def lock_dataset(session: AsyncSession, dataset_id: int) -> Dataset | None
 async def existing_urls(session: AsyncSession, dataset_id: int, urls: Sequence[str]) -> list[str]:
     result = await session.execute(
         select(Image.zarr_url).where(
-            Image.dataset_id == dataset_id, Image.zarr_url == any_(_text_array(urls))
+            Image.dataset_id == dataset_id, Image.zarr_url == any_(_array(urls))
         )
     )
     return list(result.scalars())
@@ -113,7 +109,7 @@ async def fetch(
         return {}
     result = await session.execute(
         select(Image.zarr_url, Image.origin, Image.attributes, Image.types).where(
-            Image.dataset_id == dataset_id, Image.zarr_url == any_(_text_array(set(urls)))
+            Image.dataset_id == dataset_id, Image.zarr_url == any_(_array(set(urls)))
         )
     )
     return {
@@ -192,7 +188,7 @@ async def remove_many(
         return
     result = await session.execute(
         delete(Image)
-        .where(Image.dataset_id == dataset.id, Image.zarr_url == any_(_text_array(urls)))
+        .where(Image.dataset_id == dataset.id, Image.zarr_url == any_(_array(urls)))
         .returning(Image.position, Image.attributes, Image.types)
     )
     removed = 0
@@ -202,24 +198,24 @@ async def remove_many(
     await session.execute(_UNCOUNT, {"dataset_id": dataset.id, "n": removed})
 
 
-async def add_types_where(
+async def add_types_at(
     session: AsyncSession,
     dataset: Dataset,
-    where: ColumnElement[bool],
+    positions: BitMap64,
     types: Mapping[str, bool],
     edit: FacetEdit,
 ) -> int:
-    """Set ``types`` on every image matching ``where`` (the implicit update, as one set
-    operation)."""
-    result = await session.execute(
+    """Set ``types`` on the images at ``positions`` (the implicit update, as one statement)."""
+    chosen = list(positions)
+    if not chosen:
+        return 0
+    await session.execute(
         update(Image)
-        .where(Image.dataset_id == dataset.id, where)
+        .where(Image.dataset_id == dataset.id, Image.position == any_(_array(chosen, BigInteger)))
         .values(types=Image.types.op("||")(cast(literal(_dumps(dict(types))), JSONB)))
-        .returning(Image.position)
     )
-    positions = list(result.scalars())
-    edit.types_set(positions, types)
-    return len(positions)
+    edit.types_set(chosen, types)
+    return len(chosen)
 
 
 def filter_clause(
@@ -274,7 +270,7 @@ async def page(
 
 async def matching(session: AsyncSession, dataset_id: int, plan: FilterPlan) -> BitMap64:
     """The positions of the dataset's images that match ``plan`` (from the facet bitmaps)."""
-    return await facets_store.matching(session, dataset_id, plan)
+    return plan.combine(await facets_store.load(session, dataset_id, plan.needed))
 
 
 def positions_after(matches: BitMap64, after: int, n: int) -> list[int]:
@@ -290,8 +286,7 @@ async def rows_at(session: AsyncSession, dataset_id: int, positions: Sequence[in
         select(Image.position, Image.zarr_url, Image.origin, Image.attributes, Image.types)
         .where(
             Image.dataset_id == dataset_id,
-            Image.position
-            == any_(cast(literal(list(positions), ARRAY(BigInteger)), ARRAY(BigInteger))),
+            Image.position == any_(_array(positions, BigInteger)),
         )
         .order_by(Image.position)
     )
@@ -311,7 +306,7 @@ async def facets(
         .where(ImageFacet.dataset_id == dataset_id, ImageFacet.kind.in_(("a", "t")))
         .order_by(ImageFacet.kind, ImageFacet.key)
     )
-    chosen = None if subset is None else await facets_store.matching(session, dataset_id, subset)
+    chosen = None if subset is None else await matching(session, dataset_id, subset)
     attributes: dict[str, list[Any]] = {}
     types: dict[str, None] = {}
     for row in rows:

@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-from fractal_grpc.images.bitmaps import ALL, build_members, canonical_json, json_text
+from fractal_grpc.images.bitmaps import ALL, FacetKey, build_members, note_shown_numbers
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -41,13 +41,11 @@ def _rebuild(connection: sa.Connection, dataset_id: int) -> None:
                 return
             after = batch[-1][0]
 
-    shown: dict[tuple[str, str, str], str] = {}  # numbers are listed as first given
+    shown: dict[FacetKey, str] = {}  # numbers are listed as first given
 
     def noted() -> Iterator[Any]:
         for position, attributes, types in rows():
-            for key, value in attributes.items():
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    shown.setdefault(("a", key, canonical_json(value)), json_text(value))
+            note_shown_numbers(shown, attributes)
             yield position, attributes, types
 
     members = build_members(noted())
