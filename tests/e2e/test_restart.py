@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 from e2e_stack import restart_runner
 from test_e2e import Scenario, command
 
 from fractal.v2 import job_pb2, job_service_pb2
 from helpers import ApiClient
+from waiting import is_gone, wait_until
 
 
 async def test_job_survives_a_runner_crash(
@@ -54,13 +53,6 @@ async def test_job_survives_a_runner_crash(
     assert "resumed" in stack.log("runner")
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 async def test_a_crashed_runners_task_processes_are_killed_before_the_task_runs_again(
     e2e_admin: ApiClient, stack: Any, tmp_path: Path
 ) -> None:
@@ -88,8 +80,5 @@ async def test_a_crashed_runners_task_processes_are_killed_before_the_task_runs_
     await asyncio.to_thread(restart_runner, stack, signal.SIGKILL)
     job = await s.watch(submitted.job.id)
     assert job.status == job_pb2.JOB_STATUS_DONE, job.log
-    deadline = time.monotonic() + 5
-    while not (_gone(pids["task_pid"]) and _gone(pids["child_pid"])):
-        assert time.monotonic() < deadline, f"leftover task processes still run: {pids}"
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: is_gone(pids["task_pid"]) and is_gone(pids["child_pid"]), 5.0, 0.05)
     assert "leftover task process" in stack.log("runner")

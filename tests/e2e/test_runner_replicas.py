@@ -18,7 +18,6 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import psutil
@@ -28,6 +27,7 @@ from test_e2e import Scenario, command
 from fractal.v2 import job_pb2, job_service_pb2
 from fractal_grpc.devstack.embedded import free_port
 from helpers import ApiClient
+from waiting import wait_until
 
 LEASE_SECONDS = 4.0
 STOPPED = "JOB ERROR in Fractal job {}:\nTRACEBACK:\nJob stopped by user request."
@@ -72,13 +72,6 @@ def executed_by(job_id: int, *logs: str) -> list[int]:
     return [i for i, text in enumerate(logs) if pattern.search(text)]
 
 
-async def wait_until(condition: Callable[[], Any], timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition never became true"
-        await asyncio.sleep(0.05)
-
-
 async def submit(s: Scenario) -> int:
     resp = await s.c.jobs.SubmitJob(
         job_service_pb2.SubmitJobRequest(project_id=s.pid, workflow_id=s.wid, dataset_id=s.did),
@@ -108,7 +101,7 @@ async def test_a_job_runs_on_one_replica_and_its_stop_reaches_it(
 
         procs: list[psutil.Process] = []
         for _, job_id, pid_file in jobs:
-            await wait_until(written(pid_file))
+            await wait_until(written(pid_file), timeout=30.0, poll=0.05)
             pids = json.loads(pid_file.read_text())
             owner, status = await run_of(stack, job_id)
             assert owner in runners and status == "running"
@@ -159,7 +152,7 @@ async def test_a_dead_replica_s_run_is_resumed_by_another(
     try:
         async with second_runner(stack, tmp_path / "second") as second:
             job_id = await submit(s)
-            await wait_until(pid_file.exists)
+            await wait_until(pid_file.exists, timeout=30.0, poll=0.05)
             sleeper_pid = int(pid_file.read_text())
             assert await run_of(stack, job_id) == (second.pid, "running")
 

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from fractal_runner.taskproc.calls import (
@@ -24,6 +23,7 @@ from fractal_runner.taskproc.calls import (
 )
 from fractal_runner.taskproc.layout import CallPaths, create_job_folders, parallel_prefix
 from fractal_runner.taskproc.local_executor import LocalExecutor
+from waiting import is_gone
 
 MOCK_DIR = Path(__file__).resolve().parents[1] / "fractal_tasks_mock" / "fractal_tasks_mock"
 PYTHON = shlex.quote(sys.executable)
@@ -71,14 +71,6 @@ def max_overlap(intervals: Sequence[tuple[float, float]]) -> int:
         current += delta
         best = max(best, current)
     return best
-
-
-def is_gone(pid: int) -> bool:
-    """Dead or a zombie (an orphan's zombie waits for PID 1, which may never reap it)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 async def wait_for_files(paths: Sequence[Path], seconds: float = 20) -> list[dict[str, int]]:

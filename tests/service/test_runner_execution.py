@@ -10,7 +10,7 @@ import shlex
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,7 +18,6 @@ from typing import Any
 
 import grpc
 import grpc.aio
-import psutil
 import pytest
 from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -44,6 +43,7 @@ from fractal_runner.leases import Instance, LeaseConfig
 from fractal_runner.models import Run, RunStatus
 from golden import GOLDEN_TYPE_FILTERS, golden_images
 from helpers import ApiClient
+from waiting import is_gone, wait_for_file, wait_until, wait_until_async
 
 MOCK = Path(__file__).resolve().parents[1] / "fractal_tasks_mock" / "fractal_tasks_mock"
 PYTHON = shlex.quote(sys.executable)
@@ -118,6 +118,24 @@ async def create_task(
         req.command_parallel = parallel
     resp = await client.tasks.CreateTask(req, metadata=client.md)
     return resp.task.id
+
+
+async def create_sleep_once_task(client: ApiClient, tmp_path: Path) -> tuple[int, Path, Path]:
+    """A task that, on its first run, writes its pid file (atomically), then a marker file, then
+    sleeps 600 s; run again (the marker exists), it ends at once. Returns the task id and the
+    marker and pid file paths."""
+    marker, pid_file = tmp_path / "started-once", tmp_path / "sleeper.pid"
+    code = (
+        "import os, sys, time\n"
+        f"marker, pid_file = {str(marker)!r}, {str(pid_file)!r}\n"
+        "if os.path.exists(marker): sys.exit(0)\n"
+        "open(pid_file + '.tmp', 'w').write(str(os.getpid()))\n"
+        "os.replace(pid_file + '.tmp', pid_file)\n"
+        "open(marker, 'w').close()\n"
+        "time.sleep(600)\n"
+    )
+    task_id = await create_task(client, "sleeper", non_parallel=python_command(code))
+    return task_id, marker, pid_file
 
 
 @dataclass
@@ -251,31 +269,6 @@ async def runs(database_url: str) -> AsyncIterator[RunStore]:
     engine = make_engine(database_url, pool_size=1)
     yield RunStore(make_sessionmaker(engine))
     await engine.dispose()
-
-
-def is_gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never became true"
-        await asyncio.sleep(0.02)
-
-
-async def wait_until_async(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, "condition never became true"
-        await asyncio.sleep(0.02)
-
-
-async def wait_for_file(path: Path, timeout: float = 10.0) -> None:
-    await wait_until(path.exists, timeout)
 
 
 # --- tests ------------------------------------------------------------------------------
@@ -543,18 +536,7 @@ async def test_restart_resumes_unfinished_run(
     first = await create_task(
         world.client, "first", non_parallel=mock("generic_task.py"), output_types={"first": True}
     )
-    marker = tmp_path / "started-once"
-    pid_file = tmp_path / "sleeper.pid"
-    code = (
-        "import os, sys, time\n"
-        f"marker, pid_file = {str(marker)!r}, {str(pid_file)!r}\n"
-        "if os.path.exists(marker): sys.exit(0)\n"
-        "open(pid_file + '.tmp', 'w').write(str(os.getpid()))\n"
-        "os.replace(pid_file + '.tmp', pid_file)\n"
-        "open(marker, 'w').close()\n"
-        "time.sleep(600)\n"
-    )
-    sleeper = await create_task(world.client, "sleeper", non_parallel=python_command(code))
+    sleeper, marker, pid_file = await create_sleep_once_task(world.client, tmp_path)
     await world.add_task(first)
     await world.add_task(sleeper)
     await world.add_images(image(f"{world.zarr_dir}/a"))
@@ -805,19 +787,7 @@ async def test_a_lost_lease_interrupts_the_execution(
 ) -> None:
     """Another replica took the run over (its lease had expired): the first one kills its
     processes without ending the job, at its next renewal; the new owner finishes it."""
-    marker, pid_file = tmp_path / "started-once", tmp_path / "sleeper.pid"
-    sleeper = await create_task(
-        world.client,
-        "sleeper",
-        non_parallel=python_command(
-            "import os, sys, time\n"
-            f"marker, pid_file = {str(marker)!r}, {str(pid_file)!r}\n"
-            "if os.path.exists(marker): sys.exit(0)\n"
-            "open(pid_file, 'w').write(str(os.getpid()))\n"
-            "open(marker, 'w').close()\n"
-            "time.sleep(600)\n"
-        ),
-    )
+    sleeper, marker, pid_file = await create_sleep_once_task(world.client, tmp_path)
     await world.add_task(sleeper)
     async with replicas(runner, runs, api_address, key_env) as (a, b):
         job = await world.submit()
@@ -849,19 +819,7 @@ async def test_a_replica_going_down_hands_its_runs_over_at_once(
 ) -> None:
     """A graceful stop releases the leases of the runs it interrupts and tells the other
     replicas: another replica resumes the run at once, not at its next sweep (30 s)."""
-    marker, pid_file = tmp_path / "started-once", tmp_path / "sleeper.pid"
-    sleeper = await create_task(
-        world.client,
-        "sleeper",
-        non_parallel=python_command(
-            "import os, sys, time\n"
-            f"marker, pid_file = {str(marker)!r}, {str(pid_file)!r}\n"
-            "if os.path.exists(marker): sys.exit(0)\n"
-            "open(pid_file, 'w').write(str(os.getpid()))\n"
-            "open(marker, 'w').close()\n"
-            "time.sleep(600)\n"
-        ),
-    )
+    sleeper, marker, pid_file = await create_sleep_once_task(world.client, tmp_path)
     await world.add_task(sleeper)
     await runner.app.stop()
     other = RunnerApp(runner.settings, lease=LeaseConfig.of(30))

@@ -14,25 +14,10 @@ from pathlib import Path
 import psutil
 
 from fractal_runner.taskproc.ledger import ProcessLedger, kill_leftovers
+from waiting import is_gone, wait_until
 
 # A task-like process: leads its own session and starts a child that stays in its group.
 TREE = "import subprocess, time; subprocess.Popen(['sleep', '600']); time.sleep(600)"
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def _wait_gone(pids: list[int], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(_gone(pid) for pid in pids):
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def _start_tree() -> tuple[subprocess.Popen[bytes], int]:
@@ -46,7 +31,7 @@ def _start_tree() -> tuple[subprocess.Popen[bytes], int]:
     raise AssertionError("the task process did not start its child")
 
 
-def test_leftover_process_groups_are_killed_and_the_file_removed(tmp_path: Path) -> None:
+async def test_leftover_process_groups_are_killed_and_the_file_removed(tmp_path: Path) -> None:
     ledger = ProcessLedger(tmp_path / "ledger" / "7")
     task, child = _start_tree()
     done = subprocess.Popen(["true"], start_new_session=True)
@@ -59,7 +44,7 @@ def test_leftover_process_groups_are_killed_and_the_file_removed(tmp_path: Path)
         killed = kill_leftovers(ledger.path)
         assert task.pid in killed and child in killed
         task.wait(timeout=5)
-        assert _wait_gone([child])
+        await wait_until(lambda: is_gone(child), 5.0)
         assert not ledger.path.exists()
     finally:
         for pid in (task.pid, child):
