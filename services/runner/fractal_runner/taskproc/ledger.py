@@ -25,6 +25,8 @@ from pathlib import Path
 
 import psutil
 
+from fractal_runner.taskproc.proctree import descendants, signal_all, signal_group
+
 __all__ = ["ProcessLedger", "kill_leftovers"]
 
 log = logging.getLogger(__name__)
@@ -80,24 +82,19 @@ def kill_leftovers(path: Path) -> list[int]:
     killed: list[int] = []
     for pid, started in _entries(path, socket.gethostname()):
         try:
-            leader = psutil.Process(pid)
-            if leader.create_time() != started:
+            if psutil.Process(pid).create_time() != started:
                 continue  # the pid now belongs to another process
-            victims = [leader, *leader.children(recursive=True)]
         except psutil.NoSuchProcess:
             # The leader is gone; members of its group may remain (a live group keeps its
             # number from being reused, so the group is still the task's).
-            victims = []
+            pass
         except psutil.Error:
             continue
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+        tree = descendants([pid])
+        if signal_group(pid, signal.SIGKILL):
             killed.append(pid)
-        for proc in victims:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()  # psutil checks the pid was not reused
-                if proc.pid not in killed:
-                    killed.append(proc.pid)
+        signal_all([], tree, signal.SIGKILL)
+        killed += [proc.pid for proc in tree if proc.pid not in killed]
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     return killed

@@ -36,6 +36,7 @@ from typing import Any
 
 import psutil
 
+from fractal_runner.taskproc import proctree
 from fractal_runner.taskproc.calls import (
     JobExecutionError,
     JobStopped,
@@ -294,21 +295,6 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
-def _descendants(pids: Sequence[int]) -> list[psutil.Process]:
-    """Every live descendant of `pids`, from one snapshot of the process table."""
-    children: dict[int, list[int]] = {}
-    for proc in psutil.process_iter(["ppid"]):
-        children.setdefault(proc.info["ppid"], []).append(proc.pid)
-    found: list[psutil.Process] = []
-    stack = list(pids)
-    while stack:
-        for child in children.get(stack.pop(), ()):
-            with contextlib.suppress(psutil.Error):
-                found.append(psutil.Process(child))
-            stack.append(child)
-    return found
-
-
 def _is_alive(proc: psutil.Process) -> bool:
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
@@ -316,25 +302,10 @@ def _is_alive(proc: psutil.Process) -> bool:
         return False
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _signal_all(
-    groups: Sequence[int], descendants: Sequence[psutil.Process], sig: signal.Signals
-) -> None:
-    for pgid in groups:
-        _signal_group(pgid, sig)
-    for proc in descendants:
-        with contextlib.suppress(psutil.Error):
-            proc.send_signal(sig)  # psutil checks the pid was not reused
-
-
 def _kill_now(processes: Sequence[asyncio.subprocess.Process]) -> None:
     """SIGKILL the trees of `processes` immediately (no grace, nothing awaited)."""
-    descendants = _descendants([p.pid for p in processes if p.returncode is None])
-    _signal_all([p.pid for p in processes], descendants, signal.SIGKILL)
+    descendants = proctree.descendants([p.pid for p in processes if p.returncode is None])
+    proctree.signal_all([p.pid for p in processes], descendants, signal.SIGKILL)
 
 
 async def _terminate(processes: Sequence[asyncio.subprocess.Process], grace: float) -> None:
@@ -347,8 +318,8 @@ async def _terminate(processes: Sequence[asyncio.subprocess.Process], grace: flo
     if not processes:
         return
     groups = [p.pid for p in processes]
-    descendants = _descendants([p.pid for p in processes if p.returncode is None])
-    _signal_all(groups, descendants, signal.SIGTERM)
+    descendants = proctree.descendants([p.pid for p in processes if p.returncode is None])
+    proctree.signal_all(groups, descendants, signal.SIGTERM)
 
     loop = asyncio.get_running_loop()
     kill_at = loop.time() + grace
@@ -357,7 +328,7 @@ async def _terminate(processes: Sequence[asyncio.subprocess.Process], grace: flo
     while any(p.returncode is None for p in processes) or any(map(_is_alive, descendants)):
         now = loop.time()
         if not killed and now >= kill_at:
-            _signal_all(groups, [d for d in descendants if _is_alive(d)], signal.SIGKILL)
+            proctree.signal_all(groups, [d for d in descendants if _is_alive(d)], signal.SIGKILL)
             killed = True
         elif killed and now >= give_up_at:
             survivors = [p.pid for p in processes if p.returncode is None]
@@ -368,4 +339,4 @@ async def _terminate(processes: Sequence[asyncio.subprocess.Process], grace: flo
     if not killed:
         # Group members that were not descendants (e.g. orphaned grandchildren) may ignore
         # SIGTERM; SIGKILL on an empty group is a harmless ESRCH.
-        _signal_all(groups, [], signal.SIGKILL)
+        proctree.signal_all(groups, [], signal.SIGKILL)
