@@ -108,27 +108,26 @@ class BenchStack:
             "PYTHONUNBUFFERED": "1",
         }
 
-    async def analyze_images(self) -> None:
-        """``ANALYZE api.images`` in this run's database (what autovacuum does after a while)."""
+    async def _execute(self, sql: str) -> float:
+        """Run ``sql`` in this run's database; returns the seconds it took."""
         url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{self.db_name}"
         conn = await asyncpg.connect(url)
         try:
-            await conn.execute("ANALYZE api.images")
+            t0 = time.perf_counter()
+            await conn.execute(sql)
+            return time.perf_counter() - t0
         finally:
             await conn.close()
+
+    async def analyze_images(self) -> None:
+        """``ANALYZE api.images`` in this run's database (what autovacuum does after a while)."""
+        await self._execute("ANALYZE api.images")
 
     async def settle_database(self) -> float:
         """``VACUUM (ANALYZE)`` this run's database: do now what autovacuum would do at some
         moment after the bulk loads, so that it does not land inside a timed run. Returns
         the seconds it took."""
-        url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{self.db_name}"
-        conn = await asyncpg.connect(url)
-        try:
-            t0 = time.perf_counter()
-            await conn.execute("VACUUM (ANALYZE)")
-            return time.perf_counter() - t0
-        finally:
-            await conn.close()
+        return await self._execute("VACUUM (ANALYZE)")
 
     def _executable(self, name: str) -> str:
         path = find_executable(name, Path(sys.executable).parent)
