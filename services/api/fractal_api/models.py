@@ -111,18 +111,6 @@ class Image(Base):
     __table_args__ = (
         UniqueConstraint("dataset_id", "zarr_url"),
         UniqueConstraint("dataset_id", "position"),
-        Index(
-            "ix_images_attributes",
-            "attributes",
-            postgresql_using="gin",
-            postgresql_ops={"attributes": "jsonb_path_ops"},
-        ),
-        Index(
-            "ix_images_types",
-            "types",
-            postgresql_using="gin",
-            postgresql_ops={"types": "jsonb_path_ops"},
-        ),
     )
 
 
