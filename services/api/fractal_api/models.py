@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -65,16 +66,29 @@ class Project(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     name: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = _now()
+    # The target of project_members' (project_id, project_name) key (id alone is unique).
+    __table_args__ = (UniqueConstraint("id", "name"),)
 
 
 class ProjectMember(Base):
+    """A user's membership of a project, with the project's name copied in so that the database
+    holds the reference's rule "a user has at most one project of a name" (a unique index over
+    (user_id, project_name)). The copy cannot drift: it is part of the foreign key to the
+    project, which carries a rename over (ON UPDATE CASCADE)."""
+
     __tablename__ = "project_members"
-    project_id: Mapped[int] = mapped_column(
-        ForeignKey("projects.id", ondelete="CASCADE"), nullable=False
-    )
+    project_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    project_name: Mapped[str] = mapped_column(Text, nullable=False)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
     __table_args__ = (
         PrimaryKeyConstraint("project_id", "user_id"),
+        ForeignKeyConstraint(
+            ["project_id", "project_name"],
+            ["projects.id", "projects.name"],
+            onupdate="CASCADE",
+            ondelete="CASCADE",
+        ),
+        UniqueConstraint("user_id", "project_name"),
         Index("ix_project_members_user_id", "user_id", "project_id"),
     )
 
@@ -242,13 +256,16 @@ class JobTaskResult(Base):
 
 
 class RequestRecord(Base):
-    """Idempotency keys of mutating creates: a retry returns the first result."""
+    """Idempotency keys of mutating creates: a retry returns the first result (AIP-155)."""
 
     __tablename__ = "request_records"
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
     method: Mapped[str] = mapped_column(Text, nullable=False)
     request_id: Mapped[str] = mapped_column(Text, nullable=False)
-    resource_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # NULL only inside the transaction that claimed the key, until its create is done.
+    resource_id: Mapped[int | None] = mapped_column(BigInteger)
+    # SHA-256 of the request without its request_id (NULL for keys recorded before 0004).
+    request_hash: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = _now()
     __table_args__ = (PrimaryKeyConstraint("user_id", "method", "request_id"),)
 

@@ -13,10 +13,10 @@ from fractal.v2 import user_service_pb2_grpc as urpc
 from fractal_api.context import ApiContext
 from fractal_api.store import users
 from fractal_api.views import user_view
-from fractal_grpc.auth.passwords import DUMMY_HASH, hash_password, verify_password
+from fractal_grpc.auth.passwords import DUMMY_HASH, verify_password
 from fractal_grpc.auth.principal import current_user
 from fractal_grpc.db import transaction
-from fractal_grpc.grpckit.errors import AlreadyExists, Unauthenticated, Violations, invalid_field
+from fractal_grpc.grpckit.errors import Unauthenticated, Violations, invalid_field
 from fractal_grpc.pagination import decode_token, page_size, split_page
 
 _USER_FIELDS = (
@@ -114,16 +114,6 @@ class UserServicer(urpc.UserServiceServicer):
         violations.raise_if_any()
         async with transaction(self.ctx.sessions) as session:
             user = await users.get(session, request.user_id)
-            if "email" in fields and fields["email"].lower() != user.email.lower():
-                other = await users.by_email(session, fields["email"])
-                if other is not None:
-                    raise AlreadyExists(
-                        f"A user with email {fields['email']} already exists", reason="USER_EXISTS"
-                    )
-            for name, value in fields.items():
-                if name == "password":
-                    user.hashed_password = hash_password(value)
-                else:
-                    setattr(user, name, value)
+            await users.update(session, user, fields)
         self.ctx.principals.forget(user.id)
         return upb.UpdateUserResponse(user=user_view(user))

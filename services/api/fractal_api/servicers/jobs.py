@@ -80,57 +80,64 @@ class JobServicer(rpc.JobServiceServicer):
             violations.add("worker_init", "must not be blank")
         violations.raise_if_any()
         async with transaction(self.ctx.sessions) as session:
-            earlier = await requests.replay(session, user_id, "SubmitJob", request.request_id)
-            if earlier is not None:
-                job = await projects.job_checked(session, request.project_id, earlier, user_id)
-                return pb.SubmitJobResponse(job=job_view(job))
-            dataset = await projects.dataset_checked(
-                session, request.project_id, request.dataset_id, user_id
-            )
-            workflow = await projects.workflow_checked(
-                session, request.project_id, request.workflow_id, user_id
-            )
-            project = await projects.get_checked(session, request.project_id, user_id)
-            wftasks = (await workflows.task_list(session, [workflow.id]))[workflow.id]
-            if not wftasks:
-                raise FailedPrecondition(
-                    f"Workflow {workflow.id} has empty task_list", reason="WORKFLOW_EMPTY"
+
+            async def submit() -> Job:
+                dataset = await projects.dataset_checked(
+                    session, request.project_id, request.dataset_id, user_id
                 )
-            first, last = _indices(request, len(wftasks))
-            if settings.runner_backend == "slurm" and not (me.slurm_user and me.cache_dir):
-                raise FailedPrecondition(
-                    f"{settings.runner_backend=} but user has slurm_user={me.slurm_user} "
-                    f"and cache_dir={me.cache_dir}",
-                    reason="USER_NOT_SLURM_READY",
+                workflow = await projects.workflow_checked(
+                    session, request.project_id, request.workflow_id, user_id
                 )
-            if request.HasField("slurm_account"):
-                if request.slurm_account not in me.slurm_accounts:
-                    raise InvalidArgument(
-                        f"SLURM account '{request.slurm_account}' is not allowed for this user",
-                        violations=[("slurm_account", "not one of the user's slurm_accounts")],
+                project = await projects.get_checked(session, request.project_id, user_id)
+                wftasks = (await workflows.task_list(session, [workflow.id]))[workflow.id]
+                if not wftasks:
+                    raise FailedPrecondition(
+                        f"Workflow {workflow.id} has empty task_list", reason="WORKFLOW_EMPTY"
                     )
-                slurm_account: str | None = request.slurm_account
-            else:
-                slurm_account = me.slurm_accounts[0] if me.slurm_accounts else None
-            await jobs.check_rate_limit(
-                session, project.id, workflow.id, dataset.id, settings.api_submit_rate_limit
-            )
-            job = await jobs.submit(
+                first, last = _indices(request, len(wftasks))
+                if settings.runner_backend == "slurm" and not (me.slurm_user and me.cache_dir):
+                    raise FailedPrecondition(
+                        f"{settings.runner_backend=} but user has slurm_user={me.slurm_user} "
+                        f"and cache_dir={me.cache_dir}",
+                        reason="USER_NOT_SLURM_READY",
+                    )
+                if request.HasField("slurm_account"):
+                    if request.slurm_account not in me.slurm_accounts:
+                        raise InvalidArgument(
+                            f"SLURM account '{request.slurm_account}' is not allowed for this user",
+                            violations=[("slurm_account", "not one of the user's slurm_accounts")],
+                        )
+                    slurm_account: str | None = request.slurm_account
+                else:
+                    slurm_account = me.slurm_accounts[0] if me.slurm_accounts else None
+                await jobs.check_rate_limit(
+                    session, project.id, workflow.id, dataset.id, settings.api_submit_rate_limit
+                )
+                return await jobs.submit(
+                    session,
+                    self.ctx.subjects,
+                    project=project,
+                    workflow=workflow,
+                    dataset=dataset,
+                    wftasks=wftasks,
+                    first=first,
+                    last=last,
+                    user_id=user_id,
+                    user_email=me.email,
+                    slurm_account=slurm_account,
+                    worker_init=worker_init,
+                    working_base_dir=str(settings.runner_working_base_dir),
+                )
+
+            job = await requests.once(
                 session,
-                self.ctx.subjects,
-                project=project,
-                workflow=workflow,
-                dataset=dataset,
-                wftasks=wftasks,
-                first=first,
-                last=last,
-                user_id=user_id,
-                user_email=me.email,
-                slurm_account=slurm_account,
-                worker_init=worker_init,
-                working_base_dir=str(settings.runner_working_base_dir),
+                user_id,
+                request,
+                create=submit,
+                replay=lambda earlier: projects.job_checked(
+                    session, request.project_id, earlier, user_id
+                ),
             )
-            await requests.remember(session, user_id, "SubmitJob", request.request_id, job.id)
         self.ctx.outbox_written()
         return pb.SubmitJobResponse(job=job_view(job))
 

@@ -35,14 +35,13 @@ class ProjectServicer(rpc.ProjectServiceServicer):
         name = validation.name(request.name, "name", violations)
         violations.raise_if_any()
         async with transaction(self.ctx.sessions) as session:
-            earlier = await requests.replay(session, user_id, "CreateProject", request.request_id)
-            if earlier is not None:
-                project = await projects.get_checked(session, earlier, user_id)
-            else:
-                project = await projects.create(session, name, user_id)
-                await requests.remember(
-                    session, user_id, "CreateProject", request.request_id, project.id
-                )
+            project = await requests.once(
+                session,
+                user_id,
+                request,
+                create=lambda: projects.create(session, name, user_id),
+                replay=lambda earlier: projects.get_checked(session, earlier, user_id),
+            )
         return pb.CreateProjectResponse(project=project_view(project))
 
     async def GetProject(
@@ -89,22 +88,21 @@ class DatasetServicer(drpc.DatasetServiceServicer):
         async with transaction(self.ctx.sessions) as session:
             await projects.get_checked(session, request.project_id, user_id)
             violations.raise_if_any()
-            earlier = await requests.replay(session, user_id, "CreateDataset", request.request_id)
-            if earlier is not None:
-                dataset = await projects.dataset_checked(
-                    session, request.project_id, earlier, user_id
-                )
-            else:
-                dataset = await datasets.create(
+            dataset = await requests.once(
+                session,
+                user_id,
+                request,
+                create=lambda: datasets.create(
                     session,
                     project_id=request.project_id,
                     name=name,
                     zarr_dir=zarr_dir,
                     filters=filters,
-                )
-                await requests.remember(
-                    session, user_id, "CreateDataset", request.request_id, dataset.id
-                )
+                ),
+                replay=lambda earlier: projects.dataset_checked(
+                    session, request.project_id, earlier, user_id
+                ),
+            )
         return dpb.CreateDatasetResponse(dataset=dataset_view(dataset))
 
     async def GetDataset(

@@ -82,11 +82,11 @@ class TaskServicer(rpc.TaskServiceServicer):
             )
         user_id = me.user_id or 0
         async with transaction(self.ctx.sessions) as session:
-            earlier = await requests.replay(session, user_id, "CreateTask", request.request_id)
-            if earlier is not None:
-                task = await tasks.get(session, earlier)
-            else:
-                task = await tasks.create(
+            task = await requests.once(
+                session,
+                user_id,
+                request,
+                create=lambda: tasks.create(
                     session,
                     name=name,
                     type=kind,
@@ -106,8 +106,9 @@ class TaskServicer(rpc.TaskServiceServicer):
                     docs_link=request.docs_link if request.HasField("docs_link") else None,
                     input_types=types["input_types"],
                     output_types=types["output_types"],
-                )
-                await requests.remember(session, user_id, "CreateTask", request.request_id, task.id)
+                ),
+                replay=lambda earlier: tasks.get(session, earlier),
+            )
         return pb.CreateTaskResponse(task=task_view(task))
 
     async def GetTask(self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext) -> Any:

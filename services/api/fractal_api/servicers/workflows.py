@@ -10,7 +10,7 @@ from fractal.v2 import workflow_service_pb2 as pb
 from fractal.v2 import workflow_service_pb2_grpc as rpc
 from fractal_api import validation
 from fractal_api.context import ApiContext
-from fractal_api.models import Workflow, WorkflowTask
+from fractal_api.models import Task, Workflow, WorkflowTask
 from fractal_api.store import projects, requests, tasks, workflows
 from fractal_api.views import workflow_task_view, workflow_view
 from fractal_grpc.auth.principal import current_user
@@ -36,16 +36,15 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
         async with transaction(self.ctx.sessions) as session:
             await projects.get_checked(session, request.project_id, user_id)
             violations.raise_if_any()
-            earlier = await requests.replay(session, user_id, "CreateWorkflow", request.request_id)
-            if earlier is not None:
-                workflow = await projects.workflow_checked(
+            workflow = await requests.once(
+                session,
+                user_id,
+                request,
+                create=lambda: workflows.create(session, request.project_id, name),
+                replay=lambda earlier: projects.workflow_checked(
                     session, request.project_id, earlier, user_id
-                )
-            else:
-                workflow = await workflows.create(session, request.project_id, name)
-                await requests.remember(
-                    session, user_id, "CreateWorkflow", request.request_id, workflow.id
-                )
+                ),
+            )
             listing = await workflows.task_list(session, [workflow.id])
         return pb.CreateWorkflowResponse(workflow=workflow_view(workflow, listing[workflow.id]))
 
@@ -104,45 +103,46 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
             workflow = await projects.workflow_checked(
                 session, request.project_id, request.workflow_id, user_id
             )
-            earlier = await requests.replay(
-                session, user_id, "CreateWorkflowTask", request.request_id
-            )
-            if earlier is not None:
-                found = await workflows.workflow_task(session, workflow.id, earlier)
-                return pb.CreateWorkflowTaskResponse(workflow_task=workflow_task_view(*found))
-            task = await tasks.get(session, request.task_id)
-            if task.type == "parallel":
-                for field in ("args_non_parallel", "meta_non_parallel"):
-                    if given[field] is not None:
-                        violations.add(field, "not allowed for a parallel task")
-            if task.type == "non_parallel":
-                for field in ("args_parallel", "meta_parallel"):
-                    if given[field] is not None:
-                        violations.add(field, "not allowed for a non-parallel task")
-            violations.raise_if_any()
-            args_np = {
-                **tasks.schema_defaults(task.args_schema_non_parallel),
-                **(given["args_non_parallel"] or {}),
-            }
-            args_p = {
-                **tasks.schema_defaults(task.args_schema_parallel),
-                **(given["args_parallel"] or {}),
-            }
-            meta_np = {**task.meta_non_parallel, **(given["meta_non_parallel"] or {})}
-            meta_p = {**task.meta_parallel, **(given["meta_parallel"] or {})}
-            wftask = WorkflowTask(
-                task_id=task.id,
-                task_type=task.type,
-                args_non_parallel=args_np or None,
-                args_parallel=args_p or None,
-                meta_non_parallel=meta_np or None,
-                meta_parallel=meta_p or None,
-                input_filters=input_filters,
-            )
-            wftask = await workflows.insert_task(
-                session, workflow, wftask, request.order if request.HasField("order") else None
-            )
-            await requests.remember(
-                session, user_id, "CreateWorkflowTask", request.request_id, wftask.id
+
+            async def create() -> tuple[WorkflowTask, Task]:
+                task = await tasks.get(session, request.task_id)
+                if task.type == "parallel":
+                    for field in ("args_non_parallel", "meta_non_parallel"):
+                        if given[field] is not None:
+                            violations.add(field, "not allowed for a parallel task")
+                if task.type == "non_parallel":
+                    for field in ("args_parallel", "meta_parallel"):
+                        if given[field] is not None:
+                            violations.add(field, "not allowed for a non-parallel task")
+                violations.raise_if_any()
+                args_np = {
+                    **tasks.schema_defaults(task.args_schema_non_parallel),
+                    **(given["args_non_parallel"] or {}),
+                }
+                args_p = {
+                    **tasks.schema_defaults(task.args_schema_parallel),
+                    **(given["args_parallel"] or {}),
+                }
+                meta_np = {**task.meta_non_parallel, **(given["meta_non_parallel"] or {})}
+                meta_p = {**task.meta_parallel, **(given["meta_parallel"] or {})}
+                wftask = WorkflowTask(
+                    task_id=task.id,
+                    task_type=task.type,
+                    args_non_parallel=args_np or None,
+                    args_parallel=args_p or None,
+                    meta_non_parallel=meta_np or None,
+                    meta_parallel=meta_p or None,
+                    input_filters=input_filters,
+                )
+                order = request.order if request.HasField("order") else None
+                return await workflows.insert_task(session, workflow, wftask, order), task
+
+            wftask, task = await requests.once(
+                session,
+                user_id,
+                request,
+                create=create,
+                replay=lambda earlier: workflows.workflow_task(session, workflow.id, earlier),
+                resource_id=lambda created: created[0].id,
             )
         return pb.CreateWorkflowTaskResponse(workflow_task=workflow_task_view(wftask, task))

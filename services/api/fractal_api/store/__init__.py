@@ -6,18 +6,22 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Base
-from fractal_grpc.grpckit.errors import DomainError
+from fractal_api.store.conflicts import conflict, violated_constraint
 
 
-async def insert_unique(session: AsyncSession, row: Base, conflict: DomainError) -> None:
-    """Insert ``row``; a unique-constraint violation becomes ``conflict``. The database decides,
-    so two concurrent creates cannot both pass a check made before the insert. The rest of the
-    transaction stays usable (the insert runs in a savepoint). Build ``conflict`` before the
-    call: a failed savepoint expires the session's loaded rows."""
+async def write_unique(session: AsyncSession, row: Base) -> None:
+    """Insert or update ``row``; a violated unique rule becomes its client error (see
+    ``conflicts.RULES``). The database decides, so two concurrent writes cannot both pass a check
+    made before them. The rest of the transaction stays usable (the write runs in a savepoint)."""
+    # The values for the message, read now: a failed savepoint expires the session's rows.
+    values = dict(vars(row))
     session.add(row)
     try:
         async with session.begin_nested():
             await session.flush()
-    except IntegrityError:
-        raise conflict from None
+    except IntegrityError as exc:
+        error = conflict(violated_constraint(exc), values)
+        if error is None:
+            raise
+        raise error from None
     await session.refresh(row)

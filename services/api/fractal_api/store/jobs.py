@@ -26,7 +26,7 @@ from fractal_api.models import (
     WorkflowTask,
     outbox,
 )
-from fractal_api.store import insert_unique
+from fractal_api.store import write_unique
 from fractal_grpc.events.bus import Subjects
 from fractal_grpc.events.outbox import add_to_outbox
 from fractal_grpc.grpckit.errors import FailedPrecondition, NotFound, ResourceExhausted
@@ -107,19 +107,6 @@ async def check_rate_limit(
         )
 
 
-async def dataset_in_use(session: AsyncSession, dataset_id: int) -> bool:
-    found = await session.scalar(
-        select(Job.id).where(Job.dataset_id == dataset_id, Job.status == "submitted").limit(1)
-    )
-    return found is not None
-
-
-def _in_use(dataset_id: int) -> FailedPrecondition:
-    return FailedPrecondition(
-        f"Dataset {dataset_id} is already in use in submitted job(s).", reason="DATASET_IN_USE"
-    )
-
-
 async def submit(
     session: AsyncSession,
     subjects: Subjects,
@@ -136,9 +123,6 @@ async def submit(
     worker_init: str | None,
     working_base_dir: str,
 ) -> Job:
-    dataset_id = dataset.id
-    if await dataset_in_use(session, dataset_id):
-        raise _in_use(dataset_id)
     slice_ = wftasks[first : last + 1]
     job = Job(
         project_id=project.id,
@@ -176,8 +160,8 @@ async def submit(
         ],
         version=1,
     )
-    # Racing submissions: the partial unique index on submitted jobs lets one win.
-    await insert_unique(session, job, _in_use(dataset_id))
+    # The partial unique index on submitted jobs decides between racing submissions.
+    await write_unique(session, job)
     stamp = job.start_timestamp.astimezone(UTC).strftime("%Y%m%d_%H%M%S")
     folder = f"proj_v2_{project.id:07d}_wf_{workflow.id:07d}_job_{job.id:07d}_{stamp}"
     job.working_dir = f"{working_base_dir.rstrip('/')}/{folder}"

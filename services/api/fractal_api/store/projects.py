@@ -7,7 +7,8 @@ from sqlalchemy import ColumnElement, exists, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Dataset, Job, Project, ProjectMember, Workflow
-from fractal_grpc.grpckit.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+from fractal_api.store import write_unique
+from fractal_grpc.grpckit.errors import InvalidArgument, NotFound, PermissionDenied
 
 
 def _positive(field: str, value: int) -> None:
@@ -102,19 +103,14 @@ async def job_checked(session: AsyncSession, project_id: int, job_id: int, user_
 
 
 async def create(session: AsyncSession, name: str, user_id: int) -> Project:
-    duplicate = await session.scalar(
-        select(Project.id)
-        .join(ProjectMember, ProjectMember.project_id == Project.id)
-        .where(ProjectMember.user_id == user_id, Project.name == name)
-        .limit(1)
-    )
-    if duplicate is not None:
-        raise AlreadyExists(f"Project name ({name}) already in use", reason="PROJECT_NAME_IN_USE")
+    """A project with its creator as member; the membership's unique (user_id, project_name)
+    refuses a second project of one name for a user, concurrent creates included."""
     project = Project(name=name)
     session.add(project)
     await session.flush()
-    session.add(ProjectMember(project_id=project.id, user_id=user_id))
-    await session.flush()
+    await write_unique(
+        session, ProjectMember(project_id=project.id, project_name=name, user_id=user_id)
+    )
     return project
 
 

@@ -1,37 +1,101 @@
-"""Idempotency keys (AIP-155): a create retried with one request_id returns the first result."""
+"""Idempotency keys (AIP-155): every create that carries a request_id goes through ``once``.
+
+The key is claimed in the create's own transaction, before anything is created, with an insert
+the database serializes: a concurrent call with the same key waits at that insert until the
+first transaction ends. If the first committed, the waiting call replays its result; if it
+rolled back (its create was refused), the waiting call claims the key and creates. So every call
+with one key gets the first successful result, whatever the concurrency.
+
+A key is scoped to the user and the method (CreateProject and CreateDataset keys never meet)
+and remembers a hash of the request it was first used with: the same key with a different
+request is refused with FAILED_PRECONDITION, reason REQUEST_ID_REUSED (the request is well
+formed; it conflicts with what the key already stands for). Keys are kept as long as the user.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import hashlib
+from collections.abc import Awaitable, Callable
+from operator import attrgetter
+from typing import TypeVar
+
+from google.protobuf.message import Message
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import RequestRecord
-from fractal_grpc.grpckit.errors import invalid_field
+from fractal_grpc.grpckit.errors import FailedPrecondition, invalid_field
+
+T = TypeVar("T")
+
+MAX_LENGTH = 128
 
 
-async def replay(session: AsyncSession, user_id: int, method: str, request_id: str) -> int | None:
-    """The id created by an earlier call with this request_id, if any."""
-    if not request_id:
-        return None
-    if len(request_id) > 128:
-        raise invalid_field("request_id", "must have at most 128 characters")
-    return await session.scalar(
-        select(RequestRecord.resource_id).where(
-            RequestRecord.user_id == user_id,
-            RequestRecord.method == method,
-            RequestRecord.request_id == request_id,
-        )
+def request_hash(request: Message) -> bytes:
+    """SHA-256 of the request without its request_id, serialized deterministically (map entries,
+    Struct keys included, in key order): two requests hash alike iff they carry the same values."""
+    bare = type(request)()
+    bare.CopyFrom(request)
+    bare.ClearField("request_id")
+    return hashlib.sha256(bare.SerializeToString(deterministic=True)).digest()
+
+
+def method_of(request: Message) -> str:
+    """The RPC a request message belongs to: CreateDatasetRequest -> CreateDataset."""
+    return request.DESCRIPTOR.name.removesuffix("Request")
+
+
+async def once(
+    session: AsyncSession,
+    user_id: int,
+    request: Message,
+    *,
+    create: Callable[[], Awaitable[T]],
+    replay: Callable[[int], Awaitable[T]],
+    resource_id: Callable[[T], int] = attrgetter("id"),
+) -> T:
+    """``create()`` the first time a request_id is used; ``replay(id)`` of the object it created
+    every later time. Without a request_id, just ``create()``."""
+    key: str = getattr(request, "request_id", "")
+    if not key:
+        return await create()
+    if len(key) > MAX_LENGTH:
+        raise invalid_field("request_id", f"must have at most {MAX_LENGTH} characters")
+    digest = request_hash(request)
+    where = (
+        RequestRecord.user_id == user_id,
+        RequestRecord.method == method_of(request),
+        RequestRecord.request_id == key,
     )
-
-
-async def remember(
-    session: AsyncSession, user_id: int, method: str, request_id: str, resource_id: int
-) -> None:
-    if not request_id:
-        return
-    await session.execute(
+    claimed = await session.scalar(
         insert(RequestRecord)
-        .values(user_id=user_id, method=method, request_id=request_id, resource_id=resource_id)
+        .values(user_id=user_id, method=method_of(request), request_id=key, request_hash=digest)
         .on_conflict_do_nothing()
+        .returning(RequestRecord.user_id)
+    )
+    if claimed is None:
+        # Another transaction holds or held the key; the insert waited for it to commit.
+        earlier = (
+            await session.execute(
+                select(RequestRecord.resource_id, RequestRecord.request_hash).where(*where)
+            )
+        ).one()
+        if earlier.request_hash is not None and earlier.request_hash != digest:
+            raise _reused(key)
+        return await replay(earlier.resource_id)
+    result = await create()
+    await session.execute(
+        update(RequestRecord).where(*where).values(resource_id=resource_id(result))
+    )
+    return result
+
+
+def _reused(key: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        "request_id was already used for a different request; use a new request_id for a new "
+        "request",
+        reason="REQUEST_ID_REUSED",
+        violations=[("request_id", "already used for a different request")],
+        metadata={"field": "request_id"},
     )

@@ -9,8 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Task
-from fractal_api.store import insert_unique
-from fractal_grpc.grpckit.errors import AlreadyExists, NotFound
+from fractal_api.store import write_unique
+from fractal_grpc.grpckit.errors import NotFound
 
 
 def task_type(command_non_parallel: str | None, command_parallel: str | None) -> str:
@@ -42,10 +42,8 @@ async def get(session: AsyncSession, task_id: int) -> Task:
 
 
 async def create(session: AsyncSession, **fields: Any) -> Task:
-    source = fields["source"]
     task = Task(**fields)
-    conflict = AlreadyExists(f"Source '{source}' already in use", reason="TASK_SOURCE_IN_USE")
-    await insert_unique(session, task, conflict)
+    await write_unique(session, task)
     return task
 
 

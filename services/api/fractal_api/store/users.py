@@ -9,10 +9,10 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import User
+from fractal_api.store import write_unique
 from fractal_grpc.auth.passwords import hash_password
 from fractal_grpc.auth.principal import Principal
 from fractal_grpc.grpckit.errors import AlreadyExists, NotFound, Violations
@@ -67,8 +67,6 @@ async def create(
     is_verified: bool = False,
     **extra: Any,
 ) -> User:
-    if await by_email(session, email) is not None:
-        raise AlreadyExists(f"A user with email {email} already exists", reason="USER_EXISTS")
     user = User(
         email=email,
         hashed_password=hash_password(password),
@@ -78,13 +76,7 @@ async def create(
         slurm_accounts=list(extra.pop("slurm_accounts", None) or []),
         **extra,
     )
-    session.add(user)
-    try:
-        await session.flush()
-    except IntegrityError:
-        raise AlreadyExists(
-            f"A user with email {email} already exists", reason="USER_EXISTS"
-        ) from None
+    await write_unique(session, user)
     return user
 
 
@@ -105,11 +97,21 @@ async def ensure_first_superuser(
                 is_verified=True,
                 username=username,
             )
-    except (AlreadyExists, IntegrityError):
+    except AlreadyExists:
         log.info("first superuser %s already exists", email)
         return False
     log.info("created first superuser %s", email)
     return True
+
+
+async def update(session: AsyncSession, user: User, fields: Mapping[str, Any]) -> None:
+    """Change the given fields (a password is hashed); a taken email is ALREADY_EXISTS."""
+    for name, value in fields.items():
+        if name == "password":
+            user.hashed_password = hash_password(value)
+        else:
+            setattr(user, name, value)
+    await write_unique(session, user)
 
 
 async def list_page(session: AsyncSession, *, after_id: int, limit: int) -> list[User]:

@@ -8,17 +8,13 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Task, Workflow, WorkflowTask
-from fractal_api.store import insert_unique
-from fractal_grpc.grpckit.errors import AlreadyExists, InvalidArgument, NotFound
+from fractal_api.store import write_unique
+from fractal_grpc.grpckit.errors import InvalidArgument, NotFound
 
 
 async def create(session: AsyncSession, project_id: int, name: str) -> Workflow:
     workflow = Workflow(project_id=project_id, name=name)
-    conflict = AlreadyExists(
-        f"Workflow with name={name} already exists in project {project_id}",
-        reason="WORKFLOW_NAME_IN_USE",
-    )
-    await insert_unique(session, workflow, conflict)
+    await write_unique(session, workflow)
     return workflow
 
 
