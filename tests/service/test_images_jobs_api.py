@@ -137,6 +137,8 @@ async def test_add_images_rules_all_or_nothing(user: ApiClient) -> None:
             "images[1].zarr_url",
         ),
         ([image("/zarr")], grpc.StatusCode.INVALID_ARGUMENT, "images[0].zarr_url"),
+        # A string prefix of zarr_dir but not under it (the reference's check accepts it).
+        ([image("/zarr_sibling/c")], grpc.StatusCode.INVALID_ARGUMENT, "images[0].zarr_url"),
         ([image("relative")], grpc.StatusCode.INVALID_ARGUMENT, "images[0].zarr_url"),
         (
             [image("/zarr/b"), image("/zarr/b/")],

@@ -211,6 +211,16 @@ async def test_task_error_carries_log(job_dir: Path, tmp_path: Path) -> None:
     assert info.value.log == calls[1].paths.log.read_text()
 
 
+async def test_a_silent_failure_reports_its_exit_code(job_dir: Path) -> None:
+    """A task that fails without writing anything: its error says how it ended, not ""."""
+    calls = make_calls(job_dir, python_command("import sys; sys.exit(3)"), [{}])
+    with pytest.raises(TaskExecutionError) as info:
+        await LocalExecutor().run_calls(calls, concurrency=None)
+    assert calls[0].paths.log.read_text() == ""
+    assert info.value.log == info.value.message
+    assert info.value.log.startswith("Task process exited with code 3.\nCommand: ")
+
+
 async def test_failure_stops_the_batch(job_dir: Path, tmp_path: Path) -> None:
     """The first failure kills the calls still running and launches no new one."""
     pid_file = tmp_path / "pids.json"

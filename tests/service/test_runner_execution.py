@@ -923,3 +923,57 @@ async def test_dummy_examples(world: World) -> None:
     assert job.log.startswith(f"JOB ERROR in Fractal job {job.id}:\nTRACEBACK:\n")
     assert "not a parent directory" in job.log
     assert await world.images() == {}
+
+
+async def test_a_silent_task_failure_shows_its_exit_code(world: World) -> None:
+    """The reference's TRACEBACK is the task's stderr: empty for a task that exits silently.
+    Here the job log says how the task ended instead."""
+    task = await create_task(
+        world.client, "quiet", non_parallel=python_command("import sys; sys.exit(3)")
+    )
+    await world.add_task(task)
+    job = await world.run()
+    assert job.status == job_pb2.JOB_STATUS_FAILED
+    assert job.log.startswith(
+        "TASK ERROR: Task name: quiet, position in Workflow: 0\nTRACEBACK:\n"
+        "Task process exited with code 3.\nCommand: "
+    )
+
+
+async def test_a_task_killed_by_a_signal_shows_the_signal(world: World) -> None:
+    code = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    task = await create_task(world.client, "killed", non_parallel=python_command(code))
+    await world.add_task(task)
+    job = await world.run()
+    assert job.status == job_pb2.JOB_STATUS_FAILED
+    assert job.log.startswith(
+        f"JOB ERROR in Fractal job {job.id}:\nTRACEBACK:\n"
+        "Task process was terminated by signal SIGKILL (return code -9).\nCommand: "
+    )
+
+
+async def test_parallel_outputs_with_different_filters_are_a_job_error(world: World) -> None:
+    """Each parallel call sets a filter of its own image's name: the outputs cannot be merged,
+    a JOB ERROR like any invalid output (the reference: UNKNOWN ERROR), and nothing applied."""
+    code = (
+        "import json, sys\n"
+        "args = json.load(open(sys.argv[sys.argv.index('--args-json') + 1]))\n"
+        "out = sys.argv[sys.argv.index('--out-json') + 1]\n"
+        "name = args['zarr_url'].rsplit('/', 1)[-1]\n"
+        "json.dump({'filters': {'attributes': {'well': name}}}, open(out, 'w'))\n"
+    )
+    task = await create_task(
+        world.client, "own filter", parallel=python_command(code), output_types={"seen": True}
+    )
+    await world.add_task(task)
+    await world.add_images(image(f"{world.zarr_dir}/a"), image(f"{world.zarr_dir}/b"))
+    job = await world.run()
+    assert job.status == job_pb2.JOB_STATUS_FAILED
+    assert job.log.startswith(f"JOB ERROR in Fractal job {job.id}:\nTRACEBACK:\n")
+    assert "Parallel task outputs set different filters" in job.log
+    assert {url: img["types"] for url, img in (await world.images()).items()} == {
+        f"{world.zarr_dir}/a": {},
+        f"{world.zarr_dir}/b": {},
+    }
+    assert filters_to_dict((await world.dataset()).filters)["attributes"] == {}
+    assert await world.history() == [(0, "failed")]

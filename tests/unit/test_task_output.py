@@ -239,7 +239,7 @@ def test_merge_outputs_concatenates_and_deduplicates() -> None:
 )
 def test_merge_outputs_refuses_different_filters(other: FiltersModel) -> None:
     first = TaskOutput(filters=FiltersModel(attributes={"a": 1}, types={"t": True}))
-    with pytest.raises(ValueError, match="different filters"):
+    with pytest.raises(TaskOutputValidationError, match="different filters"):
         merge_outputs([first, TaskOutput(filters=other)])
 
 

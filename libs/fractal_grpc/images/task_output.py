@@ -203,7 +203,9 @@ def merge_outputs(outputs: Sequence[TaskOutput]) -> TaskOutput:
     """Combine the outputs of a task's parallel calls.
 
     Updates and removals are concatenated in order and the updates deduplicated. Every output
-    must carry the same ``filters`` (else ValueError); the result carries them too.
+    must carry the same ``filters`` (else TaskOutputValidationError: the task's outputs are
+    invalid together, which the runner reports as a JOB ERROR like any invalid output; the
+    reference raised a plain ValueError there, an UNKNOWN ERROR); the result carries them too.
     """
     if not outputs:
         return TaskOutput()
@@ -213,7 +215,7 @@ def merge_outputs(outputs: Sequence[TaskOutput]) -> TaskOutput:
     removals: list[str] = []
     for index, output in enumerate(outputs):
         if not filters_equal(output.filters.to_filters(), reference):
-            raise ValueError(
+            raise TaskOutputValidationError(
                 "Parallel task outputs set different filters: "
                 f"output 0 has {filters.model_dump()}, "
                 f"output {index} has {output.filters.model_dump()}"

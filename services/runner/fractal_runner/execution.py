@@ -267,6 +267,8 @@ class JobExecution:
             failure = (task_error_log(current.task_name, current.order, exc.log), current.order)
         except JobExecutionError as exc:
             failure = (job_error_log(job_id, exc.message), _order(current))
+        except TaskOutputValidationError as exc:  # outputs invalid together (merge_outputs)
+            failure = (job_error_log(job_id, str(exc)), _order(current))
         except Exception:  # noqa: BLE001 - reported to the user as an unknown error
             failure = (unknown_error_log(job_id, traceback.format_exc()), _order(current))
 

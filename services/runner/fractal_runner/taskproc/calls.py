@@ -46,13 +46,14 @@ class TaskExecutionError(RuntimeError):
     """The task itself failed (exit code > 0, or its command is not valid).
 
     `log` is the content of the call's log file (the task's stdout and stderr), which the runner
-    reports as the job log's TRACEBACK.
+    reports as the job log's TRACEBACK. A task that failed without a word gets `message` there
+    instead (which says how it ended: its exit code), not an empty TRACEBACK.
     """
 
     def __init__(self, message: str, log: str = "") -> None:
         super().__init__(message)
         self.message = message
-        self.log = log
+        self.log = log if log.strip() else message
 
 
 class JobExecutionError(RuntimeError):
