@@ -105,6 +105,8 @@ class CreateCase:
     setup: Callable[[ApiClient], Awaitable[Parents]]
     call: Callable[[ApiClient, Parents, str, str], Awaitable[int]]
     count: Callable[[ApiClient, Parents], Awaitable[int]]
+    superuser: bool = False
+    """Called as the superuser (else as a fresh user)."""
 
 
 async def _create_project(u: ApiClient, p: Parents, variant: str, rid: str) -> int:
@@ -192,6 +194,32 @@ async def _count_jobs(u: ApiClient, p: Parents) -> int:
     return len((await u.jobs.ListJobs(req, metadata=u.md)).jobs)
 
 
+async def _nothing(user: ApiClient) -> Parents:
+    return {"token": secrets.randbelow(10**9)}
+
+
+async def _create_user(u: ApiClient, p: Parents, variant: str, rid: str) -> int:
+    req = user_service_pb2.CreateUserRequest(
+        email=f"race-{p['token']}@example.org",
+        password="secret-pw",
+        username=f"u-{variant}",
+        request_id=rid,
+    )
+    return (await u.users.CreateUser(req, metadata=u.md)).user.id
+
+
+async def _count_users(u: ApiClient, p: Parents) -> int:
+    count, token = 0, ""
+    while True:
+        page = await u.users.ListUsers(
+            user_service_pb2.ListUsersRequest(page_size=1000, page_token=token), metadata=u.md
+        )
+        count += sum(x.email == f"race-{p['token']}@example.org" for x in page.users)
+        token = page.next_page_token
+        if not token:
+            return count
+
+
 CASES = [
     CreateCase("CreateProject", _project, _create_project, _count_projects),
     CreateCase("CreateDataset", _project, _create_dataset, _count_datasets),
@@ -199,6 +227,7 @@ CASES = [
     CreateCase("CreateWorkflowTask", _with_workflow, _create_wftask, _count_wftasks),
     CreateCase("CreateTask", _project, _create_task, _count_tasks),
     CreateCase("SubmitJob", _ready_to_submit, _submit_job, _count_jobs),
+    CreateCase("CreateUser", _nothing, _create_user, _count_users, superuser=True),
 ]
 
 
@@ -235,7 +264,7 @@ def _code(outcome: object) -> grpc.StatusCode | None:
 async def test_concurrent_creates_with_one_request_id_make_one_object(
     runnerless_admin: ApiClient, case: CreateCase
 ) -> None:
-    user = await runnerless_admin.new_user()
+    user = runnerless_admin if case.superuser else await runnerless_admin.new_user()
     parents = await case.setup(user)
     before = await case.count(user, parents)
     rid = f"rid-{secrets.token_hex(8)}"
@@ -252,6 +281,24 @@ async def test_concurrent_creates_with_one_request_id_make_one_object(
     assert info is not None and info.reason == "REQUEST_ID_REUSED"
     assert fields == ["request_id"]
     assert await case.count(user, parents) == before + 1
+
+
+async def test_a_retry_with_another_password_replays_the_first_user(
+    runnerless_admin: ApiClient,
+) -> None:
+    """Passwords are not part of a request's hash (a fast hash of a password is not stored)."""
+    admin = runnerless_admin
+    email = f"pw-{secrets.token_hex(4)}@example.org"
+    created = [
+        await admin.users.CreateUser(
+            user_service_pb2.CreateUserRequest(email=email, password=pw, request_id=f"r-{email}"),
+            metadata=admin.md,
+        )
+        for pw in ("first-pw", "second-pw")
+    ]
+    first, second = created
+    assert first.user.id == second.user.id
+    await ApiClient.login(admin.channel, email, "first-pw")
 
 
 async def test_request_ids_are_per_user(runnerless_admin: ApiClient) -> None:

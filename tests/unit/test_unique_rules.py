@@ -8,7 +8,12 @@ import grpc
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from fractal.v2 import dataset_service_pb2, job_service_pb2, workflow_service_pb2
+from fractal.v2 import (
+    dataset_service_pb2,
+    job_service_pb2,
+    user_service_pb2,
+    workflow_service_pb2,
+)
 from fractal_api.models import Base
 from fractal_api.store.conflicts import RULES, conflict, violated_constraint
 from fractal_api.store.requests import method_of, request_hash
@@ -127,6 +132,13 @@ def test_request_hash_tells_an_unset_optional_from_its_default() -> None:
     unset = job_service_pb2.SubmitJobRequest(project_id=1)
     empty = job_service_pb2.SubmitJobRequest(project_id=1, worker_init="")
     assert request_hash(unset) != request_hash(empty)
+
+
+def test_request_hash_leaves_out_passwords() -> None:
+    one = user_service_pb2.CreateUserRequest(email="a@x.y", password="one")
+    two = user_service_pb2.CreateUserRequest(email="a@x.y", password="two")
+    other = user_service_pb2.CreateUserRequest(email="b@x.y", password="one")
+    assert request_hash(one) == request_hash(two) != request_hash(other)
 
 
 def test_method_of_a_request() -> None:

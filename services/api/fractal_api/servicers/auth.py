@@ -11,7 +11,7 @@ from fractal.v2 import auth_service_pb2_grpc as rpc
 from fractal.v2 import user_service_pb2 as upb
 from fractal.v2 import user_service_pb2_grpc as urpc
 from fractal_api.context import ApiContext
-from fractal_api.store import users
+from fractal_api.store import requests, users
 from fractal_api.views import user_view
 from fractal_grpc.auth.passwords import DUMMY_HASH, verify_password
 from fractal_grpc.auth.principal import current_user
@@ -72,7 +72,13 @@ class UserServicer(urpc.UserServiceServicer):
         users.validate_fields(fields, violations)
         violations.raise_if_any()
         async with transaction(self.ctx.sessions) as session:
-            user = await users.create(session, **fields)
+            user = await requests.once(
+                session,
+                current_user().user_id or 0,
+                request,
+                create=lambda: users.create(session, **fields),
+                replay=lambda earlier: users.get(session, earlier),
+            )
         return upb.CreateUserResponse(user=user_view(user))
 
     async def GetUser(self, request: upb.GetUserRequest, context: grpc.aio.ServicerContext) -> Any:

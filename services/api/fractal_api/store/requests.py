@@ -32,12 +32,20 @@ T = TypeVar("T")
 MAX_LENGTH = 128
 
 
+# Not part of a request's hash: the key itself, and secrets (a fast hash of a password beside
+# the user's bcrypt hash would be the weaker of the two).
+_UNHASHED = ("request_id", "password")
+
+
 def request_hash(request: Message) -> bytes:
-    """SHA-256 of the request without its request_id, serialized deterministically (map entries,
-    Struct keys included, in key order): two requests hash alike iff they carry the same values."""
+    """SHA-256 of the request without its request_id (and password), serialized
+    deterministically (map entries, Struct keys included, in key order): two requests hash alike
+    iff they carry the same values."""
     bare = type(request)()
     bare.CopyFrom(request)
-    bare.ClearField("request_id")
+    for name in _UNHASHED:
+        if name in request.DESCRIPTOR.fields_by_name:
+            bare.ClearField(name)
     return hashlib.sha256(bare.SerializeToString(deterministic=True)).digest()
 
 
