@@ -17,6 +17,7 @@ if [ ${#bad[@]} = 0 ]; then
     fi
 fi
 id "$FRACTAL_SLURM_USER" >/dev/null 2>&1 || bad+=("no cluster user $FRACTAL_SLURM_USER")
+[ -x "$FRACTAL_SLURM_STATE/worker-python/bin/python" ] || bad+=("no worker Python in $FRACTAL_SLURM_STATE/worker-python")
 D=$FRACTAL_SSHD_DIR
 if [ -s "$D/id_ed25519" ] && [ -s "$D/known_hosts" ]; then
     timeout 10 ssh -p "$FRACTAL_SSHD_PORT" -i "$D/id_ed25519" -o BatchMode=yes -o IdentitiesOnly=yes \

@@ -9,6 +9,8 @@ FRACTAL_SLURM_USER=${FRACTAL_SLURM_USER:-fractal-worker}   # non-root cluster us
 FRACTAL_SLURM_DB=${FRACTAL_SLURM_DB:-fractal_slurm_acct}   # private database in the local MariaDB
 FRACTAL_SLURM_DB_HOST=${FRACTAL_SLURM_DB_HOST:-127.0.0.1}
 FRACTAL_SLURM_DB_PORT=${FRACTAL_SLURM_DB_PORT:-3306}
+# what the worker (python -m fractal_runner.slurm.worker) imports besides the runner's own source
+FRACTAL_SLURM_WORKER_PACKAGES=${FRACTAL_SLURM_WORKER_PACKAGES:-cloudpickle psutil pydantic}
 FRACTAL_SSHD_DIR=${FRACTAL_SSHD_DIR:-/var/lib/fractal-sshd}
 FRACTAL_SSHD_PORT=${FRACTAL_SSHD_PORT:-2222}
 FRACTAL_SSH_USER=${FRACTAL_SSH_USER:-fractal-ssh}

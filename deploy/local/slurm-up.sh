@@ -194,6 +194,20 @@ for u in root "$FRACTAL_SLURM_USER"; do
     sacctmgr -n -P show user "$u" format=user | grep -qx "$u" || sacctmgr -i add user "$u" account=root >/dev/null 2>&1 || true
 done
 
+# ---- a Python for the SLURM worker that the cluster users can run (the runner's own interpreter
+# may live where they cannot read, e.g. under /root): Debian's python3 with the worker's packages.
+# The runner puts its own source on PYTHONPATH for the worker.
+WORKER_VENV=$FRACTAL_SLURM_STATE/worker-python
+if ! "$WORKER_VENV/bin/python" -c 'import cloudpickle, psutil, pydantic' 2>/dev/null; then
+    [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || apt_install python3 python3-venv
+    say "creating the worker Python $WORKER_VENV"
+    rm -rf "$WORKER_VENV"
+    /usr/bin/python3 -m venv "$WORKER_VENV"
+    "$WORKER_VENV/bin/python" -m pip install --quiet --disable-pip-version-check $FRACTAL_SLURM_WORKER_PACKAGES ||
+        die "cannot install the worker's packages ($FRACTAL_SLURM_WORKER_PACKAGES)"
+fi
+chmod -R a+rX "$WORKER_VENV"
+
 # ---- smoke job, as the cluster user (sbatch --wait exits with the job's exit code)
 sudo --set-home --non-interactive -u "$FRACTAL_SLURM_USER" \
     sbatch --wait --quiet -J fractal-deploy-smoke -D /tmp -o /dev/null --mem=20M --wrap true ||

@@ -161,3 +161,18 @@ def test_worker_arguments_are_quoted():
 def test_refused(change, error, message):
     with pytest.raises(error, match=message):
         sbatch_script(dataclasses.replace(SPEC, **change))
+
+
+def test_worker_environment_is_exported_last():
+    text = sbatch_script(dataclasses.replace(SPEC, worker_env={"PYTHONPATH": "/src/my runner"}))
+    head = text.split("\n\n")[0].splitlines()
+    assert head[-2:] == [
+        "export MODELS=/home/u/.cache/models",
+        "export PYTHONPATH='/src/my runner'",
+    ]
+    for env, message in [
+        ({"A B": "x"}, "invalid environment variable name"),
+        ({"A": "x\ny"}, "line break"),
+    ]:
+        with pytest.raises((ValueError, SlurmConfigError), match=message):
+            sbatch_script(dataclasses.replace(SPEC, worker_env=env))

@@ -9,7 +9,8 @@ queues the extra steps inside the allocation (the in-job queue).
 ``#SBATCH`` lines, in order: partition, ntasks, cpus-per-task, mem, then job-name, constraint,
 gres, gpus, time, account, comment when set, the ``#SBATCH`` extra lines, err, out and ``-D``.
 Other lines: the remaining extra lines, then one ``export NAME={export_dir}/{value}`` per
-``user_local_exports`` entry.
+``user_local_exports`` entry, then ``export NAME=VALUE`` for the worker's own environment
+(``worker_env``, e.g. the PYTHONPATH of the runner's source).
 
 Departures: each srun step is named after its call (``--job-name={step_name}``), so sacct tells
 which call a failed or killed step was; the job may carry a ``--comment`` (our run/call tag);
@@ -18,8 +19,8 @@ refused, and so are file paths with whitespace in ``#SBATCH`` lines (sbatch does
 """
 
 import shlex
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from fractal_runner.slurm.errors import SlurmConfigError
 from fractal_runner.slurm.task_config import SlurmConfig
@@ -54,6 +55,7 @@ class SlurmJobSpec:
     worker_python: str
     export_dir: str | None = None
     comment: str | None = None
+    worker_env: Mapping[str, str] = field(default_factory=dict)
 
 
 def sbatch_script(spec: SlurmJobSpec) -> str:
@@ -85,6 +87,10 @@ def sbatch_script(spec: SlurmJobSpec) -> str:
             raise ValueError("user_local_exports are set but no export_dir is given")
         for name, value in config.user_local_exports.items():
             lines.append(f"export {name}={shlex.quote(f'{spec.export_dir}/{value}')}")
+    for name, value in spec.worker_env.items():
+        if not name.isidentifier():
+            raise ValueError(f"invalid environment variable name {name!r}")
+        lines.append(f"export {name}={shlex.quote(_one_line(name, value))}")
     lines.append(_sbatch("err", _path(spec.stderr_file)))
     lines.append(_sbatch("out", _path(spec.stdout_file)))
     lines.append(f"{SBATCH} -D {_path(spec.working_dir)}")
