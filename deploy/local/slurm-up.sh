@@ -62,6 +62,8 @@ JobAcctGatherParams=OverMemoryKill
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=6819
+# keep each job's --comment in accounting (the runner tags its jobs with run and call ids)
+AccountingStoreFlags=job_comment
 JobCompType=jobcomp/none
 # Finished jobs stay visible to squeue -t all for an hour.
 MinJobAge=3600
@@ -203,8 +205,8 @@ if ! "$WORKER_VENV/bin/python" -c 'import cloudpickle, psutil, pydantic' 2>/dev/
     say "creating the worker Python $WORKER_VENV"
     rm -rf "$WORKER_VENV"
     /usr/bin/python3 -m venv "$WORKER_VENV"
-    "$WORKER_VENV/bin/python" -m pip install --quiet --disable-pip-version-check $FRACTAL_SLURM_WORKER_PACKAGES ||
-        die "cannot install the worker's packages ($FRACTAL_SLURM_WORKER_PACKAGES)"
+    "$WORKER_VENV/bin/python" -m pip install --quiet --disable-pip-version-check $FRACTAL_SLURM_WORKER_PACKAGES \
+        >"$LOGD/worker-pip.log" 2>&1 || { tail -20 "$LOGD/worker-pip.log" >&2; die "cannot install the worker's packages"; }
 fi
 chmod -R a+rX "$WORKER_VENV"
 
