@@ -8,15 +8,20 @@ PROTO_FILES := $(shell find protos -name '*.proto')
 GEN_DIR := libs
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint protos install bench clean test-unit test-service test-e2e
+.PHONY: run test lint protos install bench clean test-unit test-service test-e2e cluster
 
 ## run: the whole suite on embedded PostgreSQL and NATS (or FRACTAL_DATABASE_URL / FRACTAL_NATS_URL).
 run: $(STAMP)
 	$(VENV)/bin/fractal-dev run
 
 ## test: install what the tests need, lint, and run every test.
-test: $(STAMP) lint
+test: $(STAMP) lint cluster
 	$(PY) -m pytest
+
+## cluster: the one-node SLURM cluster and loopback sshd of tests/slurm (deploy/local), brought up
+## only when deploy/local/check.sh says it is not up (as root, or through sudo).
+cluster:
+	@deploy/local/check.sh -q 2>/dev/null || $$([ "$$(id -u)" = 0 ] || echo sudo) deploy/local/up.sh
 
 install: $(STAMP)
 

@@ -1,0 +1,155 @@
+"""Calls to SLURM's commands (sbatch, squeue, sacct, scancel), each counted and logged.
+
+:class:`SchedulerCalls` is a Prometheus-style counter ``fractal_slurm_scheduler_calls_total`` with
+labels cluster, user and command; every call also logs one line (command, number of job ids,
+exit status, duration), so benchmarks and operators can see how often the scheduler is asked.
+
+:class:`SlurmCommands` runs the commands as local processes, optionally through
+``sudo --non-interactive -u {user}`` (the slurm_sudo backend); the ssh backend will provide the
+same ``run`` over a connection. A command that cannot be started, times out or exits non-zero
+gives a :class:`SchedulerCallFailed` (an answer we must not interpret: "unknown, ask again").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["CommandResult", "SchedulerCallFailed", "SchedulerCalls", "SlurmCommands"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_SECONDS = 60.0
+
+
+class SchedulerCallFailed(RuntimeError):
+    """A SLURM command did not answer usably; what it was asked stays unknown."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    raw_stdout: bytes = b""
+
+
+class SchedulerCalls:
+    """How many times each SLURM command was called, per (cluster, user)."""
+
+    NAME = "fractal_slurm_scheduler_calls_total"
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str, str, str]] = Counter()
+
+    def add(self, cluster: str, user: str, command: str) -> None:
+        self._counts[(cluster, user, command)] += 1
+
+    def count(self, command: str, *, cluster: str | None = None, user: str | None = None) -> int:
+        return sum(
+            n
+            for (c, u, cmd), n in self._counts.items()
+            if cmd == command and cluster in (None, c) and user in (None, u)
+        )
+
+    def render(self) -> str:
+        """The counter in the Prometheus text format."""
+        lines = [
+            f"# HELP {self.NAME} Calls of SLURM commands by the runner.",
+            f"# TYPE {self.NAME} counter",
+        ]
+        for (cluster, user, command), n in sorted(self._counts.items()):
+            labels = f'cluster="{cluster}",user="{user}",command="{command}"'
+            lines.append(f"{self.NAME}{{{labels}}} {n}")
+        return "\n".join(lines) + "\n"
+
+
+class SlurmCommands:
+    """Runs SLURM commands for one (cluster, user) and counts every call."""
+
+    def __init__(
+        self,
+        *,
+        cluster: str,
+        user: str,
+        calls: SchedulerCalls,
+        sudo_user: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    ) -> None:
+        self.cluster = cluster
+        self.user = user
+        self.calls = calls
+        self.sudo_user = sudo_user
+        self.timeout = timeout
+
+    async def run(
+        self, argv: Sequence[str], *, n_ids: int = 0, as_user: bool = False
+    ) -> CommandResult:
+        """Run ``argv`` (through sudo when ``as_user`` and a sudo user is set); never raises for a
+        non-zero exit, only SchedulerCallFailed when the command could not run or timed out."""
+        command = argv[0]
+        full = list(argv)
+        if as_user and self.sudo_user is not None:
+            full = ["sudo", "--non-interactive", "-u", self.sudo_user, *full]
+        self.calls.add(self.cluster, self.user, command)
+        started = time.monotonic()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *full,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as e:
+            self._log(command, n_ids, f"not started ({e})", started)
+            raise SchedulerCallFailed(f"cannot run {command}: {e}") from e
+        try:
+            out, err = await asyncio.wait_for(process.communicate(), self.timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            self._log(command, n_ids, "timed out", started)
+            raise SchedulerCallFailed(
+                f"{command} did not answer within {self.timeout:g} s"
+            ) from None
+        rc = process.returncode
+        assert rc is not None
+        self._log(command, n_ids, f"exit {rc}", started)
+        return CommandResult(rc, out.decode(errors="replace"), err.decode(errors="replace"), out)
+
+    async def sbatch(self, script: str) -> str:
+        """Submit the script file ``script`` as the user; the job id (SchedulerCallFailed if
+        sbatch refuses it, with sbatch's own message)."""
+        result = await self.run(["sbatch", "--parsable", script], as_user=True)
+        job_id = result.stdout.strip().split(";")[0]
+        if result.returncode != 0 or not job_id.isdigit():
+            detail = (result.stderr.strip() or result.stdout.strip())[:2000]
+            raise SchedulerCallFailed(f"sbatch refused {script}: {detail}")
+        return job_id
+
+    async def scancel(self, job_ids: Sequence[str]) -> None:
+        """Cancel ``job_ids`` as the user (one call); SchedulerCallFailed if scancel fails."""
+        if not job_ids:
+            return
+        result = await self.run(["scancel", *job_ids], n_ids=len(job_ids), as_user=True)
+        if result.returncode != 0:
+            raise SchedulerCallFailed(f"scancel failed: {result.stderr.strip()[:2000]}")
+
+    def _log(self, command: str, n_ids: int, status: str, started: float) -> None:
+        logger.info(
+            "slurm call %s cluster=%s user=%s ids=%d: %s in %.3f s (total %s calls: %d)",
+            command,
+            self.cluster,
+            self.user,
+            n_ids,
+            status,
+            time.monotonic() - started,
+            command,
+            self.calls.count(command, cluster=self.cluster, user=self.user),
+        )

@@ -1,0 +1,15 @@
+"""Names of the local test cluster (deploy/local/common.sh has the same defaults)."""
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CHECK = REPO / "deploy" / "local" / "check.sh"
+CLUSTER = os.environ.get("FRACTAL_SLURM_CLUSTER", "fractal")
+CLUSTER_USER = os.environ.get("FRACTAL_SLURM_USER", "fractal-worker")
+POLL_INTERVAL = 0.5
+STATE = Path(os.environ.get("FRACTAL_SLURM_STATE", "/var/lib/fractal-slurm"))
+#: The Python the cluster user runs the worker with (deploy/local/slurm-up.sh makes it).
+WORKER_PYTHON = str(STATE / "worker-python" / "bin" / "python")
+#: The runner's own source, on the worker's PYTHONPATH.
+RUNNER_SOURCE = str(REPO / "services" / "runner")
