@@ -368,7 +368,8 @@ async def test_golden_scenario(world: World, tmp_path: Path) -> None:
     assert sorted(p.name for p in (job_dir / "2_mip_compound").iterdir()) == sorted(
         f"{prefix}.{suffix}"
         for prefix in ("2", "2_par_0000000", "2_par_0000001")
-        for suffix in ("args.json", "log", "metadiff.json")
+        # The reference's three files per call, and the runner's completion record.
+        for suffix in ("args.json", "log", "metadiff.json", "done.json")
     )
 
 
