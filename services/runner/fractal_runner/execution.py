@@ -9,7 +9,12 @@ with ``FinishJob``: DONE with the content of ``workflow.log``, or FAILED with th
 error text. Results of the tasks that succeeded stay applied.
 
 Resuming after a restart is the same run: tasks whose results api already applied
-(``applied_task_orders``) are skipped, and the job folder is reused.
+(``applied_task_orders``) are skipped, the job folder is reused, and within the interrupted
+task only the calls without a completion record run (``taskproc.completions``).
+
+A job ends FAILED only for its own fault (a task error, an invalid output, a permanent refusal
+of its inputs or result by api) or a stop; an RPC error of api that is not such a refusal is
+raised, for the scheduler to run the attempt again (``fractal_runner.attempts``).
 
 Stop: the scheduler cancels the executor (its processes are killed, the job ends FAILED with the
 reference's stop text). As a safety net for a stop that did not reach this runner, the job's
@@ -182,9 +187,10 @@ class JobExecution:
         """Execute the job and report its end to api.
 
         Returns once api has the final state, or when there is nothing to do (the job is no
-        longer SUBMITTED). Raises only when api cannot be told (an RPC error other than
-        UNAVAILABLE, which is retried) and on cancellation (the runner is stopping: the job
-        is left as it is, to be resumed).
+        longer SUBMITTED). Raises an RPC error of api that is not the job's fault (one that
+        outlasted the client's retries, INTERNAL, NOT_FOUND, ...: the scheduler decides, see
+        ``fractal_runner.attempts``; the job is not ended) and on cancellation (the runner is
+        stopping: the job is left as it is, to be resumed).
         """
         job_id = self.job_id
         try:
@@ -269,6 +275,10 @@ class JobExecution:
             failure = (job_error_log(job_id, exc.message), _order(current))
         except TaskOutputValidationError as exc:  # outputs invalid together (merge_outputs)
             failure = (job_error_log(job_id, str(exc)), _order(current))
+        except grpc.aio.AioRpcError:
+            # api (or the way to it) failed, not the job: the attempt is run again.
+            logger.warning("Interrupted by an error of api: the job is to be resumed")
+            raise
         except Exception:  # noqa: BLE001 - reported to the user as an unknown error
             failure = (unknown_error_log(job_id, traceback.format_exc()), _order(current))
 
@@ -294,7 +304,10 @@ class JobExecution:
     async def _run_task(
         self, spec: pb.JobSpec, task: pb.TaskSpec, job_dir: Path, logger: logging.Logger
     ) -> TaskOutput:
-        images = await self.api.stream_task_inputs(self.job_id, task.order)
+        try:
+            images = await self.api.stream_task_inputs(self.job_id, task.order)
+        except grpc.aio.AioRpcError as exc:
+            raise _refusal(exc) from None
         logger.debug("%s-th task: %s input images", task.order, len(images))
         _check_input_types(images, task.input_types)
         zarr_urls = [image.zarr_url for image in images]
@@ -378,12 +391,19 @@ class JobExecution:
         try:
             await self.api.apply_task_result(self.job_id, task.order, output_to_proto(output))
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in (
-                grpc.StatusCode.FAILED_PRECONDITION,
-                grpc.StatusCode.INVALID_ARGUMENT,
-            ):
-                raise JobExecutionError(exc.details() or str(exc.code())) from None
-            raise
+            raise _refusal(exc) from None
+
+
+#: api's answers that refuse the job's own request for good (its result breaks an image-list
+#: rule, its dataset was deleted, ...): the job ends FAILED with api's message.
+_REFUSALS = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT})
+
+
+def _refusal(exc: grpc.aio.AioRpcError) -> Exception:
+    """A permanent refusal as the job's error; any other RPC error as it is."""
+    if exc.code() in _REFUSALS:
+        return JobExecutionError(exc.details() or exc.code().name)
+    return exc
 
 
 def _order(task: pb.TaskSpec | None) -> int | None:

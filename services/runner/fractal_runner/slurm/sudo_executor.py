@@ -210,6 +210,7 @@ class SlurmSudoExecutor:
                     args_json=self._user_path(call.paths.args_json),
                     out_json=self._user_path(call.paths.out_json),
                     log=self._user_path(call.paths.log),
+                    done=self._user_path(call.paths.done),
                 ),
             )
             prefix = call.paths.log.stem
