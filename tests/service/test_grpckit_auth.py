@@ -17,8 +17,15 @@ import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fractal_grpc.auth.principal import Access, current_principal
-from fractal_grpc.auth.tokens import INTERNAL_AUDIENCE, Claims, ServiceTokenSource, TokenVerifier
+from fractal_grpc.auth.principal import Access, Principal, PrincipalCache, current_principal
+from fractal_grpc.auth.tokens import (
+    INTERNAL_AUDIENCE,
+    USER_AUDIENCE,
+    Claims,
+    ServiceTokenSource,
+    TokenSigner,
+    TokenVerifier,
+)
 from fractal_grpc.grpckit.auth import AuthInterceptor
 from fractal_grpc.grpckit.interceptors import ErrorInterceptor, LoggingInterceptor
 from fractal_grpc.grpckit.server import GrpcServer
@@ -223,3 +230,68 @@ class _AcceptsTestToken:
     def verify(self, token: str) -> Claims:
         assert token == "t"
         return Claims(subject="service:runner", audience=INTERNAL_AUDIENCE, expires_at=2**40)
+
+
+@pytest.fixture(scope="module")
+async def user_kit(
+    key_env: dict[str, str],
+) -> AsyncIterator[tuple[grpc.aio.Channel, dict[int, Principal], PrincipalCache]]:
+    """The test service with user methods of every kind; users live in ``users`` (what the api
+    loads from its database), loaded through a PrincipalCache as api does."""
+    users: dict[int, Principal] = {}
+
+    async def load(user_id: int) -> Principal | None:
+        return users.get(user_id)
+
+    cache = PrincipalCache(load, ttl=3600)  # only a change event or nothing: no expiry
+
+    async def load_user(subject: str) -> Principal | None:
+        return await cache.get(int(subject))
+
+    public = Path(key_env["FRACTAL_SERVICE_PUBLIC_KEY_FILE"]).read_text()
+    user_public = Path(key_env["FRACTAL_JWT_PUBLIC_KEY_FILE"]).read_text()
+    auth = AuthInterceptor(
+        {f"/test.AuthKit/Internal{kind}": Access.USER for kind in KINDS},
+        internal_verifier=TokenVerifier(public, audience=INTERNAL_AUDIENCE),
+        user_verifier=TokenVerifier(user_public, audience=USER_AUDIENCE),
+        load_user=load_user,
+        user_changes=cache.watch,
+        recheck_seconds=3600,  # so that only the change event can end the calls below
+    )
+    server = GrpcServer("127.0.0.1:0", [ErrorInterceptor(), auth])
+    server.server.add_generic_rpc_handlers((_handlers(),))
+    port = await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield channel, users, cache
+    await server.stop(0.1)
+
+
+@pytest.mark.parametrize("kind", ["ClientStream", "Bidi"])
+async def test_open_client_and_bidi_streams_end_when_their_user_is_deactivated(
+    user_kit: tuple[grpc.aio.Channel, dict[int, Principal], PrincipalCache],
+    key_env: dict[str, str],
+    kind: str,
+) -> None:
+    channel, users, cache = user_kit
+    user_id = len(users) + 1
+    users[user_id] = Principal(user_id=user_id, email=f"u{user_id}@x.y")
+    signer = TokenSigner(
+        Path(key_env["FRACTAL_JWT_PRIVATE_KEY_FILE"]).read_text(),
+        issuer="test",
+        audience=USER_AUDIENCE,
+        lifetime=600,
+    )
+    token, _ = signer.sign(str(user_id))
+    path = f"/test.AuthKit/Internal{kind}"
+    metadata = (("authorization", f"Bearer {token}"),)
+    stream: Any = (channel.stream_stream(path) if kind == "Bidi" else channel.stream_unary(path))(
+        metadata=metadata
+    )
+    await stream.write(b"a")
+    if kind == "Bidi":
+        assert await stream.read() == b"echo:a:anonymous"  # a user, not a service
+    users[user_id] = Principal(user_id=user_id, email=f"u{user_id}@x.y", is_active=False)
+    cache.forget(user_id)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await asyncio.wait_for(stream.read() if kind == "Bidi" else stream, 30)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -23,8 +23,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc.aio
 
@@ -46,8 +45,7 @@ _ALWAYS_PUBLIC = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 RECHECK_SECONDS = 2.0
 
 
-@dataclass(frozen=True)
-class _Caller:
+class _Caller(NamedTuple):  # a tuple: built on every call, so cheap to build
     required: Access
     principal: Principal | None = None
     claims: Claims | None = None
@@ -198,16 +196,18 @@ class AuthInterceptor(_HandlerWrapper):
         watching = self.user_changes(user_id) if self.user_changes else contextlib.nullcontext(None)
         with watching as changed:
             while True:
-                remaining = caller.claims.expires_at - time.time()
-                if remaining <= 0:
-                    return Unauthenticated("token expired", reason="TOKEN_EXPIRED")
-                await _wait(changed, min(self.recheck_seconds, remaining))
+                # First once right after subscribing: a change made between the call's
+                # authentication and the subscription is not missed (usually a cache hit).
                 try:
                     await self._user(caller.required, caller.claims)
                 except DomainError as exc:
                     return exc
                 except Exception:  # noqa: BLE001 - a lookup that failed is tried again
                     log.warning("re-check of user %s failed; trying again", user_id, exc_info=True)
+                remaining = caller.claims.expires_at - time.time()
+                if remaining <= 0:
+                    return Unauthenticated("token expired", reason="TOKEN_EXPIRED")
+                await _wait(changed, min(self.recheck_seconds, remaining))
 
 
 async def _unless_revoked(work: asyncio.Future[Any], revoked: asyncio.Future[DomainError]) -> Any:
