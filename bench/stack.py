@@ -62,6 +62,8 @@ class BenchStack:
         self.state_created = False
         self.keep_state = keep_state
         self.api_address = f"{LOOPBACK}:{free_port()}"
+        # api's internal listener, which the runner calls.
+        self.api_internal_address = f"{LOOPBACK}:{free_port()}"
         self.runner_address = f"{LOOPBACK}:{free_port()}"
         self.children: list[ChildService] = []
         self.api: ChildService | None = None
@@ -97,7 +99,8 @@ class BenchStack:
             "FRACTAL_NATS_URL": NATS_URL,
             "FRACTAL_NATS_PREFIX": self.nats_prefix,
             "FRACTAL_API_ADDRESS": self.api_address,
-            "FRACTAL_API_URL": self.api_address,
+            "FRACTAL_API_INTERNAL_ADDRESS": self.api_internal_address,
+            "FRACTAL_API_URL": self.api_internal_address,
             "FRACTAL_RUNNER_ADDRESS": self.runner_address,
             "FRACTAL_RUNNER_WORKING_BASE_DIR": str(self.jobs_dir),
             "FRACTAL_API_SUBMIT_RATE_LIMIT": "0",

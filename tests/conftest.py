@@ -12,10 +12,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import ApiClient  # noqa: E402
+from helpers import ApiClient, admin_of  # noqa: E402
 from world import (
     NATS_URL,
     RUN_ID,
+    RunningApi,
     create_database,
     delete_streams,
     delete_streams_async,
@@ -73,30 +74,50 @@ def service_env(
         "FRACTAL_DEFAULT_ADMIN_EMAIL": "admin@fractal.xy",
         "FRACTAL_DEFAULT_ADMIN_PASSWORD": "1234",
         "FRACTAL_LOG_LEVEL": "INFO",
+        # An api built from this environment has its internal listener on a random port
+        # (running_api also puts the public one there).
+        "FRACTAL_API_INTERNAL_ADDRESS": "127.0.0.1:0",
     }
 
 
 @pytest.fixture(scope="session")
-async def api_address(service_env: dict[str, str]) -> AsyncIterator[str]:
-    async with running_api(service_env) as address:
-        yield address
+async def api(service_env: dict[str, str]) -> AsyncIterator[RunningApi]:
+    """The api of this test session (its public and internal addresses)."""
+    async with running_api(service_env) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
-async def runnerless_admin(
+def api_address(api: RunningApi) -> str:
+    """The session api's public listener (fractal.v2)."""
+    return api.address
+
+
+@pytest.fixture(scope="session")
+def api_internal_address(api: RunningApi) -> str:
+    """The session api's internal listener (fractal.internal.v1, the runner's FRACTAL_API_URL)."""
+    return api.internal_address
+
+
+@pytest.fixture(scope="session")
+async def runnerless_api(
     service_env: dict[str, str], nats_prefix: str
-) -> AsyncIterator[ApiClient]:
-    """The superuser on an api whose job commands no runner consumes (its own NATS prefix):
-    for tests that play the runner themselves through the internal RPCs."""
+) -> AsyncIterator[RunningApi]:
+    """An api whose job commands no runner consumes (its own NATS prefix): for tests that play
+    the runner themselves through the internal RPCs."""
     prefix = f"{nats_prefix}q"
     try:
-        async with (
-            running_api(service_env, nats_prefix=prefix) as address,
-            grpc.aio.insecure_channel(address) as ch,
-        ):
-            yield await ApiClient.login(ch, "admin@fractal.xy", "1234")
+        async with running_api(service_env, nats_prefix=prefix) as running:
+            yield running
     finally:
         await delete_streams_async(prefix)
+
+
+@pytest.fixture(scope="session")
+async def runnerless_admin(runnerless_api: RunningApi) -> AsyncIterator[ApiClient]:
+    """The superuser of the runnerless api."""
+    async with admin_of(runnerless_api) as admin:
+        yield admin
 
 
 @pytest.fixture(scope="session")
@@ -106,8 +127,17 @@ async def channel(api_address: str) -> AsyncIterator[grpc.aio.Channel]:
 
 
 @pytest.fixture(scope="session")
-async def admin(channel: grpc.aio.Channel) -> ApiClient:
-    return await ApiClient.login(channel, "admin@fractal.xy", "1234")
+async def internal_channel(api_internal_address: str) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(api_internal_address) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="session")
+async def admin(channel: grpc.aio.Channel, internal_channel: grpc.aio.Channel) -> ApiClient:
+    """The superuser; its ``internal`` stub reaches the internal listener."""
+    return await ApiClient.login(
+        channel, "admin@fractal.xy", "1234", internal_channel=internal_channel
+    )
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -12,6 +14,7 @@ from grpc_status import rpc_status
 
 from fractal.v2 import project_service_pb2
 from fractal_grpc.client import FractalClient
+from world import RunningApi
 
 
 class ApiClient(FractalClient):
@@ -26,7 +29,9 @@ class ApiClient(FractalClient):
             username=email.split("@")[0] if username else None,
             verified=verified,
         )
-        return await ApiClient.login(self.channel, email, "secret-pw")
+        return await ApiClient.login(
+            self.channel, email, "secret-pw", internal_channel=self.internal_channel
+        )
 
     async def new_project(self, name: str | None = None) -> Any:
         resp = await self.projects.CreateProject(
@@ -34,6 +39,16 @@ class ApiClient(FractalClient):
             metadata=self.md,
         )
         return resp.project
+
+
+@asynccontextmanager
+async def admin_of(api: RunningApi) -> AsyncIterator[ApiClient]:
+    """The default superuser of ``api``, with channels to both of its listeners."""
+    async with (
+        grpc.aio.insecure_channel(api.address) as channel,
+        grpc.aio.insecure_channel(api.internal_address) as internal,
+    ):
+        yield await ApiClient.login(channel, "admin@fractal.xy", "1234", internal_channel=internal)
 
 
 def error_details(

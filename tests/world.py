@@ -8,6 +8,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -93,17 +94,31 @@ async def schema_diff(database_url: str, metadata: MetaData, schema: str) -> lis
         await engine.dispose()
 
 
+# Where an api of the tests listens: random loopback ports, for both listeners (the public one
+# and the internal one of fractal.internal.v1). The one place that decides it.
+TEST_API_LISTENERS = {"api_address": "127.0.0.1:0", "api_internal_address": "127.0.0.1:0"}
+
+
+@dataclass(frozen=True)
+class RunningApi:
+    """The addresses of a running api: ``address`` serves fractal.v2, ``internal_address``
+    fractal.internal.v1 (what the runner's FRACTAL_API_URL points at)."""
+
+    address: str
+    internal_address: str
+
+
 @asynccontextmanager
-async def running_api(service_env: dict[str, str], **overrides: Any) -> AsyncIterator[str]:
-    """An api service in this process on a random loopback port; yields its address."""
+async def running_api(service_env: dict[str, str], **overrides: Any) -> AsyncIterator[RunningApi]:
+    """An api service in this process on random loopback ports; yields its addresses."""
     from fractal_api.app import ApiApp
     from fractal_grpc.settings import ApiSettings
 
     env: dict[str, Any] = {k.removeprefix("FRACTAL_").lower(): v for k, v in service_env.items()}
-    env.update(api_address="127.0.0.1:0", grace_seconds=0.5, **overrides)
+    env.update(TEST_API_LISTENERS, grace_seconds=0.5, **overrides)
     app = ApiApp(ApiSettings(**env))
     port = await app.start()
     try:
-        yield f"127.0.0.1:{port}"
+        yield RunningApi(f"127.0.0.1:{port}", f"127.0.0.1:{app.internal_port}")
     finally:
         await app.stop()

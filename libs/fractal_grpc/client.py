@@ -38,17 +38,28 @@ def open_channel(
 
 @dataclass
 class FractalClient:
-    """The stubs plus the caller's token; ``md`` is the metadata to pass with every call."""
+    """The stubs plus the caller's token; ``md`` is the metadata to pass with every call.
+
+    ``channel`` reaches api's public listener; ``internal_channel``, if given, its internal
+    listener (FRACTAL_API_INTERNAL_ADDRESS), for the ``internal`` stub."""
 
     channel: grpc.aio.Channel
     token: str
     email: str = ""
+    internal_channel: grpc.aio.Channel | None = None
 
     @classmethod
-    async def login(cls, channel: grpc.aio.Channel, email: str, password: str) -> Self:
+    async def login(
+        cls,
+        channel: grpc.aio.Channel,
+        email: str,
+        password: str,
+        *,
+        internal_channel: grpc.aio.Channel | None = None,
+    ) -> Self:
         stub = auth_service_pb2_grpc.AuthServiceStub(channel)
         resp = await stub.Login(auth_service_pb2.LoginRequest(email=email, password=password))
-        return cls(channel, resp.access_token, email)
+        return cls(channel, resp.access_token, email, internal_channel)
 
     @property
     def md(self) -> Metadata:
@@ -88,8 +99,10 @@ class FractalClient:
 
     @property
     def internal(self) -> job_execution_service_pb2_grpc.JobExecutionServiceStub:
-        """The runner's API (needs a service token, not a user's)."""
-        return job_execution_service_pb2_grpc.JobExecutionServiceStub(self.channel)
+        """The runner's API on the internal listener (needs a service token, not a user's)."""
+        if self.internal_channel is None:
+            raise RuntimeError("this client has no channel to api's internal listener")
+        return job_execution_service_pb2_grpc.JobExecutionServiceStub(self.internal_channel)
 
     async def create_user(
         self, email: str, password: str, *, username: str | None = None, verified: bool = False

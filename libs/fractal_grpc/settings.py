@@ -75,6 +75,8 @@ class ApiSettings(CommonSettings):
     """Settings of the api service."""
 
     api_address: str = "127.0.0.1:50051"
+    # The internal listener (fractal.internal.v1.*, for the runner): keep it off public networks.
+    api_internal_address: str = "127.0.0.1:50053"
     jwt_private_key_file: Path | None = None
     jwt_private_key: str | None = None
     jwt_public_key_file: Path | None = None
@@ -112,7 +114,8 @@ class RunnerSettings(CommonSettings):
     """Settings of the runner service."""
 
     runner_address: str = "127.0.0.1:50052"
-    api_url: str = "127.0.0.1:50051"
+    # api's internal listener (FRACTAL_API_INTERNAL_ADDRESS).
+    api_url: str = "127.0.0.1:50053"
     runner_backend: str = "local"
     runner_working_base_dir: Path = Path(".state/jobs")
     local_config_file: Path | None = None

@@ -8,9 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc.aio
 import pytest
-from e2e_stack import Stack, start_service, wait_serving
+from e2e_stack import Stack, listener_env, start_service, wait_serving
 
-from fractal_grpc.devstack.embedded import free_port
 from helpers import ApiClient
 from world import NATS_URL, RUN_ID, create_database, delete_streams, drop_database
 
@@ -23,17 +22,16 @@ def stack(key_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     state = tmp_path_factory.mktemp("e2e")
     logs = state / "logs"
     logs.mkdir()
-    api_address = f"127.0.0.1:{free_port()}"
-    runner_address = f"127.0.0.1:{free_port()}"
+    listeners = listener_env()
+    api_address = listeners["FRACTAL_API_ADDRESS"]
+    runner_address = listeners["FRACTAL_RUNNER_ADDRESS"]
     env = {
         **os.environ,
         **key_env,
+        **listeners,
         "FRACTAL_DATABASE_URL": url,
         "FRACTAL_NATS_URL": NATS_URL,
         "FRACTAL_NATS_PREFIX": prefix,
-        "FRACTAL_API_ADDRESS": api_address,
-        "FRACTAL_API_URL": api_address,
-        "FRACTAL_RUNNER_ADDRESS": runner_address,
         "FRACTAL_RUNNER_WORKING_BASE_DIR": str(state / "jobs"),
         "FRACTAL_API_SUBMIT_RATE_LIMIT": "0",
         "FRACTAL_GRACE_SECONDS": "1",
@@ -42,6 +40,7 @@ def stack(key_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     try:
         processes["api"] = start_service("api", env, logs)
         wait_serving("api", api_address, processes["api"], logs)
+        wait_serving("api", listeners["FRACTAL_API_INTERNAL_ADDRESS"], processes["api"], logs)
         processes["runner"] = start_service("runner", env, logs)
         wait_serving("runner", runner_address, processes["runner"], logs)
         yield Stack(api_address, env, processes, logs)

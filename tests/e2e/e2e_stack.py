@@ -11,8 +11,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fractal_grpc.devstack.cli import grpc_serving
+from fractal_grpc.devstack.embedded import free_port
 
 BIN = Path(sys.executable).parent
+
+
+def listener_env() -> dict[str, str]:
+    """Free loopback ports for api's two listeners and the runner, and the runner pointed at
+    api's internal listener: the environment that places the processes of a stack."""
+    internal = f"127.0.0.1:{free_port()}"
+    return {
+        "FRACTAL_API_ADDRESS": f"127.0.0.1:{free_port()}",
+        "FRACTAL_API_INTERNAL_ADDRESS": internal,
+        "FRACTAL_API_URL": internal,
+        "FRACTAL_RUNNER_ADDRESS": f"127.0.0.1:{free_port()}",
+    }
 
 
 @dataclass
@@ -21,6 +34,11 @@ class Stack:
     env: dict[str, str]
     processes: dict[str, subprocess.Popen[bytes]]
     logs: Path
+
+    @property
+    def api_internal_address(self) -> str:
+        """api's internal listener (fractal.internal.v1)."""
+        return self.env["FRACTAL_API_INTERNAL_ADDRESS"]
 
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")

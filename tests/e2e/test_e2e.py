@@ -140,9 +140,16 @@ def test_grpcurl_lists_services_and_logs_in(stack: Any) -> None:
         "fractal.v2.AuthService",
         "fractal.v2.JobService",
         "fractal.v2.ImageService",
-        "fractal.internal.v1.JobExecutionService",
         "grpc.health.v1.Health",
     } <= services
+    assert not any(name.startswith("fractal.internal.") for name in services), services
+    internal = grpcurl(stack.api_internal_address, "list")
+    assert internal.returncode == 0, internal.stderr
+    assert set(internal.stdout.split()) == {
+        "fractal.internal.v1.JobExecutionService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
     login = grpcurl(
         "-d",
         json.dumps({"email": "admin@fractal.xy", "password": "1234"}),

@@ -9,7 +9,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import grpc.aio
 import nats
 import pytest
 
@@ -22,7 +21,7 @@ from fractal.v2 import (
     workflow_service_pb2,
 )
 from fractal_grpc.devstack.embedded import EmbeddedNats
-from helpers import ApiClient
+from helpers import admin_of
 from world import running_api
 
 
@@ -37,10 +36,9 @@ async def test_jobs_survive_a_nats_outage(
     servers = [server]
     try:
         async with (
-            running_api(service_env, nats_url=url, nats_prefix=prefix) as address,
-            grpc.aio.insecure_channel(address) as channel,
+            running_api(service_env, nats_url=url, nats_prefix=prefix) as running,
+            admin_of(running) as admin,
         ):
-            admin = await ApiClient.login(channel, "admin@fractal.xy", "1234")
             user = await admin.new_user()
             project = await user.new_project()
             ds = await user.datasets.CreateDataset(

@@ -17,6 +17,7 @@ from fractal.v2 import (
     dataset_service_pb2,
     image_pb2,
     project_service_pb2,
+    project_service_pb2_grpc,
     user_service_pb2,
 )
 from helpers import ApiClient, error_details
@@ -51,14 +52,14 @@ def _forged_tokens(key_env: dict[str, str]) -> list[str]:
         Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
     )
     real = Path(key_env["FRACTAL_JWT_PRIVATE_KEY_FILE"]).read_text()
-    service = Path(key_env["FRACTAL_SERVICE_PRIVATE_KEY_FILE"]).read_text()
     return [
         "not-a-token",
         jwt.encode(claims, None, algorithm="none"),
         jwt.encode(claims, other, algorithm="EdDSA"),
         jwt.encode({**claims, "exp": now - 10}, real, algorithm="EdDSA"),
         jwt.encode({**claims, "aud": "somebody-else"}, real, algorithm="EdDSA"),
-        jwt.encode({**claims, "aud": "fractal-internal"}, service, algorithm="EdDSA"),
+        jwt.encode({**claims, "aud": "fractal-internal"}, real, algorithm="EdDSA"),
+        jwt.encode({**claims, "aud": "fractal-internal"}, other, algorithm="EdDSA"),
     ]
 
 
@@ -72,6 +73,19 @@ async def test_forged_expired_and_foreign_tokens_are_refused(
                 project_service_pb2.ListProjectsRequest(), metadata=client.md if token else ()
             )
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, token
+
+
+async def test_a_service_token_is_no_user(
+    channel: grpc.aio.Channel, service_md: tuple[tuple[str, str], ...]
+) -> None:
+    """A valid token of the wrong kind is authenticated but not allowed: PERMISSION_DENIED."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await project_service_pb2_grpc.ProjectServiceStub(channel).ListProjects(
+            project_service_pb2.ListProjectsRequest(), metadata=service_md
+        )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    info, _ = error_details(err.value)
+    assert info is not None and info.reason == "USER_TOKEN_REQUIRED"
 
 
 async def test_user_admin_needs_superuser(user: ApiClient) -> None:
@@ -117,17 +131,22 @@ async def test_projects_membership_and_pagination(user: ApiClient, admin: ApiCli
         await user.new_project("proj-0")
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
-    # Another user's project: PERMISSION_DENIED; a missing one: NOT_FOUND.
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await admin.projects.GetProject(
-            project_service_pb2.GetProjectRequest(project_id=created[0].id), metadata=admin.md
-        )
-    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await user.projects.GetProject(
-            project_service_pb2.GetProjectRequest(project_id=10**12), metadata=user.md
-        )
-    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # Another user's project answers exactly like a missing one (even to a superuser, who
+    # is no member either, as in the reference).
+    answers = []
+    for project_id in (created[0].id, 10**12):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await admin.projects.GetProject(
+                project_service_pb2.GetProjectRequest(project_id=project_id), metadata=admin.md
+            )
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        info, _ = error_details(err.value)
+        assert info is not None
+        answers.append((err.value.details(), info.reason, dict(info.metadata)))
+    assert answers == [
+        ("Project not found", "NOT_FOUND", {"project_id": str(created[0].id)}),
+        ("Project not found", "NOT_FOUND", {"project_id": "1000000000000"}),
+    ]
 
 
 async def test_create_project_is_idempotent_with_request_id(user: ApiClient) -> None:
@@ -190,4 +209,4 @@ async def test_dataset_of_another_users_project(user: ApiClient, admin: ApiClien
             ),
             metadata=admin.md,
         )
-    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND

@@ -345,7 +345,11 @@ async def test_cli_run_starts_and_stops_the_stack(
     assert api["FRACTAL_DATABASE_URL"].startswith("postgresql+asyncpg://postgres@127.0.0.1:")
     assert api["FRACTAL_DATABASE_URL"].endswith("/fractal")
     assert api["FRACTAL_NATS_URL"].startswith("nats://127.0.0.1:")
-    assert api["FRACTAL_API_ADDRESS"] == api["FRACTAL_API_URL"] == f"127.0.0.1:{api_port}"
+    assert api["FRACTAL_API_ADDRESS"] == f"127.0.0.1:{api_port}"
+    # The runner calls api's internal listener, on a port of its own.
+    assert api["FRACTAL_API_URL"] == api["FRACTAL_API_INTERNAL_ADDRESS"]
+    assert api["FRACTAL_API_INTERNAL_ADDRESS"].startswith("127.0.0.1:")
+    assert api["FRACTAL_API_INTERNAL_ADDRESS"] != api["FRACTAL_API_ADDRESS"]
     assert api["FRACTAL_RUNNER_ADDRESS"].startswith("127.0.0.1:")
     assert api["FRACTAL_RUNNER_BACKEND"] == "local"
     assert api["FRACTAL_RUNNER_WORKING_BASE_DIR"] == str(state / "jobs")

@@ -14,8 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fractal_grpc.auth.principal import Access
 from fractal_grpc.auth.tokens import INTERNAL_AUDIENCE, TokenVerifier
+from fractal_grpc.grpckit.auth import AuthInterceptor
 from fractal_grpc.grpckit.errors import InvalidArgument, NotFound
-from fractal_grpc.grpckit.interceptors import AuthInterceptor, ErrorInterceptor, LoggingInterceptor
+from fractal_grpc.grpckit.interceptors import ErrorInterceptor, LoggingInterceptor
 from fractal_grpc.grpckit.server import GrpcServer
 from helpers import error_details
 

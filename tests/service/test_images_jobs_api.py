@@ -566,7 +566,7 @@ async def test_bad_ids_and_cross_project_references(user: ApiClient, admin: ApiC
                 dataset_service_pb2.GetDatasetRequest(project_id=pid, dataset_id=other_did),
                 metadata=user.md,
             ),
-            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.NOT_FOUND,
         ),
         (
             user.datasets.GetDataset(
@@ -580,7 +580,7 @@ async def test_bad_ids_and_cross_project_references(user: ApiClient, admin: ApiC
                 image_service_pb2.QueryImagesRequest(project_id=pid, dataset_id=did),
                 metadata=admin.md,
             ),
-            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.NOT_FOUND,
         ),
         (
             user.images.QueryImages(
@@ -969,15 +969,16 @@ async def test_list_tasks_and_workflows_paginate(user: ApiClient) -> None:
 @pytest.fixture(scope="module")
 async def rate_limited_admin(service_env: dict[str, str], nats_prefix: str) -> Any:
     """An api with the reference's submission rate limit (60 s here), no runner behind it."""
+    from helpers import admin_of
     from world import delete_streams_async, running_api
 
     prefix = f"{nats_prefix}r"
     try:
         async with (
-            running_api(service_env, nats_prefix=prefix, api_submit_rate_limit=60) as address,
-            grpc.aio.insecure_channel(address) as channel,
+            running_api(service_env, nats_prefix=prefix, api_submit_rate_limit=60) as running,
+            admin_of(running) as admin,
         ):
-            yield await ApiClient.login(channel, "admin@fractal.xy", "1234")
+            yield admin
     finally:
         await delete_streams_async(prefix)
 

@@ -79,10 +79,10 @@ class Runner:
 
 
 @pytest.fixture(scope="session")
-async def runner(service_env: dict[str, str], api_address: str) -> AsyncIterator[Runner]:
+async def runner(service_env: dict[str, str], api_internal_address: str) -> AsyncIterator[Runner]:
     env = {k.removeprefix("FRACTAL_").lower(): v for k, v in service_env.items()}
     settings = RunnerSettings(
-        **env, runner_address="127.0.0.1:0", api_url=api_address, grace_seconds=0.5
+        **env, runner_address="127.0.0.1:0", api_url=api_internal_address, grace_seconds=0.5
     )
     app = RunnerApp(settings)
     port = await app.start()
@@ -578,7 +578,7 @@ async def test_stop_of_queued_and_unknown_jobs(
     world: World,
     runner: Runner,
     runs: RunStore,
-    api_address: str,
+    api_internal_address: str,
     key_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
@@ -606,7 +606,7 @@ async def test_stop_of_queued_and_unknown_jobs(
         tokens = ServiceTokenSource(
             Path(key_env["FRACTAL_SERVICE_PRIVATE_KEY_FILE"]).read_text(), service="runner"
         )
-        async with open_channel(api_address) as channel:
+        async with open_channel(api_internal_address) as channel:
             scheduler = JobScheduler(runs, JobExecutionClient(channel, tokens), max_jobs=1)
             try:
                 await scheduler.submit(running.id)
@@ -720,7 +720,11 @@ async def test_api_errors_that_are_not_the_jobs_fault_do_not_fail_it(
 
 @asynccontextmanager
 async def replicas(
-    runner: Runner, runs: RunStore, api_address: str, key_env: dict[str, str], count: int = 2
+    runner: Runner,
+    runs: RunStore,
+    api_internal_address: str,
+    key_env: dict[str, str],
+    count: int = 2,
 ) -> AsyncIterator[list[JobScheduler]]:
     """With the session runner stopped, ``count`` schedulers with runner identities of their
     own, as replicas would have (they receive no NATS commands: the test plays them)."""
@@ -729,7 +733,7 @@ async def replicas(
         Path(key_env["FRACTAL_SERVICE_PRIVATE_KEY_FILE"]).read_text(), service="runner"
     )
     try:
-        async with open_channel(api_address) as channel:
+        async with open_channel(api_internal_address) as channel:
             api = JobExecutionClient(channel, tokens)
             schedulers = [
                 JobScheduler(
@@ -767,7 +771,7 @@ async def test_replicas_one_run_and_stop_reaches_its_owner(
     world: World,
     runner: Runner,
     runs: RunStore,
-    api_address: str,
+    api_internal_address: str,
     key_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
@@ -777,7 +781,7 @@ async def test_replicas_one_run_and_stop_reaches_its_owner(
     task = await create_task(world.client, "spawner", non_parallel=mock("spawning_task.py"))
     pid_file = tmp_path / "pids.json"
     await world.add_task(task, args_non_parallel={"pid_file": str(pid_file)})
-    async with replicas(runner, runs, api_address, key_env) as (a, b):
+    async with replicas(runner, runs, api_internal_address, key_env) as (a, b):
         job = await world.submit()
         await a.submit(job.id)
         await wait_for_file(pid_file)
@@ -804,7 +808,7 @@ async def test_a_missed_stop_is_seen_between_tasks(
     world: World,
     runner: Runner,
     runs: RunStore,
-    api_address: str,
+    api_internal_address: str,
     key_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
@@ -827,7 +831,7 @@ async def test_a_missed_stop_is_seen_between_tasks(
     )
     await world.add_task(first)
     await world.add_task(then)
-    async with replicas(runner, runs, api_address, key_env, count=1) as (a,):
+    async with replicas(runner, runs, api_internal_address, key_env, count=1) as (a,):
         job = await world.submit()
         await a.submit(job.id)
         await wait_for_file(started)
@@ -847,7 +851,7 @@ async def test_a_lost_lease_interrupts_the_execution(
     world: World,
     runner: Runner,
     runs: RunStore,
-    api_address: str,
+    api_internal_address: str,
     key_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
@@ -855,7 +859,7 @@ async def test_a_lost_lease_interrupts_the_execution(
     processes without ending the job, at its next renewal; the new owner finishes it."""
     sleeper, marker, pid_file = await create_sleep_once_task(world.client, tmp_path)
     await world.add_task(sleeper)
-    async with replicas(runner, runs, api_address, key_env) as (a, b):
+    async with replicas(runner, runs, api_internal_address, key_env) as (a, b):
         job = await world.submit()
         await a.submit(job.id)
         await wait_for_file(marker)
@@ -931,7 +935,8 @@ async def test_api_client_retries_while_api_is_unavailable(
         assert not call.done()
 
         env = {k.removeprefix("FRACTAL_").lower(): v for k, v in service_env.items()}
-        api = ApiApp(ApiSettings(**env, api_address=f"127.0.0.1:{port}", grace_seconds=0.1))
+        env.update(api_address="127.0.0.1:0", api_internal_address=f"127.0.0.1:{port}")
+        api = ApiApp(ApiSettings(**env, grace_seconds=0.1))
         await api.start()
         try:
             with pytest.raises(grpc.aio.AioRpcError) as err:

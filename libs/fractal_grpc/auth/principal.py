@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import enum
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 
@@ -41,12 +43,16 @@ _current: contextvars.ContextVar[Principal] = contextvars.ContextVar(
 )
 
 
-def set_principal(principal: Principal) -> contextvars.Token[Principal]:
-    return _current.set(principal)
+def set_principal(principal: Principal) -> None:
+    """The caller of the current RPC. Each RPC runs in a task of its own (grpc.aio), with its own
+    copy of the context, so the value ends with the call and is never reset: a reset would fail
+    wherever a stream's generator is finalised outside that context."""
+    _current.set(principal)
 
 
-def reset_principal(token: contextvars.Token[Principal]) -> None:
-    _current.reset(token)
+def current_principal() -> Principal:
+    """The caller of the current RPC (``ANONYMOUS`` for public methods)."""
+    return _current.get()
 
 
 def current_user() -> Principal:
@@ -60,14 +66,16 @@ def current_user() -> Principal:
 class PrincipalCache:
     """Loaded users, kept for ``ttl`` seconds: most calls then skip the user lookup.
 
-    A change made through this process (``forget``) is seen at once; one made through another
-    replica within ``ttl`` seconds.
+    A change made through this process (``forget``) is seen at once, and wakes whoever
+    ``watch``es that user (open streams re-check their caller); one made through another replica
+    within ``ttl`` seconds.
     """
 
     def __init__(self, load: Callable[[int], Awaitable[Principal | None]], ttl: float = 2.0):
         self._load = load
         self.ttl = ttl
         self._entries: dict[int, tuple[float, Principal | None]] = {}
+        self._watchers: dict[int, set[asyncio.Event]] = {}
 
     async def get(self, user_id: int) -> Principal | None:
         now = time.monotonic()
@@ -81,4 +89,21 @@ class PrincipalCache:
         return principal
 
     def forget(self, user_id: int) -> None:
+        """The user changed: drop the cached entry and wake the user's watchers."""
         self._entries.pop(user_id, None)
+        for event in self._watchers.get(user_id, ()):
+            event.set()
+
+    @contextmanager
+    def watch(self, user_id: int) -> Iterator[asyncio.Event]:
+        """An event set whenever ``user_id`` changes (the watcher clears it)."""
+        event = asyncio.Event()
+        self._watchers.setdefault(user_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            events = self._watchers.get(user_id)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self._watchers[user_id]

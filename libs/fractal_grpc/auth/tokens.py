@@ -25,6 +25,10 @@ _VERIFIED_CACHE_SIZE = 10_000
 class InvalidToken(Exception):
     """The token is missing, expired, forged or meant for another audience."""
 
+    def __init__(self, message: str, *, reason: str = "INVALID_TOKEN") -> None:
+        super().__init__(message)
+        self.reason = reason
+
 
 @dataclass(frozen=True)
 class Claims:
@@ -90,7 +94,7 @@ class TokenVerifier:
                 options={"require": ["exp", "sub", "aud"]},
             )
         except jwt.ExpiredSignatureError as exc:
-            raise InvalidToken("token expired") from exc
+            raise InvalidToken("token expired", reason="TOKEN_EXPIRED") from exc
         except jwt.InvalidAudienceError as exc:
             raise InvalidToken("token not valid for this service") from exc
         except jwt.PyJWTError as exc:

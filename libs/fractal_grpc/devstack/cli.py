@@ -267,7 +267,9 @@ class DevStack:
         _set_default(env, "FRACTAL_RUNNER_BACKEND", lambda: "local")
         _set_default(env, "FRACTAL_RUNNER_WORKING_BASE_DIR", lambda: str(self.state_dir / "jobs"))
         _set_default(env, "FRACTAL_API_ADDRESS", lambda: api_address)
-        _set_default(env, "FRACTAL_API_URL", lambda: api_address)
+        # The runner calls api's internal listener.
+        _set_default(env, "FRACTAL_API_INTERNAL_ADDRESS", lambda: f"{LOOPBACK}:{free_port()}")
+        _set_default(env, "FRACTAL_API_URL", lambda: env["FRACTAL_API_INTERNAL_ADDRESS"])
         _set_default(env, "FRACTAL_RUNNER_ADDRESS", lambda: f"{LOOPBACK}:{free_port()}")
         _set_default(env, "FRACTAL_DEFAULT_ADMIN_EMAIL", lambda: "admin@fractal.xy")
         _set_default(env, "FRACTAL_DEFAULT_ADMIN_PASSWORD", lambda: "1234")

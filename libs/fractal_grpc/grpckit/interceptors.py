@@ -1,23 +1,23 @@
-"""Server interceptors, one per concern: errors, auth, request logging.
+"""Server interceptors, one per concern: errors and request logging here, auth in
+``grpckit.auth``.
 
-Each wraps the method handler's behaviour (unary-unary and unary-stream), so the wrappers run
-inside the RPC's own task and context variables set here are seen by the servicer.
+Each wraps the method handler's behaviour, for all four kinds of RPC, so the wrappers run inside
+the RPC's own task and context variables set here are seen by the servicer.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from fractal_grpc.auth.principal import Access, Principal, reset_principal, set_principal
-from fractal_grpc.auth.tokens import InvalidToken, TokenVerifier
-from fractal_grpc.grpckit.errors import DomainError, PermissionDenied, Unauthenticated
+from fractal_grpc.grpckit.errors import DomainError
 from fractal_grpc.grpckit.transient import describe, transient_error
 
 log = logging.getLogger("fractal.grpc")
@@ -27,7 +27,15 @@ Stream = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
 
 class _HandlerWrapper(grpc.aio.ServerInterceptor):
-    """Base: subclasses define ``around_unary`` and ``around_stream`` for one method.
+    """Base: subclasses define ``around_*`` hooks for one method, one per kind of RPC.
+
+    ``around_unary`` and ``around_stream`` wrap methods with a single request (unary-unary and
+    unary-stream). ``around_stream_unary`` and ``around_stream_stream`` wrap client-streaming
+    and bidi methods, whose first argument is the iterator of requests; by default they reuse
+    ``around_unary`` and ``around_stream`` (right for wrappers that do not read the request).
+    Every method handler is wrapped, whatever its kind: nothing passes an interceptor by
+    being of a kind it forgot. Stream handlers written in the ``context.write`` style are turned
+    into (empty) async iterators first, so stream hooks always see an iterator.
 
     The wrapped handler of each method is built once and reused; per call only a lookup runs.
     Wrappers read per-call data (metadata) from the call's context.
@@ -53,25 +61,57 @@ class _HandlerWrapper(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        serializers = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self.around_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                self.around_unary(method, handler.unary_unary), **serializers
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self.around_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                self.around_stream(method, _iterating(handler.unary_stream)), **serializers
             )
-        return handler
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self.around_stream_unary(method, handler.stream_unary), **serializers
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self.around_stream_stream(method, _iterating(handler.stream_stream)),
+                **serializers,
+            )
+        raise TypeError(f"method handler of {method} has no behaviour")
 
     def around_unary(self, method: str, inner: Unary) -> Unary:
         return inner
 
     def around_stream(self, method: str, inner: Stream) -> Stream:
         return inner
+
+    def around_stream_unary(self, method: str, inner: Unary) -> Unary:
+        return self.around_unary(method, inner)
+
+    def around_stream_stream(self, method: str, inner: Stream) -> Stream:
+        return self.around_stream(method, inner)
+
+
+def _iterating(behaviour: Callable[[Any, grpc.aio.ServicerContext], Any]) -> Stream:
+    """A stream behaviour as an async iterator, also when it is a coroutine that sends its
+    responses with ``context.write`` (as the health service's Watch does)."""
+    if inspect.isasyncgenfunction(behaviour):
+        return behaviour
+
+    async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        result = behaviour(request, context)
+        if inspect.isawaitable(result):
+            await result
+            return
+        async for item in result:
+            yield item
+
+    return run
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: DomainError) -> None:
@@ -121,109 +161,6 @@ class ErrorInterceptor(_HandlerWrapper):
                 await self._handle(method, exc, context)
 
         return run
-
-
-PrincipalLoader = Callable[[str], Awaitable[Principal | None]]
-
-# Methods every service answers without a token.
-_ALWAYS_PUBLIC = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-
-
-class AuthInterceptor(_HandlerWrapper):
-    """Authenticates the bearer token and enforces the per-method ``Access`` table.
-
-    User tokens are verified with the user key and audience; the subject is loaded through
-    ``load_user`` (so deactivation and flag changes take effect at once). Internal methods accept
-    only service tokens. A method missing from the table is refused: nothing is open by accident.
-    """
-
-    def __init__(
-        self,
-        access: Mapping[str, Access],
-        *,
-        internal_verifier: TokenVerifier,
-        user_verifier: TokenVerifier | None = None,
-        load_user: PrincipalLoader | None = None,
-    ) -> None:
-        super().__init__()
-        self.access = dict(access)
-        self.user_verifier = user_verifier
-        self.internal_verifier = internal_verifier
-        self.load_user = load_user
-
-    async def authenticate(self, method: str, metadata: Mapping[str, Any]) -> Principal | None:
-        if method.startswith(_ALWAYS_PUBLIC):
-            return None
-        required = self.access.get(method)
-        if required is None:
-            raise PermissionDenied(f"method {method} is not available", reason="METHOD_NOT_ALLOWED")
-        if required is Access.PUBLIC:
-            return None
-        token = _bearer(metadata)
-        if required is Access.INTERNAL:
-            try:
-                claims = self.internal_verifier.verify(token)
-            except InvalidToken as exc:
-                raise PermissionDenied(
-                    f"internal method needs a service token: {exc}", reason="SERVICE_TOKEN_REQUIRED"
-                ) from None
-            return Principal(service=claims.subject)
-        if self.user_verifier is None or self.load_user is None:
-            raise PermissionDenied(f"method {method} is not available", reason="METHOD_NOT_ALLOWED")
-        try:
-            claims = self.user_verifier.verify(token)
-        except InvalidToken as exc:
-            raise Unauthenticated(str(exc), reason="INVALID_TOKEN") from None
-        principal = await self.load_user(claims.subject)
-        if principal is None or not principal.is_active:
-            raise Unauthenticated("user not found or inactive", reason="INVALID_TOKEN")
-        if required is Access.VERIFIED and not (principal.is_verified or principal.is_superuser):
-            raise PermissionDenied("this needs a verified user", reason="USER_NOT_VERIFIED")
-        if required is Access.SUPERUSER and not principal.is_superuser:
-            raise PermissionDenied("this needs a superuser", reason="SUPERUSER_REQUIRED")
-        return principal
-
-    def around_unary(self, method: str, inner: Unary) -> Unary:
-        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            principal = await self.authenticate(method, _metadata(context))
-            if principal is None:
-                return await inner(request, context)
-            token = set_principal(principal)
-            try:
-                return await inner(request, context)
-            finally:
-                reset_principal(token)
-
-        return run
-
-    def around_stream(self, method: str, inner: Stream) -> Stream:
-        async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            principal = await self.authenticate(method, _metadata(context))
-            token = set_principal(principal) if principal is not None else None
-            try:
-                async for item in inner(request, context):
-                    yield item
-            finally:
-                if token is not None:
-                    reset_principal(token)
-
-        return run
-
-
-def _metadata(context: grpc.aio.ServicerContext) -> dict[str, Any]:
-    return dict(context.invocation_metadata() or ())
-
-
-def _bearer(metadata: Mapping[str, Any]) -> str:
-    value = metadata.get("authorization")
-    if not value:
-        raise Unauthenticated("missing authorization metadata", reason="MISSING_TOKEN")
-    if isinstance(value, bytes):
-        value = value.decode()
-    scheme, _, token = str(value).partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("authorization must be 'Bearer <token>'", reason="MISSING_TOKEN")
-    return token.strip()
 
 
 class LoggingInterceptor(_HandlerWrapper):

@@ -55,3 +55,5 @@ ACCESS: dict[str, Access] = {
     for method, access in methods.items()
 }
 SERVICES = list(_RULES)
+# The services of the internal listener (FRACTAL_API_INTERNAL_ADDRESS); all others are public.
+INTERNAL_SERVICES = [name for name in SERVICES if name.startswith("fractal.internal.")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -16,7 +17,7 @@ from fractal.v2 import (
     user_service_pb2_grpc,
     workflow_service_pb2_grpc,
 )
-from fractal_api.access import ACCESS, SERVICES
+from fractal_api.access import ACCESS, INTERNAL_SERVICES, SERVICES
 from fractal_api.context import ApiContext
 from fractal_api.models import outbox
 from fractal_api.servicers.auth import AuthServicer, UserServicer
@@ -44,7 +45,8 @@ from fractal_grpc.db import (
 )
 from fractal_grpc.events.bus import EventBus, Subjects
 from fractal_grpc.events.outbox import OutboxRelay
-from fractal_grpc.grpckit.interceptors import AuthInterceptor, ErrorInterceptor, LoggingInterceptor
+from fractal_grpc.grpckit.auth import AuthInterceptor
+from fractal_grpc.grpckit.interceptors import ErrorInterceptor, LoggingInterceptor
 from fractal_grpc.grpckit.server import GrpcServer
 from fractal_grpc.settings import ApiSettings
 
@@ -78,10 +80,14 @@ class ApiApp:
                 settings.service_public_key_pem(), audience=INTERNAL_AUDIENCE
             ),
             load_user=self._load_user,
+            user_changes=self.ctx.principals.watch,
         )
-        self.server = GrpcServer(
-            settings.api_address, [ErrorInterceptor(), LoggingInterceptor(), auth]
-        )
+        interceptors = [ErrorInterceptor(), LoggingInterceptor(), auth]
+        # Two listeners: the public API, and the internal one for the runner (and later
+        # services), each with health and reflection of its own services only.
+        self.server = GrpcServer(settings.api_address, interceptors)
+        self.internal_server = GrpcServer(settings.api_internal_address, interceptors)
+        self.internal_port = 0
         ctx = self.ctx
         registrations: list[tuple[Callable[..., None], object]] = [
             (auth_service_pb2_grpc.add_AuthServiceServicer_to_server, AuthServicer(ctx)),
@@ -98,7 +104,8 @@ class ApiApp:
             (internal_rpc.add_JobExecutionServiceServicer_to_server, JobExecutionServicer(ctx)),
         ]
         for (register, servicer), name in zip(registrations, SERVICES, strict=True):
-            self.server.add(register, servicer, name)
+            server = self.internal_server if name in INTERNAL_SERVICES else self.server
+            server.add(register, servicer, name)
 
     async def _load_user(self, subject: str) -> Principal | None:
         return await self.ctx.principals.get(int(subject)) if subject.isdigit() else None
@@ -121,10 +128,12 @@ class ApiApp:
             self.sessions, outbox, self.ctx.bus, poll_seconds=s.outbox_poll_seconds
         )
         self.ctx.relay.start()
+        self.internal_port = await self.internal_server.start()
         return await self.server.start()
 
     async def stop(self) -> None:
-        await self.server.stop(self.settings.grace_seconds)
+        grace = self.settings.grace_seconds
+        await asyncio.gather(self.server.stop(grace), self.internal_server.stop(grace))
         if self.ctx.relay is not None:
             await self.ctx.relay.stop()
         if self.ctx.bus is not None:

@@ -1,4 +1,10 @@
-"""Projects, membership, and the ownership checks every project-scoped RPC starts with."""
+"""Projects, membership, and the ownership checks every project-scoped RPC starts with.
+
+An object that exists but is not the caller's (a project they are not a member of, a dataset,
+workflow or job of another project) answers exactly like one that does not exist: NOT_FOUND
+with the same message, so ids of others' objects cannot be probed. This departs from the
+reference's 403 and 422, which tell a stranger which ids exist.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Dataset, Job, Project, ProjectMember, Workflow
 from fractal_api.store import write_unique
-from fractal_grpc.grpckit.errors import InvalidArgument, NotFound, PermissionDenied
+from fractal_grpc.grpckit.errors import InvalidArgument, NotFound
 
 
 def _positive(field: str, value: int) -> None:
@@ -18,11 +24,14 @@ def _positive(field: str, value: int) -> None:
         )
 
 
+def not_found(label: str, field: str, object_id: int) -> NotFound:
+    """The one answer for a missing object and for an object of someone else."""
+    return NotFound(f"{label} not found", metadata={field: str(object_id)})
+
+
 def _check_membership(project_id: int, found: bool, member: bool) -> None:
-    if not found:
-        raise NotFound("Project not found", metadata={"project_id": str(project_id)})
-    if not member:
-        raise PermissionDenied(f"Not allowed on project {project_id}", reason="NOT_A_MEMBER")
+    if not (found and member):
+        raise not_found("Project", "project_id", project_id)
 
 
 def _is_member(project_id: int, user_id: int) -> ColumnElement[bool]:
@@ -30,7 +39,7 @@ def _is_member(project_id: int, user_id: int) -> ColumnElement[bool]:
 
 
 async def get_checked(session: AsyncSession, project_id: int, user_id: int) -> Project:
-    """The project, if the user is a member (NOT_FOUND / PERMISSION_DENIED otherwise)."""
+    """The project, if the user is a member (NOT_FOUND otherwise)."""
     _positive("project_id", project_id)
     row = (
         await session.execute(
@@ -70,13 +79,8 @@ async def _child_checked(
     ).one()
     _check_membership(project_id, bool(row[0]), bool(row[1]))
     obj: Dataset | Workflow | Job | None = row[2]  # type: ignore[assignment]
-    if obj is None:
-        raise NotFound(f"{label} not found", metadata={field: str(object_id)})
-    if obj.project_id != project_id:
-        raise InvalidArgument(
-            f"Invalid project_id={project_id} for {field}={object_id}",
-            violations=[(field, f"does not belong to project {project_id}")],
-        )
+    if obj is None or obj.project_id != project_id:
+        raise not_found(label, field, object_id)
     return obj
 
 

@@ -85,5 +85,8 @@ async def workflow_task(
         )
     ).first()
     if row is None:
-        raise NotFound(f"Workflow task {workflow_task_id} not found")
+        # The same answer for a missing id and for a task of another workflow.
+        raise NotFound(
+            "Workflow task not found", metadata={"workflow_task_id": str(workflow_task_id)}
+        )
     return row[0], row[1]
