@@ -28,7 +28,7 @@ from fractal_grpc.devstack.embedded import EmbeddedPostgres
 from fractal_grpc.settings import RunnerSettings
 from fractal_runner.app import RunnerApp
 from fractal_runner.leases import LeaseConfig
-from helpers import ApiClient
+from helpers import ApiClient, admin_of
 from waiting import wait_for_file
 from world import delete_streams_async, running_api
 
@@ -81,10 +81,9 @@ async def test_a_database_outage_is_retryable(
     restarted: list[EmbeddedPostgres] = []
     try:
         async with (
-            running_api(service_env, database_url=url) as address,
-            grpc.aio.insecure_channel(address) as channel,
+            running_api(service_env, database_url=url) as running,
+            admin_of(running) as admin,
         ):
-            admin = await ApiClient.login(channel, "admin@fractal.xy", "1234")
             project = await admin.new_project()
 
             calls: dict[str, Callable[[], Awaitable[Any]]] = {
@@ -162,14 +161,14 @@ async def test_a_job_waits_out_a_database_outage(
     )
     try:
         async with (
-            running_api(service_env, database_url=url, nats_prefix=prefix) as address,
-            grpc.aio.insecure_channel(address) as channel,
+            running_api(service_env, database_url=url, nats_prefix=prefix) as running,
+            grpc.aio.insecure_channel(running.address) as channel,
         ):
             env = {k.removeprefix("FRACTAL_").lower(): v for k, v in service_env.items()}
             env.update(
                 database_url=url,
                 nats_prefix=prefix,
-                api_url=address,
+                api_url=running.internal_address,
                 runner_address="127.0.0.1:0",
                 grace_seconds=0.5,
                 runner_working_base_dir=str(tmp_path / "jobs"),
