@@ -35,12 +35,14 @@ from fractal.v2 import (
 from fractal_grpc.auth.tokens import ServiceTokenSource
 from fractal_grpc.convert import attributes_to_python, filters_to_dict
 from fractal_grpc.db import make_engine, make_sessionmaker, transaction
+from fractal_grpc.retry import RetryPolicy
 from fractal_grpc.settings import RunnerSettings
 from fractal_runner.api_client import JobExecutionClient, open_channel
 from fractal_runner.app import RunnerApp
-from fractal_runner.jobs import JobScheduler, RunStore
 from fractal_runner.leases import Instance, LeaseConfig
 from fractal_runner.models import Run, RunStatus
+from fractal_runner.run_store import RunStore
+from fractal_runner.scheduler import JobScheduler
 from golden import GOLDEN_TYPE_FILTERS, golden_images
 from helpers import ApiClient
 from waiting import is_gone, wait_for_file, wait_until, wait_until_async
@@ -857,7 +859,9 @@ async def test_api_client_retries_while_api_is_unavailable(
         Path(key_env["FRACTAL_SERVICE_PRIVATE_KEY_FILE"]).read_text(), service="runner"
     )
     async with open_channel(f"127.0.0.1:{port}") as channel:
-        client = JobExecutionClient(channel, tokens, first_backoff=0.01, max_backoff=0.05)
+        client = JobExecutionClient(
+            channel, tokens, policy=RetryPolicy(first_backoff=0.01, max_backoff=0.05)
+        )
         call = asyncio.create_task(client.get_job_spec(10**12))
         await asyncio.sleep(0.3)
         assert not call.done()

@@ -15,9 +15,9 @@ from sqlalchemy import delete, func, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fractal_grpc.db import make_engine, make_sessionmaker, transaction
-from fractal_runner.jobs import RunStore
 from fractal_runner.leases import Instance, LeaseConfig
 from fractal_runner.models import Base, Run, RunStatus
+from fractal_runner.run_store import RunStore
 from world import schema_diff
 
 

@@ -112,3 +112,31 @@ class Violations:
             first = "; ".join(f"{f}: {d}" for f, d in self.items[:5])
             more = f" (and {len(self.items) - 5} more)" if len(self.items) > 5 else ""
             raise InvalidArgument(f"invalid request: {first}{more}", violations=self.items)
+
+
+class RetryableError(DomainError):
+    """A dependency blinked: the same request may succeed later. The status carries a
+    ``google.rpc.RetryInfo`` with the delay a client should wait before trying again."""
+
+    def __init__(self, message: str, *, retry_delay: float, reason: str | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_delay = retry_delay
+
+    def to_status(self) -> status_pb2.Status:
+        status = super().to_status()
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromMilliseconds(round(self.retry_delay * 1000))
+        status.details.add().Pack(info)
+        return status
+
+
+class Unavailable(RetryableError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UNAVAILABLE"
+
+
+class Aborted(RetryableError):
+    """A conflict with a concurrent transaction (serialization failure, deadlock)."""
+
+    code = grpc.StatusCode.ABORTED
+    reason = "ABORTED"

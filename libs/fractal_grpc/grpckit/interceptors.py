@@ -18,6 +18,7 @@ import grpc.aio
 from fractal_grpc.auth.principal import Access, Principal, reset_principal, set_principal
 from fractal_grpc.auth.tokens import InvalidToken, TokenVerifier
 from fractal_grpc.grpckit.errors import DomainError, PermissionDenied, Unauthenticated
+from fractal_grpc.grpckit.transient import describe, transient_error
 
 log = logging.getLogger("fractal.grpc")
 
@@ -83,12 +84,17 @@ async def _abort(context: grpc.aio.ServicerContext, error: DomainError) -> None:
 
 
 class ErrorInterceptor(_HandlerWrapper):
-    """Maps domain errors to their status with details; anything unexpected becomes INTERNAL
-    with an incident id (logged with its traceback, never sent to the client)."""
+    """Maps domain errors to their status with details, and a dependency that blinked to
+    UNAVAILABLE / ABORTED with ``RetryInfo`` (``transient_error``); anything else becomes
+    INTERNAL with an incident id (logged with its traceback, never sent to the client)."""
 
     async def _handle(self, method: str, exc: Exception, context: grpc.aio.ServicerContext) -> None:
         if isinstance(exc, DomainError):
             await _abort(context, exc)
+        retryable = transient_error(exc)
+        if retryable is not None:
+            log.warning("%s: %s (%s)", method, retryable.message, describe(exc))
+            await _abort(context, retryable)
         incident = uuid.uuid4().hex[:12]
         log.exception("unexpected error in %s (incident %s)", method, incident)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident})")

@@ -1,19 +1,17 @@
 """The runner's side of ``JobExecutionService``: api's internal RPCs, with the service token.
 
-One channel for the whole process. A call that fails with UNAVAILABLE (api restarting, network
-trouble) is retried with exponential backoff until it succeeds or the caller is cancelled: every
-RPC of the service is idempotent, so a retry is always safe, and a transient error must never
-leave a job SUBMITTED forever. Other errors are raised as ``grpc.aio.AioRpcError``.
+One channel for the whole process. Every call goes through the internal clients' one retry
+policy (``fractal_grpc.retry``): a deadline per attempt, and retries with jittered exponential
+backoff on UNAVAILABLE / DEADLINE_EXCEEDED / ABORTED (and RESOURCE_EXHAUSTED with RetryInfo),
+until the call succeeds or the caller is cancelled. The four RPCs are idempotent by design:
+GetJobSpec and StreamTaskInputs only read (a task's inputs are fixed until its result is
+applied, and a stream is restarted from the start), ApplyTaskResult is applied once per
+``(job_id, task_order)`` (a repeat answers ``already_applied``), and FinishJob returns an ended
+job unchanged. Other errors are raised as ``grpc.aio.AioRpcError``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
-import grpc
 import grpc.aio
 
 import fractal_grpc.client
@@ -21,12 +19,10 @@ from fractal.internal.v1 import job_execution_service_pb2 as pb
 from fractal.internal.v1 import job_execution_service_pb2_grpc
 from fractal.v2 import image_pb2, job_pb2
 from fractal_grpc.auth.tokens import ServiceTokenSource
+from fractal_grpc.retry import RetryPolicy
 
-log = logging.getLogger("fractal.runner.api")
-
-T = TypeVar("T")
-
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+#: Reading a task's inputs and applying its result grow with the image list: a longer deadline.
+BULK_ATTEMPT_SECONDS = 300.0
 
 # The runner's one long-lived channel to api notices a dead peer.
 KEEPALIVE_OPTIONS = [
@@ -41,71 +37,68 @@ def open_channel(address: str) -> grpc.aio.Channel:
 
 
 class JobExecutionClient:
-    """Async wrapper over ``JobExecutionServiceStub`` that retries UNAVAILABLE."""
+    """Async wrapper over ``JobExecutionServiceStub``, every call under ``policy``."""
 
     def __init__(
         self,
         channel: grpc.aio.Channel,
         tokens: ServiceTokenSource,
         *,
-        first_backoff: float = 0.1,
-        max_backoff: float = 5.0,
+        policy: RetryPolicy | None = None,
     ) -> None:
         self._stub = job_execution_service_pb2_grpc.JobExecutionServiceStub(channel)
         self._tokens = tokens
-        self.first_backoff = first_backoff
-        self.max_backoff = max_backoff
-
-    async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        delay = self.first_backoff
-        while True:
-            try:
-                return await call()
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in RETRYABLE:
-                    raise
-                log.warning(
-                    "%s: api unavailable (%s); retrying in %.1fs", what, exc.details(), delay
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.max_backoff)
+        self.policy = policy or RetryPolicy()
 
     async def get_job_spec(self, job_id: int) -> pb.JobSpec:
-        async def call() -> pb.JobSpec:
+        async def attempt(deadline: float) -> pb.JobSpec:
             resp = await self._stub.GetJobSpec(
-                pb.GetJobSpecRequest(job_id=job_id), metadata=self._tokens.metadata()
+                pb.GetJobSpecRequest(job_id=job_id),
+                metadata=self._tokens.metadata(),
+                timeout=deadline,
             )
             return resp.spec
 
-        return await self._retry(f"GetJobSpec(job {job_id})", call)
+        return await self.policy.call(f"GetJobSpec(job {job_id})", attempt, idempotent=True)
 
     async def stream_task_inputs(self, job_id: int, task_order: int) -> list[image_pb2.Image]:
         """Every input image of the task, in list order (the stream is restarted on retry)."""
 
-        async def call() -> list[image_pb2.Image]:
+        async def attempt(deadline: float) -> list[image_pb2.Image]:
             images: list[image_pb2.Image] = []
             stream = self._stub.StreamTaskInputs(
                 pb.StreamTaskInputsRequest(job_id=job_id, task_order=task_order),
                 metadata=self._tokens.metadata(),
+                timeout=deadline,
             )
             async for resp in stream:
                 images.extend(resp.images)
             return images
 
-        return await self._retry(f"StreamTaskInputs(job {job_id}, task {task_order})", call)
+        return await self.policy.call(
+            f"StreamTaskInputs(job {job_id}, task {task_order})",
+            attempt,
+            idempotent=True,
+            attempt_seconds=BULK_ATTEMPT_SECONDS,
+        )
 
     async def apply_task_result(
         self, job_id: int, task_order: int, output: pb.TaskOutput
     ) -> pb.ApplyTaskResultResponse:
         request = pb.ApplyTaskResultRequest(job_id=job_id, task_order=task_order, output=output)
 
-        async def call() -> pb.ApplyTaskResultResponse:
+        async def attempt(deadline: float) -> pb.ApplyTaskResultResponse:
             resp: pb.ApplyTaskResultResponse = await self._stub.ApplyTaskResult(
-                request, metadata=self._tokens.metadata()
+                request, metadata=self._tokens.metadata(), timeout=deadline
             )
             return resp
 
-        return await self._retry(f"ApplyTaskResult(job {job_id}, task {task_order})", call)
+        return await self.policy.call(
+            f"ApplyTaskResult(job {job_id}, task {task_order})",
+            attempt,
+            idempotent=True,
+            attempt_seconds=BULK_ATTEMPT_SECONDS,
+        )
 
     async def finish_job(
         self,
@@ -118,8 +111,10 @@ class JobExecutionClient:
         if failed_task_order is not None:
             request.failed_task_order = failed_task_order
 
-        async def call() -> job_pb2.Job:
-            resp = await self._stub.FinishJob(request, metadata=self._tokens.metadata())
+        async def attempt(deadline: float) -> job_pb2.Job:
+            resp = await self._stub.FinishJob(
+                request, metadata=self._tokens.metadata(), timeout=deadline
+            )
             return resp.job
 
-        return await self._retry(f"FinishJob(job {job_id})", call)
+        return await self.policy.call(f"FinishJob(job {job_id})", attempt, idempotent=True)

@@ -23,8 +23,9 @@ from fractal_grpc.events.bus import EventBus, Subjects
 from fractal_grpc.grpckit.server import GrpcServer
 from fractal_grpc.settings import RunnerSettings
 from fractal_runner.api_client import JobExecutionClient, open_channel
-from fractal_runner.jobs import JobScheduler, RunStore
 from fractal_runner.leases import Instance, LeaseConfig
+from fractal_runner.run_store import RunStore
+from fractal_runner.scheduler import JobScheduler
 
 log = logging.getLogger("fractal.runner")
 

@@ -182,9 +182,10 @@ class JobExecution:
         """Execute the job and report its end to api.
 
         Returns once api has the final state, or when there is nothing to do (the job is no
-        longer SUBMITTED). Raises only when api cannot be told (an RPC error other than
-        UNAVAILABLE, which is retried) and on cancellation (the runner is stopping: the job
-        is left as it is, to be resumed).
+        longer SUBMITTED). Raises an RPC error of api that is not the job's fault (one that
+        outlasted the client's retries, INTERNAL, NOT_FOUND, ...: the scheduler decides, see
+        ``fractal_runner.attempts``; the job is not ended) and on cancellation (the runner is
+        stopping: the job is left as it is, to be resumed).
         """
         job_id = self.job_id
         try:
@@ -267,6 +268,10 @@ class JobExecution:
             failure = (task_error_log(current.task_name, current.order, exc.log), current.order)
         except JobExecutionError as exc:
             failure = (job_error_log(job_id, exc.message), _order(current))
+        except grpc.aio.AioRpcError:
+            # api (or the way to it) failed, not the job: the attempt is run again.
+            logger.warning("Interrupted by an error of api: the job is to be resumed")
+            raise
         except Exception:  # noqa: BLE001 - reported to the user as an unknown error
             failure = (unknown_error_log(job_id, traceback.format_exc()), _order(current))
 
@@ -292,7 +297,10 @@ class JobExecution:
     async def _run_task(
         self, spec: pb.JobSpec, task: pb.TaskSpec, job_dir: Path, logger: logging.Logger
     ) -> TaskOutput:
-        images = await self.api.stream_task_inputs(self.job_id, task.order)
+        try:
+            images = await self.api.stream_task_inputs(self.job_id, task.order)
+        except grpc.aio.AioRpcError as exc:
+            raise _refusal(exc) from None
         logger.debug("%s-th task: %s input images", task.order, len(images))
         _check_input_types(images, task.input_types)
         zarr_urls = [image.zarr_url for image in images]
@@ -376,12 +384,19 @@ class JobExecution:
         try:
             await self.api.apply_task_result(self.job_id, task.order, output_to_proto(output))
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in (
-                grpc.StatusCode.FAILED_PRECONDITION,
-                grpc.StatusCode.INVALID_ARGUMENT,
-            ):
-                raise JobExecutionError(exc.details() or str(exc.code())) from None
-            raise
+            raise _refusal(exc) from None
+
+
+#: api's answers that refuse the job's own request for good (its result breaks an image-list
+#: rule, its dataset was deleted, ...): the job ends FAILED with api's message.
+_REFUSALS = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT})
+
+
+def _refusal(exc: grpc.aio.AioRpcError) -> Exception:
+    """A permanent refusal as the job's error; any other RPC error as it is."""
+    if exc.code() in _REFUSALS:
+        return JobExecutionError(exc.details() or exc.code().name)
+    return exc
 
 
 def _order(task: pb.TaskSpec | None) -> int | None:

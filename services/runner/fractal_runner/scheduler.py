@@ -1,7 +1,5 @@
-"""Run bookkeeping (the ``runs`` table) and the scheduler that executes jobs in the background.
-
-Several runner replicas may share the table; a replica executes a run only while it holds the
-run's lease (``fractal_runner.leases``).
+"""The scheduler that executes jobs in the background, under leases on their runs
+(``fractal_runner.run_store``, ``fractal_runner.leases``).
 
 - A submit command records the run and claims it (idempotent on redelivery; a run finished or
   held by another live replica is left alone), then launches its execution; the command is
@@ -20,6 +18,9 @@ run's lease (``fractal_runner.leases``).
   replica holds its run (queued nowhere, unknown, orphaned); otherwise it is left to the holder,
   which also checks ``stop_requested`` between tasks. FinishJob is idempotent, so a late or
   repeated stop does no harm.
+- An attempt that fails without the job being at fault (api or a dependency unavailable, the
+  runner's own database) is run again after a jittered backoff, as long as the run's lease is
+  held; only unexpected errors give the job up after a few attempts (``fractal_runner.attempts``).
 - Closing the scheduler (graceful shutdown) cancels every execution: their task processes are
   killed, their runs stay unfinished, and their leases are released so that another replica (or
   the next start) resumes them at once (the app tells the other replicas, which sweep at once:
@@ -32,253 +33,31 @@ import asyncio
 import contextlib
 import logging
 import traceback
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import ColumnElement, Interval, and_, func, literal, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from fractal_grpc.db import transaction
+from fractal_grpc.retry import RetryPolicy
 from fractal_runner.api_client import JobExecutionClient
+from fractal_runner.attempts import (
+    ATTEMPT_BACKOFF,
+    BOOKKEEPING_BACKOFF,
+    MAX_UNEXPECTED_ATTEMPTS,
+    Verdict,
+    verdict,
+)
 from fractal_runner.execution import FAILED, JobExecution, stop_log, unknown_error_log
-from fractal_runner.leases import Instance, LeaseConfig
-from fractal_runner.models import Run, RunStatus
+from fractal_runner.models import RunStatus
+from fractal_runner.run_store import RunStore
 from fractal_runner.taskproc import LocalExecutor
 from fractal_runner.taskproc.ledger import ProcessLedger, kill_leftovers
 
+__all__ = ["JobScheduler"]
+
 log = logging.getLogger("fractal.runner")
 
-#: Attempts of one execution within this process before its run is given up (each failed
-#: attempt is an error talking to api that is not UNAVAILABLE, which is retried on its own).
-MAX_ATTEMPTS = 5
-RETRY_DELAY_SECONDS = 1.0
-#: Pause before trying again when the runner's own database writes fail.
-BOOKKEEPING_RETRY_SECONDS = 5.0
-#: How long the last attempt to end a given-up job FAILED may wait for api.
-GIVE_UP_FINISH_SECONDS = 30.0
 #: The orphan sweep runs this long after the earliest lease of another replica would expire.
 SWEEP_SLACK_SECONDS = 0.2
-
-
-class RunStore:
-    """The ``runner.runs`` rows, seen by one runner instance (the owner of its leases)."""
-
-    def __init__(
-        self,
-        sessions: async_sessionmaker[AsyncSession],
-        *,
-        instance: Instance | None = None,
-        lease: LeaseConfig | None = None,
-    ) -> None:
-        self.sessions = sessions
-        self.instance = instance or Instance.current()
-        self.lease = lease or LeaseConfig()
-
-    @property
-    def owner(self) -> str:
-        return self.instance.owner
-
-    def _leased(self) -> dict[str, Any]:
-        """The columns of a claim (or renewal) by this instance."""
-        return {
-            "owner": self.owner,
-            "owner_process": self.instance.process,
-            "lease_expires_at": func.now()
-            + literal(timedelta(seconds=self.lease.lease_seconds), Interval()),
-        }
-
-    def _claimable(self) -> ColumnElement[bool]:
-        """Not finished, and free, already ours, or with an expired lease."""
-        return and_(
-            Run.status != RunStatus.FINISHED,
-            or_(
-                Run.owner.is_(None),
-                Run.owner == self.owner,
-                Run.lease_expires_at.is_(None),
-                Run.lease_expires_at < func.now(),
-            ),
-        )
-
-    async def claim(self, job_id: int, *, create: bool = False) -> bool:
-        """Take the run's lease (recording the run first when ``create``).
-
-        False when the run is finished, held by another live instance, or (without
-        ``create``) unknown.
-        """
-        async with transaction(self.sessions) as session:
-            stmt: Any
-            if create:
-                stmt = (
-                    insert(Run)
-                    .values(job_id=job_id, **self._leased())
-                    .on_conflict_do_update(
-                        index_elements=[Run.job_id],
-                        set_={**self._leased(), "updated_at": func.now()},
-                        where=self._claimable(),
-                    )
-                )
-            else:
-                stmt = (
-                    update(Run)
-                    .where(Run.job_id == job_id, self._claimable())
-                    .values(**self._leased(), updated_at=func.now())
-                )
-            result = await session.execute(stmt.returning(Run.job_id))
-            return result.scalar_one_or_none() is not None
-
-    async def start_attempt(self, job_id: int) -> int | None:
-        """Mark the run running under this instance's lease (recording it if needed);
-        returns its number of attempts, or None when the run is finished or another live
-        instance holds it."""
-        async with transaction(self.sessions) as session:
-            stmt = (
-                insert(Run)
-                .values(job_id=job_id, status=RunStatus.RUNNING, attempts=1, **self._leased())
-                .on_conflict_do_update(
-                    index_elements=[Run.job_id],
-                    set_={
-                        "status": RunStatus.RUNNING,
-                        "attempts": Run.attempts + 1,
-                        "updated_at": func.now(),
-                        **self._leased(),
-                    },
-                    where=self._claimable(),
-                )
-                .returning(Run.attempts)
-            )
-            attempts: int | None = (await session.execute(stmt)).scalar_one_or_none()
-            return attempts
-
-    async def renew(self, job_ids: Collection[int]) -> tuple[set[int], set[int]]:
-        """Extend the leases of these runs; returns (renewed, lost): a run is lost when it is
-        not finished and another live instance holds it now."""
-        if not job_ids:
-            return set(), set()
-        async with transaction(self.sessions) as session:
-            result = await session.execute(
-                update(Run)
-                .where(Run.job_id.in_(job_ids), self._claimable())
-                .values(**self._leased())
-                .returning(Run.job_id)
-            )
-            renewed = set(result.scalars())
-            missing = set(job_ids) - renewed
-            lost: set[int] = set()
-            if missing:
-                result = await session.execute(
-                    select(Run.job_id).where(
-                        Run.job_id.in_(missing), Run.status != RunStatus.FINISHED
-                    )
-                )
-                lost = set(result.scalars())
-            return renewed, lost
-
-    async def release(self) -> list[int]:
-        """Give up every lease of this instance on unfinished runs (graceful shutdown), so
-        another instance can claim them at once; returns their job ids."""
-        async with transaction(self.sessions) as session:
-            result = await session.execute(
-                update(Run)
-                .where(Run.owner == self.owner, Run.status != RunStatus.FINISHED)
-                .values(
-                    owner=None, owner_process=None, lease_expires_at=None, updated_at=func.now()
-                )
-                .returning(Run.job_id)
-            )
-            return sorted(result.scalars())
-
-    async def claim_orphans(self) -> tuple[list[int], float | None]:
-        """Claim every unfinished run that has no owner, whose lease expired, or whose owner
-        is a process of this host that no longer exists.
-
-        Returns the claimed job ids (oldest run first) and the seconds until the earliest
-        lease held by another instance expires (None when there is none).
-        """
-        async with transaction(self.sessions) as session:
-            orphaned = [
-                Run.owner.is_(None),
-                Run.lease_expires_at.is_(None),
-                Run.lease_expires_at < func.now(),
-            ]
-            dead = await self._gone_local_owners(session)
-            if dead:
-                orphaned.append(Run.owner.in_(dead))
-            result = await session.execute(
-                select(Run.job_id)
-                .where(Run.status != RunStatus.FINISHED, or_(*orphaned))
-                .order_by(Run.created_at, Run.job_id)
-                .with_for_update(skip_locked=True)
-            )
-            job_ids = list(result.scalars())
-            if job_ids:
-                await session.execute(
-                    update(Run)
-                    .where(Run.job_id.in_(job_ids))
-                    .values(**self._leased(), updated_at=func.now())
-                )
-            result = await session.execute(
-                select(func.extract("epoch", func.min(Run.lease_expires_at) - func.now())).where(
-                    Run.status != RunStatus.FINISHED,
-                    Run.owner.is_not(None),
-                    Run.owner != self.owner,
-                )
-            )
-            next_expiry = result.scalar_one_or_none()
-            return job_ids, None if next_expiry is None else float(next_expiry)
-
-    async def _gone_local_owners(self, session: AsyncSession) -> list[str]:
-        """Owners of live leases that are processes of this host which no longer exist."""
-        host = self.instance.host
-        if host is None:
-            return []
-        result = await session.execute(
-            select(Run.owner, Run.owner_process)
-            .distinct()
-            .where(
-                Run.status != RunStatus.FINISHED,
-                Run.owner != self.owner,
-                Run.lease_expires_at >= func.now(),
-                Run.owner_process.startswith(f"{host}/", autoescape=True),
-            )
-        )
-        return [
-            owner
-            for owner, process in result.all()
-            if owner is not None and process is not None and self.instance.process_is_gone(process)
-        ]
-
-    async def record_error(self, job_id: int, error: str) -> None:
-        await self._update(job_id, last_error=error)
-
-    async def finish(self, job_id: int, error: str | None = None) -> None:
-        """Mark the run finished (no-op for an unknown run); it keeps its owner, not its lease."""
-        values: dict[str, object] = {"status": RunStatus.FINISHED, "lease_expires_at": None}
-        if error is not None:
-            values["last_error"] = error
-        await self._update(job_id, **values)
-
-    async def _update(self, job_id: int, **values: object) -> None:
-        async with transaction(self.sessions) as session:
-            await session.execute(
-                update(Run).where(Run.job_id == job_id).values(**values, updated_at=func.now())
-            )
-
-    async def unfinished(self) -> list[int]:
-        async with self.sessions() as session:
-            result = await session.execute(
-                select(Run.job_id)
-                .where(Run.status != RunStatus.FINISHED)
-                .order_by(Run.created_at, Run.job_id)
-            )
-            return list(result.scalars())
-
-    async def get(self, job_id: int) -> Run | None:
-        async with self.sessions() as session:
-            return await session.get(Run, job_id)
 
 
 @dataclass(eq=False)
@@ -306,7 +85,7 @@ class JobScheduler:
         backend: str = "local",
         local_config_file: Path | None = None,
         executor_factory: Callable[[], LocalExecutor] = LocalExecutor,
-        retry_delay: float = RETRY_DELAY_SECONDS,
+        attempt_backoff: RetryPolicy = ATTEMPT_BACKOFF,
         ledger_dir: Path | None = None,
     ) -> None:
         self.store = store
@@ -314,7 +93,7 @@ class JobScheduler:
         self.backend = backend
         self.local_config_file = local_config_file
         self.executor_factory = executor_factory
-        self.retry_delay = retry_delay
+        self.attempt_backoff = attempt_backoff
         #: Per-job files of started task processes (see taskproc.ledger); None: not kept.
         self.ledger_dir = ledger_dir
         self._slots = asyncio.Semaphore(max_jobs)
@@ -508,22 +287,36 @@ class JobScheduler:
         try:
             async with self._slots:
                 job.started = True
+                failures = 0
                 while True:
                     try:
                         await self._execute(job)
                         return
                     except asyncio.CancelledError:
                         raise
-                    except Exception:  # noqa: BLE001 - the database failed: try again later
-                        log.exception("job %s: run bookkeeping failed; retrying", job.job_id)
-                        await asyncio.sleep(BOOKKEEPING_RETRY_SECONDS)
+                    except Exception:  # noqa: BLE001 - the runner's database failed: try again
+                        failures += 1
+                        delay = BOOKKEEPING_BACKOFF.delay(failures)
+                        log.warning(
+                            "job %s: run bookkeeping failed; retrying in %.1fs",
+                            job.job_id,
+                            delay,
+                            exc_info=True,
+                        )
+                        await asyncio.sleep(delay)
         finally:
             if self._active.get(job.job_id) is job:
                 del self._active[job.job_id]
 
     async def _execute(self, job: _ActiveJob) -> None:
+        """Attempts of the execution until the job has ended (or is gone, or given up).
+
+        Errors of the runner's own database are raised (``_run`` tries again); an attempt
+        that raised is judged by ``attempts.verdict``.
+        """
         job_id = job.job_id
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        failures = unexpected = 0
+        while True:
             leased_at = self._now()
             attempts = await self.store.start_attempt(job_id)
             if attempts is None:
@@ -544,23 +337,45 @@ class JobScheduler:
                 await execution.run()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - retried, then given up
+            except Exception as exc:  # noqa: BLE001 - judged below
                 error = f"{type(exc).__name__}: {exc}"
-                log.exception("job %s: execution attempt failed", job_id)
-                if attempt == MAX_ATTEMPTS:
-                    log.error("job %s: given up after %s attempts", job_id, attempt)
-                    await self._give_up(job_id, traceback.format_exc())
-                    await self.store.finish(job_id, error=error)
-                    if ledger is not None:
-                        ledger.discard()
+                judged = verdict(exc)
+                if judged is Verdict.GONE:
+                    log.warning("job %s: api no longer knows it; run ended", job_id)
+                    await self._finish_run(job_id, ledger, error)
                     return
+                failures += 1
+                if judged is Verdict.UNEXPECTED:
+                    unexpected += 1
+                    log.exception("job %s: execution attempt failed unexpectedly", job_id)
+                    if unexpected >= MAX_UNEXPECTED_ATTEMPTS:
+                        log.error("job %s: given up after %s unexpected errors", job_id, unexpected)
+                        await self.api.finish_job(
+                            job_id, FAILED, unknown_error_log(job_id, traceback.format_exc())
+                        )
+                        await self._finish_run(job_id, ledger, error)
+                        return
                 await self.store.record_error(job_id, error)
-                await asyncio.sleep(self.retry_delay * 2 ** (attempt - 1))
+                delay = self.attempt_backoff.delay(failures)
+                if judged is Verdict.RETRY:
+                    log.warning(
+                        "job %s: interrupted by an error that is not the job's (%s); "
+                        "trying again in %.1fs",
+                        job_id,
+                        error,
+                        delay,
+                    )
+                await asyncio.sleep(delay)
                 continue
-            await self.store.finish(job_id)
-            if ledger is not None:
-                ledger.discard()
+            await self._finish_run(job_id, ledger)
             return
+
+    async def _finish_run(
+        self, job_id: int, ledger: ProcessLedger | None, error: str | None = None
+    ) -> None:
+        await self.store.finish(job_id, error=error)
+        if ledger is not None:
+            ledger.discard()
 
     async def _fresh_ledger(self, job_id: int) -> ProcessLedger | None:
         """The job's process ledger, after killing what an earlier attempt (a runner that
@@ -577,13 +392,3 @@ class JobScheduler:
                 killed,
             )
         return ProcessLedger(path)
-
-    async def _give_up(self, job_id: int, trace: str) -> None:
-        """Best effort: end the job FAILED, so it does not stay SUBMITTED."""
-        try:
-            await asyncio.wait_for(
-                self.api.finish_job(job_id, FAILED, unknown_error_log(job_id, trace)),
-                GIVE_UP_FINISH_SECONDS,
-            )
-        except Exception:  # noqa: BLE001 - nothing more can be done from here
-            log.exception("job %s: could not end it FAILED", job_id)
