@@ -113,21 +113,14 @@ async def postgres_blip_during_a_report(f: Faulted) -> None:
         await asyncio.to_thread(proxy.restore)
 
 
-RESUME_PER_TASK = (
-    "resume is per task: the completed calls of the interrupted task run again (per-call "
-    "resume, issue 11: not built yet)"
-)
-
 SCENARIOS = [
     pytest.param(
         runner_stopped_by(signal.SIGKILL),
         id="kill-9-runner",
-        marks=pytest.mark.xfail(strict=True, reason=RESUME_PER_TASK),
     ),
     pytest.param(
         runner_stopped_by(signal.SIGTERM),
         id="sigterm-runner",
-        marks=pytest.mark.xfail(strict=True, reason=RESUME_PER_TASK),
     ),
     pytest.param(
         down_for_a_while(

@@ -417,3 +417,75 @@ async def test_outer_cancellation_leaves_no_process(job_dir: Path, tmp_path: Pat
         assert time.monotonic() < deadline, pids
         await asyncio.sleep(0.02)
     assert calls[0].paths.log.exists()
+
+
+# --- per-call resume ------------------------------------------------------------------------
+
+
+def counting_command(counter: Path, fail_on: str = "", while_exists: Path | None = None) -> str:
+    """A task that appends its zarr_url to ``counter`` and writes it back as an update; the
+    call of ``fail_on`` exits 1 (after counting) while the file ``while_exists`` exists."""
+    flag = str(while_exists or counter.with_name("no-such-file"))
+    return python_command(
+        "import json, os, sys\n"
+        "args = json.load(open(sys.argv[sys.argv.index('--args-json') + 1]))\n"
+        f"open({str(counter)!r}, 'a').write(args['zarr_url'] + '\\n')\n"
+        f"if args['zarr_url'] == {fail_on!r} and os.path.exists({flag!r}): sys.exit(1)\n"
+        "out = sys.argv[sys.argv.index('--out-json') + 1]\n"
+        "json.dump({'image_list_updates': [{'zarr_url': args['zarr_url']}]}, open(out, 'w'))\n"
+    )
+
+
+async def test_completed_calls_are_not_run_again(job_dir: Path, tmp_path: Path) -> None:
+    """A batch that failed after some calls completed, run again (as a resumed job does):
+    only the calls that had not completed run, and the outputs are those of the first runs,
+    in call order."""
+    counter, failing = tmp_path / "counter", tmp_path / "failing"
+    urls = [f"/z/{i}" for i in range(6)]
+    args = [{"zarr_url": url} for url in urls]
+    failing.touch()
+    again = make_calls(job_dir, counting_command(counter, "/z/3", failing), args)
+    with pytest.raises(TaskExecutionError):
+        await LocalExecutor().run_calls(again, concurrency=1)  # 0, 1, 2 complete; 3 fails
+    assert counter.read_text().split() == urls[:4]
+
+    counter.write_text("")
+    failing.unlink()
+    outputs = await LocalExecutor().run_calls(again, concurrency=2)
+    assert outputs == [{"image_list_updates": [{"zarr_url": url}]} for url in urls]
+    assert sorted(counter.read_text().split()) == urls[3:]
+
+    counter.write_text("")
+    assert await LocalExecutor().run_calls(again, concurrency=2) == outputs
+    assert counter.read_text() == ""  # everything completed: nothing runs
+
+
+async def test_a_call_with_other_arguments_runs_again(job_dir: Path, tmp_path: Path) -> None:
+    counter = tmp_path / "counter"
+    command = counting_command(counter)
+    await LocalExecutor().run_calls(
+        make_calls(job_dir, command, [{"zarr_url": "/z/a"}]), concurrency=1
+    )
+    [output] = await LocalExecutor().run_calls(
+        make_calls(job_dir, command, [{"zarr_url": "/z/b"}]), concurrency=1
+    )
+    assert output == {"image_list_updates": [{"zarr_url": "/z/b"}]}
+    assert counter.read_text().split() == ["/z/a", "/z/b"]
+
+
+async def test_a_stopped_call_is_not_recorded(job_dir: Path, tmp_path: Path) -> None:
+    """A call killed by a stop did not complete: it has no record."""
+    marker = tmp_path / "started"
+    calls = make_calls(
+        job_dir,
+        python_command(f"import time; open({str(marker)!r}, 'w').close(); time.sleep(600)"),
+        [{}],
+    )
+    executor = LocalExecutor(kill_grace_seconds=0.2)
+    run = asyncio.create_task(executor.run_calls(calls, concurrency=1))
+    while not marker.exists():
+        await asyncio.sleep(0.02)
+    await executor.cancel()
+    with pytest.raises(JobStopped):
+        await run
+    assert not calls[0].paths.done.exists()

@@ -39,6 +39,7 @@ from fractal_grpc.retry import RetryPolicy
 from fractal_grpc.settings import RunnerSettings
 from fractal_runner.api_client import JobExecutionClient, open_channel
 from fractal_runner.app import RunnerApp
+from fractal_runner.attempts import MAX_UNEXPECTED_ATTEMPTS
 from fractal_runner.leases import Instance, LeaseConfig
 from fractal_runner.models import Run, RunStatus
 from fractal_runner.run_store import RunStore
@@ -368,7 +369,8 @@ async def test_golden_scenario(world: World, tmp_path: Path) -> None:
     assert sorted(p.name for p in (job_dir / "2_mip_compound").iterdir()) == sorted(
         f"{prefix}.{suffix}"
         for prefix in ("2", "2_par_0000000", "2_par_0000001")
-        for suffix in ("args.json", "log", "metadiff.json")
+        # The reference's three files per call, and the runner's completion record.
+        for suffix in ("args.json", "log", "metadiff.json", "done.json")
     )
 
 
@@ -649,6 +651,68 @@ async def test_stop_of_queued_and_unknown_jobs(
 
     await wait_until_async(all_finished)
     assert not (Path(unknown.working_dir)).exists()
+
+
+async def test_api_errors_that_are_not_the_jobs_fault_do_not_fail_it(
+    world: World,
+    runner: Runner,
+    runs: RunStore,
+    api_address: str,
+    key_env: dict[str, str],
+) -> None:
+    """api refuses the runner's calls (here: its service token is signed with a wrong key) on
+    attempt after attempt: the job stays SUBMITTED, its run unfinished, however many attempts
+    fail; once the calls get through, the job ends DONE. (Before, five failed attempts gave the
+    job up as UNKNOWN ERROR.)"""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    task = await create_task(world.client, "ok", non_parallel=python_command("pass"))
+    await world.add_task(task)
+    wrong_key = (
+        Ed25519PrivateKey.generate()
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+    good = ServiceTokenSource(
+        Path(key_env["FRACTAL_SERVICE_PRIVATE_KEY_FILE"]).read_text(), service="runner"
+    )
+    await runner.app.stop()
+    try:
+        async with open_channel(api_address) as channel:
+            scheduler = JobScheduler(
+                runs,
+                JobExecutionClient(channel, ServiceTokenSource(wrong_key, service="runner")),
+                max_jobs=1,
+                attempt_backoff=RetryPolicy(first_backoff=0.01, max_backoff=0.05),
+            )
+            try:
+                job = await world.submit()
+                await scheduler.submit(job.id)
+
+                async def refused_often() -> bool:
+                    run = await runs.get(job.id)
+                    return run is not None and run.attempts > MAX_UNEXPECTED_ATTEMPTS + 2
+
+                await wait_until_async(refused_often, 60)
+                assert await job_status(world, job.id) == job_pb2.JOB_STATUS_SUBMITTED
+                run = await runs.get(job.id)
+                assert run is not None and run.status == RunStatus.RUNNING
+                assert run.last_error is not None
+                assert "PERMISSION_DENIED" in run.last_error or "UNAUTHENTICATED" in run.last_error
+                assert scheduler.is_active(job.id)
+
+                scheduler.api = JobExecutionClient(channel, good)  # the key is fixed
+                ended = await world.wait(job.id, timeout=60)
+                assert ended.status == job_pb2.JOB_STATUS_DONE, ended.log
+            finally:
+                await scheduler.close()
+    finally:
+        await runner.restart_after_stop()
 
 
 # --- several runner replicas (leases on runs) ------------------------------------------------

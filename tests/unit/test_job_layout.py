@@ -57,6 +57,7 @@ def test_call_paths(tmp_path: Path) -> None:
         args_json=folder / "1_par_0000005.args.json",
         out_json=folder / "1_par_0000005.metadiff.json",
         log=folder / "1_par_0000005.log",
+        done=folder / "1_par_0000005.done.json",
     )
     single = CallPaths.build(tmp_path, "0_x", single_prefix(0))
     assert (single.args_json.name, single.out_json.name, single.log.name) == (

@@ -9,7 +9,12 @@ with ``FinishJob``: DONE with the content of ``workflow.log``, or FAILED with th
 error text. Results of the tasks that succeeded stay applied.
 
 Resuming after a restart is the same run: tasks whose results api already applied
-(``applied_task_orders``) are skipped, and the job folder is reused.
+(``applied_task_orders``) are skipped, the job folder is reused, and within the interrupted
+task only the calls without a completion record run (``taskproc.completions``).
+
+A job ends FAILED only for its own fault (a task error, an invalid output, a permanent refusal
+of its inputs or result by api) or a stop; an RPC error of api that is not such a refusal is
+raised, for the scheduler to run the attempt again (``fractal_runner.attempts``).
 
 Stop: the scheduler cancels the executor (its processes are killed, the job ends FAILED with the
 reference's stop text). As a safety net for a stop that did not reach this runner, the job's

@@ -5,6 +5,7 @@
     0_create_ome_zarr_compound/
         0.args.json  0.metadiff.json  0.log                     (single call)
         0_par_0000000.args.json  0_par_0000000.metadiff.json ... (parallel items)
+        0.done.json  0_par_0000000.done.json ...   (completed calls; not in the reference)
 """
 
 from __future__ import annotations
@@ -59,11 +60,13 @@ def parallel_prefix(order: int, index: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class CallPaths:
-    """The three files of one task call."""
+    """The files of one task call: the reference's three, and the runner's record of the
+    call's completion (``taskproc.completions``)."""
 
     args_json: Path
     out_json: Path
     log: Path
+    done: Path
 
     @classmethod
     def build(cls, job_dir: Path, subfolder: str, prefix: str) -> CallPaths:
@@ -72,6 +75,7 @@ class CallPaths:
             args_json=folder / f"{prefix}.args.json",
             out_json=folder / f"{prefix}.metadiff.json",
             log=folder / f"{prefix}.log",
+            done=folder / f"{prefix}.done.json",
         )
 
 

@@ -13,6 +13,9 @@ Differences from the reference's `local` / `local_experimental` backends (§7.1,
   failures, whatever their exit code. If several calls failed on their own (they exited before
   the termination), a TaskExecutionError (it carries the task's log) wins over a
   JobExecutionError; within a kind, the lowest call index wins.
+- Per-call resume: a call with a completion record (`taskproc.completions`) is not run again,
+  its recorded output is used; every call that exits 0 with a readable output is recorded
+  before it counts.
 - Stop works (`cancel`), like `local_experimental`: every running process group gets SIGTERM,
   then SIGKILL after `kill_grace_seconds`; descendants found by walking the process tree (psutil)
   before the kill get the same treatment, so children that left the group die too.
@@ -48,6 +51,7 @@ from fractal_runner.taskproc.calls import (
     resolve_command,
     write_args_file,
 )
+from fractal_runner.taskproc.completions import load_completions, record_completion
 from fractal_runner.taskproc.ledger import ProcessLedger
 
 __all__ = [
@@ -156,9 +160,19 @@ class LocalExecutor:
             if call.command not in commands:
                 commands[call.command] = resolve_command(call.command)
 
-        width = min(len(calls), concurrency or self.max_concurrency)
         batch = _Batch(calls=calls, commands=commands, results=[None] * len(calls))
-        indices = iter(range(len(calls)))  # shared by the workers: the sliding window
+        completed = await asyncio.to_thread(load_completions, calls)
+        for index, completion in completed.items():
+            batch.results[index] = completion.output
+        pending = [index for index in range(len(calls)) if index not in completed]
+        if completed:
+            logger.info(
+                "%d of %d calls already completed: not run again", len(completed), len(calls)
+            )
+        if not pending:
+            return batch.results
+        width = min(len(pending), concurrency or self.max_concurrency)
+        indices = iter(pending)  # shared by the workers: the sliding window
         self._batches.add(batch)
         workers = [asyncio.create_task(self._worker(batch, indices)) for _ in range(width)]
         try:
@@ -201,8 +215,11 @@ class LocalExecutor:
         for index in indices:
             if batch.aborted:
                 return
+            call = batch.calls[index]
             try:
-                batch.results[index] = await self._run_one(batch, batch.calls[index])
+                output = await self._run_one(batch, call)
+                await _record(call, output)
+                batch.results[index] = output
             except _KilledByExecutor:
                 pass
             except (TaskExecutionError, JobExecutionError) as e:
@@ -274,6 +291,14 @@ class LocalExecutor:
             f"Task process was terminated by signal {_signal_name(-returncode)} "
             f"(return code {returncode}).\nCommand: {shlex.join(argv)}\nLog file: {paths.log}"
         )
+
+
+async def _record(call: TaskCall, output: Outcome) -> None:
+    """The call completed: record it durably before it counts (``taskproc.completions``)."""
+    try:
+        await asyncio.to_thread(record_completion, call, output)
+    except OSError as e:
+        raise JobExecutionError(f"Cannot record the completion of a task call: {e}") from e
 
 
 def _still_running(batch: _Batch) -> list[int]:
