@@ -21,18 +21,19 @@ NATS_URL = os.environ.get("FRACTAL_TEST_NATS", "nats://127.0.0.1:4222")
 RUN_ID = secrets.token_hex(4)
 
 
-async def _admin_exec(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_URL)
+async def _admin_exec(sql: str, admin_url: str = PG_ADMIN_URL) -> None:
+    conn = await asyncpg.connect(admin_url)
     try:
         await conn.execute(sql)
     finally:
         await conn.close()
 
 
-def create_database(name: str) -> str:
-    """Create and migrate a database of its own (api and runner schemas); returns its URL."""
-    asyncio.run(_admin_exec(f'CREATE DATABASE "{name}"'))
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+def create_database(name: str, admin_url: str = PG_ADMIN_URL) -> str:
+    """Create and migrate a database of its own (api and runner schemas) on the server of
+    ``admin_url``; returns its URL."""
+    asyncio.run(_admin_exec(f'CREATE DATABASE "{name}"', admin_url))
+    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     url = f"{base}/{name}"
     from fractal_api.main import MIGRATIONS as API_MIGRATIONS
     from fractal_grpc.migrate import upgrade

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 
 import grpc.aio
 import pytest
-from e2e_stack import Stack, listener_env, start_service, wait_serving
+from e2e_stack import Stack, running_stack, stack_env
 
 from helpers import ApiClient
 from world import NATS_URL, RUN_ID, create_database, delete_streams, drop_database
@@ -20,38 +18,11 @@ def stack(key_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     prefix = f"e{RUN_ID}"
     url = create_database(name)
     state = tmp_path_factory.mktemp("e2e")
-    logs = state / "logs"
-    logs.mkdir()
-    listeners = listener_env()
-    api_address = listeners["FRACTAL_API_ADDRESS"]
-    runner_address = listeners["FRACTAL_RUNNER_ADDRESS"]
-    env = {
-        **os.environ,
-        **key_env,
-        **listeners,
-        "FRACTAL_DATABASE_URL": url,
-        "FRACTAL_NATS_URL": NATS_URL,
-        "FRACTAL_NATS_PREFIX": prefix,
-        "FRACTAL_RUNNER_WORKING_BASE_DIR": str(state / "jobs"),
-        "FRACTAL_API_SUBMIT_RATE_LIMIT": "0",
-        "FRACTAL_GRACE_SECONDS": "1",
-    }
-    processes: dict[str, subprocess.Popen[bytes]] = {}
+    env = stack_env(key_env, database_url=url, nats_url=NATS_URL, nats_prefix=prefix, state=state)
     try:
-        processes["api"] = start_service("api", env, logs)
-        wait_serving("api", api_address, processes["api"], logs)
-        wait_serving("api", listeners["FRACTAL_API_INTERNAL_ADDRESS"], processes["api"], logs)
-        processes["runner"] = start_service("runner", env, logs)
-        wait_serving("runner", runner_address, processes["runner"], logs)
-        yield Stack(api_address, env, processes, logs)
+        with running_stack(env, state / "logs") as started:
+            yield started
     finally:
-        for proc in reversed(list(processes.values())):
-            proc.terminate()
-        for proc in processes.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
         drop_database(name)
         delete_streams(prefix)
 

@@ -1,4 +1,8 @@
-"""The end-to-end stack: api and runner as processes (used by the e2e conftest and tests)."""
+"""The end-to-end stack: api and runner as processes (used by the e2e and fault suites).
+
+``stack_env`` is the one place that decides the services' addresses and environment;
+``running_stack`` starts api, then the runner, and stops both at the end.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +20,12 @@ from fractal_grpc.devstack.cli import grpc_serving
 from fractal_grpc.devstack.embedded import free_port
 
 BIN = Path(sys.executable).parent
+
+#: The variables holding the addresses where each service answers its health checks.
+HEALTH_ADDRESSES = {
+    "api": ("FRACTAL_API_ADDRESS", "FRACTAL_API_INTERNAL_ADDRESS"),
+    "runner": ("FRACTAL_RUNNER_ADDRESS",),
+}
 
 
 def listener_env() -> dict[str, str]:
@@ -44,6 +56,51 @@ class Stack:
         return (self.logs / f"{name}.log").read_text(errors="replace")
 
 
+def stack_env(
+    key_env: Mapping[str, str],
+    *,
+    database_url: str,
+    nats_url: str,
+    nats_prefix: str,
+    state: Path,
+    **extra: str,
+) -> dict[str, str]:
+    """The environment of one stack's api and runner, on free loopback ports; ``extra``
+    adds or overrides variables."""
+    return {
+        **os.environ,
+        **key_env,
+        "FRACTAL_DATABASE_URL": database_url,
+        "FRACTAL_NATS_URL": nats_url,
+        "FRACTAL_NATS_PREFIX": nats_prefix,
+        **listener_env(),
+        "FRACTAL_RUNNER_WORKING_BASE_DIR": str(state / "jobs"),
+        "FRACTAL_API_SUBMIT_RATE_LIMIT": "0",
+        "FRACTAL_GRACE_SECONDS": "1",
+        **extra,
+    }
+
+
+@contextmanager
+def running_stack(env: dict[str, str], logs: Path) -> Iterator[Stack]:
+    """api, then the runner, as processes logging into ``logs``; both stopped at the end."""
+    logs.mkdir(parents=True, exist_ok=True)
+    stack = Stack(env["FRACTAL_API_ADDRESS"], env, {}, logs)
+    try:
+        start(stack, "api")
+        start(stack, "runner")
+        yield stack
+    finally:
+        for proc in reversed(list(stack.processes.values())):
+            proc.terminate()
+        for proc in stack.processes.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def start_service(name: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
     out = (logs / f"{name}.log").open("ab")
     return subprocess.Popen(
@@ -64,13 +121,22 @@ def wait_serving(name: str, address: str, proc: subprocess.Popen[bytes], logs: P
         time.sleep(0.1)
 
 
-def restart_runner(stack: Stack, sig: int) -> None:
-    """Stop the runner process with ``sig`` (SIGKILL: a crash) and start a new one."""
-    old = stack.processes["runner"]
+def start(stack: Stack, name: str) -> None:
+    """Start service ``name`` ("api" or "runner") and wait until it is healthy."""
+    stack.processes[name] = start_service(name, stack.env, stack.logs)
+    for variable in HEALTH_ADDRESSES[name]:
+        wait_serving(name, stack.env[variable], stack.processes[name], stack.logs)
+
+
+def kill(stack: Stack, name: str, sig: int) -> None:
+    """Send ``sig`` to service ``name``'s process group (SIGKILL: a crash) and reap it."""
+    old = stack.processes[name]
     os.killpg(old.pid, sig)
     old.wait(30)
     assert sig != signal.SIGKILL or old.returncode == -signal.SIGKILL
-    stack.processes["runner"] = start_service("runner", stack.env, stack.logs)
-    wait_serving(
-        "runner", stack.env["FRACTAL_RUNNER_ADDRESS"], stack.processes["runner"], stack.logs
-    )
+
+
+def restart_runner(stack: Stack, sig: int) -> None:
+    """Stop the runner process with ``sig`` (SIGKILL: a crash) and start a new one."""
+    kill(stack, "runner", sig)
+    start(stack, "runner")
