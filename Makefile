@@ -26,10 +26,10 @@ $(VENV)/bin/python:
 
 # Third-party packages first (grpcio-tools is needed to generate the stubs), then the stubs,
 # then our packages in editable mode (the stub package must exist when libs is installed).
-$(STAMP): $(VENV)/bin/python requirements-dev.txt libs/pyproject.toml services/*/pyproject.toml $(PROTO_FILES)
+$(STAMP): $(VENV)/bin/python requirements-dev.txt libs/pyproject.toml libs/devstack/pyproject.toml services/*/pyproject.toml $(PROTO_FILES)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(MAKE) protos
-	$(PY) -m pip install --quiet -e libs -e services/api -e services/runner
+	$(PY) -m pip install --quiet -e libs -e libs/devstack -e services/api -e services/runner
 	touch $(STAMP)
 
 ## protos: generate Python, gRPC and typed (.pyi) stubs into libs/fractal/ (not committed).
@@ -49,8 +49,8 @@ $(BUF):
 ## lint: buf lint (STANDARD), ruff and mypy on our own code.
 lint: $(STAMP) $(BUF)
 	$(BUF) lint protos
-	$(VENV)/bin/ruff check libs/fractal_grpc services tests bench
-	$(VENV)/bin/ruff format --check libs/fractal_grpc services tests bench
+	$(VENV)/bin/ruff check libs/fractal_grpc libs/devstack services tests bench
+	$(VENV)/bin/ruff format --check libs/fractal_grpc libs/devstack services tests bench
 	$(VENV)/bin/mypy
 
 test-unit: $(STAMP)

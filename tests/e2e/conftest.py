@@ -10,7 +10,7 @@ import grpc.aio
 import pytest
 from e2e_stack import Stack, start_service, wait_serving
 
-from fractal_grpc.devstack.embedded import free_port
+from fractal_devstack.embedded import free_port
 from helpers import ApiClient
 from world import NATS_URL, RUN_ID, create_database, delete_streams, drop_database
 

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fractal_grpc.devstack.cli import grpc_serving
+from fractal_devstack.cli import grpc_serving
 
 BIN = Path(sys.executable).parent
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from fractal_grpc.devstack.embedded import free_port, port_accepts
+from fractal_devstack.embedded import free_port, port_accepts
 
 BIN = Path(sys.executable).parent
 

@@ -27,11 +27,11 @@ import nats
 import psutil
 import pytest
 
-import fractal_grpc.devstack
-from fractal_grpc.devstack import EmbeddedNats, EmbeddedPostgres, ensure_dev_keys, generate_keypair
-from fractal_grpc.devstack.embedded import free_port, port_accepts
+import fractal_devstack
+from fractal_devstack import EmbeddedNats, EmbeddedPostgres, ensure_dev_keys, generate_keypair
+from fractal_devstack.embedded import free_port, port_accepts
 
-LIBS_DIR = Path(fractal_grpc.devstack.__file__).resolve().parents[2]
+DEVSTACK_DIR = Path(fractal_devstack.__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -252,7 +252,7 @@ def fake_bin(tmp_path: Path) -> Path:
 
 def _cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FRACTAL_", "FAKE_"))}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(LIBS_DIR), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(DEVSTACK_DIR), env.get("PYTHONPATH")]))
     env["FAKE_OUT_DIR"] = str(tmp_path / "out")
     env.update(extra)
     return env
@@ -260,7 +260,7 @@ def _cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def _spawn_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "fractal_grpc.devstack.cli", *args],
+        [sys.executable, "-m", "fractal_devstack.cli", *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

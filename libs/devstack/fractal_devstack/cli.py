@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from fractal_grpc.devstack.embedded import (
+from fractal_devstack.embedded import (
     LOOPBACK,
     DevStackError,
     EmbeddedNats,
@@ -36,7 +36,7 @@ from fractal_grpc.devstack.embedded import (
     port_is_free,
     stop_process_group,
 )
-from fractal_grpc.devstack.keys import ensure_dev_keys
+from fractal_devstack.keys import ensure_dev_keys
 
 DEFAULT_STATE_DIR = ".state"
 DEFAULT_API_PORT = 50051
@@ -488,7 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Show what the embedded components report (re-used servers, permission changes).
     logging.basicConfig(format="fractal-dev: %(message)s", level=logging.WARNING)
-    logging.getLogger("fractal_grpc.devstack").setLevel(logging.INFO)
+    logging.getLogger("fractal_devstack").setLevel(logging.INFO)
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)
 
