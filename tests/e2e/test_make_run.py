@@ -224,6 +224,10 @@ async def test_fractal_dev_run_is_not_ready_while_the_runner_cannot_reach_the_ap
         assert code == 1, output
         assert "Press Ctrl-C" not in output and "is ready" not in output
         assert "runner was not ready" in output
+        # Said while waiting too, not only at the end.
+        assert f"still waiting for runner: it cannot reach the api at FRACTAL_API_URL={wrong}" in (
+            output
+        )
         assert f"it cannot reach the api at FRACTAL_API_URL={wrong} (nothing listens there" in (
             output
         )

@@ -51,6 +51,8 @@ from fractal_runner.taskproc.ledger import LEDGER_FOLDER, kill_leftovers
 
 DEFAULT_STATE_DIR = ".state"
 DEFAULT_API_PORT = 50051
+# How long a component may be unready before fractal-dev says what it is waiting for.
+HINT_AFTER = 10.0
 
 # ---------------------------------------------------------------------------------------
 # Signals: SIGINT/SIGTERM/SIGHUP unwind the stack through an exception, then are ignored
@@ -157,6 +159,7 @@ class ChildService:
         grace: float = 10.0,
         why_not_ready: Callable[[], str] | None = None,
         after_stop: Callable[[], None] | None = None,
+        say: Callable[[str], None] = print,
     ) -> None:
         self.name = name
         self.executable = executable
@@ -166,6 +169,7 @@ class ChildService:
         self.grace = grace
         self.why_not_ready = why_not_ready
         self.after_stop = after_stop
+        self.say = say
         self.proc: subprocess.Popen[bytes] | None = None
         self.env: dict[str, str] = {}
 
@@ -201,13 +205,19 @@ class ChildService:
             )
 
     def wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        """Wait for SERVING; after ``HINT_AFTER`` seconds, say once what it is waiting for."""
+        start = time.monotonic()
+        deadline, hinted = start + timeout, False
         while not grpc_serving(self.address):
             code = self.returncode()
             if code is not None:
                 raise DevStackError(
-                    f"{self.name} exited with code {code} while starting; {self.log.describe()}"
+                    f"{self.name} {describe_exit(code)} while starting; {self.log.describe()}"
                 )
+            if not hinted and self.why_not_ready and time.monotonic() > start + HINT_AFTER:
+                hinted = True
+                if why := self.why_not_ready():
+                    self.say(f"fractal-dev: still waiting for {self.name}{why}")
             if time.monotonic() > deadline:
                 status = health_status(self.address) or "no answer"
                 why = self.why_not_ready() if self.why_not_ready is not None else ""
@@ -353,6 +363,7 @@ class DevStack:
             grace=self.grace,
             why_not_ready=self._why_runner_not_ready,
             after_stop=self._kill_task_processes,
+            say=self.say,
         )
         for child, variable in ((api, "FRACTAL_API_ADDRESS"), (runner, "FRACTAL_RUNNER_ADDRESS")):
             host, port = split_address(child.address)
