@@ -35,9 +35,14 @@ $(UV): | $(VENV)/bin/python
 
 # Exactly the lock (`uv pip sync` also removes whatever is not in it), then the stubs
 # (grpcio-tools generates them), then our packages in editable mode (the stub package must exist
-# when libs is installed) without dependencies: the lock has them all, and `uv pip check` fails
-# naming any that is missing (a dependency added without `make lock`).
-$(STAMP): $(LOCK) libs/pyproject.toml libs/devstack/pyproject.toml services/*/pyproject.toml $(PROTO_FILES) | $(UV)
+# when libs is installed) without dependencies: the lock has them all. A dependency added without
+# `make lock` stops the install, named (the loop for requirements-dev.txt, `uv pip check` for
+# the packages').
+$(STAMP): $(LOCK) requirements-dev.txt libs/pyproject.toml libs/devstack/pyproject.toml services/*/pyproject.toml $(PROTO_FILES) | $(UV)
+	@for name in $$(sed -e 's/#.*//' -e 's/[][<>=!~;[:space:]].*//' requirements-dev.txt); do \
+		grep -qiE "^$${name//_/-}==" $(LOCK) \
+			|| { echo "make install: $$name is not in $(LOCK); run make lock" >&2; exit 1; }; \
+	done
 	$(UV) pip sync --quiet --python $(PY) $(LOCK)
 	$(MAKE) protos
 	$(UV) pip install --quiet --python $(PY) --no-deps --build-constraints $(LOCK) \
