@@ -7,8 +7,14 @@ BUF := .tools/node_modules/.bin/buf
 PROTO_FILES := $(shell find protos -name '*.proto')
 GEN_DIR := libs
 STAMP := $(VENV)/.installed
+UV := $(VENV)/bin/uv
+# Every third-party package, pinned (make lock); our own packages are installed from here.
+LOCK := requirements.lock
+PACKAGES := libs libs/devstack services/api services/runner
+LOCK_FLAGS := --universal --python-version 3.11 --quiet --custom-compile-command "make lock" \
+	$(foreach name,fractal-grpc-libs fractal-devstack fractal-api fractal-runner,--no-emit-package $(name))
 
-.PHONY: run test lint protos install bench clean test-unit test-service test-e2e cluster
+.PHONY: run test lint protos install lock bench clean test-unit test-service test-e2e cluster
 
 ## run: the whole suite on embedded PostgreSQL and NATS (or FRACTAL_DATABASE_URL / FRACTAL_NATS_URL).
 run: $(STAMP)
@@ -27,15 +33,35 @@ install: $(STAMP)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 
-# Third-party packages first (grpcio-tools is needed to generate the stubs), then the stubs,
-# then our packages in editable mode (the stub package must exist when libs is installed).
-$(STAMP): $(VENV)/bin/python requirements-dev.txt libs/pyproject.toml services/*/pyproject.toml $(PROTO_FILES)
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+# uv, bootstrapped at the lock's version; from then on the lock keeps it at that version.
+$(UV): | $(VENV)/bin/python
+	$(PY) -m pip install --quiet "$$(grep -E '^uv==' $(LOCK))"
+
+# Exactly the lock (`uv pip sync` also removes whatever is not in it), then the stubs
+# (grpcio-tools generates them), then our packages in editable mode (the stub package must exist
+# when libs is installed) without dependencies: the lock has them all. A dependency added without
+# `make lock` stops the install, named (the loop for requirements-dev.txt, `uv pip check` for
+# the packages').
+$(STAMP): $(LOCK) requirements-dev.txt libs/pyproject.toml libs/devstack/pyproject.toml services/*/pyproject.toml $(PROTO_FILES) | $(UV)
+	@for name in $$(sed -e 's/#.*//' -e 's/[][<>=!~;[:space:]].*//' requirements-dev.txt); do \
+		grep -qiE "^$${name//_/-}==" $(LOCK) \
+			|| { echo "make install: $$name is not in $(LOCK); run make lock" >&2; exit 1; }; \
+	done
+	$(UV) pip sync --quiet --python $(PY) $(LOCK)
 	$(MAKE) protos
-	$(PY) -m pip install --quiet -e libs -e services/api -e services/runner
+	$(UV) pip install --quiet --python $(PY) --no-deps --build-constraints $(LOCK) \
+		$(addprefix -e ,$(PACKAGES))
+	$(UV) pip check --quiet --python $(PY) \
+		|| { echo "make install: a dependency is missing from $(LOCK); run make lock" >&2; exit 1; }
 	touch $(STAMP)
+
+## lock: re-resolve requirements.lock from requirements.in (the packages' pyprojects and
+## requirements-dev.txt) after a dependency changed, keeping every other pin as it is.
+## `make lock UPGRADE=1` moves everything to the newest versions; `make lock UPGRADE=protobuf` one.
+lock: | $(UV)
+	$(UV) pip compile requirements.in $(LOCK_FLAGS) -o $(LOCK) \
+		$(if $(UPGRADE),$(if $(filter 1,$(UPGRADE)),--upgrade,--upgrade-package $(UPGRADE)))
 
 ## protos: generate Python, gRPC and typed (.pyi) stubs into libs/fractal/ (not committed).
 protos: $(VENV)/bin/python
@@ -54,8 +80,8 @@ $(BUF):
 ## lint: buf lint (STANDARD), ruff and mypy on our own code.
 lint: $(STAMP) $(BUF)
 	$(BUF) lint protos
-	$(VENV)/bin/ruff check libs/fractal_grpc services tests bench
-	$(VENV)/bin/ruff format --check libs/fractal_grpc services tests bench
+	$(VENV)/bin/ruff check libs/fractal_grpc libs/devstack services tests bench
+	$(VENV)/bin/ruff format --check libs/fractal_grpc libs/devstack services tests bench
 	$(VENV)/bin/mypy
 
 test-unit: $(STAMP)

@@ -20,9 +20,9 @@ from pathlib import Path
 import asyncpg
 import nats
 
-from fractal_grpc.devstack.cli import ChildService
-from fractal_grpc.devstack.embedded import LOOPBACK, find_executable, free_port
-from fractal_grpc.devstack.keys import ensure_dev_keys
+from fractal_devstack.cli import ChildService
+from fractal_devstack.embedded import LOOPBACK, find_executable, free_port
+from fractal_devstack.keys import ensure_dev_keys
 from fractal_grpc.events.bus import Subjects
 
 PG_ADMIN_URL = os.environ.get("FRACTAL_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

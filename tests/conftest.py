@@ -37,7 +37,7 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def key_env(state_dir: Path) -> dict[str, str]:
-    from fractal_grpc.devstack.keys import ensure_dev_keys
+    from fractal_devstack.keys import ensure_dev_keys
 
     return ensure_dev_keys(state_dir / "keys")
 

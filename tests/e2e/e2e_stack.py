@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fractal_grpc.devstack.cli import grpc_serving
-from fractal_grpc.devstack.embedded import free_port
+from fractal_devstack.cli import grpc_serving
+from fractal_devstack.embedded import free_port
 
 BIN = Path(sys.executable).parent
 

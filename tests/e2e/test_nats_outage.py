@@ -20,7 +20,7 @@ from fractal.v2 import (
     task_service_pb2,
     workflow_service_pb2,
 )
-from fractal_grpc.devstack.embedded import EmbeddedNats
+from fractal_devstack.embedded import EmbeddedNats
 from helpers import admin_of
 from world import running_api
 

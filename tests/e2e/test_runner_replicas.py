@@ -25,7 +25,7 @@ from e2e_stack import Stack, start_service, wait_serving
 from test_e2e import Scenario, command
 
 from fractal.v2 import job_pb2, job_service_pb2
-from fractal_grpc.devstack.embedded import free_port
+from fractal_devstack.embedded import free_port
 from helpers import ApiClient
 from waiting import wait_until
 

@@ -27,7 +27,7 @@ from fault_checks import FIGURES, figures_table  # noqa: E402
 from fault_jobs import JOBS  # noqa: E402
 from tcp_proxy import TcpProxy  # noqa: E402
 
-from fractal_grpc.devstack.embedded import EmbeddedNats, EmbeddedPostgres  # noqa: E402
+from fractal_devstack.embedded import EmbeddedNats, EmbeddedPostgres  # noqa: E402
 from world import create_database  # noqa: E402
 
 

@@ -24,7 +24,7 @@ from test_runner_execution import World, create_task, python_command
 
 from fractal.internal.v1 import job_execution_service_pb2 as ipb
 from fractal.v2 import dataset_service_pb2, job_pb2, project_service_pb2, workflow_service_pb2
-from fractal_grpc.devstack.embedded import EmbeddedPostgres
+from fractal_devstack.embedded import EmbeddedPostgres
 from fractal_grpc.settings import RunnerSettings
 from fractal_runner.app import RunnerApp
 from fractal_runner.leases import LeaseConfig

@@ -27,11 +27,12 @@ import nats
 import psutil
 import pytest
 
-import fractal_grpc.devstack
-from fractal_grpc.devstack import EmbeddedNats, EmbeddedPostgres, ensure_dev_keys, generate_keypair
-from fractal_grpc.devstack.embedded import free_port, port_accepts
+import fractal_devstack
+from fractal_devstack import EmbeddedNats, EmbeddedPostgres, ensure_dev_keys, generate_keypair
+from fractal_devstack.cli import grpc_serving
+from fractal_devstack.embedded import free_port, port_accepts
 
-LIBS_DIR = Path(fractal_grpc.devstack.__file__).resolve().parents[2]
+DEVSTACK_DIR = Path(fractal_devstack.__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -232,7 +233,11 @@ health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
 server.add_insecure_port(address)
 server.start()
 print(name, "serving on", address, flush=True)
-if os.environ.get("FAKE_CRASH") == name:
+crash_once = os.path.join(os.environ["FAKE_OUT_DIR"], name + ".crashed")
+if os.environ.get("FAKE_CRASH") == name or (
+    os.environ.get("FAKE_CRASH_ONCE") == name and not os.path.exists(crash_once)
+):
+    open(crash_once, "w").close()
     threading.Timer(1.0, lambda: (print("crashing", flush=True), os._exit(5))).start()
 server.wait_for_termination()
 """
@@ -252,7 +257,7 @@ def fake_bin(tmp_path: Path) -> Path:
 
 def _cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FRACTAL_", "FAKE_"))}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(LIBS_DIR), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(DEVSTACK_DIR), env.get("PYTHONPATH")]))
     env["FAKE_OUT_DIR"] = str(tmp_path / "out")
     env.update(extra)
     return env
@@ -260,7 +265,7 @@ def _cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def _spawn_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "fractal_grpc.devstack.cli", *args],
+        [sys.executable, "-m", "fractal_devstack.cli", *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -376,9 +381,14 @@ async def test_cli_run_starts_and_stops_the_stack(
     [
         ({"FAKE_MIGRATE_FAIL": "runner"}, 7, "`runner migrate` failed with exit code 7"),
         ({"FAKE_SERVE_FAIL": "runner"}, 1, "runner exited with code 3 while starting"),
-        ({"FAKE_CRASH": "api"}, 1, "api exited unexpectedly with code 5"),
+        (
+            {"FAKE_CRASH": "api"},
+            1,
+            "api exited with code 5, after 1 restart(s) in a row that did not stay up 60s; "
+            "giving up",
+        ),
     ],
-    ids=["migrate-fails", "serve-fails", "crash-after-start"],
+    ids=["migrate-fails", "serve-fails", "keeps-crashing"],
 )
 def test_cli_run_failure_stops_everything(
     tmp_path: Path,
@@ -389,10 +399,34 @@ def test_cli_run_failure_stops_everything(
     expected_text: str,
 ) -> None:
     state = state_dir
-    args = ["run", "--state-dir", str(state), "--api-port", str(free_port())]
+    args = ["run", "--state-dir", str(state), "--api-port", str(free_port()), "--max-restarts", "1"]
     proc = _spawn_cli([*args, "--bin-dir", str(fake_bin)], _cli_env(tmp_path, **failure))
     code, output = _finish(proc, timeout=120)
     assert code == expected_code, output
     assert expected_text in output
     assert "exploded" in output or "crashing" in output  # the child's last lines are shown
     _assert_all_stopped(state, tmp_path / "out")
+
+
+def test_cli_run_restarts_a_crashed_service(
+    tmp_path: Path, state_dir: Path, fake_bin: Path
+) -> None:
+    api_port = free_port()
+    args = ["run", "--state-dir", str(state_dir), "--api-port", str(api_port)]
+    env = _cli_env(tmp_path, FAKE_CRASH_ONCE="api")
+    proc = _spawn_cli([*args, "--bin-dir", str(fake_bin)], env)
+    first_pid = None
+    try:
+        _read_until(proc, "Press Ctrl-C")
+        first_pid = json.loads((tmp_path / "out" / "api.json").read_text())["pid"]
+        output = _read_until(proc, "api is running again")
+        assert "api exited with code 5; restarting it in 1s (restart 1 of at most 5" in output
+        assert "crashing" in output  # the dead process's last lines are shown
+        assert grpc_serving(f"127.0.0.1:{api_port}")
+        second_pid = json.loads((tmp_path / "out" / "api.json").read_text())["pid"]
+        assert second_pid != first_pid
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code, output = _finish(proc)
+    assert code == 0, output
+    _assert_all_stopped(state_dir, tmp_path / "out")

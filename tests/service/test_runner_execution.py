@@ -32,6 +32,7 @@ from fractal.v2 import (
     task_service_pb2,
     workflow_service_pb2,
 )
+from fractal_devstack.embedded import free_port
 from fractal_grpc.auth.tokens import ServiceTokenSource
 from fractal_grpc.convert import attributes_to_python, filters_to_dict
 from fractal_grpc.db import make_engine, make_sessionmaker, transaction
@@ -42,6 +43,7 @@ from fractal_runner.app import RunnerApp
 from fractal_runner.attempts import MAX_UNEXPECTED_ATTEMPTS
 from fractal_runner.leases import Instance, LeaseConfig
 from fractal_runner.models import Run, RunStatus
+from fractal_runner.readiness import API_SERVICE, api_problem
 from fractal_runner.run_store import RunStore
 from fractal_runner.scheduler import JobScheduler
 from golden import GOLDEN_TYPE_FILTERS, golden_images
@@ -277,10 +279,33 @@ async def runs(database_url: str) -> AsyncIterator[RunStore]:
 # --- tests ------------------------------------------------------------------------------
 
 
-async def test_runner_serves_health(runner: Runner) -> None:
+async def test_runner_serves_health_once_it_has_reached_the_api(runner: Runner) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{runner.port}") as channel:
-        resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        health = health_pb2_grpc.HealthStub(channel)
+        for _ in range(600):
+            resp = await health.Check(health_pb2.HealthCheckRequest())
+            if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                break
+            await asyncio.sleep(0.05)
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_readiness_names_what_keeps_the_runner_from_the_api(
+    runner: Runner, api_address: str
+) -> None:
+    """The api itself; nothing at the address; a gRPC server that is not the api (the
+    runner's own port: health, but no JobExecutionService)."""
+    closed = f"127.0.0.1:{free_port()}"
+    cases = {api_address: None, closed: "UNAVAILABLE", f"127.0.0.1:{runner.port}": "NOT_FOUND"}
+    for address, expected in cases.items():
+        async with grpc.aio.insecure_channel(address) as channel:
+            problem = await api_problem(channel, deadline=10)
+        if expected is None:
+            assert problem is None
+        elif expected == "UNAVAILABLE":
+            assert problem is not None and problem.startswith("UNAVAILABLE: "), problem
+        else:
+            assert problem == f"the server there does not serve {API_SERVICE}"
 
 
 async def test_golden_scenario(world: World, tmp_path: Path) -> None:

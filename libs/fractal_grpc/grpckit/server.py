@@ -49,17 +49,26 @@ class GrpcServer:
         register(servicer, self.server)
         self.service_names.append(name)
 
-    async def start(self) -> int:
+    async def start(self, *, serving: bool = True) -> int:
+        """Listen; health answers SERVING, or NOT_SERVING until :meth:`set_serving` when
+        ``serving`` is false (a service that is up but cannot do its work yet)."""
         names = [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], self.server)
         self.port = self.server.add_insecure_port(self.address)
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {self.address}")
         await self.server.start()
-        for name in ["", *self.service_names]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if serving:
+            await self.set_serving()
+        else:
+            for name in ["", *self.service_names]:
+                await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         log.info("listening on %s (%s)", self.address, ", ".join(self.service_names))
         return self.port
+
+    async def set_serving(self) -> None:
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()

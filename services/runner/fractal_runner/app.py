@@ -4,7 +4,10 @@ api, and a gRPC server with health and reflection only.
 Safe to run as several replicas: submit and stop commands are work-queue consumers (one replica
 gets each), runs are executed under leases (``fractal_runner.leases``), and every replica also
 receives stop commands as a broadcast (a plain NATS subscription on the same subject), so the
-replica executing the job stops it whichever replica got the command."""
+replica executing the job stops it whichever replica got the command.
+
+Health answers NOT_SERVING until the runner has connected to NATS and reached api
+(``fractal_runner.readiness``), SERVING from then on."""
 
 from __future__ import annotations
 
@@ -24,15 +27,15 @@ from fractal_grpc.grpckit.server import GrpcServer
 from fractal_grpc.settings import RunnerSettings
 from fractal_runner.api_client import JobExecutionClient, open_channel
 from fractal_runner.leases import Instance, LeaseConfig
+from fractal_runner.readiness import wait_for_api
 from fractal_runner.run_store import RunStore
 from fractal_runner.scheduler import JobScheduler
+from fractal_runner.taskproc.ledger import LEDGER_FOLDER
 
 log = logging.getLogger("fractal.runner")
 
 SUBMIT_DURABLE = "runner-submit"
 STOP_DURABLE = "runner-stop"
-# Under the working base dir: which task processes each job started (taskproc.ledger).
-LEDGER_FOLDER = ".task-processes"
 
 
 class RunnerApp:
@@ -56,6 +59,7 @@ class RunnerApp:
         self._stop_broadcast: Subscription | None = None
         self._released_notices: Subscription | None = None
         self._stopping: set[asyncio.Task[None]] = set()
+        self._readiness: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         s = self.settings
@@ -87,7 +91,13 @@ class RunnerApp:
             log.info("resumed %d unfinished run(s)", len(resumed))
         self.bus.consume(self.subjects.job_submit, SUBMIT_DURABLE, self._on_submit)
         self.bus.consume(self.subjects.job_stop, STOP_DURABLE, self._on_stop)
-        return await self.server.start()
+        port = await self.server.start(serving=False)
+        self._readiness = asyncio.create_task(self._become_ready(self.channel, s.api_url))
+        return port
+
+    async def _become_ready(self, channel: grpc.aio.Channel, api_url: str) -> None:
+        await wait_for_api(channel, api_url)
+        await self.server.set_serving()
 
     async def _on_released(self, msg: Msg) -> None:
         if self.scheduler is not None and msg.data.decode() != self.instance.owner:
@@ -120,6 +130,10 @@ class RunnerApp:
             log.exception("job %s: stop broadcast not handled", job_id)
 
     async def stop(self) -> None:
+        if self._readiness is not None:
+            self._readiness.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._readiness
         if self.bus is not None:
             # No new commands, nor stop broadcasts, from here on.
             await self.bus.stop_consuming()

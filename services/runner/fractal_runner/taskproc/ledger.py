@@ -27,9 +27,12 @@ import psutil
 
 from fractal_runner.taskproc.proctree import descendants, signal_all, signal_group
 
-__all__ = ["ProcessLedger", "kill_leftovers"]
+__all__ = ["LEDGER_FOLDER", "ProcessLedger", "kill_leftovers"]
 
 log = logging.getLogger(__name__)
+
+#: Under the runner's working base dir: one ledger file per job, named by the job id.
+LEDGER_FOLDER = ".task-processes"
 
 
 class ProcessLedger:

@@ -352,6 +352,22 @@ class EmbeddedPostgres:
         self._url = f"postgresql+asyncpg://{PG_SUPERUSER}@{self.host}:{port}/{self.database}"
         return self._url
 
+    def restart(self) -> str:
+        """Start again on the same port, e.g. after the server died; return the URL."""
+        port = self._port
+        if self.is_running():
+            self.stop()
+        elif self._process is not None:
+            # A killed server may linger as a zombie (its parent, pg_ctl, is gone and PID 1
+            # may be slow to reap it): its pid file would make the new one refuse to start.
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if self._read_pid_file()[0] == self._process.pid:
+                    (self.pgdata / "postmaster.pid").unlink()
+        self._url = None
+        self._process = None
+        self._requested_port = port
+        return self.start()
+
     def stop(self, timeout: float = 60.0) -> None:
         """Stop the server if this object started it (``pg_ctl stop -m fast``)."""
         self._url = None
@@ -625,6 +641,13 @@ class EmbeddedNats:
         self._pid_file.write_text(f"{self._proc.pid}\n")
         self._url = f"nats://{self.host}:{port}"
         return self._url
+
+    def restart(self) -> str:
+        """Start again on the same port, e.g. after the server died; return the URL."""
+        port = self._port
+        self.stop()
+        self._requested_port = port
+        return self.start()
 
     def stop(self) -> None:
         """SIGTERM the server, SIGKILL it after the grace period (if started here)."""

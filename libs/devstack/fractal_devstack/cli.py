@@ -2,14 +2,16 @@
 
 ``fractal-dev run`` starts, unless the environment already points elsewhere, an embedded
 PostgreSQL and NATS, creates development keys, migrates and starts ``fractal-api`` and
-``fractal-runner``, and waits. Ctrl-C (or SIGTERM) stops exactly what it started, in
-reverse order. ``fractal-dev postgres`` and ``fractal-dev nats`` run one component alone.
+``fractal-runner``, and says "ready" once the runner has reached the api and NATS (its health
+answers SERVING). Then it supervises (``fractal_devstack.supervisor``): a component that dies
+is restarted with backoff; the task processes of a runner that died are killed first. Ctrl-C
+(or SIGTERM) stops exactly what it started, in reverse order. ``fractal-dev postgres`` and
+``fractal-dev nats`` run one component alone.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import os
@@ -24,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from fractal_grpc.devstack.embedded import (
+from fractal_devstack.embedded import (
     LOOPBACK,
     DevStackError,
     EmbeddedNats,
@@ -36,10 +38,21 @@ from fractal_grpc.devstack.embedded import (
     port_is_free,
     stop_process_group,
 )
-from fractal_grpc.devstack.keys import ensure_dev_keys
+from fractal_devstack.keys import ensure_dev_keys
+from fractal_devstack.supervisor import (
+    RESTART_LOG_LINES,
+    RestartPolicy,
+    SupervisedServer,
+    Supervisor,
+    describe_exit,
+)
+from fractal_runner.readiness import API_SERVICE
+from fractal_runner.taskproc.ledger import LEDGER_FOLDER, kill_leftovers
 
 DEFAULT_STATE_DIR = ".state"
 DEFAULT_API_PORT = 50051
+# How long a component may be unready before fractal-dev says what it is waiting for.
+HINT_AFTER = 10.0
 
 # ---------------------------------------------------------------------------------------
 # Signals: SIGINT/SIGTERM/SIGHUP unwind the stack through an exception, then are ignored
@@ -101,34 +114,64 @@ def dial_address(address: str) -> tuple[str, int]:
     return host, port
 
 
-def grpc_serving(address: str, timeout: float = 2.0) -> bool:
-    """Whether the standard gRPC health check (service ``""``) answers SERVING."""
+def health_status(address: str, service: str = "", timeout: float = 2.0) -> str | None:
+    """What the standard gRPC health check of ``service`` answers at ``address``: a status
+    (``"SERVING"``, ``"NOT_SERVING"``) or an error code (``"NOT_FOUND"``); None if nothing
+    accepts connections there."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     host, port = dial_address(address)
     if not port_accepts(host, port):
-        return False
+        return None
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     # A fresh channel per attempt: no reconnect back-off; never through an HTTP proxy.
     with grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)]) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        except grpc.RpcError:
-            return False
-    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError as exc:
+            code: grpc.StatusCode = exc.code()
+            return str(code.name)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+def grpc_serving(address: str, timeout: float = 2.0) -> bool:
+    """Whether the standard gRPC health check (service ``""``) answers SERVING."""
+    return health_status(address, timeout=timeout) == "SERVING"
 
 
 class ChildService:
-    """``{executable} serve`` in its own process group, output to ``{logs}/{name}.log``."""
+    """``{executable} serve`` in its own process group, output to ``{logs}/{name}.log``.
 
-    def __init__(self, name: str, executable: str, address: str, logs_dir: Path) -> None:
+    Ready when its health check answers SERVING. ``why_not_ready`` explains a timeout;
+    ``after_stop`` cleans up after the process (also after it died), before a restart.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        executable: str,
+        address: str,
+        logs_dir: Path,
+        *,
+        startup_timeout: float = 60.0,
+        grace: float = 10.0,
+        why_not_ready: Callable[[], str] | None = None,
+        after_stop: Callable[[], None] | None = None,
+        say: Callable[[str], None] = print,
+    ) -> None:
         self.name = name
         self.executable = executable
         self.address = address
         self.log = RunLog(logs_dir / f"{name}.log")
+        self.startup_timeout = startup_timeout
+        self.grace = grace
+        self.why_not_ready = why_not_ready
+        self.after_stop = after_stop
+        self.say = say
         self.proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}
 
     def migrate(self, env: dict[str, str]) -> None:
         """Run ``{executable} migrate``; raise with its exit code and output if it fails."""
@@ -150,6 +193,7 @@ class ChildService:
             )
 
     def start(self, env: dict[str, str]) -> None:
+        self.env = env
         with self.log.begin(f"{self.name} serve on {self.address}") as log_handle:
             self.proc = subprocess.Popen(
                 [self.executable, "serve"],
@@ -161,17 +205,25 @@ class ChildService:
             )
 
     def wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        """Wait for SERVING; after ``HINT_AFTER`` seconds, say once what it is waiting for."""
+        start = time.monotonic()
+        deadline, hinted = start + timeout, False
         while not grpc_serving(self.address):
             code = self.returncode()
             if code is not None:
                 raise DevStackError(
-                    f"{self.name} exited with code {code} while starting; {self.log.describe()}"
+                    f"{self.name} {describe_exit(code)} while starting; {self.log.describe()}"
                 )
+            if not hinted and self.why_not_ready and time.monotonic() > start + HINT_AFTER:
+                hinted = True
+                if why := self.why_not_ready():
+                    self.say(f"fractal-dev: still waiting for {self.name}{why}")
             if time.monotonic() > deadline:
+                status = health_status(self.address) or "no answer"
+                why = self.why_not_ready() if self.why_not_ready is not None else ""
                 raise DevStackError(
-                    f"{self.name} was not healthy on {self.address} after {timeout:.0f}s; "
-                    f"{self.log.describe()}"
+                    f"{self.name} was not ready on {self.address} after {timeout:.0f}s "
+                    f"(health: {status}){why}; {self.log.describe()}"
                 )
             time.sleep(0.25)
 
@@ -179,10 +231,27 @@ class ChildService:
         """None while running (or never started), else the exit code."""
         return self.proc.poll() if self.proc is not None else None
 
-    def stop(self, grace: float) -> None:
+    def stop(self, grace: float | None = None) -> None:
+        """SIGTERM its process group (SIGKILL after ``grace``), then ``after_stop``."""
         proc, self.proc = self.proc, None
         if proc is not None:
-            stop_process_group(proc, grace)
+            stop_process_group(proc, self.grace if grace is None else grace)
+        if self.after_stop is not None:
+            self.after_stop()
+
+    # -- supervised (fractal_devstack.supervisor) -----------------------------------------
+
+    def exit_reason(self) -> str | None:
+        code = self.returncode()
+        return None if code is None else describe_exit(code)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start(self.env)
+        self.wait_healthy(self.startup_timeout)
+
+    def log_hint(self) -> str:
+        return self.log.describe(RESTART_LOG_LINES)
 
 
 # ---------------------------------------------------------------------------------------
@@ -207,6 +276,7 @@ class DevStack:
         bin_dir: Path | None = None,
         startup_timeout: float = 60.0,
         grace: float = 10.0,
+        restart_policy: RestartPolicy | None = None,
         out: TextIO = sys.stdout,
     ) -> None:
         self.state_dir = state_dir.absolute()
@@ -215,6 +285,7 @@ class DevStack:
         self.bin_dir = bin_dir
         self.startup_timeout = startup_timeout
         self.grace = grace
+        self.restart_policy = restart_policy or RestartPolicy()
         self.out = out
         self.env = dict(os.environ)
         self.postgres: EmbeddedPostgres | None = None
@@ -278,13 +349,23 @@ class DevStack:
         Path(env["FRACTAL_RUNNER_WORKING_BASE_DIR"]).mkdir(parents=True, exist_ok=True)
 
         api = ChildService(
-            "api", self._executable("fractal-api"), env["FRACTAL_API_ADDRESS"], self.logs_dir
+            "api",
+            self._executable("fractal-api"),
+            env["FRACTAL_API_ADDRESS"],
+            self.logs_dir,
+            startup_timeout=self.startup_timeout,
+            grace=self.grace,
         )
         runner = ChildService(
             "runner",
             self._executable("fractal-runner"),
             env["FRACTAL_RUNNER_ADDRESS"],
             self.logs_dir,
+            startup_timeout=self.startup_timeout,
+            grace=self.grace,
+            why_not_ready=self._why_runner_not_ready,
+            after_stop=self._kill_task_processes,
+            say=self.say,
         )
         for child, variable in ((api, "FRACTAL_API_ADDRESS"), (runner, "FRACTAL_RUNNER_ADDRESS")):
             host, port = split_address(child.address)
@@ -298,12 +379,37 @@ class DevStack:
         for child in (api, runner):
             self.say(f"Migrating {child.name}…")
             child.migrate(env)
+        waiting = {
+            api: "",
+            runner: f" (ready once it has reached the api at {env['FRACTAL_API_URL']} and NATS)",
+        }
         for child in (api, runner):
-            self.say(f"Starting {child.name} on {child.address}…")
-            self._on_close(child.name, functools.partial(child.stop, self.grace))
+            self.say(f"Starting {child.name} on {child.address}…{waiting[child]}")
+            self._on_close(child.name, child.stop)
             self.children.append(child)
             child.start(env)
             child.wait_healthy(self.startup_timeout)
+
+    def _why_runner_not_ready(self) -> str:
+        """What keeps the runner from being ready, if the stack can tell."""
+        env = self.env
+        status = health_status(env["FRACTAL_API_URL"], API_SERVICE)
+        if status == "SERVING":
+            return ""
+        there = "nothing listens there" if status is None else f"{API_SERVICE} is {status} there"
+        return (
+            f": it cannot reach the api at FRACTAL_API_URL={env['FRACTAL_API_URL']} ({there}; "
+            f"fractal-api listens on FRACTAL_API_ADDRESS={env['FRACTAL_API_ADDRESS']})"
+        )
+
+    def _kill_task_processes(self) -> None:
+        """Kill what task processes the runner left running (its process ledger)."""
+        ledger_dir = Path(self.env["FRACTAL_RUNNER_WORKING_BASE_DIR"]) / LEDGER_FOLDER
+        for path in sorted(ledger_dir.iterdir()) if ledger_dir.is_dir() else []:
+            killed = kill_leftovers(path)
+            if killed:
+                pids = ", ".join(map(str, killed))
+                self.say(f"fractal-dev: killed the task processes job {path.name} left ({pids})")
 
     def _executable(self, name: str) -> str:
         path = find_executable(name, self.bin_dir)
@@ -337,21 +443,14 @@ class DevStack:
         return "\n".join(lines)
 
     def supervise(self, poll: float = 0.5) -> None:
-        """Wait until a component dies (then raise); only a signal ends this normally."""
-        while True:
-            for child in self.children:
-                code = child.returncode()
-                if code is not None:
-                    raise DevStackError(
-                        f"{child.name} exited unexpectedly with code {code}; {child.log.describe()}"
-                    )
-            if self.nats is not None and not self.nats.is_running():
-                raise DevStackError(f"nats-server exited unexpectedly; {self.nats.log.describe()}")
-            if self.postgres is not None and not self.postgres.is_running():
-                raise DevStackError(
-                    f"PostgreSQL exited unexpectedly; {self.postgres.log.describe()}"
-                )
-            time.sleep(poll)
+        """Restart what dies; raise once something cannot be brought back. Only a signal
+        ends this normally."""
+        servers = [
+            SupervisedServer(title, server)
+            for title, server in (("PostgreSQL", self.postgres), ("NATS", self.nats))
+            if server is not None
+        ]
+        Supervisor([*servers, *self.children], self.say, self.restart_policy).run(poll)
 
     def close(self) -> None:
         """Stop everything started, in reverse order."""
@@ -375,6 +474,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         bin_dir=Path(args.bin_dir) if args.bin_dir else None,
         startup_timeout=args.startup_timeout,
         grace=args.grace,
+        restart_policy=RestartPolicy(max_restarts=args.max_restarts),
     )
     with _stop_on_signals():
         try:
@@ -470,6 +570,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="SIGTERM-to-SIGKILL delay when stopping (default: %(default)s)",
     )
+    run.add_argument(
+        "--max-restarts",
+        type=int,
+        default=RestartPolicy.max_restarts,
+        metavar="N",
+        help="restarts in a row of a component that keeps dying before giving up "
+        "(default: %(default)s)",
+    )
     run.set_defaults(handler=cmd_run)
 
     for name, title in (("postgres", "PostgreSQL"), ("nats", "NATS with JetStream")):
@@ -490,7 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Show what the embedded components report (re-used servers, permission changes).
     logging.basicConfig(format="fractal-dev: %(message)s", level=logging.WARNING)
-    logging.getLogger("fractal_grpc.devstack").setLevel(logging.INFO)
+    logging.getLogger("fractal_devstack").setLevel(logging.INFO)
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)
 

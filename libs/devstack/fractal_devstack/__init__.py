@@ -1,7 +1,7 @@
 """The local development stack: embedded PostgreSQL and NATS, dev keys, ``fractal-dev``."""
 
-from fractal_grpc.devstack.embedded import DevStackError, EmbeddedNats, EmbeddedPostgres
-from fractal_grpc.devstack.keys import ensure_dev_keys, generate_keypair
+from fractal_devstack.embedded import DevStackError, EmbeddedNats, EmbeddedPostgres
+from fractal_devstack.keys import ensure_dev_keys, generate_keypair
 
 __all__ = [
     "DevStackError",
