@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BUF := .tools/node_modules/.bin/buf
-PROTO_FILES := $(shell find protos -name '*.proto')
+PROTO_FILES := $(shell find protos/fractal -name '*.proto')
+# Third-party protos our protos import (buf.validate rules), vendored with their licence.
+VENDORED_PROTOS := protos/third_party/protovalidate
 GEN_DIR := libs
 STAMP := $(VENV)/.installed
 
@@ -26,22 +28,25 @@ $(VENV)/bin/python:
 
 # Third-party packages first (grpcio-tools is needed to generate the stubs), then the stubs,
 # then our packages in editable mode (the stub package must exist when libs is installed).
-$(STAMP): $(VENV)/bin/python requirements-dev.txt libs/pyproject.toml services/*/pyproject.toml $(PROTO_FILES)
+$(STAMP): $(VENV)/bin/python requirements-dev.txt libs/pyproject.toml services/*/pyproject.toml $(PROTO_FILES) $(VENDORED_PROTOS)/buf/validate/validate.proto
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(MAKE) protos
 	$(PY) -m pip install --quiet -e libs -e services/api -e services/runner
 	touch $(STAMP)
 
 ## protos: generate Python, gRPC and typed (.pyi) stubs into libs/fractal/ (not committed).
+# buf/validate/validate.proto is generated too (libs/buf/, not committed): our stubs import it.
 protos: $(VENV)/bin/python
-	rm -rf $(GEN_DIR)/fractal
-	$(PY) -m grpc_tools.protoc -I protos \
+	rm -rf $(GEN_DIR)/fractal $(GEN_DIR)/buf
+	$(PY) -m grpc_tools.protoc -I $(VENDORED_PROTOS) --python_out=$(GEN_DIR) --mypy_out=$(GEN_DIR) \
+		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy buf/validate/validate.proto
+	$(PY) -m grpc_tools.protoc -I protos -I $(VENDORED_PROTOS) \
 		--python_out=$(GEN_DIR) --grpc_python_out=$(GEN_DIR) \
 		--mypy_out=$(GEN_DIR) --mypy_grpc_out=$(GEN_DIR) \
 		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
 		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 		$(PROTO_FILES)
-	find $(GEN_DIR)/fractal -type d -exec touch {}/__init__.py \;
+	find $(GEN_DIR)/fractal $(GEN_DIR)/buf -type d -exec touch {}/__init__.py \;
 
 $(BUF):
 	npm install --prefix .tools --no-save --silent @bufbuild/buf

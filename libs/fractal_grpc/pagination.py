@@ -14,8 +14,6 @@ DEFAULT_PAGE_SIZE = 100
 
 
 def page_size(requested: int, *, maximum: int = 1000, default: int = DEFAULT_PAGE_SIZE) -> int:
-    if requested < 0:
-        raise invalid_field("page_size", "must not be negative")
     if requested == 0:
         return default
     return min(requested, maximum)

@@ -12,6 +12,9 @@ from typing import Self, TypeVar
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The largest request api accepts: fits an AddImages of 100,000 images (~10 MB) with room.
+DEFAULT_API_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
 
 class SettingsError(Exception):
     """A setting is missing or invalid; the message names the environment variable."""
@@ -36,6 +39,10 @@ class CommonSettings(BaseSettings):
     service_public_key: str | None = None
     log_level: str = "INFO"
     grace_seconds: float = Field(default=5.0, ge=0)
+    # The largest message api receives or sends; the runner's channel to api uses it too.
+    api_max_message_bytes: int = Field(
+        default=DEFAULT_API_MAX_MESSAGE_BYTES, ge=64 * 1024, le=1024 * 1024 * 1024
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -121,6 +128,8 @@ class RunnerSettings(CommonSettings):
     runner_lease_seconds: float = Field(default=30.0, gt=0)
     service_private_key_file: Path | None = None
     service_private_key: str | None = None
+    # The runner's own server answers health checks only.
+    runner_max_message_bytes: int = Field(default=64 * 1024, ge=4 * 1024)
 
     @field_validator("runner_backend")
     @classmethod

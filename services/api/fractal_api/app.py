@@ -46,6 +46,7 @@ from fractal_grpc.events.bus import EventBus, Subjects
 from fractal_grpc.events.outbox import OutboxRelay
 from fractal_grpc.grpckit.interceptors import AuthInterceptor, ErrorInterceptor, LoggingInterceptor
 from fractal_grpc.grpckit.server import GrpcServer
+from fractal_grpc.grpckit.validation import ValidationInterceptor
 from fractal_grpc.settings import ApiSettings
 
 log = logging.getLogger("fractal.api")
@@ -80,7 +81,9 @@ class ApiApp:
             load_user=self._load_user,
         )
         self.server = GrpcServer(
-            settings.api_address, [ErrorInterceptor(), LoggingInterceptor(), auth]
+            settings.api_address,
+            [ErrorInterceptor(), LoggingInterceptor(), auth, ValidationInterceptor()],
+            max_message_bytes=settings.api_max_message_bytes,
         )
         ctx = self.ctx
         registrations: list[tuple[Callable[..., None], object]] = [

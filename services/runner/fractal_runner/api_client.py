@@ -36,8 +36,12 @@ KEEPALIVE_OPTIONS = [
 ]
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    return fractal_grpc.client.open_channel(address, KEEPALIVE_OPTIONS)
+def open_channel(
+    address: str, max_message_bytes: int = fractal_grpc.client.DEFAULT_API_MAX_MESSAGE_BYTES
+) -> grpc.aio.Channel:
+    return fractal_grpc.client.open_channel(
+        address, KEEPALIVE_OPTIONS, max_message_bytes=max_message_bytes
+    )
 
 
 class JobExecutionClient:

@@ -48,7 +48,9 @@ class RunnerApp:
         self.sessions = make_sessionmaker(self.engine)
         self.subjects = Subjects(settings.nats_prefix)
         self.tokens = ServiceTokenSource(settings.service_private_key_pem(), service="runner")
-        self.server = GrpcServer(settings.runner_address)
+        self.server = GrpcServer(
+            settings.runner_address, max_message_bytes=settings.runner_max_message_bytes
+        )
         self.channel: grpc.aio.Channel | None = None
         self.bus: EventBus | None = None
         self.scheduler: JobScheduler | None = None
@@ -64,7 +66,7 @@ class RunnerApp:
             self.lease.lease_seconds,
             self.lease.renew_seconds,
         )
-        self.channel = open_channel(s.api_url)
+        self.channel = open_channel(s.api_url, s.api_max_message_bytes)
         api = JobExecutionClient(self.channel, self.tokens)
         self.scheduler = JobScheduler(
             RunStore(self.sessions, instance=self.instance, lease=self.lease),

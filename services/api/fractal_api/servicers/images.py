@@ -16,7 +16,6 @@ from fractal_grpc.auth.principal import current_user
 from fractal_grpc.convert import (
     attributes_to_python,
     fill_image,
-    non_finite_keys,
     python_to_attribute,
 )
 from fractal_grpc.db import transaction
@@ -56,9 +55,6 @@ def _checked_images(request: pb.AddImagesRequest, zarr_dir: str) -> list[ImageRe
         if None in attributes.values():
             null = sorted(k for k, v in attributes.items() if v is None)[0]
             violations.add(f"images[{i}].attributes", f"null values are not allowed ({null})")
-        bad = non_finite_keys(attributes)
-        if bad:
-            violations.add(f"images[{i}].attributes", f"values must be finite numbers ({bad[0]})")
         types = dict(image.types)
         if not (_clean_keys(attributes) and _clean_keys(types)):
             try:

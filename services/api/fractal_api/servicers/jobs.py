@@ -39,10 +39,6 @@ def _indices(request: pb.SubmitJobRequest, n: int) -> tuple[int, int]:
     first = request.first_task_index if request.HasField("first_task_index") else 0
     last = request.last_task_index if request.HasField("last_task_index") else n - 1
     violations = Violations()
-    if first < 0:
-        violations.add("first_task_index", "must not be negative")
-    if last < 0:
-        violations.add("last_task_index", "must not be negative")
     if last > n - 1:
         violations.add("last_task_index", f"must be at most {n - 1}")
     if first > last:

@@ -98,8 +98,6 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
             if reserved:
                 violations.add(field, f"reserved keys are not allowed: {', '.join(reserved)}")
         input_filters = validation.filters(request.input_filters, "input_filters", violations)
-        if request.HasField("order") and request.order < 0:
-            violations.add("order", "must not be negative")
         async with transaction(self.ctx.sessions) as session:
             workflow = await projects.workflow_checked(
                 session, request.project_id, request.workflow_id, user_id
