@@ -94,6 +94,8 @@ class ApiSettings(CommonSettings):
     runner_working_base_dir: Path = Path(".state/jobs")
     slurm_ssh_working_base_dir: Path | None = None
     api_submit_rate_limit: int = Field(default=2, ge=0)
+    # Signs page tokens; the same on every replica. Unset: derived from the JWT private key.
+    page_token_secret: str | None = Field(default=None, min_length=16)
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
 
     @field_validator("runner_backend")
@@ -107,6 +109,9 @@ class ApiSettings(CommonSettings):
     def _absolute_dirs(self) -> Self:
         self.runner_working_base_dir = self.runner_working_base_dir.absolute()
         return self
+
+    def page_token_key(self) -> bytes:
+        return (self.page_token_secret or self.jwt_private_key_pem()).encode()
 
     def jwt_private_key_pem(self) -> str:
         return _read_key(self.jwt_private_key, self.jwt_private_key_file, "JWT_PRIVATE_KEY")

@@ -6,6 +6,7 @@ inside the RPC's own task and context variables set here are seen by the service
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import uuid
@@ -58,7 +59,9 @@ class _HandlerWrapper(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        if handler.unary_stream is not None:
+        # A stream handler that writes with context.write (a coroutine, like grpc's health Watch)
+        # is left as it is: the wrappers iterate async generators.
+        if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
             return grpc.unary_stream_rpc_method_handler(
                 self.around_stream(method, handler.unary_stream),
                 request_deserializer=handler.request_deserializer,

@@ -28,6 +28,19 @@ def message_size_options(max_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+class _Health(HealthServicer):
+    """grpc's health servicer, with the List method it does not implement yet."""
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        statuses = {
+            name: health_pb2.HealthCheckResponse(status=status)
+            for name, status in self._server_status.items()
+        }
+        return health_pb2.HealthListResponse(statuses=statuses)
+
+
 class GrpcServer:
     """Owns a ``grpc.aio.Server``: add servicers, ``start()``, then ``stop()``.
 
@@ -46,7 +59,7 @@ class GrpcServer:
         self.address = address
         options = [*message_size_options(max_message_bytes), ("grpc.so_reuseport", 0)]
         self.server = grpc.aio.server(interceptors=list(interceptors), options=options)
-        self.health = HealthServicer()
+        self.health = _Health()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names: list[str] = []
         self.port = 0

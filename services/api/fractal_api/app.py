@@ -27,6 +27,7 @@ from fractal_api.servicers.projects import DatasetServicer, ProjectServicer
 from fractal_api.servicers.tasks import TaskServicer
 from fractal_api.servicers.workflows import WorkflowServicer
 from fractal_api.store import users
+from fractal_grpc import pagination
 from fractal_grpc.auth.principal import Principal, PrincipalCache
 from fractal_grpc.auth.tokens import (
     INTERNAL_AUDIENCE,
@@ -55,6 +56,7 @@ log = logging.getLogger("fractal.api")
 class ApiApp:
     def __init__(self, settings: ApiSettings) -> None:
         self.settings = settings
+        pagination.use_secret(settings.page_token_key())
         self.engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
         self.sessions = make_sessionmaker(self.engine)
         self.reads = make_read_sessionmaker(self.engine)

@@ -118,6 +118,8 @@ class JobExecutionClient:
         log_text: str,
         failed_task_order: int | None = None,
     ) -> job_pb2.Job:
+        # A task's output may hold NUL characters, which api refuses (PostgreSQL cannot store them).
+        log_text = log_text.replace("\x00", "\\0")
         request = pb.FinishJobRequest(job_id=job_id, status=status, log=log_text)
         if failed_task_order is not None:
             request.failed_task_order = failed_task_order

@@ -84,7 +84,7 @@ class UserServicer(urpc.UserServiceServicer):
         self, request: upb.ListUsersRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         size = page_size(request.page_size)
-        state = decode_token(request.page_token, "users") or {"after": 0}
+        state = decode_token(request.page_token, "users", ("after",)) or {"after": 0}
         async with self.ctx.reads() as session:
             rows = await users.list_page(session, after_id=state["after"], limit=size + 1)
         page, token = split_page(rows, size, "users", lambda u: {"after": u.id})

@@ -80,7 +80,8 @@ class ImageServicer(rpc.ImageServiceServicer):
                 dataset = await projects.dataset_checked(
                     session, request.project_id, request.dataset_id, user_id
                 )
-                records = _checked_images(request, dataset.zarr_dir)
+                # ~1.5 s of Python for 100,000 images: in a thread, so other calls go on.
+                records = await asyncio.to_thread(_checked_images, request, dataset.zarr_dir)
                 added = await images.append(session, dataset, records)
         except images.DuplicateImages:
             # Rolled back; say which ones (a read of the committed state).
@@ -122,8 +123,8 @@ class ImageServicer(rpc.ImageServiceServicer):
         fingerprint = query_fingerprint(
             dataset.id, filters, dataset_filters, zarr_url, request.use_dataset_filters
         )
-        state = decode_token(request.page_token, fingerprint)
-        after = -1 if state is None else int(state["after"])
+        state = decode_token(request.page_token, fingerprint, ("after", "total"))
+        after = -1 if state is None else state["after"]
         plan = plan_filters(filters, dataset_filters)
 
         async def page_and_count() -> tuple[list[Any], int, int | None]:
@@ -161,7 +162,7 @@ class ImageServicer(rpc.ImageServiceServicer):
             response.types.extend(facet_types)
         else:
             rows, _, more = await page_and_count()
-            count = int(state["total"])
+            count = state["total"]
         for row in rows:
             fill_image(response.images.add(), row._mapping)
         response.total_count = count

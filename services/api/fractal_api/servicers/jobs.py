@@ -144,7 +144,7 @@ class JobServicer(rpc.JobServiceServicer):
         user_id = current_user().user_id or 0
         size = page_size(request.page_size)
         query = f"jobs:{request.project_id}"
-        state = decode_token(request.page_token, query)
+        state = decode_token(request.page_token, query, ("before",))
         async with self.ctx.reads() as session:
             if request.project_id:
                 await projects.get_checked(session, request.project_id, user_id)

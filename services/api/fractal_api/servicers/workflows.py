@@ -64,7 +64,7 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
     ) -> Any:
         size = page_size(request.page_size)
         query = f"workflows:{request.project_id}"
-        state = decode_token(request.page_token, query) or {"after": 0}
+        state = decode_token(request.page_token, query, ("after",)) or {"after": 0}
         async with self.ctx.reads() as session:
             await projects.get_checked(session, request.project_id, current_user().user_id or 0)
             rows: list[Workflow] = list(

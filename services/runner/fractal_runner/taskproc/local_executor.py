@@ -154,7 +154,8 @@ class LocalExecutor:
         commands: dict[str, list[str]] = {}
         for call in calls:
             if call.command not in commands:
-                commands[call.command] = resolve_command(call.command)
+                # shlex's cost grows with the command: off the loop (lease renewals run there).
+                commands[call.command] = await asyncio.to_thread(resolve_command, call.command)
 
         width = min(len(calls), concurrency or self.max_concurrency)
         batch = _Batch(calls=calls, commands=commands, results=[None] * len(calls))
