@@ -37,12 +37,28 @@ class Answer:
     trailer_bytes: int
 
 
+# Plausible values for the plain string fields of a base request, by field name, so that a
+# hostile value in one field is not refused only because another one is empty.
+BASE_STRINGS = {
+    "name": "fuzz",
+    "source": "fuzz-source",
+    "zarr_dir": "/fuzz/base",
+    "email": "fuzz@example.org",
+    "password": "fuzz-password",
+}
+
+
 def _request_ids(rpc: Rpc, principal: Principal) -> bytes:
-    """The request with every id field it has set to the principal's objects."""
+    """The request with every id field set to the principal's objects, and plausible values in
+    its plain string fields."""
     message = rpc.message()
     for name, value in principal.ids.items():
         if name in rpc.input.fields_by_name:
             setattr(message, name, value)
+    for name, text in BASE_STRINGS.items():
+        field = rpc.input.fields_by_name.get(name)
+        if field is not None and field.type == field.TYPE_STRING and not field.has_presence:
+            setattr(message, name, text)
     return message.SerializeToString()
 
 

@@ -197,3 +197,47 @@ async def test_a_cheap_call_is_answered_while_the_largest_request_is_handled(
             answered_meanwhile += 1
     assert (await large).added_count == 100_000
     assert answered_meanwhile > 0
+
+
+async def test_health_endpoints_refuse_malformed_requests_plainly() -> None:
+    """The kit every service uses (the runner's listener: health and reflection only)."""
+    from grpc_health.v1 import health_pb2
+
+    from fractal_grpc.grpckit.interceptors import ErrorInterceptor
+    from fractal_grpc.grpckit.server import GrpcServer
+    from fractal_grpc.grpckit.validation import ValidationInterceptor
+
+    server = GrpcServer(
+        "127.0.0.1:0", [ErrorInterceptor(), ValidationInterceptor()], max_message_bytes=64 * 1024
+    )
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            list_call = channel.unary_unary(
+                "/grpc.health.v1.Health/List",
+                request_serializer=None,
+                response_deserializer=health_pb2.HealthListResponse.FromString,
+            )
+            listed = await list_call(b"")
+            assert listed.statuses[""].status == health_pb2.HealthCheckResponse.SERVING
+            for path, kind in (("Check", "unary"), ("Watch", "stream")):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    if kind == "unary":
+                        await channel.unary_unary(
+                            f"/grpc.health.v1.Health/{path}", request_serializer=None
+                        )(b"\x0a\x02\xff\xfe")
+                    else:
+                        stream = channel.unary_stream(
+                            f"/grpc.health.v1.Health/{path}", request_serializer=None
+                        )(b"\x0a\x02\xff\xfe")
+                        async for _ in stream:
+                            pass
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, path
+                assert "not a valid HealthCheckRequest message" in (err.value.details() or "")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None)(
+                    b"\x0a\x80\x80\x08" + b"x" * (128 * 1024)
+                )
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await server.stop(0)

@@ -20,7 +20,9 @@ from fractal.events.v1 import job_events_pb2
 from fractal_grpc.auth.tokens import ServiceTokenSource
 from fractal_grpc.db import make_engine, make_sessionmaker
 from fractal_grpc.events.bus import EventBus, Subjects
+from fractal_grpc.grpckit.interceptors import ErrorInterceptor
 from fractal_grpc.grpckit.server import GrpcServer
+from fractal_grpc.grpckit.validation import ValidationInterceptor
 from fractal_grpc.settings import RunnerSettings
 from fractal_runner.api_client import JobExecutionClient, open_channel
 from fractal_runner.jobs import JobScheduler, RunStore
@@ -48,8 +50,11 @@ class RunnerApp:
         self.sessions = make_sessionmaker(self.engine)
         self.subjects = Subjects(settings.nats_prefix)
         self.tokens = ServiceTokenSource(settings.service_private_key_pem(), service="runner")
+        # Health and reflection only; malformed requests are refused like api's.
         self.server = GrpcServer(
-            settings.runner_address, max_message_bytes=settings.runner_max_message_bytes
+            settings.runner_address,
+            [ErrorInterceptor(), ValidationInterceptor()],
+            max_message_bytes=settings.runner_max_message_bytes,
         )
         self.channel: grpc.aio.Channel | None = None
         self.bus: EventBus | None = None
