@@ -241,3 +241,26 @@ async def test_health_endpoints_refuse_malformed_requests_plainly() -> None:
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         await server.stop(0)
+
+
+async def test_closed_lists_of_values(admin: ApiClient, service_md: tuple) -> None:
+    from google.protobuf import field_mask_pb2
+
+    from fractal.internal.v1 import job_execution_service_pb2
+    from fractal.v2 import user_service_pb2
+
+    await _refused(
+        admin.users.UpdateUser(
+            user_service_pb2.UpdateUserRequest(
+                user_id=1, update_mask=field_mask_pb2.FieldMask(paths=["id"])
+            ),
+            metadata=admin.md,
+        ),
+        "update_mask",
+    )
+    await _refused(
+        admin.internal.FinishJob(
+            job_execution_service_pb2.FinishJobRequest(job_id=1, status=0), metadata=service_md
+        ),
+        "status",
+    )

@@ -19,17 +19,6 @@ from fractal_grpc.db import transaction
 from fractal_grpc.grpckit.errors import AlreadyExists, Unauthenticated, Violations, invalid_field
 from fractal_grpc.pagination import decode_token, page_size, split_page
 
-_USER_FIELDS = (
-    "email",
-    "is_active",
-    "is_superuser",
-    "is_verified",
-    "slurm_user",
-    "cache_dir",
-    "username",
-    "slurm_accounts",
-)
-
 
 class AuthServicer(rpc.AuthServiceServicer):
     def __init__(self, ctx: ApiContext) -> None:
@@ -97,18 +86,16 @@ class UserServicer(urpc.UserServiceServicer):
         if not paths:
             raise invalid_field("update_mask", "must name at least one field")
         fields: dict[str, Any] = {}
-        for path in paths:
+        for path in paths:  # each one of the fields the proto's update_mask rule lists
             if path == "password":
                 fields["password"] = request.password
-            elif path in _USER_FIELDS:
-                optional = path in ("slurm_user", "cache_dir", "username")
-                if optional and not request.user.HasField(path):  # type: ignore[arg-type]
-                    fields[path] = None
-                else:
-                    value = getattr(request.user, path)
-                    fields[path] = list(value) if path == "slurm_accounts" else value
+                continue
+            optional = path in ("slurm_user", "cache_dir", "username")
+            if optional and not request.user.HasField(path):  # type: ignore[arg-type]
+                fields[path] = None
             else:
-                raise invalid_field("update_mask", f"unknown or read-only field '{path}'")
+                value = getattr(request.user, path)
+                fields[path] = list(value) if path == "slurm_accounts" else value
         violations = Violations()
         users.validate_fields(fields, violations)
         violations.raise_if_any()
