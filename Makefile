@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BUF := .tools/node_modules/.bin/buf
-PROTO_FILES := $(shell find protos -name '*.proto')
+PROTO_FILES := $(shell find protos/fractal -name '*.proto')
+# Third-party protos our protos import (buf.validate rules), vendored with their licence.
+VENDORED_PROTOS := protos/third_party/protovalidate
 GEN_DIR := libs
 STAMP := $(VENV)/.installed
 UV := $(VENV)/bin/uv
@@ -43,7 +45,7 @@ $(UV): | $(VENV)/bin/python
 # when libs is installed) without dependencies: the lock has them all. A dependency added without
 # `make lock` stops the install, named (the loop for requirements-dev.txt, `uv pip check` for
 # the packages').
-$(STAMP): $(LOCK) requirements-dev.txt libs/pyproject.toml libs/devstack/pyproject.toml services/*/pyproject.toml $(PROTO_FILES) | $(UV)
+$(STAMP): $(LOCK) requirements-dev.txt libs/pyproject.toml libs/devstack/pyproject.toml services/*/pyproject.toml $(PROTO_FILES) $(VENDORED_PROTOS)/buf/validate/validate.proto | $(UV)
 	@for name in $$(sed -e 's/#.*//' -e 's/[][<>=!~;[:space:]].*//' requirements-dev.txt); do \
 		grep -qiE "^$${name//_/-}==" $(LOCK) \
 			|| { echo "make install: $$name is not in $(LOCK); run make lock" >&2; exit 1; }; \
@@ -64,15 +66,18 @@ lock: | $(UV)
 		$(if $(UPGRADE),$(if $(filter 1,$(UPGRADE)),--upgrade,--upgrade-package $(UPGRADE)))
 
 ## protos: generate Python, gRPC and typed (.pyi) stubs into libs/fractal/ (not committed).
+# buf/validate/validate.proto is generated too (libs/buf/, not committed): our stubs import it.
 protos: $(VENV)/bin/python
-	rm -rf $(GEN_DIR)/fractal
-	$(PY) -m grpc_tools.protoc -I protos \
+	rm -rf $(GEN_DIR)/fractal $(GEN_DIR)/buf
+	$(PY) -m grpc_tools.protoc -I $(VENDORED_PROTOS) --python_out=$(GEN_DIR) --mypy_out=$(GEN_DIR) \
+		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy buf/validate/validate.proto
+	$(PY) -m grpc_tools.protoc -I protos -I $(VENDORED_PROTOS) \
 		--python_out=$(GEN_DIR) --grpc_python_out=$(GEN_DIR) \
 		--mypy_out=$(GEN_DIR) --mypy_grpc_out=$(GEN_DIR) \
 		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
 		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 		$(PROTO_FILES)
-	find $(GEN_DIR)/fractal -type d -exec touch {}/__init__.py \;
+	find $(GEN_DIR)/fractal $(GEN_DIR)/buf -type d -exec touch {}/__init__.py \;
 
 $(BUF):
 	npm install --prefix .tools --no-save --silent @bufbuild/buf

@@ -251,6 +251,21 @@ def _section_errors(sections: Results) -> list[Row]:
     ]
 
 
+def _delay_rows(sections: Results) -> list[Row]:
+    delay = _get(sections, "delay")
+    if not delay:
+        return []
+    label = "ListProjects delay added by a concurrent AddImages of 100,000"
+    if "error" in delay:
+        return [Row(label, _error(delay), "", "", "")]
+    during, alone = delay["list_projects_during"], delay["list_projects_alone"]
+    ours = (
+        f"{_fmt(delay['added_delay_ms'], 'ms', 0)} (max {_fmt(during['max_ms'], 'ms', 0)}, "
+        f"p50 {_fmt(during['p50_ms'], 'ms', 1)} vs {_fmt(alone['p50_ms'], 'ms', 1)} alone)"
+    )
+    return [Row(label, ours, "–", "", "")]
+
+
 def summary_rows(sections: Results) -> list[Row]:
     return [
         *_section_errors(sections),
@@ -258,6 +273,7 @@ def summary_rows(sections: Results) -> list[Row]:
         *_images_rows(sections),
         *_query_rows(sections),
         *_jobs_rows(sections),
+        *_delay_rows(sections),
     ]
 
 

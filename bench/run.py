@@ -28,14 +28,14 @@ from typing import Any
 
 import grpc.aio
 
-from bench import api_bench, images_bench, jobs_bench, query_bench
+from bench import api_bench, concurrency_bench, images_bench, jobs_bench, query_bench
 from bench.client import ApiClient, make_images
 from bench.report import format_table, rows_as_dicts, summary_rows
 from bench.stack import ADMIN_EMAIL, ADMIN_PASSWORD, BenchStack
 from bench.stats import machine_info
 from fractal_grpc.client import open_channel
 
-SECTIONS = ("api", "images", "query", "jobs")
+SECTIONS = ("api", "images", "query", "jobs", "delay")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -143,6 +143,9 @@ class Runner:
                 "images": lambda: self.images(user),
                 "query": lambda: self.query(user),
                 "jobs": lambda: self.jobs(user),
+                "delay": lambda: concurrency_bench.bench_delay(
+                    address, user, self.zarr_root, images=100_000, baseline_seconds=3.0
+                ),
             }
             for name in self.selected:
                 print(f"[{name}]", flush=True)

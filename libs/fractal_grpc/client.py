@@ -23,17 +23,26 @@ from fractal.v2 import (
     user_service_pb2_grpc,
     workflow_service_pb2_grpc,
 )
-from fractal_grpc.grpckit.server import MESSAGE_SIZE_OPTIONS
-
-CHANNEL_OPTIONS = [*MESSAGE_SIZE_OPTIONS, ("grpc.enable_http_proxy", 0)]
+from fractal_grpc.grpckit.server import message_size_options
+from fractal_grpc.settings import DEFAULT_API_MAX_MESSAGE_BYTES
 
 Metadata = tuple[tuple[str, str], ...]
 
 
 def open_channel(
-    address: str, extra_options: list[tuple[str, int]] | None = None
+    address: str,
+    extra_options: list[tuple[str, int]] | None = None,
+    *,
+    max_message_bytes: int = DEFAULT_API_MAX_MESSAGE_BYTES,
 ) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=[*CHANNEL_OPTIONS, *(extra_options or [])])
+    """A channel to api that sends and receives messages within api's limit
+    (``FRACTAL_API_MAX_MESSAGE_BYTES``): a larger request fails in the client, unsent."""
+    options = [
+        *message_size_options(max_message_bytes),
+        ("grpc.enable_http_proxy", 0),
+        *(extra_options or []),
+    ]
+    return grpc.aio.insecure_channel(address, options=options)
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -75,11 +74,6 @@ def attributes_to_python(
     values: Mapping[str, image_pb2.AttributeValue],
 ) -> dict[str, Scalar | None]:
     return {key: attribute_to_python(v) for key, v in values.items()}
-
-
-def non_finite_keys(values: Mapping[str, Scalar | None]) -> list[str]:
-    """Keys whose value is NaN or infinite: JSON (and so the database) cannot hold them."""
-    return sorted(k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v))
 
 
 def fill_attributes(target: Any, values: Mapping[str, Scalar | None]) -> None:

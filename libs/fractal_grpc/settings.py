@@ -12,6 +12,9 @@ from typing import Self, TypeVar
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The largest request api accepts: fits an AddImages of 100,000 images (~10 MB) with room.
+DEFAULT_API_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
 
 class SettingsError(Exception):
     """A setting is missing or invalid; the message names the environment variable."""
@@ -36,6 +39,10 @@ class CommonSettings(BaseSettings):
     service_public_key: str | None = None
     log_level: str = "INFO"
     grace_seconds: float = Field(default=5.0, ge=0)
+    # The largest message api receives or sends; the runner's channel to api uses it too.
+    api_max_message_bytes: int = Field(
+        default=DEFAULT_API_MAX_MESSAGE_BYTES, ge=64 * 1024, le=1024 * 1024 * 1024
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -89,6 +96,8 @@ class ApiSettings(CommonSettings):
     runner_working_base_dir: Path = Path(".state/jobs")
     slurm_ssh_working_base_dir: Path | None = None
     api_submit_rate_limit: int = Field(default=2, ge=0)
+    # Signs page tokens; the same on every replica. Unset: derived from the JWT private key.
+    page_token_secret: str | None = Field(default=None, min_length=16)
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
 
     @field_validator("runner_backend")
@@ -102,6 +111,9 @@ class ApiSettings(CommonSettings):
     def _absolute_dirs(self) -> Self:
         self.runner_working_base_dir = self.runner_working_base_dir.absolute()
         return self
+
+    def page_token_key(self) -> bytes:
+        return (self.page_token_secret or self.jwt_private_key_pem()).encode()
 
     def jwt_private_key_pem(self) -> str:
         return _read_key(self.jwt_private_key, self.jwt_private_key_file, "JWT_PRIVATE_KEY")
@@ -124,6 +136,8 @@ class RunnerSettings(CommonSettings):
     runner_lease_seconds: float = Field(default=30.0, gt=0)
     service_private_key_file: Path | None = None
     service_private_key: str | None = None
+    # The runner's own server answers health checks only.
+    runner_max_message_bytes: int = Field(default=64 * 1024, ge=4 * 1024)
 
     @field_validator("runner_backend")
     @classmethod

@@ -158,7 +158,7 @@ async def test_add_images_rules_all_or_nothing(user: ApiClient) -> None:
         (
             [image("/zarr/ok"), image("/zarr/nan", x=float("nan"))],
             grpc.StatusCode.INVALID_ARGUMENT,
-            "images[1].attributes",
+            'images[1].attributes["x"].double_value',
         ),
     ]
     for batch, code, field in bad_batches:

@@ -6,6 +6,7 @@ Servicers raise these; one interceptor turns them into a status with ``ErrorInfo
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 import grpc
@@ -13,6 +14,20 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 DOMAIN = "fractal.analytics"
+
+# Bounds on what an error carries back: the whole status travels in the response's trailing
+# metadata, which the transport limits (about 8 kB), and no input is echoed unbounded.
+MAX_MESSAGE_CHARS = 500
+MAX_FIELD_CHARS = 100
+MAX_DESCRIPTION_CHARS = 200
+MAX_VIOLATIONS = 10
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (marked with "…"), NUL characters shown as "\\0"."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\0")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class DomainError(Exception):
@@ -29,11 +44,15 @@ class DomainError(Exception):
         violations: Iterable[tuple[str, str]] = (),
         metadata: dict[str, str] | None = None,
     ) -> None:
+        message = bounded(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
         if reason is not None:
             self.reason = reason
-        self.violations = list(violations)
+        self.violations = [
+            (bounded(f, MAX_FIELD_CHARS), bounded(d, MAX_DESCRIPTION_CHARS))
+            for f, d in itertools.islice(violations, MAX_VIOLATIONS)
+        ]
         self.metadata = metadata or {}
 
     def to_status(self) -> status_pb2.Status:

@@ -16,12 +16,29 @@ from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger("fractal.grpc")
 
-# Larger messages for image batches (AddImages of 100k images is ~10 MB); clients use the same.
-MESSAGE_SIZE_OPTIONS = [
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
-]
-_OPTIONS = [*MESSAGE_SIZE_OPTIONS, ("grpc.so_reuseport", 0)]
+# grpc's own default; each service sets the limit that fits its largest legitimate message.
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def message_size_options(max_bytes: int) -> list[tuple[str, int]]:
+    """Channel/server options that send and receive messages up to ``max_bytes``."""
+    return [
+        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.max_send_message_length", max_bytes),
+    ]
+
+
+class _Health(HealthServicer):
+    """grpc's health servicer, with the List method it does not implement yet."""
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        statuses = {
+            name: health_pb2.HealthCheckResponse(status=status)
+            for name, status in self._server_status.items()
+        }
+        return health_pb2.HealthListResponse(statuses=statuses)
 
 
 class GrpcServer:
@@ -33,11 +50,16 @@ class GrpcServer:
     """
 
     def __init__(
-        self, address: str, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+        self,
+        address: str,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.address = address
-        self.server = grpc.aio.server(interceptors=list(interceptors), options=_OPTIONS)
-        self.health = HealthServicer()
+        options = [*message_size_options(max_message_bytes), ("grpc.so_reuseport", 0)]
+        self.server = grpc.aio.server(interceptors=list(interceptors), options=options)
+        self.health = _Health()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names: list[str] = []
         self.port = 0

@@ -28,6 +28,7 @@ from fractal_api.servicers.projects import DatasetServicer, ProjectServicer
 from fractal_api.servicers.tasks import TaskServicer
 from fractal_api.servicers.workflows import WorkflowServicer
 from fractal_api.store import users
+from fractal_grpc import pagination
 from fractal_grpc.auth.principal import Principal, PrincipalCache
 from fractal_grpc.auth.tokens import (
     INTERNAL_AUDIENCE,
@@ -48,6 +49,7 @@ from fractal_grpc.events.outbox import OutboxRelay
 from fractal_grpc.grpckit.auth import AuthInterceptor
 from fractal_grpc.grpckit.interceptors import ErrorInterceptor, LoggingInterceptor
 from fractal_grpc.grpckit.server import GrpcServer
+from fractal_grpc.grpckit.validation import ValidationInterceptor
 from fractal_grpc.settings import ApiSettings
 
 log = logging.getLogger("fractal.api")
@@ -56,6 +58,7 @@ log = logging.getLogger("fractal.api")
 class ApiApp:
     def __init__(self, settings: ApiSettings) -> None:
         self.settings = settings
+        pagination.use_secret(settings.page_token_key())
         self.engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
         self.sessions = make_sessionmaker(self.engine)
         self.reads = make_read_sessionmaker(self.engine)
@@ -82,11 +85,17 @@ class ApiApp:
             load_user=self._load_user,
             user_changes=self.ctx.principals.watch,
         )
-        interceptors = [ErrorInterceptor(), LoggingInterceptor(), auth]
+        interceptors = [ErrorInterceptor(), LoggingInterceptor(), auth, ValidationInterceptor()]
         # Two listeners: the public API, and the internal one for the runner (and later
         # services), each with health and reflection of its own services only.
-        self.server = GrpcServer(settings.api_address, interceptors)
-        self.internal_server = GrpcServer(settings.api_internal_address, interceptors)
+        self.server = GrpcServer(
+            settings.api_address, interceptors, max_message_bytes=settings.api_max_message_bytes
+        )
+        self.internal_server = GrpcServer(
+            settings.api_internal_address,
+            interceptors,
+            max_message_bytes=settings.api_max_message_bytes,
+        )
         self.internal_port = 0
         ctx = self.ctx
         registrations: list[tuple[Callable[..., None], object]] = [

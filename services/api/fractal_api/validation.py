@@ -15,8 +15,6 @@ def name(value: str, field: str, violations: Violations) -> str:
     stripped = value.strip()
     if not stripped:
         violations.add(field, "must not be empty")
-    elif len(stripped) > 512:
-        violations.add(field, "must have at most 512 characters")
     return stripped
 
 

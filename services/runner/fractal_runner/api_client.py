@@ -32,8 +32,12 @@ KEEPALIVE_OPTIONS = [
 ]
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    return fractal_grpc.client.open_channel(address, KEEPALIVE_OPTIONS)
+def open_channel(
+    address: str, max_message_bytes: int = fractal_grpc.client.DEFAULT_API_MAX_MESSAGE_BYTES
+) -> grpc.aio.Channel:
+    return fractal_grpc.client.open_channel(
+        address, KEEPALIVE_OPTIONS, max_message_bytes=max_message_bytes
+    )
 
 
 class JobExecutionClient:
@@ -107,6 +111,8 @@ class JobExecutionClient:
         log_text: str,
         failed_task_order: int | None = None,
     ) -> job_pb2.Job:
+        # A task's output may hold NUL characters, which api refuses (PostgreSQL cannot store them).
+        log_text = log_text.replace("\x00", "\\0")
         request = pb.FinishJobRequest(job_id=job_id, status=status, log=log_text)
         if failed_task_order is not None:
             request.failed_task_order = failed_task_order

@@ -23,7 +23,9 @@ from fractal.events.v1 import job_events_pb2
 from fractal_grpc.auth.tokens import ServiceTokenSource
 from fractal_grpc.db import make_engine, make_sessionmaker
 from fractal_grpc.events.bus import EventBus, Subjects
+from fractal_grpc.grpckit.interceptors import ErrorInterceptor
 from fractal_grpc.grpckit.server import GrpcServer
+from fractal_grpc.grpckit.validation import ValidationInterceptor
 from fractal_grpc.settings import RunnerSettings
 from fractal_runner.api_client import JobExecutionClient, open_channel
 from fractal_runner.leases import Instance, LeaseConfig
@@ -52,7 +54,12 @@ class RunnerApp:
         self.sessions = make_sessionmaker(self.engine)
         self.subjects = Subjects(settings.nats_prefix)
         self.tokens = ServiceTokenSource(settings.service_private_key_pem(), service="runner")
-        self.server = GrpcServer(settings.runner_address)
+        # Health and reflection only; malformed requests are refused like api's.
+        self.server = GrpcServer(
+            settings.runner_address,
+            [ErrorInterceptor(), ValidationInterceptor()],
+            max_message_bytes=settings.runner_max_message_bytes,
+        )
         self.channel: grpc.aio.Channel | None = None
         self.bus: EventBus | None = None
         self.scheduler: JobScheduler | None = None
@@ -69,7 +76,7 @@ class RunnerApp:
             self.lease.lease_seconds,
             self.lease.renew_seconds,
         )
-        self.channel = open_channel(s.api_url)
+        self.channel = open_channel(s.api_url, s.api_max_message_bytes)
         api = JobExecutionClient(self.channel, self.tokens)
         self.scheduler = JobScheduler(
             RunStore(self.sessions, instance=self.instance, lease=self.lease),

@@ -19,17 +19,6 @@ from fractal_grpc.db import transaction
 from fractal_grpc.grpckit.errors import Unauthenticated, Violations, invalid_field
 from fractal_grpc.pagination import decode_token, page_size, split_page
 
-_USER_FIELDS = (
-    "email",
-    "is_active",
-    "is_superuser",
-    "is_verified",
-    "slurm_user",
-    "cache_dir",
-    "username",
-    "slurm_accounts",
-)
-
 
 class AuthServicer(rpc.AuthServiceServicer):
     def __init__(self, ctx: ApiContext) -> None:
@@ -90,7 +79,7 @@ class UserServicer(urpc.UserServiceServicer):
         self, request: upb.ListUsersRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         size = page_size(request.page_size)
-        state = decode_token(request.page_token, "users") or {"after": 0}
+        state = decode_token(request.page_token, "users", ("after",)) or {"after": 0}
         async with self.ctx.reads() as session:
             rows = await users.list_page(session, after_id=state["after"], limit=size + 1)
         page, token = split_page(rows, size, "users", lambda u: {"after": u.id})
@@ -103,18 +92,16 @@ class UserServicer(urpc.UserServiceServicer):
         if not paths:
             raise invalid_field("update_mask", "must name at least one field")
         fields: dict[str, Any] = {}
-        for path in paths:
+        for path in paths:  # each one of the fields the proto's update_mask rule lists
             if path == "password":
                 fields["password"] = request.password
-            elif path in _USER_FIELDS:
-                optional = path in ("slurm_user", "cache_dir", "username")
-                if optional and not request.user.HasField(path):  # type: ignore[arg-type]
-                    fields[path] = None
-                else:
-                    value = getattr(request.user, path)
-                    fields[path] = list(value) if path == "slurm_accounts" else value
+                continue
+            optional = path in ("slurm_user", "cache_dir", "username")
+            if optional and not request.user.HasField(path):  # type: ignore[arg-type]
+                fields[path] = None
             else:
-                raise invalid_field("update_mask", f"unknown or read-only field '{path}'")
+                value = getattr(request.user, path)
+                fields[path] = list(value) if path == "slurm_accounts" else value
         violations = Violations()
         users.validate_fields(fields, violations)
         violations.raise_if_any()

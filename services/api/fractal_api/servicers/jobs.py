@@ -39,10 +39,6 @@ def _indices(request: pb.SubmitJobRequest, n: int) -> tuple[int, int]:
     first = request.first_task_index if request.HasField("first_task_index") else 0
     last = request.last_task_index if request.HasField("last_task_index") else n - 1
     violations = Violations()
-    if first < 0:
-        violations.add("first_task_index", "must not be negative")
-    if last < 0:
-        violations.add("last_task_index", "must not be negative")
     if last > n - 1:
         violations.add("last_task_index", f"must be at most {n - 1}")
     if first > last:
@@ -155,7 +151,7 @@ class JobServicer(rpc.JobServiceServicer):
         user_id = current_user().user_id or 0
         size = page_size(request.page_size)
         query = f"jobs:{request.project_id}"
-        state = decode_token(request.page_token, query)
+        state = decode_token(request.page_token, query, ("before",))
         async with self.ctx.reads() as session:
             if request.project_id:
                 await projects.get_checked(session, request.project_id, user_id)

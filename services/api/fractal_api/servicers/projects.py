@@ -57,7 +57,7 @@ class ProjectServicer(rpc.ProjectServiceServicer):
         self, request: pb.ListProjectsRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         size = page_size(request.page_size)
-        state = decode_token(request.page_token, "projects") or {"after": 0}
+        state = decode_token(request.page_token, "projects", ("after",)) or {"after": 0}
         rows = await projects.list_for_user(
             self.ctx.raw, current_user().user_id or 0, after_id=state["after"], limit=size + 1
         )
@@ -119,7 +119,7 @@ class DatasetServicer(drpc.DatasetServiceServicer):
     ) -> Any:
         size = page_size(request.page_size)
         query = f"datasets:{request.project_id}"
-        state = decode_token(request.page_token, query) or {"after": 0}
+        state = decode_token(request.page_token, query, ("after",)) or {"after": 0}
         async with self.ctx.reads() as session:
             await projects.get_checked(session, request.project_id, current_user().user_id or 0)
             rows: list[Dataset] = list(

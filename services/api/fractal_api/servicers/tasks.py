@@ -120,7 +120,7 @@ class TaskServicer(rpc.TaskServiceServicer):
         self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         size = page_size(request.page_size)
-        state = decode_token(request.page_token, "tasks") or {"after": 0}
+        state = decode_token(request.page_token, "tasks", ("after",)) or {"after": 0}
         async with self.ctx.reads() as session:
             rows: list[Task] = list(
                 await tasks.list_page(session, after_id=state["after"], limit=size + 1)

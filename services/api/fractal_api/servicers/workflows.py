@@ -63,7 +63,7 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
     ) -> Any:
         size = page_size(request.page_size)
         query = f"workflows:{request.project_id}"
-        state = decode_token(request.page_token, query) or {"after": 0}
+        state = decode_token(request.page_token, query, ("after",)) or {"after": 0}
         async with self.ctx.reads() as session:
             await projects.get_checked(session, request.project_id, current_user().user_id or 0)
             rows: list[Workflow] = list(
@@ -97,8 +97,6 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
             if reserved:
                 violations.add(field, f"reserved keys are not allowed: {', '.join(reserved)}")
         input_filters = validation.filters(request.input_filters, "input_filters", violations)
-        if request.HasField("order") and request.order < 0:
-            violations.add("order", "must not be negative")
         async with transaction(self.ctx.sessions) as session:
             workflow = await projects.workflow_checked(
                 session, request.project_id, request.workflow_id, user_id

@@ -8,6 +8,7 @@ positions after the token's, read from the ``(dataset_id, position)`` index.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import islice
 from typing import Any
@@ -122,6 +123,10 @@ class DuplicateImages(Exception):
     """Some images of an append are already in the dataset (the transaction must roll back)."""
 
 
+def _encoded(images: Sequence[ImageRecord]) -> tuple[list[str], list[str]]:
+    return [_dumps(i.attributes) for i in images], [_dumps(i.types) for i in images]
+
+
 async def append(
     session: AsyncSession,
     dataset: Dataset,
@@ -134,8 +139,8 @@ async def append(
     if not images:
         return 0
     start = await session.scalar(_RESERVE, {"dataset_id": dataset.id, "n": len(images)})
-    attributes = [_dumps(i.attributes) for i in images]
-    types = [_dumps(i.types) for i in images]
+    # Python work that grows with the batch (0.1 s per 100,000 images): off the loop.
+    attributes, types = await asyncio.to_thread(_encoded, images)
     result = await session.execute(
         _INSERT,
         {
@@ -150,7 +155,7 @@ async def append(
     if result.rowcount != len(images):  # type: ignore[attr-defined]
         raise DuplicateImages()
     target = FacetEdit() if edit is None else edit
-    target.added_range(int(start or 0), images)
+    await asyncio.to_thread(target.added_range, int(start or 0), images)
     if edit is None:
         await target.apply(session, dataset.id)
     return len(images)

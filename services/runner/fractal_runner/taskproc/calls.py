@@ -86,8 +86,9 @@ def resolve_command(command: str) -> list[str]:
         reason = "is empty" if not tokens else "executable not found"
     if tokens and shutil.which(tokens[0]) is not None:
         return tokens
+    shown = command if len(command) <= 200 else command[:199] + "…"
     message = (
-        f'Command "{command}" is not valid: {reason}. '
+        f'Command "{shown}" is not valid: {reason}. '
         "Hint: make sure that it is executable and on the PATH, or an absolute path."
     )
     raise TaskExecutionError(message, log=message)

@@ -158,7 +158,8 @@ class LocalExecutor:
         commands: dict[str, list[str]] = {}
         for call in calls:
             if call.command not in commands:
-                commands[call.command] = resolve_command(call.command)
+                # shlex's cost grows with the command: off the loop (lease renewals run there).
+                commands[call.command] = await asyncio.to_thread(resolve_command, call.command)
 
         batch = _Batch(calls=calls, commands=commands, results=[None] * len(calls))
         completed = await asyncio.to_thread(load_completions, calls)

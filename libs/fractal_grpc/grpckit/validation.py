@@ -1,0 +1,286 @@
+"""Request validation, one interceptor for every service: the rules are declared in the protos.
+
+Every request is checked before any servicer runs:
+
+- bytes that do not parse as the method's request message (bad UTF-8 in a string field, a corrupt
+  sub-message, nesting beyond the parser's depth limit) are INVALID_ARGUMENT with a plain message,
+  instead of grpc's UNKNOWN naming a Python exception;
+- the ``buf.validate`` rules of the request's fields (lengths, ranges, required fields, no NUL
+  character in a string, finite numbers), evaluated by protovalidate's native validator;
+- the values of ``google.protobuf.Struct`` fields (task args, meta, schemas), which no proto rule
+  can reach: every string and key without NUL (PostgreSQL cannot store it), every number finite
+  (JSON cannot hold NaN or Infinity), at most ``MAX_STRUCT_DEPTH`` levels and
+  ``MAX_STRUCT_VALUES`` values per request.
+
+A bad request is INVALID_ARGUMENT with one ``BadRequest`` field violation per bad field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+from collections.abc import Callable, Iterator
+from functools import cache
+from typing import Any
+
+import grpc
+import protovalidate
+from google.protobuf import struct_pb2
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from fractal_grpc.grpckit.errors import DomainError, InvalidArgument, Violations, bounded
+from fractal_grpc.grpckit.interceptors import Stream, Unary, _HandlerWrapper
+from fractal_grpc.grpckit.interceptors import _abort as abort_with
+
+MAX_STRUCT_DEPTH = 32
+MAX_STRUCT_VALUES = 100_000
+# At most this many violations are reported (the first ones); the message counts the rest.
+MAX_REPORTED = 10
+# Requests larger than this are parsed and checked in a thread (an AddImages of 100,000 images,
+# ~10 MB, takes about a second): other calls go on meanwhile. Smaller ones cost microseconds.
+OFF_LOOP_BYTES = 256 * 1024
+
+_STRUCT_TYPES = frozenset(
+    d.full_name for d in (struct_pb2.Struct.DESCRIPTOR, struct_pb2.Value.DESCRIPTOR,
+                          struct_pb2.ListValue.DESCRIPTOR)
+)  # fmt: skip
+
+_DESCRIPTIONS = {
+    # protovalidate's own text quotes the (invisible) character.
+    "string.not_contains": "must not contain the NUL character",
+}
+
+
+class Malformed:
+    """Stands for a request whose bytes did not parse; the wrapped handler refuses it."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+
+class Unparsed:
+    """A large request's bytes, parsed (and checked) by the wrapped handler off the loop."""
+
+    __slots__ = ("data", "parse")
+
+    def __init__(self, data: bytes, parse: Callable[[bytes], Any]) -> None:
+        self.data = data
+        self.parse = parse
+
+
+def tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserialize`` that returns a ``Malformed`` marker instead of raising, and an
+    ``Unparsed`` one for a request over ``OFF_LOOP_BYTES``.
+
+    grpc runs the deserializer on the event loop, before any interceptor's handler; an exception
+    there becomes UNKNOWN with the exception's class name in the message.
+    """
+    if deserialize is None:
+        return None
+    owner = getattr(deserialize, "__self__", None)
+    type_name = owner.DESCRIPTOR.name if owner is not None else "request"
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:  # noqa: BLE001 - DecodeError, RecursionError, …: all mean "malformed"
+            return Malformed(type_name)
+
+    def run(data: bytes) -> Any:
+        return Unparsed(data, parse) if len(data) > OFF_LOOP_BYTES else parse(data)
+
+    return run
+
+
+class Validator:
+    """Checks one request message; ``check`` raises ``InvalidArgument`` listing what is wrong."""
+
+    def __init__(self) -> None:
+        self._rules = protovalidate.Validator()
+
+    async def accept(self, request: Any) -> Any:
+        """The checked request (parsed first, if the deserializer left it as bytes)."""
+        if isinstance(request, Unparsed):
+            return await asyncio.to_thread(self._parse_and_check, request)
+        self.check(request)
+        return request
+
+    def _parse_and_check(self, unparsed: Unparsed) -> Any:
+        request = unparsed.parse(unparsed.data)
+        self.check(request)
+        return request
+
+    def check(self, request: Any) -> None:
+        if isinstance(request, Malformed):
+            raise InvalidArgument(
+                f"the request is not a valid {request.type_name} message (malformed bytes, "
+                "invalid UTF-8 in a string field, or nesting deeper than allowed)",
+                reason="MALFORMED_REQUEST",
+            )
+        found = Violations()
+        for violation in self._rules.collect_violations(request):
+            proto = violation.proto
+            description = _DESCRIPTIONS.get(proto.rule_id) or proto.message
+            if proto.for_key:
+                description = f"key {description}"
+            found.add(_field_path(proto.field.elements if proto.field else ()), description)
+            if len(found.items) > MAX_REPORTED:
+                break
+        if struct_fields(request.DESCRIPTOR):
+            budget = [MAX_STRUCT_VALUES]
+            for path, struct in _structs(request, ""):
+                _check_value(struct, path, 1, budget, found)
+                if len(found.items) > MAX_REPORTED:
+                    break
+        found.raise_if_any()
+
+
+class ValidationInterceptor(_HandlerWrapper):
+    """Refuses malformed or rule-breaking requests before the servicer sees them.
+
+    Register it after the auth interceptor (unauthenticated callers learn nothing about the
+    rules). Requests of unary-request methods are checked; streamed requests are not (none yet).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.validator = Validator()
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.unary_unary is None and handler.unary_stream is None:
+            return handler
+        deserializer = tolerant(handler.request_deserializer)
+        if handler.unary_stream is not None and not inspect.isasyncgenfunction(
+            handler.unary_stream
+        ):
+            # A stream written with context.write (grpc's health Watch): a coroutine, which the
+            # error interceptor does not wrap, so the refusal is sent from here.
+            return grpc.unary_stream_rpc_method_handler(
+                self._around_writer(handler.unary_stream),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return super()._wrap(method, handler._replace(request_deserializer=deserializer))
+
+    def _around_writer(self, inner: Unary) -> Unary:
+        accept = self.validator.accept
+
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                request = await accept(request)
+            except DomainError as exc:
+                await abort_with(context, exc)
+            return await inner(request, context)
+
+        return run
+
+    def around_unary(self, method: str, inner: Unary) -> Unary:
+        accept = self.validator.accept
+
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await inner(await accept(request), context)
+
+        return run
+
+    def around_stream(self, method: str, inner: Stream) -> Stream:
+        accept = self.validator.accept
+
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async for item in inner(await accept(request), context):
+                yield item
+
+        return run
+
+
+def _field_path(elements: Any) -> str:
+    """``images[3].attributes["k"]`` from protovalidate's field path."""
+    parts: list[str] = []
+    for element in elements:
+        parts.append(("." if parts else "") + element.field_name)
+        sub = element.subscript
+        if sub is None:
+            continue
+        if sub.field == "string_key":
+            parts.append(f'["{bounded(str(sub.value), 40)}"]')
+        else:
+            parts.append(f"[{sub.value}]")
+    return "".join(parts)
+
+
+@cache
+def struct_fields(descriptor: Descriptor) -> tuple[FieldDescriptor, ...]:
+    """The message fields of ``descriptor`` that are, or contain, a Struct/Value/ListValue."""
+    return tuple(
+        f
+        for f in descriptor.fields
+        if f.message_type is not None and _holds_struct(f.message_type, frozenset())
+    )
+
+
+def _holds_struct(descriptor: Descriptor, seen: frozenset[str]) -> bool:
+    if descriptor.full_name in _STRUCT_TYPES:
+        return True
+    if descriptor.full_name in seen:
+        return False
+    inner = seen | {descriptor.full_name}
+    return any(
+        f.message_type is not None and _holds_struct(f.message_type, inner)
+        for f in descriptor.fields
+    )
+
+
+def _structs(message: Message, prefix: str) -> Iterator[tuple[str, Message]]:
+    """(path, value) of every set Struct/Value/ListValue field below ``message``."""
+    for field in struct_fields(message.DESCRIPTOR):
+        name = f"{prefix}{field.name}"
+        value = getattr(message, field.name)
+        if field.is_repeated:
+            if field.message_type is not None and field.message_type.GetOptions().map_entry:
+                items: Any = ((f'{name}["{bounded(k, 40)}"]', v) for k, v in value.items())
+            else:
+                items = ((f"{name}[{i}]", v) for i, v in enumerate(value))
+        elif message.HasField(field.name):
+            items = [(name, value)]
+        else:
+            continue
+        for path, item in items:
+            if not isinstance(item, Message):
+                continue
+            if item.DESCRIPTOR.full_name in _STRUCT_TYPES:
+                yield path, item
+            else:
+                yield from _structs(item, f"{path}.")
+
+
+def _check_value(value: Any, path: str, depth: int, budget: list[int], found: Violations) -> None:
+    """Walks a Struct, ListValue or Value (or the Python value of a Struct entry)."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        if budget[0] == -1:
+            found.add(path, f"too many values (at most {MAX_STRUCT_VALUES} per request)")
+        return
+    if depth > MAX_STRUCT_DEPTH:
+        found.add(path, f"nested too deep (at most {MAX_STRUCT_DEPTH} levels)")
+        return
+    if isinstance(value, struct_pb2.Value):
+        kind = value.WhichOneof("kind")
+        if kind == "struct_value":
+            _check_value(value.struct_value, path, depth, budget, found)
+        elif kind == "list_value":
+            _check_value(value.list_value, path, depth, budget, found)
+        elif kind == "number_value" and not math.isfinite(value.number_value):
+            found.add(path, "must be a finite number (no NaN or Infinity)")
+        elif kind == "string_value" and "\x00" in value.string_value:
+            found.add(path, "must not contain the NUL character")
+    elif isinstance(value, struct_pb2.Struct):
+        for key, item in value.fields.items():
+            if "\x00" in key:
+                found.add(path, "keys must not contain the NUL character")
+            _check_value(item, f'{path}["{bounded(key, 40)}"]', depth + 1, budget, found)
+    elif isinstance(value, struct_pb2.ListValue):
+        for i, item in enumerate(value.values):
+            _check_value(item, f"{path}[{i}]", depth + 1, budget, found)
