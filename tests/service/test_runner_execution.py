@@ -291,12 +291,17 @@ async def test_runner_serves_health_once_it_has_reached_the_api(runner: Runner) 
 
 
 async def test_readiness_names_what_keeps_the_runner_from_the_api(
-    runner: Runner, api_address: str
+    runner: Runner, api_address: str, api_internal_address: str
 ) -> None:
-    """The api itself; nothing at the address; a gRPC server that is not the api (the
-    runner's own port: health, but no JobExecutionService)."""
+    """api's internal listener; nothing at the address; gRPC servers that are not it (api's
+    public listener, the runner's own port: health, but no JobExecutionService)."""
     closed = f"127.0.0.1:{free_port()}"
-    cases = {api_address: None, closed: "UNAVAILABLE", f"127.0.0.1:{runner.port}": "NOT_FOUND"}
+    cases = {
+        api_internal_address: None,
+        closed: "UNAVAILABLE",
+        api_address: "NOT_FOUND",
+        f"127.0.0.1:{runner.port}": "NOT_FOUND",
+    }
     for address, expected in cases.items():
         async with grpc.aio.insecure_channel(address) as channel:
             problem = await api_problem(channel, deadline=10)

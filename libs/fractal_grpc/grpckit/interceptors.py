@@ -69,9 +69,7 @@ class _HandlerWrapper(grpc.aio.ServerInterceptor):
             return grpc.unary_unary_rpc_method_handler(
                 self.around_unary(method, handler.unary_unary), **serializers
             )
-        # A stream handler that writes with context.write (a coroutine, like grpc's health Watch)
-        # is left as it is: the wrappers iterate async generators.
-        if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
+        if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self.around_stream(method, _iterating(handler.unary_stream)), **serializers
             )

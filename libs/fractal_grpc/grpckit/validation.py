@@ -18,7 +18,6 @@ A bad request is INVALID_ARGUMENT with one ``BadRequest`` field violation per ba
 from __future__ import annotations
 
 import asyncio
-import inspect
 import math
 from collections.abc import Callable, Iterator
 from functools import cache
@@ -30,9 +29,8 @@ from google.protobuf import struct_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from fractal_grpc.grpckit.errors import DomainError, InvalidArgument, Violations, bounded
+from fractal_grpc.grpckit.errors import InvalidArgument, Violations, bounded
 from fractal_grpc.grpckit.interceptors import Stream, Unary, _HandlerWrapper
-from fractal_grpc.grpckit.interceptors import _abort as abort_with
 
 MAX_STRUCT_DEPTH = 32
 MAX_STRUCT_VALUES = 100_000
@@ -154,29 +152,9 @@ class ValidationInterceptor(_HandlerWrapper):
         if handler.unary_unary is None and handler.unary_stream is None:
             return handler
         deserializer = tolerant(handler.request_deserializer)
-        if handler.unary_stream is not None and not inspect.isasyncgenfunction(
-            handler.unary_stream
-        ):
-            # A stream written with context.write (grpc's health Watch): a coroutine, which the
-            # error interceptor does not wrap, so the refusal is sent from here.
-            return grpc.unary_stream_rpc_method_handler(
-                self._around_writer(handler.unary_stream),
-                request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
-            )
+        # The base class turns a stream written with context.write (grpc's health Watch) into
+        # an iterator, so a refusal raised here reaches the error interceptor like any other.
         return super()._wrap(method, handler._replace(request_deserializer=deserializer))
-
-    def _around_writer(self, inner: Unary) -> Unary:
-        accept = self.validator.accept
-
-        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                request = await accept(request)
-            except DomainError as exc:
-                await abort_with(context, exc)
-            return await inner(request, context)
-
-        return run
 
     def around_unary(self, method: str, inner: Unary) -> Unary:
         accept = self.validator.accept
