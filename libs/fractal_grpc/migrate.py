@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 
 from alembic import command
@@ -27,6 +28,12 @@ def upgrade(script_location: Path, database_url: str, schema: str, revision: str
     command.upgrade(alembic_config(script_location, database_url, schema), revision)
 
 
+def lock_key(schema: str) -> int:
+    """The advisory lock key (a signed 64-bit integer) that serialises migrations of ``schema``."""
+    digest = hashlib.sha256(f"fractal-migrate:{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 def run_env(context: EnvironmentContext, metadata: MetaData) -> None:
     """The body of each service's ``env.py``: online migrations through asyncpg."""
     config = context.config
@@ -38,6 +45,10 @@ def run_env(context: EnvironmentContext, metadata: MetaData) -> None:
         return name == schema if type_ == "schema" else True
 
     def do_run(connection: Connection) -> None:
+        # One migration of a schema at a time: replicas that start together on a new database
+        # (or beside the migration Job) wait here instead of racing to create the schema. The
+        # lock is the transaction's, released when it commits.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(schema)})
         connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         context.configure(
             connection=connection,
