@@ -42,6 +42,7 @@ KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 # The commands of every service's console script (fractal_grpc.service_main).
 COMMANDS = {"serve", "migrate"}
 
+
 def setting_names(cls: type[Any]) -> set[str]:
     return {f"FRACTAL_{name.upper()}" for name in cls.model_fields}
 
