@@ -10,16 +10,18 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends make \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# Every third-party package at the version of requirements.lock (the versions the tests ran).
+COPY requirements.lock ./
 # The stub generator lives in its own venv and stays in this stage.
 RUN python -m venv /opt/protoc \
-    && /opt/protoc/bin/pip install --no-cache-dir "grpcio-tools>=1.66" "mypy-protobuf>=3.6"
+    && /opt/protoc/bin/pip install --no-cache-dir -c requirements.lock grpcio-tools mypy-protobuf
 COPY Makefile ./
 COPY protos/ protos/
 COPY libs/ libs/
 COPY services/api/ services/api/
 RUN make protos VENV=/opt/protoc \
     && python -m venv /opt/fractal \
-    && /opt/fractal/bin/pip install --no-cache-dir ./libs ./services/api
+    && /opt/fractal/bin/pip install --no-cache-dir -c requirements.lock ./libs ./services/api
 
 # --- runtime: the venv only, run as an unprivileged user -------------------------------------------
 FROM ${PYTHON_IMAGE} AS api

