@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import cache
 from typing import Any
 
@@ -141,7 +141,8 @@ class ValidationInterceptor(_HandlerWrapper):
     """Refuses malformed or rule-breaking requests before the servicer sees them.
 
     Register it after the auth interceptor (unauthenticated callers learn nothing about the
-    rules). Requests of unary-request methods are checked; streamed requests are not (none yet).
+    rules). A unary request is checked before the servicer runs; the requests of a client- or
+    bidi-streaming call each as the servicer reads it.
     """
 
     def __init__(self) -> None:
@@ -149,11 +150,9 @@ class ValidationInterceptor(_HandlerWrapper):
         self.validator = Validator()
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        if handler.unary_unary is None and handler.unary_stream is None:
-            return handler
-        deserializer = tolerant(handler.request_deserializer)
         # The base class turns a stream written with context.write (grpc's health Watch) into
         # an iterator, so a refusal raised here reaches the error interceptor like any other.
+        deserializer = tolerant(handler.request_deserializer)
         return super()._wrap(method, handler._replace(request_deserializer=deserializer))
 
     def around_unary(self, method: str, inner: Unary) -> Unary:
@@ -172,6 +171,33 @@ class ValidationInterceptor(_HandlerWrapper):
                 yield item
 
         return run
+
+    def around_stream_unary(self, method: str, inner: Unary) -> Unary:
+        accept = self.validator.accept
+
+        async def run(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await inner(_each_checked(requests, accept), context)
+
+        return run
+
+    def around_stream_stream(self, method: str, inner: Stream) -> Stream:
+        accept = self.validator.accept
+
+        async def run(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            async for item in inner(_each_checked(requests, accept), context):
+                yield item
+
+        return run
+
+
+async def _each_checked(
+    requests: AsyncIterator[Any], accept: Callable[[Any], Awaitable[Any]]
+) -> AsyncIterator[Any]:
+    """The streamed requests of a client- or bidi-streaming call, each checked as it is read:
+    the first bad one ends the call with INVALID_ARGUMENT, before the servicer sees it (a
+    servicer reads its requests from this iterator, not with ``context.read``)."""
+    async for request in requests:
+        yield await accept(request)
 
 
 def _field_path(elements: Any) -> str:
