@@ -16,6 +16,7 @@ from helpers import ApiClient, admin_of  # noqa: E402
 from world import (
     NATS_URL,
     RUN_ID,
+    SESSION_TOKEN_SECONDS,
     RunningApi,
     create_database,
     delete_streams,
@@ -152,4 +153,4 @@ def service_md(key_env: dict[str, str]) -> tuple[tuple[str, str], ...]:
     from fractal_grpc.auth.tokens import ServiceTokenSource
 
     key = Path(key_env["FRACTAL_SERVICE_PRIVATE_KEY_FILE"]).read_text()
-    return ServiceTokenSource(key, service="test-runner").metadata()
+    return ServiceTokenSource(key, service="test-runner", lifetime=SESSION_TOKEN_SECONDS).metadata()

@@ -19,6 +19,9 @@ from sqlalchemy.engine import Connection
 PG_ADMIN_URL = os.environ.get("FRACTAL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 NATS_URL = os.environ.get("FRACTAL_TEST_NATS", "nats://127.0.0.1:4222")
 RUN_ID = secrets.token_hex(4)
+#: Lifetime of the service tokens that session-scoped fixtures mint once: longer than any run
+#: (a slow run of the whole suite outlived the 300 s default).
+SESSION_TOKEN_SECONDS = 24 * 3600
 
 
 async def _admin_exec(sql: str, admin_url: str = PG_ADMIN_URL) -> None:

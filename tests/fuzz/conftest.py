@@ -24,7 +24,14 @@ from fractal.v2 import (
     workflow_service_pb2,
 )
 from helpers import ApiClient
-from world import RUN_ID, create_database, delete_streams_async, drop_database, running_api
+from world import (
+    RUN_ID,
+    SESSION_TOKEN_SECONDS,
+    create_database,
+    delete_streams_async,
+    drop_database,
+    running_api,
+)
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -151,7 +158,9 @@ async def fuzz_world(
                 admin = await ApiClient.login(channel, "admin@fractal.xy", "1234")
                 user = await admin.new_user(verified=True)
                 key = Path(key_env["FRACTAL_SERVICE_PRIVATE_KEY_FILE"]).read_text()
-                service_md = ServiceTokenSource(key, service="fuzz").metadata()
+                service_md = ServiceTokenSource(
+                    key, service="fuzz", lifetime=SESSION_TOKEN_SECONDS
+                ).metadata()
                 user_ids = await _seed(user)
                 principals = [
                     Principal("user", user.md, user_ids),

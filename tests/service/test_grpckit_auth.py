@@ -30,6 +30,7 @@ from fractal_grpc.grpckit.auth import AuthInterceptor
 from fractal_grpc.grpckit.interceptors import ErrorInterceptor, LoggingInterceptor
 from fractal_grpc.grpckit.server import GrpcServer
 from helpers import error_details
+from world import SESSION_TOKEN_SECONDS
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -110,7 +111,7 @@ async def kit(key_env: dict[str, str]) -> AsyncIterator[grpc.aio.Channel]:
 @pytest.fixture(scope="module")
 def service_token(key_env: dict[str, str]) -> Metadata:
     key = Path(key_env["FRACTAL_SERVICE_PRIVATE_KEY_FILE"]).read_text()
-    return ServiceTokenSource(key, service="kit-test").metadata()
+    return ServiceTokenSource(key, service="kit-test", lifetime=SESSION_TOKEN_SECONDS).metadata()
 
 
 async def call(
