@@ -8,6 +8,7 @@ from typing import Any
 import grpc.aio
 import jsonschema
 
+import fractal_grpc.workflows as rules
 from fractal.v2 import task_service_pb2 as pb
 from fractal.v2 import task_service_pb2_grpc as rpc
 from fractal_api import validation
@@ -57,15 +58,19 @@ class TaskServicer(rpc.TaskServiceServicer):
             commands[field] = value.strip() if value else None
         if not commands["command_non_parallel"] and not commands["command_parallel"]:
             violations.add("command_parallel", "a task needs at least one command")
-        kind = tasks.task_type(commands["command_non_parallel"], commands["command_parallel"])
+        kind = rules.task_type(commands["command_non_parallel"], commands["command_parallel"])
         meta_np = struct_to_dict(request.meta_non_parallel) or {}
         meta_p = struct_to_dict(request.meta_parallel) or {}
         schema_np = _schema(request, "args_schema_non_parallel", violations)
         schema_p = _schema(request, "args_schema_parallel", violations)
-        if kind == "parallel" and (schema_np is not None or meta_np):
-            violations.add("args_schema_non_parallel", "not allowed for a parallel task")
-        if kind == "non_parallel" and (schema_p is not None or meta_p):
-            violations.add("args_schema_parallel", "not allowed for a non-parallel task")
+        present = {
+            "args_schema_non_parallel": schema_np is not None,
+            "args_schema_parallel": schema_p is not None,
+            "meta_non_parallel": bool(meta_np),
+            "meta_parallel": bool(meta_p),
+        }
+        for field, why in rules.task_field_violations(kind, [f for f, on in present.items() if on]):
+            violations.add(field, why)
         types: dict[str, dict[str, bool]] = {}
         for field in ("input_types", "output_types"):
             try:

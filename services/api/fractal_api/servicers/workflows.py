@@ -6,6 +6,7 @@ from typing import Any
 
 import grpc.aio
 
+import fractal_grpc.workflows as rules
 from fractal.v2 import workflow_service_pb2 as pb
 from fractal.v2 import workflow_service_pb2_grpc as rpc
 from fractal_api import validation
@@ -19,8 +20,6 @@ from fractal_grpc.db import transaction
 from fractal_grpc.grpckit.errors import Violations
 from fractal_grpc.images.filters import validate_keys
 from fractal_grpc.pagination import decode_token, page_size, split_page
-
-RESERVED_ARGS = ("zarr_url", "zarr_urls", "zarr_dir", "init_args")
 
 
 class WorkflowServicer(rpc.WorkflowServiceServicer):
@@ -92,10 +91,8 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
                 except ValueError as exc:
                     violations.add(field, str(exc))
             given[field] = value
-        for field in ("args_non_parallel", "args_parallel"):
-            reserved = sorted(set(given[field] or {}) & set(RESERVED_ARGS))
-            if reserved:
-                violations.add(field, f"reserved keys are not allowed: {', '.join(reserved)}")
+        for field, why in rules.reserved_key_violations(given):
+            violations.add(field, why)
         input_filters = validation.filters(request.input_filters, "input_filters", violations)
         async with transaction(self.ctx.sessions) as session:
             workflow = await projects.workflow_checked(
@@ -104,33 +101,14 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
 
             async def create() -> tuple[WorkflowTask, Task]:
                 task = await tasks.get(session, request.task_id)
-                if task.type == "parallel":
-                    for field in ("args_non_parallel", "meta_non_parallel"):
-                        if given[field] is not None:
-                            violations.add(field, "not allowed for a parallel task")
-                if task.type == "non_parallel":
-                    for field in ("args_parallel", "meta_parallel"):
-                        if given[field] is not None:
-                            violations.add(field, "not allowed for a non-parallel task")
+                for field, why in rules.wftask_type_violations(task.type, given):
+                    violations.add(field, why)
                 violations.raise_if_any()
-                args_np = {
-                    **tasks.schema_defaults(task.args_schema_non_parallel),
-                    **(given["args_non_parallel"] or {}),
-                }
-                args_p = {
-                    **tasks.schema_defaults(task.args_schema_parallel),
-                    **(given["args_parallel"] or {}),
-                }
-                meta_np = {**task.meta_non_parallel, **(given["meta_non_parallel"] or {})}
-                meta_p = {**task.meta_parallel, **(given["meta_parallel"] or {})}
+                stored = rules.initial_wftask_fields(
+                    task.meta_non_parallel, task.meta_parallel, given
+                )
                 wftask = WorkflowTask(
-                    task_id=task.id,
-                    task_type=task.type,
-                    args_non_parallel=args_np or None,
-                    args_parallel=args_p or None,
-                    meta_non_parallel=meta_np or None,
-                    meta_parallel=meta_p or None,
-                    input_filters=input_filters,
+                    task_id=task.id, task_type=task.type, input_filters=input_filters, **stored
                 )
                 order = request.order if request.HasField("order") else None
                 return await workflows.insert_task(session, workflow, wftask, order), task

@@ -13,27 +13,6 @@ from fractal_api.store import write_unique
 from fractal_grpc.grpckit.errors import NotFound
 
 
-def task_type(command_non_parallel: str | None, command_parallel: str | None) -> str:
-    """Reference rule: the type follows from which commands a task has."""
-    if command_non_parallel and command_parallel:
-        return "compound"
-    return "parallel" if command_parallel else "non_parallel"
-
-
-def schema_defaults(schema: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``default`` of every top-level property that has a non-null one ({} if malformed)."""
-    if not isinstance(schema, dict):
-        return {}
-    properties = schema.get("properties")
-    if not isinstance(properties, dict):
-        return {}
-    return {
-        key: prop["default"]
-        for key, prop in properties.items()
-        if isinstance(prop, dict) and prop.get("default") is not None
-    }
-
-
 async def get(session: AsyncSession, task_id: int) -> Task:
     task = await session.get(Task, task_id)
     if task is None:
