@@ -7,11 +7,15 @@ from typing import Any
 import pytest
 
 from fractal_grpc.workflows import (
+    command_violation,
     initial_wftask_fields,
+    may_edit_task,
     permutation_violations,
     reserved_key_violations,
     task_field_violations,
+    task_in_use_message,
     task_type,
+    updated_wftask_fields,
     wftask_type_violations,
 )
 
@@ -136,3 +140,60 @@ def test_reorder_needs_a_permutation(
     found = permutation_violations(current, given)
     assert [why for _, why in found] == problems
     assert all(field == "reordered_workflow_task_ids" for field, _ in found)
+
+
+@pytest.mark.parametrize(
+    ("owner", "me", "superuser", "allowed"),
+    [
+        ("alice", "alice", False, True),
+        ("alice", "bob", False, False),
+        ("alice", None, False, False),
+        (None, "alice", False, False),  # a collected task: superusers only
+        (None, None, True, True),
+        ("alice", "bob", True, True),
+    ],
+)
+def test_who_may_edit_a_task(
+    owner: str | None, me: str | None, superuser: bool, allowed: bool
+) -> None:
+    assert may_edit_task(owner, me, superuser) is allowed
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [("/bin/true -x", None), ("  ", "must not be empty"), ("python 'open", "not a valid")],
+)
+def test_command_lines(value: str, problem: str | None) -> None:
+    found = command_violation("command_parallel", value)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and found[0] == "command_parallel" and problem in found[1]
+
+
+@pytest.mark.parametrize(
+    ("mine", "others", "expected"),
+    [
+        ([(1, 2, "wf")], 0, "in your workflows: project 1, workflow 2 ('wf')."),
+        ([], 3, "in 3 workflow(s) of other users."),
+        ([(1, 2, "a")], 1, "('a') and in 1 workflow(s) of other users."),
+    ],
+)
+def test_task_in_use_message(mine: list[tuple[int, int, str]], others: int, expected: str) -> None:
+    assert task_in_use_message(7, mine, others).endswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        # Args replaced exactly as given; empty clears them.
+        ({"args_parallel": {"c": 2}}, {"args_parallel": {"c": 2}}),
+        ({"args_non_parallel": {}}, {"args_non_parallel": None}),
+        # Meta replaced as given (not merged with the task's meta).
+        ({"meta_parallel": {"mem": 5}}, {"meta_parallel": {"mem": 5}}),
+        # Unset fields are kept.
+        ({"args_parallel": None, "meta_parallel": None}, {}),
+    ],
+)
+def test_what_an_update_writes(given: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert updated_wftask_fields(given) == expected

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import shlex
+from collections.abc import Iterable, Sequence
 
 # The fields of a task that belong to one side (the non-parallel or the parallel part).
 TASK_FIELDS_BY_SIDE: dict[str, tuple[str, ...]] = {
@@ -35,3 +36,33 @@ def task_field_violations(kind: str, given: Iterable[str]) -> list[tuple[str, st
         for field in TASK_FIELDS_BY_SIDE[side]
         if field in set(given)
     ]
+
+
+def command_violation(field: str, value: str) -> tuple[str, str] | None:
+    """A command line must be non-empty and split as a shell would split it."""
+    if not value.strip():
+        return (field, "must not be empty")
+    try:
+        shlex.split(value)
+    except ValueError as exc:
+        return (field, f"not a valid command line: {exc}")
+    return None
+
+
+def may_edit_task(task_owner: str | None, user_owner_name: str | None, superuser: bool) -> bool:
+    """Reference ``_get_task_check_owner``: a superuser edits any task; a task without owner
+    (collected) only a superuser; otherwise the owner, by username falling back to slurm_user."""
+    if superuser:
+        return True
+    return task_owner is not None and user_owner_name == task_owner
+
+
+def task_in_use_message(task_id: int, mine: Sequence[tuple[int, int, str]], others: int) -> str:
+    """Reference message of a refused delete: the caller's workflows by name, others counted."""
+    parts = [f"project {p}, workflow {w} ({name!r})" for p, w, name in mine]
+    text = f"Cannot remove Task {task_id} because it is currently used"
+    if parts:
+        text += f" in your workflows: {'; '.join(parts)}"
+    if others:
+        text += f"{' and' if parts else ''} in {others} workflow(s) of other users"
+    return text + "."

@@ -57,3 +57,17 @@ def initial_wftask_fields(
         "meta_non_parallel": meta_np or None,
         "meta_parallel": meta_p or None,
     }
+
+
+def updated_wftask_fields(given: Given) -> dict[str, dict[str, Any] | None]:
+    """What an update writes (reference PATCH for V2 tasks): each given args field replaces the
+    old args exactly as given (not merged; empty -> None), each given meta field replaces the old
+    meta as given. Fields not given are absent (kept)."""
+    changes: dict[str, dict[str, Any] | None] = {}
+    for field in ("args_non_parallel", "args_parallel"):
+        if given.get(field) is not None:
+            changes[field] = dict(given[field] or {}) or None
+    for field in ("meta_non_parallel", "meta_parallel"):
+        if given.get(field) is not None:
+            changes[field] = dict(given[field] or {})
+    return changes

@@ -17,9 +17,25 @@ from fractal_api.views import workflow_task_view, workflow_view
 from fractal_grpc.auth.principal import current_user
 from fractal_grpc.convert import struct_to_dict
 from fractal_grpc.db import transaction
-from fractal_grpc.grpckit.errors import Violations
+from fractal_grpc.grpckit.errors import FailedPrecondition, Violations
 from fractal_grpc.images.filters import validate_keys
 from fractal_grpc.pagination import decode_token, page_size, split_page
+
+WFTASK_STRUCTS = ("args_non_parallel", "args_parallel", "meta_non_parallel", "meta_parallel")
+
+
+def _given_structs(request: Any, violations: Violations) -> dict[str, dict[str, Any] | None]:
+    """The args/meta a request sets (None for a field it leaves unset), keys checked."""
+    given: dict[str, dict[str, Any] | None] = {}
+    for field in WFTASK_STRUCTS:
+        value = struct_to_dict(getattr(request, field), request.HasField(field))
+        if value is not None:
+            try:
+                value = validate_keys(value, field)
+            except ValueError as exc:
+                violations.add(field, str(exc))
+        given[field] = value
+    return given
 
 
 class WorkflowServicer(rpc.WorkflowServiceServicer):
@@ -82,15 +98,7 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
     ) -> Any:
         user_id = current_user().user_id or 0
         violations = Violations()
-        given: dict[str, dict[str, Any] | None] = {}
-        for field in ("args_non_parallel", "args_parallel", "meta_non_parallel", "meta_parallel"):
-            value = struct_to_dict(getattr(request, field), request.HasField(field))
-            if value is not None:
-                try:
-                    value = validate_keys(value, field)
-                except ValueError as exc:
-                    violations.add(field, str(exc))
-            given[field] = value
+        given = _given_structs(request, violations)
         for field, why in rules.reserved_key_violations(given):
             violations.add(field, why)
         input_filters = validation.filters(request.input_filters, "input_filters", violations)
@@ -100,7 +108,7 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
             )
 
             async def create() -> tuple[WorkflowTask, Task]:
-                task = await tasks.get(session, request.task_id)
+                task = await tasks.get(session, request.task_id, lock="share")
                 for field, why in rules.wftask_type_violations(task.type, given):
                     violations.add(field, why)
                 violations.raise_if_any()
@@ -122,3 +130,109 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
                 resource_id=lambda created: created[0].id,
             )
         return pb.CreateWorkflowTaskResponse(workflow_task=workflow_task_view(wftask, task))
+
+    async def UpdateWorkflow(
+        self, request: pb.UpdateWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        violations = Violations()
+        name = (
+            validation.name(request.name, "name", violations) if request.HasField("name") else None
+        )
+        async with transaction(self.ctx.sessions) as session:
+            workflow = await projects.workflow_checked(
+                session, request.project_id, request.workflow_id, user_id
+            )
+            violations.raise_if_any()
+            await workflows.lock(session, workflow.id)
+            listing = (await workflows.task_list(session, [workflow.id]))[workflow.id]
+            if request.reordered_workflow_task_ids:
+                given = list(request.reordered_workflow_task_ids)
+                current = [wftask.id for wftask, _ in listing]
+                for field, why in rules.permutation_violations(current, given):
+                    violations.add(field, why)
+                violations.raise_if_any()
+                workflows.reorder(listing, given)
+                await session.flush()
+            # Re-sending the current name is no change (the reference refuses it: a departure).
+            if name is not None and name != workflow.name:
+                await workflows.rename(session, workflow, name)
+            listing = (await workflows.task_list(session, [workflow.id]))[workflow.id]
+        return pb.UpdateWorkflowResponse(workflow=workflow_view(workflow, listing))
+
+    async def DeleteWorkflow(
+        self, request: pb.DeleteWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        async with transaction(self.ctx.sessions) as session:
+            workflow = await projects.workflow_checked(
+                session, request.project_id, request.workflow_id, user_id
+            )
+            await workflows.lock(session, workflow.id)
+            running = await workflows.submitted_jobs(session, workflow.id)
+            if running:
+                raise FailedPrecondition(
+                    f"Cannot delete workflow {workflow.id}: it is used by submitted job(s) "
+                    f"{', '.join(map(str, running))}.",
+                    reason="WORKFLOW_IN_USE",
+                    metadata={"job_ids": ",".join(map(str, running))},
+                )
+            await workflows.delete_workflow(session, workflow.id)
+        return pb.DeleteWorkflowResponse()
+
+    async def GetWorkflowTask(
+        self, request: pb.GetWorkflowTaskRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async with self.ctx.reads() as session:
+            workflow = await projects.workflow_checked(
+                session, request.project_id, request.workflow_id, current_user().user_id or 0
+            )
+            wftask, task = await workflows.workflow_task(
+                session, workflow.id, request.workflow_task_id
+            )
+        return pb.GetWorkflowTaskResponse(workflow_task=workflow_task_view(wftask, task))
+
+    async def UpdateWorkflowTask(
+        self, request: pb.UpdateWorkflowTaskRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        violations = Violations()
+        given = _given_structs(request, violations)
+        for field, why in rules.reserved_key_violations(given):
+            violations.add(field, why)
+        input_filters = (
+            validation.filters(request.input_filters, "input_filters", violations)
+            if request.HasField("input_filters")
+            else None
+        )
+        async with transaction(self.ctx.sessions) as session:
+            workflow = await projects.workflow_checked(
+                session, request.project_id, request.workflow_id, user_id
+            )
+            wftask, task = await workflows.workflow_task(
+                session, workflow.id, request.workflow_task_id
+            )
+            for field, why in rules.wftask_type_violations(wftask.task_type, given):
+                violations.add(field, why)
+            violations.raise_if_any()
+            for field, value in rules.updated_wftask_fields(given).items():
+                setattr(wftask, field, value)
+            if input_filters is not None:
+                wftask.input_filters = input_filters
+            await session.flush()
+        return pb.UpdateWorkflowTaskResponse(workflow_task=workflow_task_view(wftask, task))
+
+    async def DeleteWorkflowTask(
+        self, request: pb.DeleteWorkflowTaskRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        async with transaction(self.ctx.sessions) as session:
+            workflow = await projects.workflow_checked(
+                session, request.project_id, request.workflow_id, user_id
+            )
+            await workflows.lock(session, workflow.id)
+            wftask, _ = await workflows.workflow_task(
+                session, workflow.id, request.workflow_task_id
+            )
+            await workflows.delete_task(session, wftask)
+        return pb.DeleteWorkflowTaskResponse()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Task
@@ -13,8 +13,15 @@ from fractal_api.store import write_unique
 from fractal_grpc.grpckit.errors import NotFound
 
 
-async def get(session: AsyncSession, task_id: int) -> Task:
-    task = await session.get(Task, task_id)
+async def get(session: AsyncSession, task_id: int, *, lock: str | None = None) -> Task:
+    """The task (NOT_FOUND if missing). ``lock="share"`` keeps it from being deleted until the
+    transaction ends (a workflow task about to use it); ``lock="update"`` before a change."""
+    query = select(Task).where(Task.id == task_id)
+    if lock == "share":
+        query = query.with_for_update(key_share=True, read=True)
+    elif lock == "update":
+        query = query.with_for_update()
+    task = (await session.execute(query)).scalar_one_or_none()
     if task is None:
         raise NotFound(f"Task {task_id} not found", metadata={"task_id": str(task_id)})
     return task
@@ -31,3 +38,7 @@ async def list_page(session: AsyncSession, *, after_id: int, limit: int) -> Sequ
         select(Task).where(Task.id > after_id).order_by(Task.id).limit(limit)
     )
     return result.scalars().all()
+
+
+async def delete_task(session: AsyncSession, task_id: int) -> None:
+    await session.execute(delete(Task).where(Task.id == task_id))
