@@ -187,6 +187,19 @@ async def _delete_wftask(w: World) -> Message:
     )
 
 
+async def _import_workflow(w: World) -> Message:
+    exported = await w.owner.workflows.ExportWorkflow(
+        workflow_service_pb2.ExportWorkflowRequest(
+            project_id=w.project_id, workflow_id=w.workflow_id
+        ),
+        metadata=w.owner.md,
+    )
+    exported.workflow.name = _unique("wf")
+    return workflow_service_pb2.ImportWorkflowRequest(
+        project_id=w.project_id, workflow=exported.workflow
+    )
+
+
 async def _delete_task(w: World) -> Message:
     task_id = await make_task(w.owner, _unique("t"), command_non_parallel="/bin/true")
     return task_service_pb2.DeleteTaskRequest(task_id=task_id)
@@ -306,6 +319,14 @@ TABLE: dict[str, Row] = {
     f"{v2}WorkflowService/GetWorkflowTask": row(U, scoped=True)(_get_wftask),
     f"{v2}WorkflowService/UpdateWorkflowTask": row(U, scoped=True)(_update_wftask),
     f"{v2}WorkflowService/DeleteWorkflowTask": row(U, scoped=True)(_delete_wftask),
+    f"{v2}WorkflowService/ExportWorkflow": row(U, scoped=True)(
+        _const(
+            lambda w: workflow_service_pb2.ExportWorkflowRequest(
+                project_id=w.project_id, workflow_id=w.workflow_id
+            )
+        )
+    ),
+    f"{v2}WorkflowService/ImportWorkflow": row(U, scoped=True)(_import_workflow),
     f"{v2}TaskService/UpdateTask": row(V, owned=True)(
         _const(lambda w: task_service_pb2.UpdateTaskRequest(task_id=w.task_id, version="2"))
     ),

@@ -353,3 +353,68 @@ async def test_task_update_and_delete_by_owner_or_superuser(
         user.tasks.GetTask(task_service_pb2.GetTaskRequest(task_id=tid), metadata=user.md)
     )
     assert err.code() == Code.NOT_FOUND
+
+
+async def test_export_then_import_round_trips_and_resolves_by_source(user: ApiClient) -> None:
+    pid, wid, tid, ids = await workflow_with_tasks(user, 2)
+    await user.workflows.UpdateWorkflowTask(
+        wpb.UpdateWorkflowTaskRequest(
+            project_id=pid,
+            workflow_id=wid,
+            workflow_task_id=ids[1],
+            args_non_parallel=struct(x=1, nested={"y": [1, 2]}),
+            input_filters=image_pb2.Filters(types={"3D": True}),
+        ),
+        metadata=user.md,
+    )
+    exported = (
+        await user.workflows.ExportWorkflow(
+            wpb.ExportWorkflowRequest(project_id=pid, workflow_id=wid), metadata=user.md
+        )
+    ).workflow
+    task = (
+        await user.tasks.GetTask(task_service_pb2.GetTaskRequest(task_id=tid), metadata=user.md)
+    ).task
+    assert [t.task_source for t in exported.task_list] == [task.source] * 2
+    # A name already in the project: refused; a new one: created, equal to the original.
+    err = await refused(
+        user.workflows.ImportWorkflow(
+            wpb.ImportWorkflowRequest(project_id=pid, workflow=exported), metadata=user.md
+        )
+    )
+    assert err.code() == Code.ALREADY_EXISTS
+    exported.name = "copy"
+    imported = (
+        await user.workflows.ImportWorkflow(
+            wpb.ImportWorkflowRequest(project_id=pid, workflow=exported, request_id="imp-1"),
+            metadata=user.md,
+        )
+    ).workflow
+    again = (
+        await user.workflows.ExportWorkflow(
+            wpb.ExportWorkflowRequest(project_id=pid, workflow_id=imported.id), metadata=user.md
+        )
+    ).workflow
+    assert again == exported
+    replayed = await user.workflows.ImportWorkflow(
+        wpb.ImportWorkflowRequest(project_id=pid, workflow=exported, request_id="imp-1"),
+        metadata=user.md,
+    )
+    assert replayed.workflow.id == imported.id
+    # An unknown source or a reserved key: refused, naming the item, and nothing is created.
+    exported.name = "broken"
+    exported.task_list[1].task_source = "nobody:nothing"
+    exported.task_list[0].args_non_parallel.update({"zarr_url": "/x"})
+    for field in ("workflow.task_list[0].args_non_parallel", "workflow.task_list[1].task_source"):
+        err = await refused(
+            user.workflows.ImportWorkflow(
+                wpb.ImportWorkflowRequest(project_id=pid, workflow=exported), metadata=user.md
+            )
+        )
+        assert err.code() == Code.INVALID_ARGUMENT
+        assert field in error_details(err)[1]
+        exported.task_list[0].args_non_parallel.Clear()
+    listed = await user.workflows.ListWorkflows(
+        wpb.ListWorkflowsRequest(project_id=pid), metadata=user.md
+    )
+    assert sorted(w.name for w in listed.workflows) == ["copy", "wf"]

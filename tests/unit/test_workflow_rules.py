@@ -12,6 +12,7 @@ from fractal_grpc.workflows import (
     may_edit_task,
     permutation_violations,
     reserved_key_violations,
+    source_violations,
     task_field_violations,
     task_in_use_message,
     task_type,
@@ -197,3 +198,20 @@ def test_task_in_use_message(mine: list[tuple[int, int, str]], others: int, expe
 )
 def test_what_an_update_writes(given: dict[str, Any], expected: dict[str, Any]) -> None:
     assert updated_wftask_fields(given) == expected
+
+
+@pytest.mark.parametrize(
+    ("wanted", "found", "problems"),
+    [
+        (["a", "b", "a"], [("a", 1), ("b", 2)], []),
+        (["a", "x"], [("a", 1)], [("workflow.task_list[1].task_source", "found 0 tasks")]),
+        (["a"], [("a", 1), ("a", 2)], [("workflow.task_list[0].task_source", "found 2 tasks")]),
+    ],
+)
+def test_import_resolves_each_source_to_exactly_one_task(
+    wanted: list[str], found: list[tuple[str, int]], problems: list[tuple[str, str]]
+) -> None:
+    got = source_violations(wanted, found)
+    assert [f for f, _ in got] == [f for f, _ in problems]
+    for (_, why), (_, words) in zip(got, problems, strict=True):
+        assert words in why

@@ -1,7 +1,7 @@
 """Task and workflow rules of the reference (§3.2 "Workflows", "Workflow tasks", "Tasks"), as pure
 functions: the servicers call them between loading and changing."""
 
-from fractal_grpc.workflows.reorder import permutation_violations
+from fractal_grpc.workflows.reorder import permutation_violations, source_violations
 from fractal_grpc.workflows.task_rules import (
     TASK_FIELDS_BY_SIDE,
     command_violation,
@@ -34,6 +34,7 @@ __all__ = [
     "initial_wftask_fields",
     "permutation_violations",
     "reserved_key_violations",
+    "source_violations",
     "task_field_violations",
     "task_type",
     "updated_wftask_fields",

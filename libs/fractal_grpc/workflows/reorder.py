@@ -1,4 +1,4 @@
-"""Workflow reorder: the new order must be a permutation of the current workflow-task ids."""
+"""Workflow reorder (a permutation of the current workflow-task ids) and import resolution."""
 
 from __future__ import annotations
 
@@ -23,3 +23,21 @@ def permutation_violations(
     if missing:
         found.append((field, f"missing ids: {', '.join(map(str, missing))}"))
     return found
+
+
+def source_violations(
+    wanted: Sequence[str], found: Sequence[tuple[str, int]], field: str = "workflow.task_list"
+) -> list[tuple[str, str]]:
+    """Import resolution (reference): each item's source must match exactly one task. ``found``
+    is (source, task id) of the tasks whose source is among ``wanted``."""
+    counts = Counter(source for source, _ in found)
+    problems = []
+    for index, source in enumerate(wanted):
+        if counts[source] != 1:
+            problems.append(
+                (
+                    f"{field}[{index}].task_source",
+                    f"found {counts[source]} tasks with source={source!r}",
+                )
+            )
+    return problems

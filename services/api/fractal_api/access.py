@@ -40,6 +40,8 @@ _RULES: dict[str, dict[str, Access]] = {
         "GetWorkflowTask": Access.USER,
         "UpdateWorkflowTask": Access.USER,
         "DeleteWorkflowTask": Access.USER,
+        "ExportWorkflow": Access.USER,
+        "ImportWorkflow": Access.USER,
     },
     "fractal.v2.JobService": {
         "SubmitJob": Access.VERIFIED,

@@ -13,7 +13,7 @@ from fractal_api import validation
 from fractal_api.context import ApiContext
 from fractal_api.models import Task, Workflow, WorkflowTask
 from fractal_api.store import projects, requests, tasks, workflows
-from fractal_api.views import workflow_task_view, workflow_view
+from fractal_api.views import workflow_export_view, workflow_task_view, workflow_view
 from fractal_grpc.auth.principal import current_user
 from fractal_grpc.convert import struct_to_dict
 from fractal_grpc.db import transaction
@@ -236,3 +236,74 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
             )
             await workflows.delete_task(session, wftask)
         return pb.DeleteWorkflowTaskResponse()
+
+    async def ExportWorkflow(
+        self, request: pb.ExportWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async with self.ctx.reads() as session:
+            workflow = await projects.workflow_checked(
+                session, request.project_id, request.workflow_id, current_user().user_id or 0
+            )
+            listing = (await workflows.task_list(session, [workflow.id]))[workflow.id]
+        return pb.ExportWorkflowResponse(workflow=workflow_export_view(workflow, listing))
+
+    async def ImportWorkflow(
+        self, request: pb.ImportWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        violations = Violations()
+        name = validation.name(request.workflow.name, "workflow.name", violations)
+        items = []
+        for index, item in enumerate(request.workflow.task_list):
+            prefix = f"workflow.task_list[{index}]"
+            item_violations = Violations()
+            given = _given_structs(item, item_violations)
+            for field, why in rules.reserved_key_violations(given):
+                item_violations.add(field, why)
+            filters = validation.filters(item.input_filters, "input_filters", item_violations)
+            for field, why in item_violations.items:
+                violations.add(f"{prefix}.{field}", why)
+            items.append((item.task_source, given, filters))
+        async with transaction(self.ctx.sessions) as session:
+            await projects.get_checked(session, request.project_id, user_id)
+            violations.raise_if_any()
+
+            async def create() -> Workflow:
+                found = await tasks.by_sources(session, [source for source, _, _ in items])
+                for field, why in rules.source_violations(
+                    [source for source, _, _ in items], [(t.source, t.id) for t in found]
+                ):
+                    violations.add(field, why)
+                violations.raise_if_any()
+                by_source = {t.source: t for t in found}
+                for index, (source, given, _) in enumerate(items):
+                    for field, why in rules.wftask_type_violations(by_source[source].type, given):
+                        violations.add(f"workflow.task_list[{index}].{field}", why)
+                violations.raise_if_any()
+                workflow = await workflows.create(session, request.project_id, name)
+                for source, given, filters in items:
+                    task = by_source[source]
+                    stored = rules.initial_wftask_fields(
+                        task.meta_non_parallel, task.meta_parallel, given
+                    )
+                    await workflows.insert_task(
+                        session,
+                        workflow,
+                        WorkflowTask(
+                            task_id=task.id, task_type=task.type, input_filters=filters, **stored
+                        ),
+                        None,
+                    )
+                return workflow
+
+            workflow = await requests.once(
+                session,
+                user_id,
+                request,
+                create=create,
+                replay=lambda earlier: projects.workflow_checked(
+                    session, request.project_id, earlier, user_id
+                ),
+            )
+            listing = (await workflows.task_list(session, [workflow.id]))[workflow.id]
+        return pb.ImportWorkflowResponse(workflow=workflow_view(workflow, listing))

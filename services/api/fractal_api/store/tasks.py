@@ -42,3 +42,15 @@ async def list_page(session: AsyncSession, *, after_id: int, limit: int) -> Sequ
 
 async def delete_task(session: AsyncSession, task_id: int) -> None:
     await session.execute(delete(Task).where(Task.id == task_id))
+
+
+async def by_sources(session: AsyncSession, sources: Sequence[str]) -> list[Task]:
+    """The tasks whose source is one of ``sources``, kept from deletion until the transaction
+    ends (a workflow import is about to use them)."""
+    result = await session.execute(
+        select(Task)
+        .where(Task.source.in_(set(sources)))
+        .order_by(Task.id)
+        .with_for_update(key_share=True, read=True)
+    )
+    return list(result.scalars().all())
