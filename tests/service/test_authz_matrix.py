@@ -94,6 +94,34 @@ class World:
         )
         return job.job.id
 
+    async def free_workflow(self, with_task: bool = False) -> tuple[int, int]:
+        """A new workflow of the owner (with one workflow task if asked): (workflow, wftask)."""
+        wf = await self.owner.workflows.CreateWorkflow(
+            workflow_service_pb2.CreateWorkflowRequest(
+                project_id=self.project_id, name=_unique("wf")
+            ),
+            metadata=self.owner.md,
+        )
+        wftask_id = 0
+        if with_task:
+            created = await self.owner.workflows.CreateWorkflowTask(
+                workflow_service_pb2.CreateWorkflowTaskRequest(
+                    project_id=self.project_id, workflow_id=wf.workflow.id, task_id=self.task_id
+                ),
+                metadata=self.owner.md,
+            )
+            wftask_id = created.workflow_task.id
+        return wf.workflow.id, wftask_id
+
+    async def first_wftask(self) -> int:
+        got = await self.owner.workflows.GetWorkflow(
+            workflow_service_pb2.GetWorkflowRequest(
+                project_id=self.project_id, workflow_id=self.workflow_id
+            ),
+            metadata=self.owner.md,
+        )
+        return got.workflow.task_list[0].id
+
 
 Build = Callable[[World], Awaitable[Message]]
 
@@ -103,11 +131,12 @@ class Row:
     access: Access
     build: Build
     scoped: bool = False
+    owned: bool = False  # only the object's owner or a superuser (tasks), others refused
 
 
-def row(access: Access, scoped: bool = False) -> Callable[[Build], Row]:
+def row(access: Access, scoped: bool = False, owned: bool = False) -> Callable[[Build], Row]:
     def wrap(build: Build) -> Row:
-        return Row(access, build, scoped)
+        return Row(access, build, scoped, owned)
 
     return wrap
 
@@ -128,6 +157,52 @@ async def _submit(w: World) -> Message:
     return job_service_pb2.SubmitJobRequest(
         project_id=w.project_id, workflow_id=w.workflow_id, dataset_id=await w.free_dataset()
     )
+
+
+async def _delete_workflow(w: World) -> Message:
+    workflow_id, _ = await w.free_workflow()
+    return workflow_service_pb2.DeleteWorkflowRequest(
+        project_id=w.project_id, workflow_id=workflow_id
+    )
+
+
+async def _get_wftask(w: World) -> Message:
+    return workflow_service_pb2.GetWorkflowTaskRequest(
+        project_id=w.project_id, workflow_id=w.workflow_id, workflow_task_id=await w.first_wftask()
+    )
+
+
+async def _update_wftask(w: World) -> Message:
+    request = workflow_service_pb2.UpdateWorkflowTaskRequest(
+        project_id=w.project_id, workflow_id=w.workflow_id, workflow_task_id=await w.first_wftask()
+    )
+    request.meta_non_parallel.update({"cpus_per_task": 1})
+    return request
+
+
+async def _delete_wftask(w: World) -> Message:
+    workflow_id, wftask_id = await w.free_workflow(with_task=True)
+    return workflow_service_pb2.DeleteWorkflowTaskRequest(
+        project_id=w.project_id, workflow_id=workflow_id, workflow_task_id=wftask_id
+    )
+
+
+async def _import_workflow(w: World) -> Message:
+    exported = await w.owner.workflows.ExportWorkflow(
+        workflow_service_pb2.ExportWorkflowRequest(
+            project_id=w.project_id, workflow_id=w.workflow_id
+        ),
+        metadata=w.owner.md,
+    )
+    exported.workflow.name = _unique("wf")
+    return workflow_service_pb2.ImportWorkflowRequest(
+        project_id=w.project_id, workflow=exported.workflow
+    )
+
+
+async def _delete_task(w: World) -> Message:
+    task_id = await make_task(w.owner, _unique("t"), command_non_parallel="/bin/true")
+    return task_service_pb2.DeleteTaskRequest(task_id=task_id)
 
 
 def _const(make: Callable[[World], Message]) -> Build:
@@ -233,6 +308,29 @@ TABLE: dict[str, Row] = {
             )
         )
     ),
+    f"{v2}WorkflowService/UpdateWorkflow": row(U, scoped=True)(
+        _const(
+            lambda w: workflow_service_pb2.UpdateWorkflowRequest(
+                project_id=w.project_id, workflow_id=w.workflow_id, name=_unique("wf")
+            )
+        )
+    ),
+    f"{v2}WorkflowService/DeleteWorkflow": row(U, scoped=True)(_delete_workflow),
+    f"{v2}WorkflowService/GetWorkflowTask": row(U, scoped=True)(_get_wftask),
+    f"{v2}WorkflowService/UpdateWorkflowTask": row(U, scoped=True)(_update_wftask),
+    f"{v2}WorkflowService/DeleteWorkflowTask": row(U, scoped=True)(_delete_wftask),
+    f"{v2}WorkflowService/ExportWorkflow": row(U, scoped=True)(
+        _const(
+            lambda w: workflow_service_pb2.ExportWorkflowRequest(
+                project_id=w.project_id, workflow_id=w.workflow_id
+            )
+        )
+    ),
+    f"{v2}WorkflowService/ImportWorkflow": row(U, scoped=True)(_import_workflow),
+    f"{v2}TaskService/UpdateTask": row(V, owned=True)(
+        _const(lambda w: task_service_pb2.UpdateTaskRequest(task_id=w.task_id, version="2"))
+    ),
+    f"{v2}TaskService/DeleteTask": row(U, owned=True)(_delete_task),
     f"{v2}JobService/SubmitJob": row(V, scoped=True)(_submit),
     f"{v2}JobService/GetJob": row(U, scoped=True)(
         _const(lambda w: job_service_pb2.GetJobRequest(project_id=w.project_id, job_id=w.job_id))
@@ -290,6 +388,8 @@ def expected(entry: Row, caller: str) -> grpc.StatusCode:
         return OK if caller == "superuser" else PERMISSION_DENIED
     if access is V and caller == "unverified":
         return PERMISSION_DENIED
+    if entry.owned:
+        return OK if caller in ("owner", "superuser") else PERMISSION_DENIED
     if caller == "owner" or not scoped:
         return OK
     return NOT_FOUND  # exists but not theirs: as if it did not exist (superusers included)

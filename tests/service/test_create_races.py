@@ -164,6 +164,39 @@ async def _count_wftasks(u: ApiClient, p: Parents) -> int:
     return len((await u.workflows.GetWorkflow(req, metadata=u.md)).workflow.task_list)
 
 
+async def _with_task_source(user: ApiClient) -> Parents:
+    parents = await _with_workflow(user)
+    task = await user.tasks.GetTask(
+        task_service_pb2.GetTaskRequest(task_id=parents["task_id"]), metadata=user.md
+    )
+    # The source travels as text; keep it beside the ids under a key of its own.
+    _SOURCES[parents["task_id"]] = task.task.source
+    return parents
+
+
+_SOURCES: dict[int, str] = {}
+
+
+async def _import_workflow(u: ApiClient, p: Parents, variant: str, rid: str) -> int:
+    req = workflow_service_pb2.ImportWorkflowRequest(
+        project_id=p["project_id"],
+        workflow=workflow_service_pb2.WorkflowExport(
+            name=f"imp-{variant}",
+            task_list=[workflow_service_pb2.WorkflowTaskExport(task_source=_SOURCES[p["task_id"]])],
+        ),
+        request_id=rid,
+    )
+    return (await u.workflows.ImportWorkflow(req, metadata=u.md)).workflow.id
+
+
+async def _count_imports(u: ApiClient, p: Parents) -> int:
+    req = workflow_service_pb2.ListWorkflowsRequest(project_id=p["project_id"])
+    return sum(
+        w.name.startswith("imp-")
+        for w in (await u.workflows.ListWorkflows(req, metadata=u.md)).workflows
+    )
+
+
 async def _create_task(u: ApiClient, p: Parents, variant: str, rid: str) -> int:
     req = task_service_pb2.CreateTaskRequest(
         name=f"race-{p['project_id']}",
@@ -226,6 +259,7 @@ CASES = [
     CreateCase("CreateWorkflow", _project, _create_workflow, _count_workflows),
     CreateCase("CreateWorkflowTask", _with_workflow, _create_wftask, _count_wftasks),
     CreateCase("CreateTask", _project, _create_task, _count_tasks),
+    CreateCase("ImportWorkflow", _with_task_source, _import_workflow, _count_imports),
     CreateCase("SubmitJob", _ready_to_submit, _submit_job, _count_jobs),
     CreateCase("CreateUser", _nothing, _create_user, _count_users, superuser=True),
 ]

@@ -209,7 +209,7 @@ async def test_create_task_rules(user: ApiClient) -> None:
             task_service_pb2.CreateTaskRequest(
                 name="x", source="s2", command_parallel=cmd, meta_non_parallel=struct(a=1)
             ),
-            "args_schema_non_parallel",
+            "meta_non_parallel",
         ),
         (
             task_service_pb2.CreateTaskRequest(
@@ -240,7 +240,7 @@ async def test_unverified_user_cannot_create_tasks_or_submit(admin: ApiClient) -
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_workflow_task_args_defaults_and_reserved_keys(user: ApiClient) -> None:
+async def test_workflow_task_args_as_given_and_reserved_keys(user: ApiClient) -> None:
     schema = struct(
         type="object",
         properties={
@@ -278,7 +278,8 @@ async def test_workflow_task_args_defaults_and_reserved_keys(user: ApiClient) ->
         metadata=user.md,
     )
     wft = created.workflow_task
-    assert dict(wft.args_parallel) == {"a": 1, "b": "y", "c": 3}
+    # Args are stored exactly as given: the schema's defaults are not merged (V2 tasks).
+    assert dict(wft.args_parallel) == {"b": "y", "c": 3}
     assert dict(wft.meta_parallel) == {"cpus": 1, "mem": 10}
     for args, field in [
         (dict(args_parallel=struct(zarr_url="/x")), "args_parallel"),
@@ -317,6 +318,9 @@ async def test_workflow_task_args_defaults_and_reserved_keys(user: ApiClient) ->
     )
     assert [t.order for t in got.workflow.task_list] == [0, 1]
     assert got.workflow.task_list[1].id == wft.id
+    # As stored, too: no schema default ("a") frozen into the workflow task.
+    assert dict(got.workflow.task_list[1].args_parallel) == {"b": "y", "c": 3}
+    assert not got.workflow.task_list[0].HasField("args_parallel")
 
 
 async def submitted_job(

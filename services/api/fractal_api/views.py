@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fractal.v2 import job_pb2, project_pb2, task_pb2, user_pb2, workflow_pb2
+from fractal.v2 import job_pb2, project_pb2, task_pb2, user_pb2, workflow_pb2, workflow_service_pb2
 from fractal_api import models
 from fractal_grpc.convert import dict_to_struct, fill_filters, timestamp
 
@@ -163,3 +163,18 @@ def task_dump(task: models.Task) -> dict[str, Any]:
         "input_types": task.input_types,
         "output_types": task.output_types,
     }
+
+
+def workflow_export_view(
+    workflow: models.Workflow, tasks: list[tuple[models.WorkflowTask, models.Task]]
+) -> workflow_service_pb2.WorkflowExport:
+    """The portable form of a workflow: tasks by source, no ids."""
+    msg = workflow_service_pb2.WorkflowExport(name=workflow.name)
+    for wftask, task in tasks:
+        item = msg.task_list.add(task_source=task.source)
+        dict_to_struct(wftask.args_non_parallel, item.args_non_parallel)
+        dict_to_struct(wftask.args_parallel, item.args_parallel)
+        dict_to_struct(wftask.meta_non_parallel, item.meta_non_parallel)
+        dict_to_struct(wftask.meta_parallel, item.meta_parallel)
+        fill_filters(item.input_filters, wftask.input_filters)
+    return msg

@@ -6,21 +6,36 @@ from typing import Any
 
 import grpc.aio
 
+import fractal_grpc.workflows as rules
 from fractal.v2 import workflow_service_pb2 as pb
 from fractal.v2 import workflow_service_pb2_grpc as rpc
 from fractal_api import validation
 from fractal_api.context import ApiContext
 from fractal_api.models import Task, Workflow, WorkflowTask
 from fractal_api.store import projects, requests, tasks, workflows
-from fractal_api.views import workflow_task_view, workflow_view
+from fractal_api.views import workflow_export_view, workflow_task_view, workflow_view
 from fractal_grpc.auth.principal import current_user
 from fractal_grpc.convert import struct_to_dict
 from fractal_grpc.db import transaction
-from fractal_grpc.grpckit.errors import Violations
+from fractal_grpc.grpckit.errors import FailedPrecondition, Violations
 from fractal_grpc.images.filters import validate_keys
 from fractal_grpc.pagination import decode_token, page_size, split_page
 
-RESERVED_ARGS = ("zarr_url", "zarr_urls", "zarr_dir", "init_args")
+WFTASK_STRUCTS = ("args_non_parallel", "args_parallel", "meta_non_parallel", "meta_parallel")
+
+
+def _given_structs(request: Any, violations: Violations) -> dict[str, dict[str, Any] | None]:
+    """The args/meta a request sets (None for a field it leaves unset), keys checked."""
+    given: dict[str, dict[str, Any] | None] = {}
+    for field in WFTASK_STRUCTS:
+        value = struct_to_dict(getattr(request, field), request.HasField(field))
+        if value is not None:
+            try:
+                value = validate_keys(value, field)
+            except ValueError as exc:
+                violations.add(field, str(exc))
+        given[field] = value
+    return given
 
 
 class WorkflowServicer(rpc.WorkflowServiceServicer):
@@ -83,19 +98,9 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
     ) -> Any:
         user_id = current_user().user_id or 0
         violations = Violations()
-        given: dict[str, dict[str, Any] | None] = {}
-        for field in ("args_non_parallel", "args_parallel", "meta_non_parallel", "meta_parallel"):
-            value = struct_to_dict(getattr(request, field), request.HasField(field))
-            if value is not None:
-                try:
-                    value = validate_keys(value, field)
-                except ValueError as exc:
-                    violations.add(field, str(exc))
-            given[field] = value
-        for field in ("args_non_parallel", "args_parallel"):
-            reserved = sorted(set(given[field] or {}) & set(RESERVED_ARGS))
-            if reserved:
-                violations.add(field, f"reserved keys are not allowed: {', '.join(reserved)}")
+        given = _given_structs(request, violations)
+        for field, why in rules.reserved_key_violations(given):
+            violations.add(field, why)
         input_filters = validation.filters(request.input_filters, "input_filters", violations)
         async with transaction(self.ctx.sessions) as session:
             workflow = await projects.workflow_checked(
@@ -103,34 +108,15 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
             )
 
             async def create() -> tuple[WorkflowTask, Task]:
-                task = await tasks.get(session, request.task_id)
-                if task.type == "parallel":
-                    for field in ("args_non_parallel", "meta_non_parallel"):
-                        if given[field] is not None:
-                            violations.add(field, "not allowed for a parallel task")
-                if task.type == "non_parallel":
-                    for field in ("args_parallel", "meta_parallel"):
-                        if given[field] is not None:
-                            violations.add(field, "not allowed for a non-parallel task")
+                task = await tasks.get(session, request.task_id, lock="share")
+                for field, why in rules.wftask_type_violations(task.type, given):
+                    violations.add(field, why)
                 violations.raise_if_any()
-                args_np = {
-                    **tasks.schema_defaults(task.args_schema_non_parallel),
-                    **(given["args_non_parallel"] or {}),
-                }
-                args_p = {
-                    **tasks.schema_defaults(task.args_schema_parallel),
-                    **(given["args_parallel"] or {}),
-                }
-                meta_np = {**task.meta_non_parallel, **(given["meta_non_parallel"] or {})}
-                meta_p = {**task.meta_parallel, **(given["meta_parallel"] or {})}
+                stored = rules.initial_wftask_fields(
+                    task.meta_non_parallel, task.meta_parallel, given
+                )
                 wftask = WorkflowTask(
-                    task_id=task.id,
-                    task_type=task.type,
-                    args_non_parallel=args_np or None,
-                    args_parallel=args_p or None,
-                    meta_non_parallel=meta_np or None,
-                    meta_parallel=meta_p or None,
-                    input_filters=input_filters,
+                    task_id=task.id, task_type=task.type, input_filters=input_filters, **stored
                 )
                 order = request.order if request.HasField("order") else None
                 return await workflows.insert_task(session, workflow, wftask, order), task
@@ -144,3 +130,180 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
                 resource_id=lambda created: created[0].id,
             )
         return pb.CreateWorkflowTaskResponse(workflow_task=workflow_task_view(wftask, task))
+
+    async def UpdateWorkflow(
+        self, request: pb.UpdateWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        violations = Violations()
+        name = (
+            validation.name(request.name, "name", violations) if request.HasField("name") else None
+        )
+        async with transaction(self.ctx.sessions) as session:
+            workflow = await projects.workflow_checked(
+                session, request.project_id, request.workflow_id, user_id
+            )
+            violations.raise_if_any()
+            await workflows.lock(session, workflow.id)
+            listing = (await workflows.task_list(session, [workflow.id]))[workflow.id]
+            if request.reordered_workflow_task_ids:
+                given = list(request.reordered_workflow_task_ids)
+                current = [wftask.id for wftask, _ in listing]
+                for field, why in rules.permutation_violations(current, given):
+                    violations.add(field, why)
+                violations.raise_if_any()
+                workflows.reorder(listing, given)
+                await session.flush()
+            # Re-sending the current name is no change (the reference refuses it: a departure).
+            if name is not None and name != workflow.name:
+                await workflows.rename(session, workflow, name)
+            listing = (await workflows.task_list(session, [workflow.id]))[workflow.id]
+        return pb.UpdateWorkflowResponse(workflow=workflow_view(workflow, listing))
+
+    async def DeleteWorkflow(
+        self, request: pb.DeleteWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        async with transaction(self.ctx.sessions) as session:
+            workflow = await projects.workflow_checked(
+                session, request.project_id, request.workflow_id, user_id
+            )
+            await workflows.lock(session, workflow.id)
+            running = await workflows.submitted_jobs(session, workflow.id)
+            if running:
+                raise FailedPrecondition(
+                    f"Cannot delete workflow {workflow.id}: it is used by submitted job(s) "
+                    f"{', '.join(map(str, running))}.",
+                    reason="WORKFLOW_IN_USE",
+                    metadata={"job_ids": ",".join(map(str, running))},
+                )
+            await workflows.delete_workflow(session, workflow.id)
+        return pb.DeleteWorkflowResponse()
+
+    async def GetWorkflowTask(
+        self, request: pb.GetWorkflowTaskRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async with self.ctx.reads() as session:
+            workflow = await projects.workflow_checked(
+                session, request.project_id, request.workflow_id, current_user().user_id or 0
+            )
+            wftask, task = await workflows.workflow_task(
+                session, workflow.id, request.workflow_task_id
+            )
+        return pb.GetWorkflowTaskResponse(workflow_task=workflow_task_view(wftask, task))
+
+    async def UpdateWorkflowTask(
+        self, request: pb.UpdateWorkflowTaskRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        violations = Violations()
+        given = _given_structs(request, violations)
+        for field, why in rules.reserved_key_violations(given):
+            violations.add(field, why)
+        input_filters = (
+            validation.filters(request.input_filters, "input_filters", violations)
+            if request.HasField("input_filters")
+            else None
+        )
+        async with transaction(self.ctx.sessions) as session:
+            workflow = await projects.workflow_checked(
+                session, request.project_id, request.workflow_id, user_id
+            )
+            wftask, task = await workflows.workflow_task(
+                session, workflow.id, request.workflow_task_id
+            )
+            for field, why in rules.wftask_type_violations(wftask.task_type, given):
+                violations.add(field, why)
+            violations.raise_if_any()
+            for field, value in rules.updated_wftask_fields(given).items():
+                setattr(wftask, field, value)
+            if input_filters is not None:
+                wftask.input_filters = input_filters
+            await session.flush()
+        return pb.UpdateWorkflowTaskResponse(workflow_task=workflow_task_view(wftask, task))
+
+    async def DeleteWorkflowTask(
+        self, request: pb.DeleteWorkflowTaskRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        async with transaction(self.ctx.sessions) as session:
+            workflow = await projects.workflow_checked(
+                session, request.project_id, request.workflow_id, user_id
+            )
+            await workflows.lock(session, workflow.id)
+            wftask, _ = await workflows.workflow_task(
+                session, workflow.id, request.workflow_task_id
+            )
+            await workflows.delete_task(session, wftask)
+        return pb.DeleteWorkflowTaskResponse()
+
+    async def ExportWorkflow(
+        self, request: pb.ExportWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async with self.ctx.reads() as session:
+            workflow = await projects.workflow_checked(
+                session, request.project_id, request.workflow_id, current_user().user_id or 0
+            )
+            listing = (await workflows.task_list(session, [workflow.id]))[workflow.id]
+        return pb.ExportWorkflowResponse(workflow=workflow_export_view(workflow, listing))
+
+    async def ImportWorkflow(
+        self, request: pb.ImportWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        violations = Violations()
+        name = validation.name(request.workflow.name, "workflow.name", violations)
+        items = []
+        for index, item in enumerate(request.workflow.task_list):
+            prefix = f"workflow.task_list[{index}]"
+            item_violations = Violations()
+            given = _given_structs(item, item_violations)
+            for field, why in rules.reserved_key_violations(given):
+                item_violations.add(field, why)
+            filters = validation.filters(item.input_filters, "input_filters", item_violations)
+            for field, why in item_violations.items:
+                violations.add(f"{prefix}.{field}", why)
+            items.append((item.task_source, given, filters))
+        async with transaction(self.ctx.sessions) as session:
+            await projects.get_checked(session, request.project_id, user_id)
+            violations.raise_if_any()
+
+            async def create() -> Workflow:
+                found = await tasks.by_sources(session, [source for source, _, _ in items])
+                for field, why in rules.source_violations(
+                    [source for source, _, _ in items], [(t.source, t.id) for t in found]
+                ):
+                    violations.add(field, why)
+                violations.raise_if_any()
+                by_source = {t.source: t for t in found}
+                for index, (source, given, _) in enumerate(items):
+                    for field, why in rules.wftask_type_violations(by_source[source].type, given):
+                        violations.add(f"workflow.task_list[{index}].{field}", why)
+                violations.raise_if_any()
+                workflow = await workflows.create(session, request.project_id, name)
+                for source, given, filters in items:
+                    task = by_source[source]
+                    stored = rules.initial_wftask_fields(
+                        task.meta_non_parallel, task.meta_parallel, given
+                    )
+                    await workflows.insert_task(
+                        session,
+                        workflow,
+                        WorkflowTask(
+                            task_id=task.id, task_type=task.type, input_filters=filters, **stored
+                        ),
+                        None,
+                    )
+                return workflow
+
+            workflow = await requests.once(
+                session,
+                user_id,
+                request,
+                create=create,
+                replay=lambda earlier: projects.workflow_checked(
+                    session, request.project_id, earlier, user_id
+                ),
+            )
+            listing = (await workflows.task_list(session, [workflow.id]))[workflow.id]
+        return pb.ImportWorkflowResponse(workflow=workflow_view(workflow, listing))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Task
@@ -13,29 +13,15 @@ from fractal_api.store import write_unique
 from fractal_grpc.grpckit.errors import NotFound
 
 
-def task_type(command_non_parallel: str | None, command_parallel: str | None) -> str:
-    """Reference rule: the type follows from which commands a task has."""
-    if command_non_parallel and command_parallel:
-        return "compound"
-    return "parallel" if command_parallel else "non_parallel"
-
-
-def schema_defaults(schema: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``default`` of every top-level property that has a non-null one ({} if malformed)."""
-    if not isinstance(schema, dict):
-        return {}
-    properties = schema.get("properties")
-    if not isinstance(properties, dict):
-        return {}
-    return {
-        key: prop["default"]
-        for key, prop in properties.items()
-        if isinstance(prop, dict) and prop.get("default") is not None
-    }
-
-
-async def get(session: AsyncSession, task_id: int) -> Task:
-    task = await session.get(Task, task_id)
+async def get(session: AsyncSession, task_id: int, *, lock: str | None = None) -> Task:
+    """The task (NOT_FOUND if missing). ``lock="share"`` keeps it from being deleted until the
+    transaction ends (a workflow task about to use it); ``lock="update"`` before a change."""
+    query = select(Task).where(Task.id == task_id)
+    if lock == "share":
+        query = query.with_for_update(key_share=True, read=True)
+    elif lock == "update":
+        query = query.with_for_update()
+    task = (await session.execute(query)).scalar_one_or_none()
     if task is None:
         raise NotFound(f"Task {task_id} not found", metadata={"task_id": str(task_id)})
     return task
@@ -52,3 +38,19 @@ async def list_page(session: AsyncSession, *, after_id: int, limit: int) -> Sequ
         select(Task).where(Task.id > after_id).order_by(Task.id).limit(limit)
     )
     return result.scalars().all()
+
+
+async def delete_task(session: AsyncSession, task_id: int) -> None:
+    await session.execute(delete(Task).where(Task.id == task_id))
+
+
+async def by_sources(session: AsyncSession, sources: Sequence[str]) -> list[Task]:
+    """The tasks whose source is one of ``sources``, kept from deletion until the transaction
+    ends (a workflow import is about to use them)."""
+    result = await session.execute(
+        select(Task)
+        .where(Task.source.in_(set(sources)))
+        .order_by(Task.id)
+        .with_for_update(key_share=True, read=True)
+    )
+    return list(result.scalars().all())

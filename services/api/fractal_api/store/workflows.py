@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fractal_api.models import Task, Workflow, WorkflowTask
+from fractal_api.models import Job, ProjectMember, Task, Workflow, WorkflowTask
 from fractal_api.store import write_unique
 from fractal_grpc.grpckit.errors import InvalidArgument, NotFound
 
@@ -46,12 +46,75 @@ async def list_page(
     return result.scalars().all()
 
 
+async def lock(session: AsyncSession, workflow_id: int) -> None:
+    """Serialise the changes of one workflow's task list (insert, reorder, delete)."""
+    await session.execute(select(Workflow.id).where(Workflow.id == workflow_id).with_for_update())
+
+
+async def rename(session: AsyncSession, workflow: Workflow, name: str) -> None:
+    """The unique (project_id, name) constraint decides (ALREADY_EXISTS through conflicts)."""
+    workflow.name = name
+    await write_unique(session, workflow)
+
+
+def reorder(listing: Sequence[tuple[WorkflowTask, Task]], ordered_ids: Sequence[int]) -> None:
+    """Give each workflow task the position of its id in ``ordered_ids`` (a checked
+    permutation of the listing's ids); the caller's flush writes it."""
+    by_id = {wftask.id: wftask for wftask, _ in listing}
+    for position, wftask_id in enumerate(ordered_ids):
+        by_id[wftask_id].order = position
+
+
+async def submitted_jobs(session: AsyncSession, workflow_id: int) -> list[int]:
+    """The ids of the SUBMITTED jobs of a workflow."""
+    rows = await session.execute(
+        select(Job.id)
+        .where(Job.workflow_id == workflow_id, Job.status == "submitted")
+        .order_by(Job.id)
+    )
+    return list(rows.scalars())
+
+
+async def delete_workflow(session: AsyncSession, workflow_id: int) -> None:
+    """Delete a workflow; its workflow tasks go by cascade, its jobs' links are set to NULL (the
+    foreign keys' ON DELETE rules); the jobs keep their snapshot."""
+    await session.execute(delete(Workflow).where(Workflow.id == workflow_id))
+
+
+async def delete_task(session: AsyncSession, wftask: WorkflowTask) -> None:
+    """Delete a workflow task and move the ones after it up one position."""
+    await session.execute(delete(WorkflowTask).where(WorkflowTask.id == wftask.id))
+    await session.execute(
+        update(WorkflowTask)
+        .where(WorkflowTask.workflow_id == wftask.workflow_id, WorkflowTask.order > wftask.order)
+        .values(order=WorkflowTask.order - 1)
+    )
+
+
+async def users_of_task(
+    session: AsyncSession, task_id: int, user_id: int
+) -> list[tuple[int, int, str, bool]]:
+    """(project_id, workflow_id, workflow name, the user is a member) of every workflow that
+    uses a task."""
+    rows = await session.execute(
+        select(Workflow.project_id, Workflow.id, Workflow.name, ProjectMember.user_id.is_not(None))
+        .join(WorkflowTask, WorkflowTask.workflow_id == Workflow.id)
+        .outerjoin(
+            ProjectMember,
+            and_(ProjectMember.project_id == Workflow.project_id, ProjectMember.user_id == user_id),
+        )
+        .where(WorkflowTask.task_id == task_id)
+        .distinct()
+        .order_by(Workflow.id)
+    )
+    return [(r[0], r[1], r[2], bool(r[3])) for r in rows]
+
+
 async def insert_task(
     session: AsyncSession, workflow: Workflow, wftask: WorkflowTask, order: int | None
 ) -> WorkflowTask:
     """Insert at ``order`` (default: the end) and shift the tasks after it."""
-    # Serialise inserts into one workflow.
-    await session.execute(select(Workflow.id).where(Workflow.id == workflow.id).with_for_update())
+    await lock(session, workflow.id)
     count = len((await task_list(session, [workflow.id]))[workflow.id])
     if order is None:
         order = count
