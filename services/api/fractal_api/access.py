@@ -16,13 +16,22 @@ _RULES: dict[str, dict[str, Access]] = {
         "CreateProject": Access.USER,
         "GetProject": Access.USER,
         "ListProjects": Access.USER,
+        "UpdateProject": Access.USER,
+        "DeleteProject": Access.USER,
     },
     "fractal.v2.DatasetService": {
         "CreateDataset": Access.USER,
         "GetDataset": Access.USER,
         "ListDatasets": Access.USER,
+        "UpdateDataset": Access.USER,
+        "DeleteDataset": Access.USER,
     },
-    "fractal.v2.ImageService": {"AddImages": Access.USER, "QueryImages": Access.USER},
+    "fractal.v2.ImageService": {
+        "AddImages": Access.USER,
+        "QueryImages": Access.USER,
+        "UpdateImage": Access.USER,
+        "DeleteImages": Access.USER,
+    },
     "fractal.v2.TaskService": {
         "CreateTask": Access.VERIFIED,
         "GetTask": Access.USER,

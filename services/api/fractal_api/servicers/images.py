@@ -12,14 +12,16 @@ from fractal.v2 import image_service_pb2_grpc as rpc
 from fractal_api import validation
 from fractal_api.context import BULK_ROWS, ApiContext
 from fractal_api.store import images, projects
+from fractal_api.store.facets import FacetEdit
 from fractal_grpc.auth.principal import current_user
 from fractal_grpc.convert import (
     attributes_to_python,
     fill_image,
     python_to_attribute,
 )
+from fractal_grpc.data import rules
 from fractal_grpc.db import transaction
-from fractal_grpc.grpckit.errors import AlreadyExists, Violations
+from fractal_grpc.grpckit.errors import AlreadyExists, NotFound, Violations
 from fractal_grpc.images.bitmaps import plan_filters
 from fractal_grpc.images.changes import ImageRecord
 from fractal_grpc.images.filters import validate_keys
@@ -65,6 +67,29 @@ def _checked_images(request: pb.AddImagesRequest, zarr_dir: str) -> list[ImageRe
         records.append(ImageRecord(url, origin, attributes, types))
     violations.raise_if_any()
     return records
+
+
+def _checked_update(image: Any) -> tuple[dict[str, Any], dict[str, bool]]:
+    """The new attributes and types of an update (the rules of AddImages for them)."""
+    violations = Violations()
+    attributes = attributes_to_python(image.attributes)
+    if None in attributes.values():
+        null = sorted(k for k, v in attributes.items() if v is None)[0]
+        violations.add("image.attributes", f"null values are not allowed ({null})")
+    types = dict(image.types)
+    try:
+        attributes = validate_keys(attributes, "image.attributes")
+        types = validate_keys(types, "image.types")
+    except ValueError as exc:
+        violations.add("image", str(exc))
+    violations.raise_if_any()
+    return attributes, types
+
+
+def _image_not_found(zarr_url: str) -> NotFound:
+    return NotFound(
+        "Image not in the dataset", reason="IMAGE_NOT_FOUND", metadata={"zarr_url": zarr_url}
+    )
 
 
 class ImageServicer(rpc.ImageServiceServicer):
@@ -169,3 +194,48 @@ class ImageServicer(rpc.ImageServiceServicer):
         if more is not None:
             response.next_page_token = encode_token(fingerprint, after=more, total=count)
         return response
+
+    async def UpdateImage(
+        self, request: pb.UpdateImageRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        paths = rules.mask_paths(request.update_mask.paths)
+        new_attributes, new_types = _checked_update(request.image)
+        zarr_url = request.image.zarr_url
+        async with transaction(self.ctx.sessions) as session:
+            await projects.dataset_checked(session, request.project_id, request.dataset_id, user_id)
+            dataset = await images.lock_dataset(session, request.dataset_id)
+            assert dataset is not None
+            previous = await images.fetch(session, dataset.id, [zarr_url])
+            old = previous.get(zarr_url)
+            if old is None:
+                raise _image_not_found(zarr_url)
+            attributes, types = rules.replaced_image(
+                old.attributes, old.types, paths, new_attributes, new_types
+            )
+            new = ImageRecord(zarr_url, old.origin, attributes, types)
+            edit = FacetEdit()
+            await images.replace_many(session, dataset, [new], previous, edit)
+            await edit.apply(session, dataset.id)
+        response = pb.UpdateImageResponse()
+        fill_image(
+            response.image,
+            {"zarr_url": zarr_url, "origin": old.origin, "attributes": attributes, "types": types},
+        )
+        return response
+
+    async def DeleteImages(
+        self, request: pb.DeleteImagesRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        urls = list(request.zarr_urls)
+        async with transaction(self.ctx.sessions) as session:
+            await projects.dataset_checked(session, request.project_id, request.dataset_id, user_id)
+            dataset = await images.lock_dataset(session, request.dataset_id)
+            assert dataset is not None
+            present = await images.existing_urls(session, dataset.id, urls)
+            chosen = rules.checked_deletions(urls, present)
+            edit = FacetEdit()
+            await images.remove_many(session, dataset, chosen, edit)
+            await edit.apply(session, dataset.id)
+        return pb.DeleteImagesResponse(deleted_count=len(chosen))

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import select
+from sqlalchemy import update as sa_update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Dataset
@@ -33,3 +35,17 @@ async def list_page(
         .limit(limit)
     )
     return result.scalars().all()
+
+
+async def update(session: AsyncSession, dataset: Dataset, fields: dict[str, Any]) -> Dataset:
+    """Write ``fields`` (checked by the caller, under the dataset's row lock)."""
+    if fields:
+        await session.execute(sa_update(Dataset).where(Dataset.id == dataset.id).values(**fields))
+        await session.refresh(dataset)
+    return dataset
+
+
+async def delete(session: AsyncSession, dataset_id: int) -> None:
+    """Delete a dataset (checked and locked by the caller): its images and facets go with it
+    (foreign keys), its jobs stay with dataset_id set to NULL."""
+    await session.execute(sa_delete(Dataset).where(Dataset.id == dataset_id))
