@@ -463,3 +463,22 @@ async def test_delete_images_one_or_a_batch_all_or_nothing(
         == grpc.StatusCode.NOT_FOUND
     )
     assert (await query(user, pid, did)).total_count == 5
+
+
+async def test_list_datasets_across_the_callers_projects(user: ApiClient, admin: ApiClient) -> None:
+    mine = [await make_dataset(user) for _ in range(3)]
+    other = await admin.new_user()
+    await make_dataset(other)
+    seen: list[int] = []
+    token = ""
+    while True:
+        page = await user.datasets.ListDatasets(
+            dpb.ListDatasetsRequest(project_id=0, page_size=2, page_token=token),
+            metadata=user.md,
+        )
+        assert all(not d.history for d in page.datasets)  # history only when asked
+        seen.extend(d.id for d in page.datasets)
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == sorted(did for _, did in mine)

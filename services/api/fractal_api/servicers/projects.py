@@ -147,13 +147,22 @@ class DatasetServicer(drpc.DatasetServiceServicer):
         size = page_size(request.page_size)
         query = f"datasets:{request.project_id}"
         state = decode_token(request.page_token, query, ("after",)) or {"after": 0}
+        user_id = current_user().user_id or 0
         async with self.ctx.reads() as session:
-            await projects.get_checked(session, request.project_id, current_user().user_id or 0)
-            rows: list[Dataset] = list(
-                await datasets.list_page(
-                    session, request.project_id, after_id=state["after"], limit=size + 1
+            rows: list[Dataset]
+            if request.project_id == 0:  # across the caller's projects
+                rows = list(
+                    await datasets.list_page_for_user(
+                        session, user_id, after_id=state["after"], limit=size + 1
+                    )
                 )
-            )
+            else:
+                await projects.get_checked(session, request.project_id, user_id)
+                rows = list(
+                    await datasets.list_page(
+                        session, request.project_id, after_id=state["after"], limit=size + 1
+                    )
+                )
         page, token = split_page(rows, size, query, lambda d: {"after": d.id})
         return dpb.ListDatasetsResponse(
             datasets=[dataset_view(d, include_history=request.include_history) for d in page],

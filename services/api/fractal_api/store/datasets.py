@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy import update as sa_update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fractal_api.models import Dataset
+from fractal_api.models import Dataset, ProjectMember
 
 
 async def create(
@@ -31,6 +31,20 @@ async def list_page(
     result = await session.execute(
         select(Dataset)
         .where(Dataset.project_id == project_id, Dataset.id > after_id)
+        .order_by(Dataset.id)
+        .limit(limit)
+    )
+    return result.scalars().all()
+
+
+async def list_page_for_user(
+    session: AsyncSession, user_id: int, *, after_id: int, limit: int
+) -> Sequence[Dataset]:
+    """A page of the datasets of every project ``user_id`` is a member of."""
+    result = await session.execute(
+        select(Dataset)
+        .join(ProjectMember, ProjectMember.project_id == Dataset.project_id)
+        .where(ProjectMember.user_id == user_id, Dataset.id > after_id)
         .order_by(Dataset.id)
         .limit(limit)
     )
