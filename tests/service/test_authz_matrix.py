@@ -245,6 +245,23 @@ TABLE: dict[str, Row] = {
     ),
     f"{v2}DatasetService/UpdateDataset": row(U, scoped=True)(_update_dataset),
     f"{v2}DatasetService/DeleteDataset": row(U, scoped=True)(_delete_dataset),
+    f"{v2}DatasetService/ExportDataset": row(U, scoped=True)(
+        _const(
+            lambda w: dataset_service_pb2.ExportDatasetRequest(
+                project_id=w.project_id, dataset_id=w.dataset_id
+            )
+        )
+    ),
+    f"{v2}DatasetService/ImportDataset": row(U, scoped=True)(
+        _const(
+            lambda w: dataset_service_pb2.ImportDatasetRequest(
+                project_id=w.project_id,
+                name=_unique("d"),
+                zarr_dir="/zarr/i",
+                images=[image_pb2.Image(zarr_url="/zarr/i/a")],
+            )
+        )
+    ),
     f"{v2}ImageService/UpdateImage": row(U, scoped=True)(_update_image),
     f"{v2}ImageService/DeleteImages": row(U, scoped=True)(_delete_images),
     f"{v2}ImageService/AddImages": row(U, scoped=True)(

@@ -25,6 +25,8 @@ _RULES: dict[str, dict[str, Access]] = {
         "ListDatasets": Access.USER,
         "UpdateDataset": Access.USER,
         "DeleteDataset": Access.USER,
+        "ExportDataset": Access.USER,
+        "ImportDataset": Access.USER,
     },
     "fractal.v2.ImageService": {
         "AddImages": Access.USER,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import grpc.aio
@@ -35,13 +36,13 @@ def _clean_keys(keys: Any) -> bool:
     return all(key and key == key.strip() for key in keys)
 
 
-def _checked_images(request: pb.AddImagesRequest, zarr_dir: str) -> list[ImageRecord]:
+def checked_images(images: Sequence[Any], zarr_dir: str) -> list[ImageRecord]:
     """Validate a batch (reference §6.3 rules); field names are built only for violations."""
     violations = Violations()
     records: list[ImageRecord] = []
     seen: set[str] = set()
     prefix = zarr_dir.rstrip("/") + "/"
-    for i, image in enumerate(request.images):
+    for i, image in enumerate(images):
         url = validation.url(image.zarr_url, f"images[{i}].zarr_url", violations)
         if url == zarr_dir:
             violations.add(f"images[{i}].zarr_url", "cannot be equal to the dataset's zarr_dir")
@@ -106,7 +107,7 @@ class ImageServicer(rpc.ImageServiceServicer):
                     session, request.project_id, request.dataset_id, user_id
                 )
                 # ~1.5 s of Python for 100,000 images: in a thread, so other calls go on.
-                records = await asyncio.to_thread(_checked_images, request, dataset.zarr_dir)
+                records = await asyncio.to_thread(checked_images, request.images, dataset.zarr_dir)
                 added = await images.append(session, dataset, records)
         except images.DuplicateImages:
             # Rolled back; say which ones (a read of the committed state).

@@ -14,6 +14,7 @@ from fractal.v2 import project_service_pb2_grpc as rpc
 from fractal_api import validation
 from fractal_api.context import ApiContext
 from fractal_api.models import Dataset, Job
+from fractal_api.servicers import transfer
 from fractal_api.store import datasets, images, projects, requests
 from fractal_api.views import dataset_view, project_view
 from fractal_grpc.auth.principal import current_user
@@ -215,3 +216,12 @@ class DatasetServicer(drpc.DatasetServiceServicer):
                 raise refusal
             await datasets.delete(session, request.dataset_id)
         return dpb.DeleteDatasetResponse()
+
+    async def ExportDataset(
+        self, request: dpb.ExportDatasetRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async for message in transfer.export(self.ctx, request, current_user().user_id or 0):
+            yield message
+
+    async def ImportDataset(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await transfer.import_(self.ctx, request_iterator, current_user().user_id or 0)
