@@ -38,6 +38,7 @@ from fractal.v2 import (
     image_service_pb2,
     job_pb2,
     job_service_pb2,
+    project_pb2,
     project_service_pb2,
     task_service_pb2,
     user_pb2,
@@ -153,6 +154,64 @@ async def _spare_update(w: World) -> Message:
     )
 
 
+async def _fresh_project(w: World) -> int:
+    project = await w.owner.new_project(_unique("p"))
+    return int(project.id)
+
+
+async def _rename_project(w: World) -> Message:
+    return project_service_pb2.UpdateProjectRequest(
+        project_id=await _fresh_project(w),
+        project=project_pb2.Project(name=_unique("p")),
+        update_mask=field_mask_pb2.FieldMask(paths=["name"]),
+    )
+
+
+async def _delete_project(w: World) -> Message:
+    return project_service_pb2.DeleteProjectRequest(project_id=await _fresh_project(w))
+
+
+async def _update_dataset(w: World) -> Message:
+    return dataset_service_pb2.UpdateDatasetRequest(
+        project_id=w.project_id,
+        dataset_id=await w.free_dataset(),
+        dataset=project_pb2.Dataset(name=_unique("d")),
+        update_mask=field_mask_pb2.FieldMask(paths=["name"]),
+    )
+
+
+async def _delete_dataset(w: World) -> Message:
+    return dataset_service_pb2.DeleteDatasetRequest(
+        project_id=w.project_id, dataset_id=await w.free_dataset()
+    )
+
+
+async def _added_image(w: World) -> str:
+    url = f"/zarr/{_unique('img')}"
+    await w.owner.images.AddImages(
+        image_service_pb2.AddImagesRequest(
+            project_id=w.project_id, dataset_id=w.dataset_id, images=[image_pb2.Image(zarr_url=url)]
+        ),
+        metadata=w.owner.md,
+    )
+    return url
+
+
+async def _update_image(w: World) -> Message:
+    return image_service_pb2.UpdateImageRequest(
+        project_id=w.project_id,
+        dataset_id=w.dataset_id,
+        image=image_pb2.Image(zarr_url=await _added_image(w), types={"seen": True}),
+        update_mask=field_mask_pb2.FieldMask(paths=["types"]),
+    )
+
+
+async def _delete_images(w: World) -> Message:
+    return image_service_pb2.DeleteImagesRequest(
+        project_id=w.project_id, dataset_id=w.dataset_id, zarr_urls=[await _added_image(w)]
+    )
+
+
 async def _submit(w: World) -> Message:
     return job_service_pb2.SubmitJobRequest(
         project_id=w.project_id, workflow_id=w.workflow_id, dataset_id=await w.free_dataset()
@@ -240,6 +299,8 @@ TABLE: dict[str, Row] = {
     f"{v2}ProjectService/ListProjects": row(U)(
         _const(lambda w: project_service_pb2.ListProjectsRequest())
     ),
+    f"{v2}ProjectService/UpdateProject": row(U, scoped=True)(_rename_project),
+    f"{v2}ProjectService/DeleteProject": row(U, scoped=True)(_delete_project),
     f"{v2}DatasetService/CreateDataset": row(U, scoped=True)(
         _const(
             lambda w: dataset_service_pb2.CreateDatasetRequest(
@@ -257,6 +318,27 @@ TABLE: dict[str, Row] = {
     f"{v2}DatasetService/ListDatasets": row(U, scoped=True)(
         _const(lambda w: dataset_service_pb2.ListDatasetsRequest(project_id=w.project_id))
     ),
+    f"{v2}DatasetService/UpdateDataset": row(U, scoped=True)(_update_dataset),
+    f"{v2}DatasetService/DeleteDataset": row(U, scoped=True)(_delete_dataset),
+    f"{v2}DatasetService/ExportDataset": row(U, scoped=True)(
+        _const(
+            lambda w: dataset_service_pb2.ExportDatasetRequest(
+                project_id=w.project_id, dataset_id=w.dataset_id
+            )
+        )
+    ),
+    f"{v2}DatasetService/ImportDataset": row(U, scoped=True)(
+        _const(
+            lambda w: dataset_service_pb2.ImportDatasetRequest(
+                project_id=w.project_id,
+                name=_unique("d"),
+                zarr_dir="/zarr/i",
+                images=[image_pb2.Image(zarr_url="/zarr/i/a")],
+            )
+        )
+    ),
+    f"{v2}ImageService/UpdateImage": row(U, scoped=True)(_update_image),
+    f"{v2}ImageService/DeleteImages": row(U, scoped=True)(_delete_images),
     f"{v2}ImageService/AddImages": row(U, scoped=True)(
         _const(
             lambda w: image_service_pb2.AddImagesRequest(

@@ -17,6 +17,7 @@ from google.protobuf import field_mask_pb2
 
 from fractal.v2 import (
     dataset_service_pb2,
+    image_pb2,
     image_service_pb2,
     job_service_pb2,
     project_service_pb2,
@@ -129,6 +130,17 @@ async def _create_dataset(u: ApiClient, p: Parents, variant: str, rid: str) -> i
 async def _count_datasets(u: ApiClient, p: Parents) -> int:
     req = dataset_service_pb2.ListDatasetsRequest(project_id=p["project_id"])
     return len((await u.datasets.ListDatasets(req, metadata=u.md)).datasets)
+
+
+async def _import_dataset(u: ApiClient, p: Parents, variant: str, rid: str) -> int:
+    req = dataset_service_pb2.ImportDatasetRequest(
+        project_id=p["project_id"],
+        name=f"d-{variant}",
+        zarr_dir="/zarr",
+        request_id=rid,
+        images=[image_pb2.Image(zarr_url=f"/zarr/{variant}/{i}") for i in range(3)],
+    )
+    return (await u.datasets.ImportDataset(iter([req]), metadata=u.md)).dataset.id
 
 
 async def _create_workflow(u: ApiClient, p: Parents, variant: str, rid: str) -> int:
@@ -256,6 +268,7 @@ async def _count_users(u: ApiClient, p: Parents) -> int:
 CASES = [
     CreateCase("CreateProject", _project, _create_project, _count_projects),
     CreateCase("CreateDataset", _project, _create_dataset, _count_datasets),
+    CreateCase("ImportDataset", _project, _import_dataset, _count_datasets),
     CreateCase("CreateWorkflow", _project, _create_workflow, _count_workflows),
     CreateCase("CreateWorkflowTask", _with_workflow, _create_wftask, _count_wftasks),
     CreateCase("CreateTask", _project, _create_task, _count_tasks),

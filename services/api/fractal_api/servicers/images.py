@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import grpc.aio
@@ -12,14 +13,16 @@ from fractal.v2 import image_service_pb2_grpc as rpc
 from fractal_api import validation
 from fractal_api.context import BULK_ROWS, ApiContext
 from fractal_api.store import images, projects
+from fractal_api.store.facets import FacetEdit
 from fractal_grpc.auth.principal import current_user
 from fractal_grpc.convert import (
     attributes_to_python,
     fill_image,
     python_to_attribute,
 )
+from fractal_grpc.data import rules
 from fractal_grpc.db import transaction
-from fractal_grpc.grpckit.errors import AlreadyExists, Violations
+from fractal_grpc.grpckit.errors import AlreadyExists, NotFound, Violations
 from fractal_grpc.images.bitmaps import plan_filters
 from fractal_grpc.images.changes import ImageRecord
 from fractal_grpc.images.filters import validate_keys
@@ -33,13 +36,13 @@ def _clean_keys(keys: Any) -> bool:
     return all(key and key == key.strip() for key in keys)
 
 
-def _checked_images(request: pb.AddImagesRequest, zarr_dir: str) -> list[ImageRecord]:
+def checked_images(images: Sequence[Any], zarr_dir: str) -> list[ImageRecord]:
     """Validate a batch (reference §6.3 rules); field names are built only for violations."""
     violations = Violations()
     records: list[ImageRecord] = []
     seen: set[str] = set()
     prefix = zarr_dir.rstrip("/") + "/"
-    for i, image in enumerate(request.images):
+    for i, image in enumerate(images):
         url = validation.url(image.zarr_url, f"images[{i}].zarr_url", violations)
         if url == zarr_dir:
             violations.add(f"images[{i}].zarr_url", "cannot be equal to the dataset's zarr_dir")
@@ -67,6 +70,29 @@ def _checked_images(request: pb.AddImagesRequest, zarr_dir: str) -> list[ImageRe
     return records
 
 
+def _checked_update(image: Any) -> tuple[dict[str, Any], dict[str, bool]]:
+    """The new attributes and types of an update (the rules of AddImages for them)."""
+    violations = Violations()
+    attributes = attributes_to_python(image.attributes)
+    if None in attributes.values():
+        null = sorted(k for k, v in attributes.items() if v is None)[0]
+        violations.add("image.attributes", f"null values are not allowed ({null})")
+    types = dict(image.types)
+    try:
+        attributes = validate_keys(attributes, "image.attributes")
+        types = validate_keys(types, "image.types")
+    except ValueError as exc:
+        violations.add("image", str(exc))
+    violations.raise_if_any()
+    return attributes, types
+
+
+def _image_not_found(zarr_url: str) -> NotFound:
+    return NotFound(
+        "Image not in the dataset", reason="IMAGE_NOT_FOUND", metadata={"zarr_url": zarr_url}
+    )
+
+
 class ImageServicer(rpc.ImageServiceServicer):
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
@@ -81,7 +107,7 @@ class ImageServicer(rpc.ImageServiceServicer):
                     session, request.project_id, request.dataset_id, user_id
                 )
                 # ~1.5 s of Python for 100,000 images: in a thread, so other calls go on.
-                records = await asyncio.to_thread(_checked_images, request, dataset.zarr_dir)
+                records = await asyncio.to_thread(checked_images, request.images, dataset.zarr_dir)
                 added = await images.append(session, dataset, records)
         except images.DuplicateImages:
             # Rolled back; say which ones (a read of the committed state).
@@ -169,3 +195,48 @@ class ImageServicer(rpc.ImageServiceServicer):
         if more is not None:
             response.next_page_token = encode_token(fingerprint, after=more, total=count)
         return response
+
+    async def UpdateImage(
+        self, request: pb.UpdateImageRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        paths = rules.mask_paths(request.update_mask.paths)
+        new_attributes, new_types = _checked_update(request.image)
+        zarr_url = request.image.zarr_url
+        async with transaction(self.ctx.sessions) as session:
+            await projects.dataset_checked(session, request.project_id, request.dataset_id, user_id)
+            dataset = await images.lock_dataset(session, request.dataset_id)
+            assert dataset is not None
+            previous = await images.fetch(session, dataset.id, [zarr_url])
+            old = previous.get(zarr_url)
+            if old is None:
+                raise _image_not_found(zarr_url)
+            attributes, types = rules.replaced_image(
+                old.attributes, old.types, paths, new_attributes, new_types
+            )
+            new = ImageRecord(zarr_url, old.origin, attributes, types)
+            edit = FacetEdit()
+            await images.replace_many(session, dataset, [new], previous, edit)
+            await edit.apply(session, dataset.id)
+        response = pb.UpdateImageResponse()
+        fill_image(
+            response.image,
+            {"zarr_url": zarr_url, "origin": old.origin, "attributes": attributes, "types": types},
+        )
+        return response
+
+    async def DeleteImages(
+        self, request: pb.DeleteImagesRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        urls = list(request.zarr_urls)
+        async with transaction(self.ctx.sessions) as session:
+            await projects.dataset_checked(session, request.project_id, request.dataset_id, user_id)
+            dataset = await images.lock_dataset(session, request.dataset_id)
+            assert dataset is not None
+            present = await images.existing_urls(session, dataset.id, urls)
+            chosen = rules.checked_deletions(urls, present)
+            edit = FacetEdit()
+            await images.remove_many(session, dataset, chosen, edit)
+            await edit.apply(session, dataset.id)
+        return pb.DeleteImagesResponse(deleted_count=len(chosen))

@@ -9,7 +9,7 @@ positions after the token's, read from the ``(dataset_id, position)`` index.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
@@ -322,3 +322,18 @@ async def facets(
         else:
             types[row.key] = None
     return attributes, list(types)
+
+
+async def all_in_batches(
+    session: AsyncSession, dataset_id: int, batch: int
+) -> AsyncIterator[Sequence[Any]]:
+    """Every image of the dataset in list order, ``batch`` rows at a time (a server-side
+    cursor: the list is never all in memory)."""
+    result = await session.stream(
+        select(Image.zarr_url, Image.origin, Image.attributes, Image.types)
+        .where(Image.dataset_id == dataset_id)
+        .order_by(Image.position)
+        .execution_options(yield_per=batch)
+    )
+    async for rows in result.partitions(batch):
+        yield rows

@@ -9,11 +9,15 @@ reference's 403 and 422, which tell a stranger which ids exist.
 from __future__ import annotations
 
 import asyncpg
-from sqlalchemy import ColumnElement, exists, literal, select
+from sqlalchemy import ColumnElement, exists, literal, select, update
+from sqlalchemy import delete as sa_delete
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Dataset, Job, Project, ProjectMember, Workflow
 from fractal_api.store import write_unique
+from fractal_api.store.conflicts import conflict, violated_constraint
+from fractal_grpc.data.rules import project_rename_needed
 from fractal_grpc.grpckit.errors import InvalidArgument, NotFound
 
 
@@ -132,3 +136,41 @@ async def list_for_user(
 ) -> list[asyncpg.Record]:
     """A page of the user's projects (a hot path: raw asyncpg)."""
     return await pg.fetch(_LIST_FOR_USER, user_id, after_id, limit)
+
+
+async def lock(session: AsyncSession, project_id: int) -> None:
+    """Lock the project row for this transaction: a job submitted meanwhile (its insert takes a
+    key-share lock on the project through the foreign key) waits for us, and we for it."""
+    await session.execute(select(Project.id).where(Project.id == project_id).with_for_update())
+
+
+async def rename(session: AsyncSession, project: Project, name: str) -> Project:
+    """Rename ``project``; the rename cascades into the memberships' copy of the name, whose
+    unique (user_id, project_name) refuses a name another project of a member already has."""
+    if not project_rename_needed(project.name, name):
+        return project
+    try:
+        async with session.begin_nested():
+            await session.execute(update(Project).where(Project.id == project.id).values(name=name))
+    except IntegrityError as exc:
+        error = conflict(violated_constraint(exc), {"project_name": name})
+        if error is None:
+            raise
+        raise error from None
+    await session.refresh(project)
+    return project
+
+
+async def submitted_jobs(session: AsyncSession, where: ColumnElement[bool]) -> list[int]:
+    """The ids of the submitted jobs matching ``where``."""
+    result = await session.execute(
+        select(Job.id).where(where, Job.status == "submitted").order_by(Job.id)
+    )
+    return list(result.scalars())
+
+
+async def delete(session: AsyncSession, project_id: int) -> None:
+    """Delete a project (checked and locked by the caller). The foreign keys carry the cascade
+    of reference §2.4 out: datasets (with images and facets), workflows (with their workflow
+    tasks) and memberships go; jobs stay, their project/workflow/dataset links set to NULL."""
+    await session.execute(sa_delete(Project).where(Project.id == project_id))

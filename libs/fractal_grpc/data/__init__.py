@@ -1,0 +1,1 @@
+"""Rules of the reference for updating and deleting projects, datasets and images."""
