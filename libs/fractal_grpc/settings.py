@@ -15,6 +15,19 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # The largest request api accepts: fits an AddImages of 100,000 images (~10 MB) with room.
 DEFAULT_API_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
+#: ``FRACTAL_RUNNER_BACKEND`` values, shared by api (submit-time checks) and the runner. The
+#: reference's ``slurm`` is accepted as a synonym of ``slurm_sudo`` (the same backend: sudo -u).
+RUNNER_BACKENDS = ("local", "slurm_sudo", "slurm_ssh")
+_BACKEND_SYNONYMS = {"slurm": "slurm_sudo"}
+SLURM_BACKENDS = frozenset({"slurm_sudo", "slurm_ssh"})
+
+
+def _runner_backend(value: str, allowed: tuple[str, ...]) -> str:
+    value = _BACKEND_SYNONYMS.get(value, value)
+    if value not in allowed:
+        raise ValueError(f"must be one of {', '.join(allowed)}")
+    return value
+
 
 class SettingsError(Exception):
     """A setting is missing or invalid; the message names the environment variable."""
@@ -103,9 +116,7 @@ class ApiSettings(CommonSettings):
     @field_validator("runner_backend")
     @classmethod
     def _backend(cls, value: str) -> str:
-        if value not in {"local", "slurm", "slurm_ssh"}:
-            raise ValueError("must be one of local, slurm, slurm_ssh")
-        return value
+        return _runner_backend(value, RUNNER_BACKENDS)
 
     @model_validator(mode="after")
     def _absolute_dirs(self) -> Self:
@@ -138,20 +149,42 @@ class RunnerSettings(CommonSettings):
     service_private_key: str | None = None
     # The runner's own server answers health checks only.
     runner_max_message_bytes: int = Field(default=64 * 1024, ge=4 * 1024)
+    # --- SLURM backends (slurm_sudo) ---
+    # The SLURM config file of reference §7.3: required, validated at start, re-read per task.
+    slurm_config_file: Path | None = None
+    # Seconds between two squeue calls of a (cluster, user)'s poller.
+    slurm_poll_interval: float = Field(default=5.0, gt=0)
+    # The Python the cluster user runs the worker module with (it must import fractal_runner,
+    # or find it through FRACTAL_SLURM_WORKER_PYTHONPATH).
+    slurm_worker_python: str | None = None
+    # PYTHONPATH given to the worker in the job (e.g. the runner's source on a shared disk).
+    slurm_worker_pythonpath: str | None = None
+    # The cluster's name in the scheduler-call counter and logs.
+    slurm_cluster: str = "slurm"
 
     @field_validator("runner_backend")
     @classmethod
     def _backend(cls, value: str) -> str:
-        if value != "local":
-            raise ValueError("only the local backend is available in this version")
-        return value
+        return _runner_backend(value, ("local", "slurm_sudo"))
 
-    @field_validator("local_config_file")
+    @field_validator("local_config_file", "slurm_config_file")
     @classmethod
     def _config_exists(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
             raise ValueError(f"file {value} does not exist")
         return value
+
+    @model_validator(mode="after")
+    def _slurm_settings(self) -> Self:
+        self.runner_working_base_dir = self.runner_working_base_dir.absolute()
+        if self.runner_backend not in SLURM_BACKENDS:
+            return self
+        if self.slurm_config_file is None:
+            raise ValueError(f"FRACTAL_SLURM_CONFIG_FILE is required by {self.runner_backend}")
+        if self.slurm_worker_python is None:
+            raise ValueError(f"FRACTAL_SLURM_WORKER_PYTHON is required by {self.runner_backend}")
+        # Its content is validated by the runner at start, and again each time it is re-read.
+        return self
 
     def service_private_key_pem(self) -> str:
         return _read_key(

@@ -26,12 +26,15 @@ from fractal_grpc.events.bus import EventBus, Subjects
 from fractal_grpc.grpckit.interceptors import ErrorInterceptor
 from fractal_grpc.grpckit.server import GrpcServer
 from fractal_grpc.grpckit.validation import ValidationInterceptor
-from fractal_grpc.settings import RunnerSettings
+from fractal_grpc.settings import RunnerSettings, SettingsError
 from fractal_runner.api_client import JobExecutionClient, open_channel
 from fractal_runner.leases import Instance, LeaseConfig
 from fractal_runner.readiness import wait_for_api
 from fractal_runner.run_store import RunStore
 from fractal_runner.scheduler import JobScheduler
+from fractal_runner.slurm.backend import SlurmSudoBackend
+from fractal_runner.slurm.errors import SlurmConfigError
+from fractal_runner.taskproc import LocalExecutor
 from fractal_runner.taskproc.ledger import LEDGER_FOLDER
 
 log = logging.getLogger("fractal.runner")
@@ -60,6 +63,22 @@ class RunnerApp:
             [ErrorInterceptor(), ValidationInterceptor()],
             max_message_bytes=settings.runner_max_message_bytes,
         )
+        #: The slurm_sudo backend's process-wide state (pollers per user), None for local.
+        self.slurm: SlurmSudoBackend | None = None
+        if settings.runner_backend == "slurm_sudo":
+            assert settings.slurm_config_file is not None  # checked by RunnerSettings
+            assert settings.slurm_worker_python is not None
+            self.slurm = SlurmSudoBackend(
+                config_file=settings.slurm_config_file,
+                poll_interval=settings.slurm_poll_interval,
+                worker_python=settings.slurm_worker_python,
+                worker_pythonpath=settings.slurm_worker_pythonpath,
+                cluster=settings.slurm_cluster,
+            )
+            try:
+                self.slurm.check_config()
+            except SlurmConfigError as exc:
+                raise SettingsError(f"FRACTAL_SLURM_CONFIG_FILE: {exc}") from None
         self.channel: grpc.aio.Channel | None = None
         self.bus: EventBus | None = None
         self.scheduler: JobScheduler | None = None
@@ -85,6 +104,7 @@ class RunnerApp:
             backend=s.runner_backend,
             local_config_file=s.local_config_file,
             ledger_dir=s.runner_working_base_dir / LEDGER_FOLDER,
+            executor_factory=LocalExecutor if self.slurm is None else self.slurm.executor,
         )
         self.bus = await EventBus.connect(s.nats_url, self.subjects, name="fractal-runner")
         self._stop_broadcast = await self.bus.nc.subscribe(
@@ -164,6 +184,8 @@ class RunnerApp:
                     await self.bus.nc.flush(timeout=2)
                 except Exception:  # noqa: BLE001
                     log.warning("could not tell the other runners about the released runs")
+        if self.slurm is not None:
+            await self.slurm.close()
         if self.bus is not None:
             await self.bus.close()
         await self.server.stop(self.settings.grace_seconds)

@@ -55,7 +55,6 @@ from fractal_runner.taskproc import (
     JobExecutionError,
     JobStopped,
     LocalBackendConfigError,
-    LocalExecutor,
     TaskCall,
     TaskExecutionError,
     create_job_folders,
@@ -64,6 +63,7 @@ from fractal_runner.taskproc import (
     single_prefix,
     task_subfolder,
 )
+from fractal_runner.taskproc.executor import Executor
 
 __all__ = [
     "STOP_INFO",
@@ -172,7 +172,7 @@ class JobExecution:
         self,
         job_id: int,
         api: JobExecutionClient,
-        executor: LocalExecutor,
+        executor: Executor,
         *,
         backend: str = "local",
         local_config_file: Path | None = None,
@@ -248,6 +248,7 @@ class JobExecution:
         failure: tuple[str, int | None] | None = None
         ran_one = False
         try:
+            self.executor.bind_job(spec)
             for task in spec.tasks:
                 if task.order in applied:
                     logger.info(
@@ -325,7 +326,7 @@ class JobExecution:
                 "zarr_dir": spec.zarr_dir,
             }
             (outcome,) = await self._run_calls(
-                [call(command, single_prefix(task.order), args)], task.meta_non_parallel
+                [call(command, single_prefix(task.order), args)], task, task.meta_non_parallel
             )
             return _parse_output(outcome)
 
@@ -339,7 +340,7 @@ class JobExecution:
                 call(command, parallel_prefix(task.order, i), {**base, "zarr_url": url})
                 for i, url in enumerate(zarr_urls)
             ]
-            outcomes = await self._run_calls(calls, task.meta_parallel)
+            outcomes = await self._run_calls(calls, task, task.meta_parallel)
             return merge_outputs([_parse_output(outcome) for outcome in outcomes])
 
         if task_type == task_pb2.TASK_TYPE_COMPOUND:
@@ -351,7 +352,9 @@ class JobExecution:
                 "zarr_dir": spec.zarr_dir,
             }
             (init_outcome,) = await self._run_calls(
-                [call(init_command, single_prefix(task.order), init_args)], task.meta_non_parallel
+                [call(init_command, single_prefix(task.order), init_args)],
+                task,
+                task.meta_non_parallel,
             )
             try:
                 init_output = parse_init_task_output(init_outcome)
@@ -371,7 +374,7 @@ class JobExecution:
                 )
                 for i, item in enumerate(items)
             ]
-            outcomes = await self._run_calls(calls, task.meta_parallel)
+            outcomes = await self._run_calls(calls, task, task.meta_parallel)
             return merge_outputs([_parse_output(outcome) for outcome in outcomes])
 
         raise JobExecutionError(
@@ -379,13 +382,21 @@ class JobExecution:
         )
 
     async def _run_calls(
-        self, calls: Sequence[TaskCall], meta: struct_pb2.Struct
+        self, calls: Sequence[TaskCall], task: pb.TaskSpec, meta: struct_pb2.Struct
     ) -> list[dict[str, Any] | None]:
-        try:
-            config = get_local_config(struct_dict(meta), self.local_config_file)
-        except LocalBackendConfigError as exc:
-            raise JobExecutionError(str(exc)) from None
-        return await self.executor.run_calls(calls, concurrency=config.parallel_tasks_per_job)
+        """Run the calls of one task part with its meta (the local backend's config is read
+        here; a SLURM executor merges meta into its own config)."""
+        meta_dict = struct_dict(meta)
+        concurrency = None
+        if self.backend == "local":
+            try:
+                config = get_local_config(meta_dict, self.local_config_file)
+            except LocalBackendConfigError as exc:
+                raise JobExecutionError(str(exc)) from None
+            concurrency = config.parallel_tasks_per_job
+        return await self.executor.run_calls(
+            calls, concurrency=concurrency, meta=meta_dict, task_name=task.task_name
+        )
 
     async def _apply(self, task: pb.TaskSpec, output: TaskOutput) -> None:
         try:

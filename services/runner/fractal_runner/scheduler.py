@@ -50,6 +50,7 @@ from fractal_runner.execution import FAILED, JobExecution, stop_log, unknown_err
 from fractal_runner.models import RunStatus
 from fractal_runner.run_store import RunStore
 from fractal_runner.taskproc import LocalExecutor
+from fractal_runner.taskproc.executor import Executor
 from fractal_runner.taskproc.ledger import ProcessLedger, kill_leftovers
 
 __all__ = ["JobScheduler"]
@@ -65,7 +66,7 @@ class _ActiveJob:
     """A job launched in this process: waiting for a slot, or executing (``started``)."""
 
     job_id: int
-    executor: LocalExecutor
+    executor: Executor
     #: When (loop.time()) the last claim or renewal of its lease started: the lease lasts at
     #: least ``lease_seconds`` from then.
     leased_at: float
@@ -84,7 +85,7 @@ class JobScheduler:
         max_jobs: int,
         backend: str = "local",
         local_config_file: Path | None = None,
-        executor_factory: Callable[[], LocalExecutor] = LocalExecutor,
+        executor_factory: Callable[[], Executor] = LocalExecutor,
         attempt_backoff: RetryPolicy = ATTEMPT_BACKOFF,
         ledger_dir: Path | None = None,
     ) -> None:

@@ -18,6 +18,7 @@ from fractal.v2 import job_service_pb2_grpc as rpc
 from fractal_api.context import ApiContext
 from fractal_api.models import Job
 from fractal_api.store import jobs, projects, requests, workflows
+from fractal_api.submit_rules import check_user_for_backend, pick_slurm_account, user_working_dir
 from fractal_api.views import job_view
 from fractal_grpc.auth.principal import current_user
 from fractal_grpc.db import transaction
@@ -91,21 +92,11 @@ class JobServicer(rpc.JobServiceServicer):
                         f"Workflow {workflow.id} has empty task_list", reason="WORKFLOW_EMPTY"
                     )
                 first, last = _indices(request, len(wftasks))
-                if settings.runner_backend == "slurm" and not (me.slurm_user and me.cache_dir):
-                    raise FailedPrecondition(
-                        f"{settings.runner_backend=} but user has slurm_user={me.slurm_user} "
-                        f"and cache_dir={me.cache_dir}",
-                        reason="USER_NOT_SLURM_READY",
-                    )
-                if request.HasField("slurm_account"):
-                    if request.slurm_account not in me.slurm_accounts:
-                        raise InvalidArgument(
-                            f"SLURM account '{request.slurm_account}' is not allowed for this user",
-                            violations=[("slurm_account", "not one of the user's slurm_accounts")],
-                        )
-                    slurm_account: str | None = request.slurm_account
-                else:
-                    slurm_account = me.slurm_accounts[0] if me.slurm_accounts else None
+                check_user_for_backend(settings.runner_backend, me.slurm_user, me.cache_dir)
+                slurm_account = pick_slurm_account(
+                    request.slurm_account if request.HasField("slurm_account") else None,
+                    me.slurm_accounts,
+                )
                 await jobs.check_rate_limit(
                     session, project.id, workflow.id, dataset.id, settings.api_submit_rate_limit
                 )
@@ -123,6 +114,9 @@ class JobServicer(rpc.JobServiceServicer):
                     slurm_account=slurm_account,
                     worker_init=worker_init,
                     working_base_dir=str(settings.runner_working_base_dir),
+                    user_dir=lambda folder: user_working_dir(
+                        settings.runner_backend, folder, me.cache_dir
+                    ),
                 )
 
             job = await requests.once(

@@ -6,7 +6,7 @@ same transaction; commands (submit, stop) go through the outbox too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -122,6 +122,7 @@ async def submit(
     slurm_account: str | None,
     worker_init: str | None,
     working_base_dir: str,
+    user_dir: Callable[[str], str] = lambda folder: folder,
 ) -> Job:
     slice_ = wftasks[first : last + 1]
     job = Job(
@@ -165,7 +166,7 @@ async def submit(
     stamp = job.start_timestamp.astimezone(UTC).strftime("%Y%m%d_%H%M%S")
     folder = f"proj_v2_{project.id:07d}_wf_{workflow.id:07d}_job_{job.id:07d}_{stamp}"
     job.working_dir = f"{working_base_dir.rstrip('/')}/{folder}"
-    job.working_dir_user = job.working_dir
+    job.working_dir_user = user_dir(job.working_dir)
     await session.flush()
     await add_to_outbox(
         session, outbox, subjects.job_submit, job_events_pb2.JobSubmitted(job_id=job.id)

@@ -15,6 +15,10 @@ poller sees it finished. Like the local executor it fails fast: the first failur
 other jobs; a TaskExecutionError wins over a JobExecutionError, then the lowest call index. A
 call without an outcome gets SLURM's reason (out of memory, time limit, cancelled, …) and the
 tails of the job's stdout/stderr, not "output pickle not found". ``cancel`` scancels every job.
+
+Per-call resume as in the local executor: the calls with a completion record
+(``taskproc.completions``) are not submitted again; a call whose outcome came back "done" is
+recorded (in the runner's folder) before it counts.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from fractal_runner.taskproc.calls import (
     TaskCall,
     TaskExecutionError,
 )
+from fractal_runner.taskproc.completions import load_completions, record_completion
 from fractal_runner.taskproc.layout import CallPaths
 
 __all__ = ["SlurmSudoExecutor"]
@@ -115,6 +120,25 @@ class SlurmSudoExecutor:
         the config file and ``meta`` (tasks_per_job, parallel_tasks_per_job)."""
         if self._stopped:
             raise JobStopped()
+        if not calls:
+            return []
+        completed = await asyncio.to_thread(load_completions, calls)
+        pending = [index for index in range(len(calls)) if index not in completed]
+        if completed:
+            logger.info(
+                "%d of %d calls already completed: not run again", len(completed), len(calls)
+            )
+        outputs = await self._run_pending([calls[i] for i in pending], meta, task_name)
+        results: list[Outcome] = [None] * len(calls)
+        for index, completion in completed.items():
+            results[index] = completion.output
+        for index, output in zip(pending, outputs, strict=True):
+            results[index] = output
+        return results
+
+    async def _run_pending(
+        self, calls: Sequence[TaskCall], meta: Mapping[str, Any] | None, task_name: str
+    ) -> list[Outcome]:
         if not calls:
             return []
         config = self._config(meta, task_name)
@@ -298,7 +322,15 @@ class SlurmSudoExecutor:
                 continue
             status = outcome.get("status")
             if status == "done":
-                results[index] = outcome.get("output")
+                output = outcome.get("output")
+                try:  # durably, before it counts (taskproc.completions)
+                    await asyncio.to_thread(record_completion, calls[index], output)
+                except OSError as e:
+                    failures.append(
+                        (index, JobExecutionError(f"Cannot record a call's completion: {e}"))
+                    )
+                    continue
+                results[index] = output
             elif status == "task_failed":
                 failures.append((index, TaskExecutionError(outcome["message"], outcome["log"])))
             else:

@@ -33,7 +33,7 @@ import shlex
 import signal
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,10 +139,20 @@ class LocalExecutor:
     def stopped(self) -> bool:
         return self._stopped
 
+    def bind_job(self, spec: Any) -> None:
+        """Part of the executor interface; the local executor needs nothing from the spec."""
+
     async def run_calls(
-        self, calls: Sequence[TaskCall], *, concurrency: int | None
+        self,
+        calls: Sequence[TaskCall],
+        *,
+        concurrency: int | None,
+        meta: Mapping[str, Any] | None = None,
+        task_name: str = "task",
     ) -> list[Outcome]:
         """Run every call, at most `concurrency` at a time; return the outputs in input order.
+
+        `meta` and `task_name` are part of the executor interface and ignored here.
 
         Each output is the parsed out-json dict, or None when the task wrote nothing (or `{}`).
         Raises TaskExecutionError / JobExecutionError on failure (see the module docstring) and
