@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -17,6 +18,7 @@ from world import (
     NATS_URL,
     RUN_ID,
     SESSION_TOKEN_SECONDS,
+    RunnerListener,
     RunningApi,
     create_database,
     delete_streams,
@@ -101,14 +103,37 @@ def api_internal_address(api: RunningApi) -> str:
 
 
 @pytest.fixture(scope="session")
+async def runner_listener(
+    service_env: dict[str, str], state_dir: Path
+) -> AsyncIterator[RunnerListener]:
+    from fractal_grpc.settings import RunnerSettings
+    from fractal_runner.job_folders import build_server
+
+    """A runner's listener alone, for the api of ``runnerless_api``."""
+    base = state_dir / "runner-listener-jobs"
+    base.mkdir()
+    env: dict[str, Any] = {k.removeprefix("FRACTAL_").lower(): v for k, v in service_env.items()}
+    env.update(runner_address="127.0.0.1:0", runner_working_base_dir=str(base))
+    server = build_server(RunnerSettings(**env))
+    port = await server.start()
+    try:
+        yield RunnerListener(f"127.0.0.1:{port}", base)
+    finally:
+        await server.stop(0)
+
+
+@pytest.fixture(scope="session")
 async def runnerless_api(
-    service_env: dict[str, str], nats_prefix: str
+    service_env: dict[str, str], nats_prefix: str, runner_listener: RunnerListener
 ) -> AsyncIterator[RunningApi]:
     """An api whose job commands no runner consumes (its own NATS prefix): for tests that play
-    the runner themselves through the internal RPCs."""
+    the runner themselves through the internal RPCs. Its job folders are those of
+    ``runner_listener``."""
     prefix = f"{nats_prefix}q"
     try:
-        async with running_api(service_env, nats_prefix=prefix) as running:
+        async with running_api(
+            service_env, nats_prefix=prefix, runner_url=runner_listener.address
+        ) as running:
             yield running
     finally:
         await delete_streams_async(prefix)
@@ -147,7 +172,7 @@ async def user(admin: ApiClient) -> ApiClient:
     return await admin.new_user(verified=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def service_md(key_env: dict[str, str]) -> tuple[tuple[str, str], ...]:
     """Metadata with a service token, as the runner sends it to api's internal RPCs."""
     from fractal_grpc.auth.tokens import ServiceTokenSource

@@ -9,6 +9,7 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -110,6 +111,15 @@ class RunningApi:
 
     address: str
     internal_address: str
+
+
+@dataclass(frozen=True)
+class RunnerListener:
+    """A runner's listener alone (health, reflection, JobFolderService) at ``address``, serving
+    the job folders of ``base_dir``."""
+
+    address: str
+    base_dir: Path
 
 
 @asynccontextmanager

@@ -109,6 +109,9 @@ class ApiSettings(CommonSettings):
     runner_working_base_dir: Path = Path(".state/jobs")
     slurm_ssh_working_base_dir: Path | None = None
     api_submit_rate_limit: int = Field(default=2, ge=0)
+    # The runner's listener (its FRACTAL_RUNNER_ADDRESS; a Service address with replicas, which
+    # share the job folders' storage): job logs and folder downloads are read there.
+    runner_url: str = "127.0.0.1:50052"
     # Signs page tokens; the same on every replica. Unset: derived from the JWT private key.
     page_token_secret: str | None = Field(default=None, min_length=16)
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
@@ -147,8 +150,13 @@ class RunnerSettings(CommonSettings):
     runner_lease_seconds: float = Field(default=30.0, gt=0)
     service_private_key_file: Path | None = None
     service_private_key: str | None = None
-    # The runner's own server answers health checks only.
-    runner_max_message_bytes: int = Field(default=64 * 1024, ge=4 * 1024)
+    # The runner's own server: health, and job logs and folders for api (in chunks of 256 KiB,
+    # a log of at most 1 MiB).
+    runner_max_message_bytes: int = Field(default=2 * 1024 * 1024, ge=4 * 1024)
+    # api's public key (the same FRACTAL_JWT_PUBLIC_KEY as api's): verifies api's tokens on the
+    # runner's JobFolderService. Unset: that service refuses every call (UNAUTHENTICATED).
+    jwt_public_key_file: Path | None = None
+    jwt_public_key: str | None = None
     # --- SLURM backends (slurm_sudo) ---
     # The SLURM config file of reference §7.3: required, validated at start, re-read per task.
     slurm_config_file: Path | None = None
@@ -190,6 +198,11 @@ class RunnerSettings(CommonSettings):
         return _read_key(
             self.service_private_key, self.service_private_key_file, "SERVICE_PRIVATE_KEY"
         )
+
+    def api_public_key_pem(self) -> str | None:
+        if not (self.jwt_public_key or self.jwt_public_key_file):
+            return None
+        return _read_key(self.jwt_public_key, self.jwt_public_key_file, "JWT_PUBLIC_KEY")
 
 
 S = TypeVar("S", bound=BaseSettings)

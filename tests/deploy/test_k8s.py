@@ -28,6 +28,7 @@ from manifests import (
 
 from fractal_grpc.auth.tokens import (
     INTERNAL_AUDIENCE,
+    RUNNER_AUDIENCE,
     USER_AUDIENCE,
     ServiceTokenSource,
     TokenSigner,
@@ -201,8 +202,9 @@ def test_an_unknown_setting_fails_the_check(
 def test_the_mounted_keys_pair_across_api_and_runner(
     overlay: tuple[str, Rendered], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """api verifies user tokens it signs, and the runner's service tokens; the runner holds no
-    user-token key, api no service-token private key."""
+    """api verifies user tokens it signs, and the runner's service tokens; the runner verifies
+    api's runner-audience tokens with api's public key and holds no private user-token key, api
+    no service-token private key."""
     _, rendered = overlay
     with monkeypatch.context() as m:
         api, _ = deployment_settings(rendered, "fractal-api", tmp_path, m)
@@ -214,6 +216,7 @@ def test_the_mounted_keys_pair_across_api_and_runner(
     with monkeypatch.context() as m:
         runner, runner_container = deployment_settings(rendered, "fractal-runner", tmp_path, m)
         service_private = runner.service_private_key_pem()
+        runner_api_key = runner.api_public_key_pem()
     jwt_private, jwt_public, service_public = api_keys
     token, _ = TokenSigner(
         jwt_private, issuer="fractal-api", audience=USER_AUDIENCE, lifetime=60
@@ -221,10 +224,13 @@ def test_the_mounted_keys_pair_across_api_and_runner(
     assert TokenVerifier(jwt_public, audience=USER_AUDIENCE).verify(token).subject == "1"
     service_token = ServiceTokenSource(service_private, service="runner").token()
     assert TokenVerifier(service_public, audience=INTERNAL_AUDIENCE).verify(service_token)
+    assert runner_api_key is not None, "the runner needs api's public key (JobFolderService)"
+    api_token = ServiceTokenSource(jwt_private, service="api", audience=RUNNER_AUDIENCE).token()
+    assert TokenVerifier(runner_api_key, audience=RUNNER_AUDIENCE).verify(api_token)
 
     runner_template = rendered.get("Deployment", "fractal-runner")["spec"]["template"]
     runner_files = file_mounts(rendered, runner_template, runner_container).values()
-    assert jwt_private not in runner_files and jwt_public not in runner_files
+    assert jwt_private not in runner_files
     api_template = rendered.get("Deployment", "fractal-api")["spec"]["template"]
     api_files = file_mounts(rendered, api_template, api_template["spec"]["containers"][0])
     assert service_private not in api_files.values()
@@ -297,6 +303,11 @@ def test_probes_and_services_use_the_ports_the_services_open(
     assert _probe_ports(runner_c) == {health}
     assert _service_targets(rendered, "fractal-runner", runner_c) == {health}
 
+    # api reaches the runner's listener through the runner's Service.
+    service = rendered.get("Service", host_of(api.runner_url).split(".")[0])
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == port_of(api.runner_url)]
+    assert _target_port(service, port, runner_c) == health
+
     # The runner reaches api's internal listener through the internal Service.
     service = rendered.get("Service", host_of(runner.api_url).split(".")[0])
     (port,) = [p for p in service["spec"]["ports"] if p["port"] == port_of(runner.api_url)]
@@ -344,6 +355,7 @@ def test_network_policies_allow_only_the_flows_of_the_design(
         api, api_c = deployment_settings(rendered, "fractal-api", tmp_path, m)
         internal = port_of(rendered.environment(api_c)["FRACTAL_API_INTERNAL_ADDRESS"])
     public = port_of(api.api_address)
+    runner_port = port_of(api.runner_url)
     database = port_of(api.database_url)
     nats = port_of(api.nats_url)
     dns = {("*", 53, "UDP"), ("*", 53, "TCP")}
@@ -351,11 +363,11 @@ def test_network_policies_allow_only_the_flows_of_the_design(
 
     expected_ingress: dict[str, set[Flow]] = {
         "fractal-api": {("*", public, "TCP"), ("fractal-runner", internal, "TCP")},
-        "fractal-runner": set(),
+        "fractal-runner": {("fractal-api", runner_port, "TCP")},
         "fractal-migrate": set(),
     }
     expected_egress: dict[str, set[Flow]] = {
-        "fractal-api": outside,
+        "fractal-api": outside | {("fractal-runner", runner_port, "TCP")},
         # The runner: api's internal listener, and SSH to a slurm_ssh login node.
         "fractal-runner": outside | {("fractal-api", internal, "TCP"), ("*", 22, "TCP")},
         "fractal-migrate": dns | {("*", database, "TCP")},

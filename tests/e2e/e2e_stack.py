@@ -32,11 +32,14 @@ def listener_env() -> dict[str, str]:
     """Free loopback ports for api's two listeners and the runner, and the runner pointed at
     api's internal listener: the environment that places the processes of a stack."""
     internal = f"127.0.0.1:{free_port()}"
+    runner = f"127.0.0.1:{free_port()}"
     return {
         "FRACTAL_API_ADDRESS": f"127.0.0.1:{free_port()}",
         "FRACTAL_API_INTERNAL_ADDRESS": internal,
         "FRACTAL_API_URL": internal,
-        "FRACTAL_RUNNER_ADDRESS": f"127.0.0.1:{free_port()}",
+        "FRACTAL_RUNNER_ADDRESS": runner,
+        # api reads job logs and folders from the runner's listener.
+        "FRACTAL_RUNNER_URL": runner,
     }
 
 
@@ -101,7 +104,9 @@ def running_stack(env: dict[str, str], logs: Path) -> Iterator[Stack]:
                 proc.wait()
 
 
-def start_service(name: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
+def start_service(
+    name: str, env: dict[str, str], logs: Path, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     out = (logs / f"{name}.log").open("ab")
     return subprocess.Popen(
         [str(BIN / f"fractal-{name}"), "serve"],
@@ -109,6 +114,7 @@ def start_service(name: str, env: dict[str, str], logs: Path) -> subprocess.Pope
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        cwd=cwd,
     )
 
 

@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,9 @@ from fractal.v2 import (
 )
 from fractal_api.access import ACCESS
 from fractal_grpc.auth.principal import Access
+from fractal_grpc.jobfolder import find_job_folder, job_folder_name
 from helpers import ApiClient
-from world import RunningApi
+from world import RunnerListener, RunningApi
 
 OK = grpc.StatusCode.OK
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
@@ -74,6 +76,19 @@ class World:
     job_id: int  # watched, read and stopped by the user RPCs
     spec_job_id: int  # read and given a result by the internal RPCs
     finish_job_id: int  # finished by FinishJob
+    # Where the runner's listener of the test keeps job folders (DownloadJobFolder reads there).
+    job_folders: Path | None = None
+
+    async def job_folder(self) -> int:
+        """``job_id``, after giving it a folder on the runner's storage."""
+        assert self.job_folders is not None
+        if find_job_folder(self.job_folders, self.job_id) is None:
+            name = job_folder_name(
+                self.project_id, self.workflow_id, self.job_id, datetime.now(UTC)
+            )
+            (self.job_folders / name / "0_task").mkdir(parents=True)
+            (self.job_folders / name / "workflow.log").write_text("log\n")
+        return self.job_id
 
     async def free_dataset(self) -> int:
         ds = await self.owner.datasets.CreateDataset(
@@ -264,6 +279,12 @@ async def _delete_task(w: World) -> Message:
     return task_service_pb2.DeleteTaskRequest(task_id=task_id)
 
 
+async def _download(w: World) -> Message:
+    return job_service_pb2.DownloadJobFolderRequest(
+        project_id=w.project_id, job_id=await w.job_folder()
+    )
+
+
 def _const(make: Callable[[World], Message]) -> Build:
     async def build(w: World) -> Message:
         return make(w)
@@ -426,6 +447,7 @@ TABLE: dict[str, Row] = {
     f"{v2}JobService/WatchJob": row(U, scoped=True)(
         _const(lambda w: job_service_pb2.WatchJobRequest(project_id=w.project_id, job_id=w.job_id))
     ),
+    f"{v2}JobService/DownloadJobFolder": row(U, scoped=True)(_download),
     f"{internal}GetJobSpec": row(INT)(
         _const(lambda w: ipb.GetJobSpecRequest(job_id=w.spec_job_id))
     ),
@@ -642,6 +664,7 @@ async def test_authorization_matrix(
     runnerless_admin: ApiClient,
     key_env: dict[str, str],
     service_md: tuple[tuple[str, str], ...],
+    runner_listener: RunnerListener,
 ) -> None:
     admin = runnerless_admin
     assert admin.internal_channel is not None
@@ -660,6 +683,7 @@ async def test_authorization_matrix(
     assert {m: r.access for m, r in TABLE.items()} == {m: ACCESS[m] for m in TABLE}
 
     world, tokens = await build_world(admin)
+    world.job_folders = runner_listener.base_dir
     callers = Callers(key_env, tokens, service_md, world.owner_id)
     wrong = []
     count = 0

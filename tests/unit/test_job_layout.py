@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from fractal_grpc.jobfolder import job_folder_name
 from fractal_runner.taskproc.layout import (
     CallPaths,
     create_job_folders,
-    job_folder_name,
     parallel_prefix,
     single_prefix,
     task_slug,

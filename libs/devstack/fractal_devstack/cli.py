@@ -342,6 +342,8 @@ class DevStack:
         _set_default(env, "FRACTAL_API_INTERNAL_ADDRESS", lambda: f"{LOOPBACK}:{free_port()}")
         _set_default(env, "FRACTAL_API_URL", lambda: env["FRACTAL_API_INTERNAL_ADDRESS"])
         _set_default(env, "FRACTAL_RUNNER_ADDRESS", lambda: f"{LOOPBACK}:{free_port()}")
+        # api reads job logs and folders from the runner.
+        _set_default(env, "FRACTAL_RUNNER_URL", lambda: env["FRACTAL_RUNNER_ADDRESS"])
         _set_default(env, "FRACTAL_DEFAULT_ADMIN_EMAIL", lambda: "admin@fractal.xy")
         _set_default(env, "FRACTAL_DEFAULT_ADMIN_PASSWORD", lambda: "1234")
         _set_default(env, "FRACTAL_NATS_PREFIX", lambda: "fractal")

@@ -1,7 +1,8 @@
 """Ed25519-signed JWTs (EdDSA).
 
 Two audiences: ``fractal-api`` for user tokens (minted by api only, it alone has the private key)
-and ``fractal-internal`` for service tokens (runner and collector calling api). Verification
+``fractal-internal`` for service tokens (runner and collector calling api), and
+``fractal-runner`` for api's service tokens to the runner (signed with api's key). Verification
 pins the algorithm to EdDSA, so ``alg=none`` and HMAC tricks are refused.
 """
 
@@ -17,6 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 USER_AUDIENCE = "fractal-api"
 INTERNAL_AUDIENCE = "fractal-internal"
+# api's service tokens for the runner's internal service (job folders): signed with api's own
+# key, verified by the runner with api's public key; never accepted where a user token is.
+RUNNER_AUDIENCE = "fractal-runner"
 ISSUER = "fractal-api"
 _ALGORITHMS = ["EdDSA"]
 _VERIFIED_CACHE_SIZE = 10_000
@@ -59,6 +63,15 @@ class TokenSigner:
             "jti": uuid.uuid4().hex,
         }
         return jwt.encode(payload, self._key, algorithm="EdDSA"), self.lifetime
+
+
+def unusable_public_key_pem() -> str:
+    """A public key no token verifies against (its private key is thrown away at once): a
+    verifier for a service whose real key is not configured refuses every token."""
+    key = Ed25519PrivateKey.generate().public_key()
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
 
 
 class TokenVerifier:
@@ -107,9 +120,16 @@ class TokenVerifier:
 class ServiceTokenSource:
     """Mints short-lived service tokens for outgoing internal calls, renewing before expiry."""
 
-    def __init__(self, private_key_pem: str, *, service: str, lifetime: int = 300) -> None:
+    def __init__(
+        self,
+        private_key_pem: str,
+        *,
+        service: str,
+        lifetime: int = 300,
+        audience: str = INTERNAL_AUDIENCE,
+    ) -> None:
         self._signer = TokenSigner(
-            private_key_pem, issuer=service, audience=INTERNAL_AUDIENCE, lifetime=lifetime
+            private_key_pem, issuer=service, audience=audience, lifetime=lifetime
         )
         self._service = service
         self._token = ""

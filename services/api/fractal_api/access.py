@@ -60,6 +60,7 @@ _RULES: dict[str, dict[str, Access]] = {
         "ListJobs": Access.USER,
         "StopJob": Access.USER,
         "WatchJob": Access.USER,
+        "DownloadJobFolder": Access.USER,
     },
     "fractal.internal.v1.JobExecutionService": {
         "GetJobSpec": Access.INTERNAL,

@@ -98,6 +98,7 @@ class ApiApp:
         )
         self.internal_port = 0
         ctx = self.ctx
+        self.jobs = JobServicer(ctx)
         registrations: list[tuple[Callable[..., None], object]] = [
             (auth_service_pb2_grpc.add_AuthServiceServicer_to_server, AuthServicer(ctx)),
             (user_service_pb2_grpc.add_UserServiceServicer_to_server, UserServicer(ctx)),
@@ -109,7 +110,7 @@ class ApiApp:
                 workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server,
                 WorkflowServicer(ctx),
             ),
-            (job_service_pb2_grpc.add_JobServiceServicer_to_server, JobServicer(ctx)),
+            (job_service_pb2_grpc.add_JobServiceServicer_to_server, self.jobs),
             (internal_rpc.add_JobExecutionServiceServicer_to_server, JobExecutionServicer(ctx)),
         ]
         for (register, servicer), name in zip(registrations, SERVICES, strict=True):
@@ -143,6 +144,7 @@ class ApiApp:
     async def stop(self) -> None:
         grace = self.settings.grace_seconds
         await asyncio.gather(self.server.stop(grace), self.internal_server.stop(grace))
+        await self.jobs.folders.close()
         if self.ctx.relay is not None:
             await self.ctx.relay.stop()
         if self.ctx.bus is not None:

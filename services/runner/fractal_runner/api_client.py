@@ -12,6 +12,8 @@ job unchanged. Other errors are raised as ``grpc.aio.AioRpcError``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc.aio
 
 import fractal_grpc.client
@@ -20,6 +22,7 @@ from fractal.internal.v1 import job_execution_service_pb2_grpc
 from fractal.v2 import image_pb2, job_pb2
 from fractal_grpc.auth.tokens import ServiceTokenSource
 from fractal_grpc.retry import RetryPolicy
+from fractal_runner.job_folders import relocate
 
 #: Reading a task's inputs and applying its result grow with the image list: a longer deadline.
 BULK_ATTEMPT_SECONDS = 300.0
@@ -49,10 +52,14 @@ class JobExecutionClient:
         tokens: ServiceTokenSource,
         *,
         policy: RetryPolicy | None = None,
+        working_base_dir: Path | None = None,
     ) -> None:
         self._stub = job_execution_service_pb2_grpc.JobExecutionServiceStub(channel)
         self._tokens = tokens
         self.policy = policy or RetryPolicy()
+        # Where this runner keeps job folders: a spec's folder is placed there, under the name
+        # api recorded (``fractal_runner.job_folders.relocate``). None: the spec's path as is.
+        self.working_base_dir = working_base_dir
 
     async def get_job_spec(self, job_id: int) -> pb.JobSpec:
         async def attempt(deadline: float) -> pb.JobSpec:
@@ -63,7 +70,10 @@ class JobExecutionClient:
             )
             return resp.spec
 
-        return await self.policy.call(f"GetJobSpec(job {job_id})", attempt, idempotent=True)
+        spec = await self.policy.call(f"GetJobSpec(job {job_id})", attempt, idempotent=True)
+        if self.working_base_dir is not None:
+            relocate(spec, self.working_base_dir)
+        return spec
 
     async def stream_task_inputs(self, job_id: int, task_order: int) -> list[image_pb2.Image]:
         """Every input image of the task, in list order (the stream is restarted on retry)."""

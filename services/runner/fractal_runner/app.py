@@ -1,5 +1,6 @@
 """The runner process: run bookkeeping in PostgreSQL, job commands from NATS, one channel to
-api, and a gRPC server with health and reflection only.
+api, and a gRPC server with health, reflection and the job-folder service api reads job logs and
+downloads from (``fractal_runner.job_folders``, api's service tokens only).
 
 Safe to run as several replicas: submit and stop commands are work-queue consumers (one replica
 gets each), runs are executed under leases (``fractal_runner.leases``), and every replica also
@@ -20,13 +21,13 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from fractal.events.v1 import job_events_pb2
-from fractal_grpc.auth.tokens import ServiceTokenSource
+from fractal_grpc.auth.tokens import (
+    ServiceTokenSource,
+)
 from fractal_grpc.db import make_engine, make_sessionmaker
 from fractal_grpc.events.bus import EventBus, Subjects
-from fractal_grpc.grpckit.interceptors import ErrorInterceptor
-from fractal_grpc.grpckit.server import GrpcServer
-from fractal_grpc.grpckit.validation import ValidationInterceptor
 from fractal_grpc.settings import RunnerSettings, SettingsError
+from fractal_runner import job_folders
 from fractal_runner.api_client import JobExecutionClient, open_channel
 from fractal_runner.leases import Instance, LeaseConfig
 from fractal_runner.readiness import wait_for_api
@@ -57,12 +58,8 @@ class RunnerApp:
         self.sessions = make_sessionmaker(self.engine)
         self.subjects = Subjects(settings.nats_prefix)
         self.tokens = ServiceTokenSource(settings.service_private_key_pem(), service="runner")
-        # Health and reflection only; malformed requests are refused like api's.
-        self.server = GrpcServer(
-            settings.runner_address,
-            [ErrorInterceptor(), ValidationInterceptor()],
-            max_message_bytes=settings.runner_max_message_bytes,
-        )
+        # Health, reflection and JobFolderService (api's tokens only).
+        self.server = job_folders.build_server(settings)
         #: The slurm_sudo backend's process-wide state (pollers per user), None for local.
         self.slurm: SlurmSudoBackend | None = None
         if settings.runner_backend == "slurm_sudo":
@@ -96,7 +93,9 @@ class RunnerApp:
             self.lease.renew_seconds,
         )
         self.channel = open_channel(s.api_url, s.api_max_message_bytes)
-        api = JobExecutionClient(self.channel, self.tokens)
+        api = JobExecutionClient(
+            self.channel, self.tokens, working_base_dir=s.runner_working_base_dir
+        )
         self.scheduler = JobScheduler(
             RunStore(self.sessions, instance=self.instance, lease=self.lease),
             api,

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import grpc.aio
@@ -17,6 +16,7 @@ from fractal.v2 import job_service_pb2 as pb
 from fractal.v2 import job_service_pb2_grpc as rpc
 from fractal_api.context import ApiContext
 from fractal_api.models import Job
+from fractal_api.runner_folders import RunnerFolders
 from fractal_api.store import jobs, projects, requests, workflows
 from fractal_api.submit_rules import check_user_for_backend, pick_slurm_account, user_working_dir
 from fractal_api.views import job_view
@@ -53,17 +53,11 @@ def _indices(request: pb.SubmitJobRequest, n: int) -> tuple[int, int]:
     return first, last
 
 
-def _read_tmp_log(job: Job) -> str | None:
-    if not job.working_dir:
-        return None
-    with contextlib.suppress(OSError):
-        return (Path(job.working_dir) / "workflow.log").read_text(errors="replace")
-    return None
-
-
 class JobServicer(rpc.JobServiceServicer):
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
+        # Live logs and downloads: from the runner, never from api's disk.
+        self.folders = RunnerFolders(ctx.settings.runner_url, ctx.settings.jwt_private_key_pem())
 
     async def SubmitJob(
         self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext
@@ -138,16 +132,35 @@ class JobServicer(rpc.JobServiceServicer):
             )
         log = None
         if request.show_tmp_logs and job.status == "submitted":
-            log = _read_tmp_log(job)
+            log = await self.folders.read_log(job.id)
         return pb.GetJobResponse(job=job_view(job, log=log))
+
+    async def DownloadJobFolder(
+        self, request: pb.DownloadJobFolderRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.DownloadJobFolderResponse]:
+        async with self.ctx.reads() as session:
+            job = await projects.job_checked(
+                session, request.project_id, request.job_id, current_user().user_id or 0
+            )
+        async for chunk in self.folders.download(job.id):
+            yield pb.DownloadJobFolderResponse(chunk=chunk)
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> Any:
         user_id = current_user().user_id or 0
+        if request.workflow_id and not request.project_id:
+            raise InvalidArgument(
+                "workflow_id needs its project_id",
+                violations=[("project_id", "must be set when workflow_id is")],
+            )
         size = page_size(request.page_size)
-        query = f"jobs:{request.project_id}"
+        query = f"jobs:{request.project_id}:{request.workflow_id}"
         state = decode_token(request.page_token, query, ("before",))
         async with self.ctx.reads() as session:
-            if request.project_id:
+            if request.workflow_id:
+                await projects.workflow_checked(
+                    session, request.project_id, request.workflow_id, user_id
+                )
+            elif request.project_id:
                 await projects.get_checked(session, request.project_id, user_id)
             rows = await jobs.list_page(
                 session,
@@ -155,6 +168,7 @@ class JobServicer(rpc.JobServiceServicer):
                 request.project_id,
                 before_id=state["before"] if state else None,
                 limit=size + 1,
+                workflow_id=request.workflow_id,
             )
         page, token = split_page(rows, size, query, lambda j: {"before": j.id})
         return pb.ListJobsResponse(

@@ -30,6 +30,7 @@ from fractal_api.store import write_unique
 from fractal_grpc.events.bus import Subjects
 from fractal_grpc.events.outbox import add_to_outbox
 from fractal_grpc.grpckit.errors import FailedPrecondition, NotFound, ResourceExhausted
+from fractal_grpc.jobfolder import job_folder_name
 
 TERMINAL = ("done", "failed")
 
@@ -163,8 +164,7 @@ async def submit(
     )
     # The partial unique index on submitted jobs decides between racing submissions.
     await write_unique(session, job)
-    stamp = job.start_timestamp.astimezone(UTC).strftime("%Y%m%d_%H%M%S")
-    folder = f"proj_v2_{project.id:07d}_wf_{workflow.id:07d}_job_{job.id:07d}_{stamp}"
+    folder = job_folder_name(project.id, workflow.id, job.id, job.start_timestamp.astimezone(UTC))
     job.working_dir = f"{working_base_dir.rstrip('/')}/{folder}"
     job.working_dir_user = user_dir(job.working_dir)
     await session.flush()
@@ -265,11 +265,14 @@ async def list_page(
     *,
     before_id: int | None,
     limit: int,
+    workflow_id: int = 0,
 ) -> list[Job]:
     member_projects = select(ProjectMember.project_id).where(ProjectMember.user_id == user_id)
     conditions: list[ColumnElement[bool]] = [Job.project_id.in_(member_projects)]
     if project_id:
         conditions.append(Job.project_id == project_id)
+    if workflow_id:
+        conditions.append(Job.workflow_id == workflow_id)
     if before_id is not None:
         conditions.append(Job.id < before_id)
     result = await session.execute(

@@ -10,7 +10,6 @@ from fractal_runner.taskproc.calls import (
 from fractal_runner.taskproc.layout import (
     CallPaths,
     create_job_folders,
-    job_folder_name,
     parallel_prefix,
     single_prefix,
     task_slug,
@@ -34,7 +33,6 @@ __all__ = [
     "TaskExecutionError",
     "create_job_folders",
     "get_local_config",
-    "job_folder_name",
     "parallel_prefix",
     "read_task_output_file",
     "single_prefix",

@@ -1,5 +1,8 @@
 """Names and folders of a job's working directory (reference §5.1 step 10, §5.2 step 6, §5.9).
 
+The job folder's own name is decided in ``fractal_grpc.jobfolder`` (api records it; this package
+is also imported by the SLURM worker on compute nodes, which has no ``fractal_grpc``).
+
 {base}/proj_v2_0000001_wf_0000002_job_0000003_20240101_120000/
     workflow.log
     0_create_ome_zarr_compound/
@@ -13,14 +16,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 __all__ = [
     "FOLDER_MODE",
     "CallPaths",
     "create_job_folders",
-    "job_folder_name",
     "parallel_prefix",
     "single_prefix",
     "task_slug",
@@ -28,14 +29,6 @@ __all__ = [
 ]
 
 FOLDER_MODE = 0o755
-
-
-def job_folder_name(project_id: int, workflow_id: int, job_id: int, when: datetime) -> str:
-    """`proj_v2_{pid:07d}_wf_{wid:07d}_job_{jid:07d}_{YYYYmmdd_HHMMSS}`."""
-    return (
-        f"proj_v2_{project_id:07d}_wf_{workflow_id:07d}_job_{job_id:07d}"
-        f"_{when.strftime('%Y%m%d_%H%M%S')}"
-    )
 
 
 def task_slug(name: str) -> str:
