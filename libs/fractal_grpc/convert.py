@@ -56,15 +56,20 @@ def attribute_to_python(value: image_pb2.AttributeValue) -> Scalar | None:
     return result
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def python_to_attribute(value: Scalar | None, target: image_pb2.AttributeValue) -> None:
     # bool first: bool is a subclass of int.
     if value is None:
         return
     if isinstance(value, bool):
         target.bool_value = value
-    elif isinstance(value, int):
+    elif isinstance(value, int) and INT64_MIN <= value <= INT64_MAX:
         target.int_value = value
-    elif isinstance(value, float):
+    elif isinstance(value, int | float):
+        # A double given as an integral number beyond int64 (1e20) comes back from JSONB as
+        # an int: it stays a double.
         target.double_value = value
     else:
         target.string_value = str(value)

@@ -1,34 +1,30 @@
-"""Proto conversions: timestamps and Struct numbers."""
+"""Attribute values between Python (as JSONB gives them back) and the proto oneof."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
-
 import pytest
-from google.protobuf import struct_pb2, timestamp_pb2
 
-from fractal_grpc.convert import json_numbers, struct_dict, timestamp
+from fractal.v2 import image_pb2
+from fractal_grpc.convert import attribute_to_python, python_to_attribute
 
 
 @pytest.mark.parametrize(
-    "value",
+    ("value", "kind"),
     [
-        datetime(2024, 7, 4, 10, 15, 0, 123456, tzinfo=UTC),
-        datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=UTC),
-        datetime(1900, 1, 1, tzinfo=UTC),
-        datetime(2026, 1, 1, 1, 0, 0, 999999, tzinfo=timezone(timedelta(hours=2))),
-        datetime(2026, 11, 26, 3, 0, 0),  # naive: UTC
+        (True, "bool_value"),
+        (7, "int_value"),
+        (2**63 - 1, "int_value"),
+        (-(2**63), "int_value"),
+        # JSONB writes the double 1e20 as 100000000000000000000 and gives it back as an int:
+        # beyond int64 it is a double again, never an overflow.
+        (10**20, "double_value"),
+        (-(2**64), "double_value"),
+        (1.5, "double_value"),
+        ("A01", "string_value"),
     ],
 )
-def test_timestamp_matches_protobufs_own_conversion(value: datetime) -> None:
-    expected = timestamp_pb2.Timestamp()
-    expected.FromDatetime(value if value.tzinfo else value.replace(tzinfo=UTC))
-    assert timestamp(value) == expected
-
-
-def test_struct_numbers_come_back_as_ints_when_integral() -> None:
-    value = struct_pb2.Struct()
-    value.update({"n": 2, "x": 2.5, "nested": {"k": [1, 2.0, 3.25]}, "flag": True})
-    assert struct_dict(value) == {"n": 2, "x": 2.5, "nested": {"k": [1, 2, 3.25]}, "flag": True}
-    assert type(struct_dict(value)["n"]) is int
-    assert json_numbers(2.0**60) == 2.0**60  # beyond exact integers in a double: left alone
+def test_each_python_value_has_its_kind(value: object, kind: str) -> None:
+    target = image_pb2.AttributeValue()
+    python_to_attribute(value, target)  # type: ignore[arg-type]
+    assert target.WhichOneof("kind") == kind
+    assert attribute_to_python(target) == value
