@@ -4,6 +4,7 @@ what happens to a user's tokens when they are deactivated or their password chan
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -13,7 +14,15 @@ import jwt
 import pytest
 from google.protobuf import field_mask_pb2
 
-from fractal.v2 import auth_service_pb2, project_service_pb2, task_service_pb2, user_pb2
+from fractal.v2 import (
+    auth_service_pb2,
+    dataset_service_pb2,
+    job_service_pb2,
+    project_service_pb2,
+    task_service_pb2,
+    user_pb2,
+    workflow_service_pb2,
+)
 from fractal.v2 import user_service_pb2 as upb
 from helpers import ApiClient, error_details
 
@@ -277,3 +286,52 @@ async def test_verified_gating(admin: ApiClient) -> None:
         metadata=plain.md,
     )
     assert created.task.id > 0
+
+
+async def test_a_new_password_ends_open_streams(runnerless_admin: ApiClient) -> None:
+    """An open WatchJob of the user ends at once (no runner here: the job stays SUBMITTED)."""
+    admin = runnerless_admin
+    client = await admin.new_user()
+    me = await _me(client)
+    project = await client.new_project()
+    ds = await client.datasets.CreateDataset(
+        dataset_service_pb2.CreateDatasetRequest(project_id=project.id, name="d", zarr_dir="/z"),
+        metadata=client.md,
+    )
+    task = await client.tasks.CreateTask(
+        task_service_pb2.CreateTaskRequest(
+            name="t", source=f"s-{secrets.token_hex(4)}", command_non_parallel="/bin/true"
+        ),
+        metadata=client.md,
+    )
+    wf = await client.workflows.CreateWorkflow(
+        workflow_service_pb2.CreateWorkflowRequest(project_id=project.id, name="wf"),
+        metadata=client.md,
+    )
+    await client.workflows.CreateWorkflowTask(
+        workflow_service_pb2.CreateWorkflowTaskRequest(
+            project_id=project.id, workflow_id=wf.workflow.id, task_id=task.task.id
+        ),
+        metadata=client.md,
+    )
+    job = await client.jobs.SubmitJob(
+        job_service_pb2.SubmitJobRequest(
+            project_id=project.id, workflow_id=wf.workflow.id, dataset_id=ds.dataset.id
+        ),
+        metadata=client.md,
+    )
+    watch = client.jobs.WatchJob(
+        job_service_pb2.WatchJobRequest(project_id=project.id, job_id=job.job.id),
+        metadata=client.md,
+        timeout=30,
+    )
+    first = await watch.read()
+    assert isinstance(first, job_service_pb2.WatchJobResponse)
+    started = time.monotonic()
+    await _update(admin, me.id, user_pb2.User(), "password", password="changed-pw")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await watch.read()
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert time.monotonic() - started < 1.5  # at once, not at the 2 s re-check
+    info, _ = error_details(err.value)
+    assert info is not None and info.reason == "TOKEN_REVOKED"
