@@ -353,9 +353,11 @@ async def test_query_tasks_with_relationships_and_limit(runnerless_admin: ApiCli
         apb.QueryTasksRequest(owner=owner, task_id=unused), metadata=admin.md
     )
     assert [t.task.id for t in exact.tasks] == [unused]
-    # A wildcard character matches itself only.
+    # A LIKE wildcard matches itself only ("_" would match the "-" of "admin-task-").
     assert not (
-        await admin.admin.QueryTasks(apb.QueryTasksRequest(name=f"%{a.tag}_%"), metadata=admin.md)
+        await admin.admin.QueryTasks(
+            apb.QueryTasksRequest(name=f"admin_task-{a.tag}"), metadata=admin.md
+        )
     ).tasks
     # More matches than allowed: refused as a whole, naming the count.
     with pytest.raises(grpc.aio.AioRpcError) as err:
