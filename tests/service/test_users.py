@@ -266,6 +266,24 @@ async def test_a_new_password_ends_older_tokens(admin: ApiClient) -> None:
     assert (await _me(fresh)).username == "renamed"
 
 
+async def test_an_unverified_superuser_is_not_verified(admin: ApiClient) -> None:
+    """As the reference: being a superuser does not stand in for being verified."""
+    boss = await admin.new_user(verified=False)
+    await _update(admin, (await _me(boss)).id, user_pb2.User(is_superuser=True), "is_superuser")
+    listed = await boss.users.ListUsers(upb.ListUsersRequest(page_size=1), metadata=boss.md)
+    assert listed.users  # a superuser now
+    reason, _ = await _refused(
+        boss.tasks.CreateTask(
+            task_service_pb2.CreateTaskRequest(
+                name="t", source=f"s-{secrets.token_hex(4)}", command_non_parallel="/bin/true"
+            ),
+            metadata=boss.md,
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+    assert reason == "USER_NOT_VERIFIED"
+
+
 async def test_verified_gating(admin: ApiClient) -> None:
     plain = await admin.new_user(verified=False)
     reason, _ = await _refused(

@@ -129,7 +129,8 @@ class AuthInterceptor(_HandlerWrapper):
                 "token issued before the user's password changed; log in again",
                 reason="TOKEN_REVOKED",
             )
-        if required is Access.VERIFIED and not (principal.is_verified or principal.is_superuser):
+        # As the reference's verified-user dependency: superusers are no exception.
+        if required is Access.VERIFIED and not principal.is_verified:
             raise PermissionDenied("this needs a verified user", reason="USER_NOT_VERIFIED")
         if required is Access.SUPERUSER and not principal.is_superuser:
             raise PermissionDenied("this needs a superuser", reason="SUPERUSER_REQUIRED")
