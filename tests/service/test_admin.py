@@ -17,7 +17,7 @@ from google.protobuf import timestamp_pb2
 from test_images_jobs_api import make_task
 
 from fractal.internal.v1 import job_execution_service_pb2 as ipb
-from fractal.v2 import admin_pb2, auth_service_pb2, job_pb2, job_service_pb2
+from fractal.v2 import admin_pb2, auth_service_pb2, job_pb2, job_service_pb2, project_service_pb2
 from fractal.v2 import admin_service_pb2 as apb
 from fractal.v2 import dataset_service_pb2 as dpb
 from fractal.v2 import workflow_service_pb2 as wpb
@@ -221,6 +221,12 @@ async def test_mark_job_failed_only_from_submitted(
     admin = runnerless_admin
     a = await _owner(admin)
     stuck = await a.submit()
+    watch = a.client.jobs.WatchJob(
+        job_service_pb2.WatchJobRequest(project_id=a.project_id, job_id=stuck.id),
+        metadata=a.client.md,
+        timeout=30,
+    )
+    assert (await watch.read()).job.status == SUBMITTED
     failed = (
         await admin.admin.MarkJobFailed(
             apb.MarkJobFailedRequest(job_id=stuck.id), metadata=admin.md
@@ -228,6 +234,9 @@ async def test_mark_job_failed_only_from_submitted(
     ).job
     assert failed.status == FAILED and failed.HasField("end_time")
     assert "marked as failed by a superuser" in failed.log
+    # The owner's open watch sees the change and ends.
+    assert (await watch.read()).job.status == FAILED
+    assert await watch.read() is grpc.aio.EOF
     # The owner sees it too; the dataset history is not touched.
     got = await a.client.jobs.GetJob(
         job_service_pb2.GetJobRequest(project_id=a.project_id, job_id=stuck.id),
@@ -396,3 +405,30 @@ async def test_settings_are_shown_with_secrets_masked(
     for value in settings.values():
         assert "PRIVATE KEY" not in value
         assert all(t not in value for t in texts)
+
+
+async def test_project_pages_while_projects_come_and_go(runnerless_admin: ApiClient) -> None:
+    """Keyset pages: every project that stays is read once, in id order, whatever is added or
+    deleted between pages."""
+    admin = runnerless_admin
+    a = await _owner(admin)
+    projects = [a.project_id] + [(await a.client.new_project(f"x-{_tag()}")).id for _ in range(5)]
+    first = await admin.admin.ListAllProjects(
+        apb.ListAllProjectsRequest(user_id=a.user_id, page_size=2), metadata=admin.md
+    )
+    seen = [p.id for p in first.projects]
+    assert seen == projects[:2]
+    for gone in (projects[1], projects[3]):  # one already read, one not yet
+        await a.client.projects.DeleteProject(
+            project_service_pb2.DeleteProjectRequest(project_id=gone), metadata=a.client.md
+        )
+    added = (await a.client.new_project(f"late-{_tag()}")).id
+    token = first.next_page_token
+    while token:
+        page = await admin.admin.ListAllProjects(
+            apb.ListAllProjectsRequest(user_id=a.user_id, page_size=2, page_token=token),
+            metadata=admin.md,
+        )
+        seen += [p.id for p in page.projects]
+        token = page.next_page_token
+    assert seen == [projects[0], projects[1], projects[2], projects[4], projects[5], added]
