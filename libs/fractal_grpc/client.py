@@ -11,6 +11,7 @@ from google.protobuf import field_mask_pb2
 
 from fractal.internal.v1 import job_execution_service_pb2_grpc
 from fractal.v2 import (
+    admin_service_pb2_grpc,
     auth_service_pb2,
     auth_service_pb2_grpc,
     dataset_service_pb2_grpc,
@@ -105,6 +106,11 @@ class FractalClient:
     @property
     def jobs(self) -> job_service_pb2_grpc.JobServiceStub:
         return job_service_pb2_grpc.JobServiceStub(self.channel)
+
+    @property
+    def admin(self) -> admin_service_pb2_grpc.AdminServiceStub:
+        """AdminService (superusers only)."""
+        return admin_service_pb2_grpc.AdminServiceStub(self.channel)
 
     @property
     def internal(self) -> job_execution_service_pb2_grpc.JobExecutionServiceStub:

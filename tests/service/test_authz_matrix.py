@@ -33,6 +33,7 @@ from test_listeners_and_streams import listed_services
 
 from fractal.internal.v1 import job_execution_service_pb2 as ipb
 from fractal.v2 import (
+    admin_service_pb2,
     auth_service_pb2,
     dataset_service_pb2,
     image_pb2,
@@ -285,6 +286,14 @@ async def _download(w: World) -> Message:
     )
 
 
+async def _mark_failed(w: World) -> Message:
+    return admin_service_pb2.MarkJobFailedRequest(job_id=await w.submit())
+
+
+async def _admin_download(w: World) -> Message:
+    return admin_service_pb2.DownloadAnyJobFolderRequest(job_id=await w.job_folder())
+
+
 def _const(make: Callable[[World], Message]) -> Build:
     async def build(w: World) -> Message:
         return make(w)
@@ -298,6 +307,14 @@ TABLE: dict[str, Row] = {
     f"{v2}AuthService/Login": row(P)(_login),
     f"{v2}AuthService/GetCurrentUser": row(U)(
         _const(lambda w: auth_service_pb2.GetCurrentUserRequest())
+    ),
+    f"{v2}AuthService/UpdateCurrentUser": row(U)(
+        _const(
+            lambda w: auth_service_pb2.UpdateCurrentUserRequest(
+                user=user_pb2.User(slurm_accounts=[]),
+                update_mask=field_mask_pb2.FieldMask(paths=["slurm_accounts"]),
+            )
+        )
     ),
     f"{v2}UserService/CreateUser": row(S)(
         _const(
@@ -448,6 +465,26 @@ TABLE: dict[str, Row] = {
         _const(lambda w: job_service_pb2.WatchJobRequest(project_id=w.project_id, job_id=w.job_id))
     ),
     f"{v2}JobService/DownloadJobFolder": row(U, scoped=True)(_download),
+    f"{v2}AdminService/ListAllProjects": row(S)(
+        _const(lambda w: admin_service_pb2.ListAllProjectsRequest())
+    ),
+    f"{v2}AdminService/ListAllJobs": row(S)(
+        _const(lambda w: admin_service_pb2.ListAllJobsRequest(project_id=w.project_id))
+    ),
+    f"{v2}AdminService/GetAnyJob": row(S)(
+        _const(lambda w: admin_service_pb2.GetAnyJobRequest(job_id=w.job_id))
+    ),
+    f"{v2}AdminService/MarkJobFailed": row(S)(_mark_failed),
+    f"{v2}AdminService/StopAnyJob": row(S)(
+        _const(lambda w: admin_service_pb2.StopAnyJobRequest(job_id=w.job_id))
+    ),
+    f"{v2}AdminService/DownloadAnyJobFolder": row(S)(_admin_download),
+    f"{v2}AdminService/QueryTasks": row(S)(
+        _const(lambda w: admin_service_pb2.QueryTasksRequest(task_id=w.task_id))
+    ),
+    f"{v2}AdminService/GetSettings": row(S)(
+        _const(lambda w: admin_service_pb2.GetSettingsRequest())
+    ),
     f"{internal}GetJobSpec": row(INT)(
         _const(lambda w: ipb.GetJobSpecRequest(job_id=w.spec_job_id))
     ),

@@ -42,6 +42,7 @@ PUBLIC = {
     "fractal.v2.TaskService",
     "fractal.v2.WorkflowService",
     "fractal.v2.JobService",
+    "fractal.v2.AdminService",
 }
 INTERNAL = {"fractal.internal.v1.JobExecutionService"}
 

@@ -35,6 +35,8 @@ class Principal:
     cache_dir: str | None = None
     slurm_accounts: list[str] = field(default_factory=list)
     service: str | None = None
+    # Tokens minted before the user's last password change carry a lower generation.
+    token_generation: int = 0
 
 
 ANONYMOUS = Principal()

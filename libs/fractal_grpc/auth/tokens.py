@@ -39,6 +39,9 @@ class Claims:
     subject: str
     audience: str
     expires_at: int
+    # The user's token generation at login (``gen``; 0 when absent): a password change raises
+    # the user's, which ends every older token.
+    generation: int = 0
 
 
 class TokenSigner:
@@ -51,10 +54,11 @@ class TokenSigner:
         self.audience = audience
         self.lifetime = lifetime
 
-    def sign(self, subject: str) -> tuple[str, int]:
-        """A token for ``subject`` and its lifetime in seconds."""
+    def sign(self, subject: str, *, generation: int | None = None) -> tuple[str, int]:
+        """A token for ``subject`` (of the user's token ``generation``, if given) and its
+        lifetime in seconds."""
         now = int(time.time())
-        payload = {
+        payload: dict[str, object] = {
             "sub": subject,
             "aud": self.audience,
             "iss": self.issuer,
@@ -62,6 +66,8 @@ class TokenSigner:
             "exp": now + self.lifetime,
             "jti": uuid.uuid4().hex,
         }
+        if generation is not None:
+            payload["gen"] = generation
         return jwt.encode(payload, self._key, algorithm="EdDSA"), self.lifetime
 
 
@@ -112,8 +118,14 @@ class TokenVerifier:
             raise InvalidToken("token not valid for this service") from exc
         except jwt.PyJWTError as exc:
             raise InvalidToken("invalid token") from exc
+        generation = payload.get("gen", 0)
+        if type(generation) is not int:
+            raise InvalidToken("invalid token")
         return Claims(
-            subject=str(payload["sub"]), audience=self.audience, expires_at=payload["exp"]
+            subject=str(payload["sub"]),
+            audience=self.audience,
+            expires_at=payload["exp"],
+            generation=generation,
         )
 
 

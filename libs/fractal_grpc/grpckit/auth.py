@@ -3,8 +3,8 @@
 One table of codes (README "Errors"):
 
 - no token, a malformed ``authorization`` header, a token that does not verify (forged, other
-  key, ``alg=none``, HMAC, expired, unknown audience), or whose user is gone or inactive:
-  UNAUTHENTICATED;
+  key, ``alg=none``, HMAC, expired, unknown audience), whose user is gone or inactive, or that
+  was issued before the user's password changed: UNAUTHENTICATED;
 - a valid token that is not allowed here (a user token on an internal method, a service token
   on a user method, an unverified user where verification is needed, a non-superuser on a
   superuser method, a method missing from the table): PERMISSION_DENIED.
@@ -124,7 +124,13 @@ class AuthInterceptor(_HandlerWrapper):
         principal = await self.load_user(claims.subject)
         if principal is None or not principal.is_active:
             raise Unauthenticated("user not found or inactive", reason="INVALID_TOKEN")
-        if required is Access.VERIFIED and not (principal.is_verified or principal.is_superuser):
+        if claims.generation != principal.token_generation:
+            raise Unauthenticated(
+                "token issued before the user's password changed; log in again",
+                reason="TOKEN_REVOKED",
+            )
+        # As the reference's verified-user dependency: superusers are no exception.
+        if required is Access.VERIFIED and not principal.is_verified:
             raise PermissionDenied("this needs a verified user", reason="USER_NOT_VERIFIED")
         if required is Access.SUPERUSER and not principal.is_superuser:
             raise PermissionDenied("this needs a superuser", reason="SUPERUSER_REQUIRED")

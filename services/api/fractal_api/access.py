@@ -5,7 +5,11 @@ from __future__ import annotations
 from fractal_grpc.auth.principal import Access
 
 _RULES: dict[str, dict[str, Access]] = {
-    "fractal.v2.AuthService": {"Login": Access.PUBLIC, "GetCurrentUser": Access.USER},
+    "fractal.v2.AuthService": {
+        "Login": Access.PUBLIC,
+        "GetCurrentUser": Access.USER,
+        "UpdateCurrentUser": Access.USER,
+    },
     "fractal.v2.UserService": {
         "CreateUser": Access.SUPERUSER,
         "GetUser": Access.SUPERUSER,
@@ -61,6 +65,16 @@ _RULES: dict[str, dict[str, Access]] = {
         "StopJob": Access.USER,
         "WatchJob": Access.USER,
         "DownloadJobFolder": Access.USER,
+    },
+    "fractal.v2.AdminService": {
+        "ListAllProjects": Access.SUPERUSER,
+        "ListAllJobs": Access.SUPERUSER,
+        "GetAnyJob": Access.SUPERUSER,
+        "MarkJobFailed": Access.SUPERUSER,
+        "StopAnyJob": Access.SUPERUSER,
+        "DownloadAnyJobFolder": Access.SUPERUSER,
+        "QueryTasks": Access.SUPERUSER,
+        "GetSettings": Access.SUPERUSER,
     },
     "fractal.internal.v1.JobExecutionService": {
         "GetJobSpec": Access.INTERNAL,

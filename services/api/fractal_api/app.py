@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from fractal.internal.v1 import job_execution_service_pb2_grpc as internal_rpc
 from fractal.v2 import (
+    admin_service_pb2_grpc,
     auth_service_pb2_grpc,
     dataset_service_pb2_grpc,
     image_service_pb2_grpc,
@@ -20,6 +21,7 @@ from fractal.v2 import (
 from fractal_api.access import ACCESS, INTERNAL_SERVICES, SERVICES
 from fractal_api.context import ApiContext
 from fractal_api.models import outbox
+from fractal_api.servicers.admin import AdminServicer
 from fractal_api.servicers.auth import AuthServicer, UserServicer
 from fractal_api.servicers.images import ImageServicer
 from fractal_api.servicers.internal import JobExecutionServicer
@@ -111,6 +113,10 @@ class ApiApp:
                 WorkflowServicer(ctx),
             ),
             (job_service_pb2_grpc.add_JobServiceServicer_to_server, self.jobs),
+            (
+                admin_service_pb2_grpc.add_AdminServiceServicer_to_server,
+                AdminServicer(ctx, self.jobs.folders),
+            ),
             (internal_rpc.add_JobExecutionServiceServicer_to_server, JobExecutionServicer(ctx)),
         ]
         for (register, servicer), name in zip(registrations, SERVICES, strict=True):

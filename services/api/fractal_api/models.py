@@ -57,6 +57,9 @@ class User(Base):
     slurm_accounts: Mapped[list[str]] = mapped_column(
         JSONB, nullable=False, server_default=text("'[]'::jsonb")
     )
+    # Stamped into each access token at login, raised by a password change: a token of an
+    # older generation is refused (the reference keeps old tokens valid).
+    token_generation: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     created_at: Mapped[datetime] = _now()
     __table_args__ = (Index("uq_users_email_lower", func.lower(email), unique=True),)
 

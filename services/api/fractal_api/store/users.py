@@ -15,7 +15,8 @@ from fractal_api.models import User
 from fractal_api.store import write_unique
 from fractal_grpc.auth.passwords import hash_password
 from fractal_grpc.auth.principal import Principal
-from fractal_grpc.grpckit.errors import AlreadyExists, NotFound, Violations
+from fractal_grpc.grpckit.errors import AlreadyExists, NotFound
+from fractal_grpc.users.rules import ends_old_tokens
 
 log = logging.getLogger("fractal.api.users")
 
@@ -30,32 +31,6 @@ async def get(session: AsyncSession, user_id: int) -> User:
     if user is None:
         raise NotFound(f"User {user_id} not found", metadata={"user_id": str(user_id)})
     return user
-
-
-def validate_fields(fields: Mapping[str, Any], violations: Violations) -> None:
-    """The reference's UserCreate/UserUpdate validators."""
-    if "email" in fields:
-        email = fields["email"]
-        if not email or "@" not in email or email != email.strip():
-            violations.add("email", "must be a valid email address")
-    if "password" in fields:
-        password = fields["password"]
-        if len(password) < 4:  # the proto bounds the length above
-            violations.add("password", "must have at least 4 characters")
-    for name in ("slurm_user", "username", "cache_dir"):
-        value = fields.get(name)
-        if value is not None and not value.strip():
-            violations.add(name, "must not be empty")
-    cache_dir = fields.get("cache_dir")
-    if cache_dir and not cache_dir.startswith("/"):
-        violations.add("cache_dir", "must be an absolute path")
-    accounts = fields.get("slurm_accounts")
-    if accounts is not None:
-        stripped = [a.strip() for a in accounts]
-        if any(not a for a in stripped):
-            violations.add("slurm_accounts", "items must not be empty")
-        if len(set(stripped)) != len(stripped):
-            violations.add("slurm_accounts", "items must be unique")
 
 
 async def create(
@@ -105,12 +80,15 @@ async def ensure_first_superuser(
 
 
 async def update(session: AsyncSession, user: User, fields: Mapping[str, Any]) -> None:
-    """Change the given fields (a password is hashed); a taken email is ALREADY_EXISTS."""
+    """Change the given fields (validated by ``fractal_grpc.users.rules``); a taken email is
+    ALREADY_EXISTS. A new password is hashed and ends the user's older tokens."""
     for name, value in fields.items():
         if name == "password":
             user.hashed_password = hash_password(value)
         else:
             setattr(user, name, value)
+    if ends_old_tokens(fields):
+        user.token_generation += 1
     await write_unique(session, user)
 
 
@@ -123,7 +101,7 @@ async def list_page(session: AsyncSession, *, after_id: int, limit: int) -> list
 
 _PRINCIPAL = """
     SELECT id, email, is_active, is_superuser, is_verified, username, slurm_user, cache_dir,
-           slurm_accounts
+           slurm_accounts, token_generation
     FROM api.users WHERE id = $1
 """
 
@@ -143,4 +121,5 @@ async def load_principal(pg: asyncpg.Pool, user_id: int) -> Principal | None:
         slurm_user=row["slurm_user"],
         cache_dir=row["cache_dir"],
         slurm_accounts=list(json.loads(row["slurm_accounts"])),
+        token_generation=row["token_generation"],
     )
