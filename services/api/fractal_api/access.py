@@ -53,6 +53,7 @@ _RULES: dict[str, dict[str, Access]] = {
         "DeleteWorkflowTask": Access.USER,
         "ExportWorkflow": Access.USER,
         "ImportWorkflow": Access.USER,
+        "GetWorkflowStatus": Access.USER,
     },
     "fractal.v2.JobService": {
         "SubmitJob": Access.VERIFIED,
@@ -66,6 +67,7 @@ _RULES: dict[str, dict[str, Access]] = {
         "GetJobSpec": Access.INTERNAL,
         "StreamTaskInputs": Access.INTERNAL,
         "ApplyTaskResult": Access.INTERNAL,
+        "ReportTaskProgress": Access.INTERNAL,
         "FinishJob": Access.INTERNAL,
     },
 }
