@@ -5,8 +5,10 @@ A job keeps one entry per workflow task of its slice, in order (``jobs.task_stat
 ``state`` one of ``pending``, ``running``, ``done``, ``failed``.
 
 - Every entry starts ``pending`` with no calls (submission).
-- A progress report of the runner sets the task ``running`` with the reported counts; a task
-  already ``done`` or ``failed`` keeps what it has (a late or repeated report changes nothing).
+- A progress report of the runner sets the task ``running`` with the reported counts, each
+  count never going down: the runner counts completion records, which survive its restarts,
+  so a resumed run that reports before it has listed them (or a late report) does not move a
+  progress bar backwards. A task already ``done`` or ``failed`` keeps what it has.
 - An applied result sets it ``done`` with its final counts.
 - The end of a job: FAILED sets the failed task (when known) ``failed`` with its counts, and any
   task still ``running`` ``failed`` too (it was interrupted); tasks never reached stay
@@ -91,6 +93,13 @@ def apply_report(
     entries: Sequence[Entry], order: int, counts: CallCounts
 ) -> tuple[list[Entry], bool]:
     """A running task's progress; returns the entries and whether anything changed."""
+    entry = next((e for e in entries if e["order"] == order), None)
+    if entry is not None:
+        counts = CallCounts(
+            done=max(counts.done, entry["calls_done"]),
+            failed=max(counts.failed, entry["calls_failed"]),
+            total=max(counts.total, entry["calls_total"]),
+        )
     return _set(entries, order, RUNNING, counts, keep_ended=True)
 
 
