@@ -87,6 +87,9 @@ class JobServicer(rpc.JobServiceServicer):
         async with transaction(self.ctx.sessions) as session:
 
             async def submit() -> Job:
+                await jobs.hold_submission_rows(
+                    session, request.project_id, request.workflow_id, request.dataset_id
+                )
                 dataset = await projects.dataset_checked(
                     session, request.project_id, request.dataset_id, user_id
                 )

@@ -87,6 +87,21 @@ async def emit_changed(session: AsyncSession, subjects: Subjects, job: Job) -> N
     )
 
 
+async def hold_submission_rows(
+    session: AsyncSession, project_id: int, workflow_id: int, dataset_id: int
+) -> None:
+    """Key-share locks on the project, workflow and dataset rows a submission is about to name,
+    taken before they are read: a concurrent delete of one of them (which locks its row FOR
+    UPDATE, or deletes it) either commits first, and the submission then finds the row gone
+    (NOT_FOUND), or waits for the submission and then sees its job (FAILED_PRECONDITION).
+    Without them the job's insert could meet an already deleted row (a foreign-key violation).
+    Always in this order, like every other path that locks more than one of them."""
+    for model, row_id in ((Project, project_id), (Workflow, workflow_id), (Dataset, dataset_id)):
+        await session.execute(
+            select(model.id).where(model.id == row_id).with_for_update(read=True, key_share=True)
+        )
+
+
 async def check_rate_limit(
     session: AsyncSession, project_id: int, workflow_id: int, dataset_id: int, seconds: int
 ) -> None:
