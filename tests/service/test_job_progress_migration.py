@@ -9,10 +9,10 @@ import json
 
 import asyncpg
 from alembic import command
+from test_api_schema import _fetch, _migration_database
 
 from fractal_api.main import MIGRATIONS
 from fractal_grpc.migrate import alembic_config, upgrade
-from test_api_schema import _fetch, _migration_database
 from world import drop_database
 
 SNAPSHOT = [
