@@ -159,6 +159,14 @@ async def test_calls_completed_before_a_runner_crash_never_run_again(
 
     job = await s.watch(submitted.job.id)
     assert job.status == job_pb2.JOB_STATUS_DONE, job.log
+    # The progress counts each call once, whatever ran twice.
+    (progress,) = job.task_statuses
+    assert (progress.state, progress.calls_done, progress.calls_failed, progress.calls_total) == (
+        job_pb2.TASK_STATE_DONE,
+        len(urls),
+        0,
+        len(urls),
+    )
     runs = Counter(counter.read_text().split())
     assert set(runs) == set(urls)
     for i, url in enumerate(urls):
