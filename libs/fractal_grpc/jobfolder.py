@@ -2,7 +2,10 @@
 
 api records it on the job (``working_dir``, shown to users as the reference does); the runner
 creates the folder under that name and finds it again by job id (``find_job_folder``) when api
-asks for the job's log or a download: api never reads the folder itself.
+asks for the job's log or a download: api never reads the folder itself. The names of the
+per-task subfolders inside it (``{order}_{sanitize_string(task name)}``) are decided by the
+runner alone, in ``fractal_runner.taskproc.layout.task_subfolder`` (that package also runs on
+SLURM compute nodes, without this library).
 """
 
 from __future__ import annotations

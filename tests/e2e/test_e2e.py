@@ -196,7 +196,7 @@ async def test_golden_scenario(e2e_admin: ApiClient, tmp_path: Path) -> None:
     )
     job = await s.run()
     assert job.status == job_pb2.JOB_STATUS_DONE, job.log
-    assert [t.status for t in job.task_statuses] == ["done", "done", "done"]
+    assert [t.state for t in job.task_statuses] == [job_pb2.TASK_STATE_DONE] * 3
     assert await s.images() == golden_images(zarr_dir)
     dataset = await s.dataset()
     assert dict(dataset.filters.types) == GOLDEN_TYPE_FILTERS
@@ -239,7 +239,10 @@ async def test_failing_task_keeps_earlier_results(e2e_admin: ApiClient, tmp_path
     job = await s.run()
     assert job.status == job_pb2.JOB_STATUS_FAILED
     assert job.log.startswith("TASK ERROR: Task name: fail, position in Workflow: 1\nTRACEBACK:\n")
-    assert [t.status for t in job.task_statuses] == ["done", "failed"]
+    assert [t.state for t in job.task_statuses] == [
+        job_pb2.TASK_STATE_DONE,
+        job_pb2.TASK_STATE_FAILED,
+    ]
     assert list(await s.images()) == [f"{zarr_dir}/new_image"]
     dataset = await s.dataset()
     assert [h.status for h in dataset.history] == ["done", "failed"]

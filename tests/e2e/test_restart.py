@@ -46,9 +46,9 @@ async def test_job_survives_a_runner_crash(
         got = await s.c.jobs.GetJob(
             job_service_pb2.GetJobRequest(project_id=s.pid, job_id=job_id), metadata=s.c.md
         )
-        statuses = [t.status for t in got.job.task_statuses]
+        statuses = [job_pb2.TaskState.Name(t.state) for t in got.job.task_statuses]
         slow_log = Path(got.job.working_dir) / "1_slow" / "1.log"
-        if statuses[:1] == ["done"] and slow_log.exists():
+        if statuses[:1] == ["TASK_STATE_DONE"] and slow_log.exists():
             break
         await asyncio.sleep(0.02)
     else:
@@ -56,7 +56,7 @@ async def test_job_survives_a_runner_crash(
     await asyncio.to_thread(restart_runner, stack, signal.SIGKILL)
     job = await s.watch(job_id)
     assert job.status == job_pb2.JOB_STATUS_DONE, job.log
-    assert [t.status for t in job.task_statuses] == ["done", "done"]
+    assert [t.state for t in job.task_statuses] == [job_pb2.TASK_STATE_DONE] * 2
     # The first task ran once (no duplicate history), the second was run again to completion.
     dataset = await s.dataset()
     assert [h.status for h in dataset.history] == ["done", "done"]
@@ -159,6 +159,14 @@ async def test_calls_completed_before_a_runner_crash_never_run_again(
 
     job = await s.watch(submitted.job.id)
     assert job.status == job_pb2.JOB_STATUS_DONE, job.log
+    # The progress counts each call once, whatever ran twice.
+    (progress,) = job.task_statuses
+    assert (progress.state, progress.calls_done, progress.calls_failed, progress.calls_total) == (
+        job_pb2.TASK_STATE_DONE,
+        len(urls),
+        0,
+        len(urls),
+    )
     runs = Counter(counter.read_text().split())
     assert set(runs) == set(urls)
     for i, url in enumerate(urls):

@@ -447,6 +447,13 @@ TABLE: dict[str, Row] = {
         )
     ),
     f"{v2}WorkflowService/ImportWorkflow": row(U, scoped=True)(_import_workflow),
+    f"{v2}WorkflowService/GetWorkflowStatus": row(U, scoped=True)(
+        _const(
+            lambda w: workflow_service_pb2.GetWorkflowStatusRequest(
+                project_id=w.project_id, workflow_id=w.workflow_id, dataset_id=w.dataset_id
+            )
+        )
+    ),
     f"{v2}TaskService/UpdateTask": row(V, owned=True)(
         _const(lambda w: task_service_pb2.UpdateTaskRequest(task_id=w.task_id, version="2"))
     ),
@@ -495,6 +502,13 @@ TABLE: dict[str, Row] = {
         _const(
             lambda w: ipb.ApplyTaskResultRequest(
                 job_id=w.spec_job_id, task_order=0, output=ipb.TaskOutput()
+            )
+        )
+    ),
+    f"{internal}ReportTaskProgress": row(INT)(
+        _const(
+            lambda w: ipb.ReportTaskProgressRequest(
+                job_id=w.spec_job_id, task_order=0, calls=ipb.CallCounts(done=1, total=2)
             )
         )
     ),

@@ -87,7 +87,8 @@ async def _tasks_named(user: ApiClient, name: str) -> int:
     while True:
         page = await user.tasks.ListTasks(
             task_service_pb2.ListTasksRequest(
-                page_size=1000, page_token=token, skip_args_schemas=True
+                page_size=1000,
+                page_token=token,
             ),
             metadata=user.md,
         )

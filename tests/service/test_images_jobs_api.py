@@ -388,7 +388,7 @@ async def test_submit_checks(runnerless_admin: ApiClient) -> None:
     job = listed.jobs[0]
     assert job.status == job_pb2.JOB_STATUS_SUBMITTED
     assert f"_job_{job_id:07d}_" in job.working_dir
-    assert [t.status for t in job.task_statuses] == ["submitted"]
+    assert [t.state for t in job.task_statuses] == [job_pb2.TASK_STATE_PENDING]
 
 
 def update(
@@ -936,7 +936,8 @@ async def test_list_tasks_and_workflows_paginate(user: ApiClient) -> None:
     while True:
         page = await user.tasks.ListTasks(
             task_service_pb2.ListTasksRequest(
-                page_size=2, page_token=token, skip_args_schemas=True
+                page_size=2,
+                page_token=token,
             ),
             metadata=user.md,
         )

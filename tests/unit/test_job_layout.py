@@ -34,9 +34,15 @@ def test_job_folder_name() -> None:
     ("name", "slug"),
     [
         ("create_ome_zarr_compound", "create_ome_zarr_compound"),
-        ("Create OME-Zarr Structure", "create_ome-zarr_structure"),
+        ("Create OME-Zarr Structure", "create_ome_zarr_structure"),
+        ("Project Image (HCS Plate)", "project_image__hcs_plate_"),
         ("MIP compound", "mip_compound"),
         ("two  spaces", "two__spaces"),
+        ("tab\tnew\nline", "tab_new_line"),
+        ("a.b/c:d@e", "a_b_c_d_e"),
+        ("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~", "_" * 32),
+        ("Zellkern Ä 3D", "zellkern ä 3d".replace(" ", "_")),
+        ("v1.2.3", "v1_2_3"),
     ],
 )
 def test_task_slug(name: str, slug: str) -> None:
@@ -45,6 +51,7 @@ def test_task_slug(name: str, slug: str) -> None:
 
 def test_prefixes_and_subfolder() -> None:
     assert task_subfolder(3, "Illumination Correction") == "3_illumination_correction"
+    assert task_subfolder(2, "Project Image (HCS Plate)") == "2_project_image__hcs_plate_"
     assert single_prefix(0) == "0"
     assert parallel_prefix(2, 0) == "2_par_0000000"
     assert parallel_prefix(12, 1234) == "12_par_0001234"

@@ -57,6 +57,7 @@ _RULES: dict[str, dict[str, Access]] = {
         "DeleteWorkflowTask": Access.USER,
         "ExportWorkflow": Access.USER,
         "ImportWorkflow": Access.USER,
+        "GetWorkflowStatus": Access.USER,
     },
     "fractal.v2.JobService": {
         "SubmitJob": Access.VERIFIED,
@@ -80,6 +81,7 @@ _RULES: dict[str, dict[str, Access]] = {
         "GetJobSpec": Access.INTERNAL,
         "StreamTaskInputs": Access.INTERNAL,
         "ApplyTaskResult": Access.INTERNAL,
+        "ReportTaskProgress": Access.INTERNAL,
         "FinishJob": Access.INTERNAL,
     },
 }

@@ -228,10 +228,13 @@ class Job(Base):
     stop_requested: Mapped[bool] = mapped_column(
         Boolean, nullable=False, server_default=text("false")
     )
-    # Per-task status of the slice: [{workflow_task_id, order, status}].
+    # Per-task progress of the slice (``fractal_grpc.jobs.progress``): [{workflow_task_id,
+    # order, task_name, state, calls_done, calls_failed, calls_total}].
     task_statuses: Mapped[list[Json]] = mapped_column(
         JSONB, nullable=False, server_default=text("'[]'::jsonb")
     )
+    # When a runner first reported the job as running (NULL: still queued).
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     version: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="1")
     __table_args__ = (
         # At most one submitted job per dataset, enforced by the database.

@@ -13,6 +13,12 @@ TASK_TYPES = {
     "parallel": task_pb2.TASK_TYPE_PARALLEL,
     "compound": task_pb2.TASK_TYPE_COMPOUND,
 }
+TASK_STATES = {
+    "pending": job_pb2.TASK_STATE_PENDING,
+    "running": job_pb2.TASK_STATE_RUNNING,
+    "done": job_pb2.TASK_STATE_DONE,
+    "failed": job_pb2.TASK_STATE_FAILED,
+}
 JOB_STATUSES = {
     "submitted": job_pb2.JOB_STATUS_SUBMITTED,
     "done": job_pb2.JOB_STATUS_DONE,
@@ -60,7 +66,14 @@ def dataset_view(dataset: models.Dataset, *, include_history: bool = True) -> pr
     return msg
 
 
-def task_view(task: models.Task, *, with_schemas: bool = True) -> task_pb2.Task:
+def task_view(
+    task: models.Task,
+    *,
+    with_schemas: bool = True,
+    with_schema_parallel: bool | None = None,
+    with_schema_non_parallel: bool | None = None,
+) -> task_pb2.Task:
+    """The task; ``with_schemas`` sets both args schemas, the other two flags each one."""
     msg = task_pb2.Task(
         id=task.id,
         name=task.name,
@@ -83,20 +96,23 @@ def task_view(task: models.Task, *, with_schemas: bool = True) -> task_pb2.Task:
             setattr(msg, name, value)
     dict_to_struct(task.meta_non_parallel, msg.meta_non_parallel)
     dict_to_struct(task.meta_parallel, msg.meta_parallel)
-    if with_schemas:
+    if with_schemas if with_schema_non_parallel is None else with_schema_non_parallel:
         dict_to_struct(task.args_schema_non_parallel, msg.args_schema_non_parallel)
+    if with_schemas if with_schema_parallel is None else with_schema_parallel:
         dict_to_struct(task.args_schema_parallel, msg.args_schema_parallel)
     return msg
 
 
-def workflow_task_view(wftask: models.WorkflowTask, task: models.Task) -> workflow_pb2.WorkflowTask:
+def workflow_task_view(
+    wftask: models.WorkflowTask, task: models.Task, *, with_schemas: bool = True
+) -> workflow_pb2.WorkflowTask:
     msg = workflow_pb2.WorkflowTask(
         id=wftask.id,
         workflow_id=wftask.workflow_id,
         order=wftask.order,
         task_id=wftask.task_id,
         task_type=TASK_TYPES[wftask.task_type],
-        task=task_view(task),
+        task=task_view(task, with_schemas=with_schemas),
     )
     dict_to_struct(wftask.args_non_parallel, msg.args_non_parallel)
     dict_to_struct(wftask.args_parallel, msg.args_parallel)
@@ -107,18 +123,23 @@ def workflow_task_view(wftask: models.WorkflowTask, task: models.Task) -> workfl
 
 
 def workflow_view(
-    workflow: models.Workflow, tasks: list[tuple[models.WorkflowTask, models.Task]]
+    workflow: models.Workflow,
+    tasks: list[tuple[models.WorkflowTask, models.Task]],
+    *,
+    with_schemas: bool = True,
 ) -> workflow_pb2.Workflow:
     return workflow_pb2.Workflow(
         id=workflow.id,
         project_id=workflow.project_id,
         name=workflow.name,
         create_time=timestamp(workflow.created_at),
-        task_list=[workflow_task_view(w, t) for w, t in tasks],
+        task_list=[workflow_task_view(w, t, with_schemas=with_schemas) for w, t in tasks],
     )
 
 
-def job_view(job: models.Job, *, log: str | None = None, with_log: bool = True) -> job_pb2.Job:
+def job_view(
+    job: models.Job, *, log: str | None = None, with_log: bool = True, with_dumps: bool = True
+) -> job_pb2.Job:
     msg = job_pb2.Job(
         id=job.id,
         user_email=job.user_email,
@@ -129,22 +150,33 @@ def job_view(job: models.Job, *, log: str | None = None, with_log: bool = True) 
         last_task_index=job.last_task_index,
         start_time=timestamp(job.start_timestamp),
         version=job.version,
+        started=job.started_at is not None,
     )
     end = timestamp(job.end_timestamp)
     if end is not None:
         msg.end_time.CopyFrom(end)
+    started = timestamp(job.started_at)
+    if started is not None:
+        msg.started_time.CopyFrom(started)
     for name in ("project_id", "workflow_id", "dataset_id", "slurm_account", "worker_init"):
         value = getattr(job, name)
         if value is not None:
             setattr(msg, name, value)
     if with_log:
         msg.log = log if log is not None else (job.log or "")
-    dict_to_struct(job.project_dump, msg.project_dump)
-    dict_to_struct(job.workflow_dump, msg.workflow_dump)
-    dict_to_struct(job.dataset_dump, msg.dataset_dump)
+    if with_dumps:
+        dict_to_struct(job.project_dump, msg.project_dump)
+        dict_to_struct(job.workflow_dump, msg.workflow_dump)
+        dict_to_struct(job.dataset_dump, msg.dataset_dump)
     for item in job.task_statuses:
         msg.task_statuses.add(
-            workflow_task_id=item["workflow_task_id"], order=item["order"], status=item["status"]
+            workflow_task_id=item["workflow_task_id"],
+            order=item["order"],
+            task_name=item["task_name"],
+            state=TASK_STATES[item["state"]],
+            calls_done=item["calls_done"],
+            calls_failed=item["calls_failed"],
+            calls_total=item["calls_total"],
         )
     return msg
 

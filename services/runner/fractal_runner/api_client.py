@@ -7,7 +7,8 @@ until the call succeeds or the caller is cancelled. The four RPCs are idempotent
 GetJobSpec and StreamTaskInputs only read (a task's inputs are fixed until its result is
 applied, and a stream is restarted from the start), ApplyTaskResult is applied once per
 ``(job_id, task_order)`` (a repeat answers ``already_applied``), and FinishJob returns an ended
-job unchanged. Other errors are raised as ``grpc.aio.AioRpcError``.
+job unchanged. ReportTaskProgress is best effort: one attempt, its error raised to the reporter
+(``fractal_runner.progress``), which drops it. Other errors are raised as ``grpc.aio.AioRpcError``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from fractal_runner.job_folders import relocate
 
 #: Reading a task's inputs and applying its result grow with the image list: a longer deadline.
 BULK_ATTEMPT_SECONDS = 300.0
+#: A progress report is best effort: one attempt with a short deadline (the final counts travel
+#: with ApplyTaskResult / FinishJob, which are retried).
+PROGRESS_ATTEMPT_SECONDS = 10.0
 
 # The runner's one long-lived channel to api notices a dead peer.
 KEEPALIVE_OPTIONS = [
@@ -97,9 +101,15 @@ class JobExecutionClient:
         )
 
     async def apply_task_result(
-        self, job_id: int, task_order: int, output: pb.TaskOutput
+        self,
+        job_id: int,
+        task_order: int,
+        output: pb.TaskOutput,
+        calls: pb.CallCounts | None = None,
     ) -> pb.ApplyTaskResultResponse:
-        request = pb.ApplyTaskResultRequest(job_id=job_id, task_order=task_order, output=output)
+        request = pb.ApplyTaskResultRequest(
+            job_id=job_id, task_order=task_order, output=output, calls=calls
+        )
 
         async def attempt(deadline: float) -> pb.ApplyTaskResultResponse:
             resp: pb.ApplyTaskResultResponse = await self._stub.ApplyTaskResult(
@@ -114,18 +124,32 @@ class JobExecutionClient:
             attempt_seconds=BULK_ATTEMPT_SECONDS,
         )
 
+    async def report_task_progress(
+        self, job_id: int, task_order: int, calls: pb.CallCounts
+    ) -> bool:
+        """One attempt (raises its RPC error); True when api applied the report."""
+        resp = await self._stub.ReportTaskProgress(
+            pb.ReportTaskProgressRequest(job_id=job_id, task_order=task_order, calls=calls),
+            metadata=self._tokens.metadata(),
+            timeout=PROGRESS_ATTEMPT_SECONDS,
+        )
+        return bool(resp.applied)
+
     async def finish_job(
         self,
         job_id: int,
         status: job_pb2.JobStatus.ValueType,
         log_text: str,
         failed_task_order: int | None = None,
+        failed_task_calls: pb.CallCounts | None = None,
     ) -> job_pb2.Job:
         # A task's output may hold NUL characters, which api refuses (PostgreSQL cannot store them).
         log_text = log_text.replace("\x00", "\\0")
         request = pb.FinishJobRequest(job_id=job_id, status=status, log=log_text)
         if failed_task_order is not None:
             request.failed_task_order = failed_task_order
+        if failed_task_calls is not None:
+            request.failed_task_calls.CopyFrom(failed_task_calls)
 
         async def attempt(deadline: float) -> job_pb2.Job:
             resp = await self._stub.FinishJob(

@@ -50,6 +50,7 @@ from fractal_grpc.images.task_output import (
     parse_task_output,
 )
 from fractal_runner.api_client import JobExecutionClient
+from fractal_runner.progress import DEFAULT_INTERVAL, TaskProgress
 from fractal_runner.taskproc import (
     CallPaths,
     JobExecutionError,
@@ -176,12 +177,14 @@ class JobExecution:
         *,
         backend: str = "local",
         local_config_file: Path | None = None,
+        progress_interval: float = DEFAULT_INTERVAL,
     ) -> None:
         self.job_id = job_id
         self.api = api
         self.executor = executor
         self.backend = backend
         self.local_config_file = local_config_file
+        self.progress_interval = progress_interval
 
     async def run(self) -> None:
         """Execute the job and report its end to api.
@@ -245,6 +248,7 @@ class JobExecution:
 
         history = [history_item(task) for task in spec.tasks if task.order in applied]
         current: pb.TaskSpec | None = None
+        progress: TaskProgress | None = None
         failure: tuple[str, int | None] | None = None
         ran_one = False
         try:
@@ -260,12 +264,15 @@ class JobExecution:
                     raise JobStopped()
                 ran_one = True
                 logger.info("SUBMIT %s-th task (name=%s)", task.order, task.task_name)
-                output = await self._run_task(spec, task, job_dir, logger)
-                await self._apply(task, output)
+                progress = self._progress(task)
+                await progress.send()  # the task is running (and the job started)
+                output = await self._run_task(spec, task, job_dir, logger, progress)
+                await self._apply(task, output, progress.counts())
                 history.append(history_item(task))
                 await asyncio.to_thread(_write_json_atomic, job_dir / HISTORY_FILE, history)
                 logger.info("END %s-th task (name=%s)", task.order, task.task_name)
             current = None
+            progress = None
         except asyncio.CancelledError:
             logger.warning("Runner shutting down: job interrupted, to be resumed")
             raise
@@ -287,7 +294,8 @@ class JobExecution:
             text, failed_order = failure
             logger.error("%s", text)
             log.info("job %s: failed (task order %s)", job_id, failed_order)
-            await self.api.finish_job(job_id, FAILED, text, failed_order)
+            calls = progress.counts() if progress is not None and failed_order is not None else None
+            await self.api.finish_job(job_id, FAILED, text, failed_order, calls)
             return
         logger.info("End execution of workflow %s; job %s", spec.workflow_id, job_id)
         for handler in logger.handlers:
@@ -296,6 +304,14 @@ class JobExecution:
         await self.api.finish_job(job_id, DONE, workflow_log)
         log.info("job %s: done", job_id)
 
+    def _progress(self, task: pb.TaskSpec) -> TaskProgress:
+        job_id, order = self.job_id, task.order
+
+        async def report(calls: pb.CallCounts) -> None:
+            await self.api.report_task_progress(job_id, order, calls)
+
+        return TaskProgress(report, interval=self.progress_interval)
+
     async def _stop_requested(self) -> bool:
         """Whether the job was stopped meanwhile: the safety net for a stop broadcast this
         runner missed (the spec was read at the start; this is read between tasks only)."""
@@ -303,7 +319,12 @@ class JobExecution:
         return spec.stop_requested or spec.status != SUBMITTED
 
     async def _run_task(
-        self, spec: pb.JobSpec, task: pb.TaskSpec, job_dir: Path, logger: logging.Logger
+        self,
+        spec: pb.JobSpec,
+        task: pb.TaskSpec,
+        job_dir: Path,
+        logger: logging.Logger,
+        progress: TaskProgress,
     ) -> TaskOutput:
         try:
             images = await self.api.stream_task_inputs(self.job_id, task.order)
@@ -326,7 +347,10 @@ class JobExecution:
                 "zarr_dir": spec.zarr_dir,
             }
             (outcome,) = await self._run_calls(
-                [call(command, single_prefix(task.order), args)], task, task.meta_non_parallel
+                [call(command, single_prefix(task.order), args)],
+                task,
+                task.meta_non_parallel,
+                progress,
             )
             return _parse_output(outcome)
 
@@ -340,7 +364,7 @@ class JobExecution:
                 call(command, parallel_prefix(task.order, i), {**base, "zarr_url": url})
                 for i, url in enumerate(zarr_urls)
             ]
-            outcomes = await self._run_calls(calls, task, task.meta_parallel)
+            outcomes = await self._run_calls(calls, task, task.meta_parallel, progress)
             return merge_outputs([_parse_output(outcome) for outcome in outcomes])
 
         if task_type == task_pb2.TASK_TYPE_COMPOUND:
@@ -355,6 +379,7 @@ class JobExecution:
                 [call(init_command, single_prefix(task.order), init_args)],
                 task,
                 task.meta_non_parallel,
+                progress,
             )
             try:
                 init_output = parse_init_task_output(init_outcome)
@@ -374,7 +399,7 @@ class JobExecution:
                 )
                 for i, item in enumerate(items)
             ]
-            outcomes = await self._run_calls(calls, task, task.meta_parallel)
+            outcomes = await self._run_calls(calls, task, task.meta_parallel, progress)
             return merge_outputs([_parse_output(outcome) for outcome in outcomes])
 
         raise JobExecutionError(
@@ -382,7 +407,11 @@ class JobExecution:
         )
 
     async def _run_calls(
-        self, calls: Sequence[TaskCall], task: pb.TaskSpec, meta: struct_pb2.Struct
+        self,
+        calls: Sequence[TaskCall],
+        task: pb.TaskSpec,
+        meta: struct_pb2.Struct,
+        progress: TaskProgress,
     ) -> list[dict[str, Any] | None]:
         """Run the calls of one task part with its meta (the local backend's config is read
         here; a SLURM executor merges meta into its own config)."""
@@ -394,13 +423,16 @@ class JobExecution:
             except LocalBackendConfigError as exc:
                 raise JobExecutionError(str(exc)) from None
             concurrency = config.parallel_tasks_per_job
-        return await self.executor.run_calls(
-            calls, concurrency=concurrency, meta=meta_dict, task_name=task.task_name
-        )
+        async with progress.part(calls, more_total=len(calls)):
+            return await self.executor.run_calls(
+                calls, concurrency=concurrency, meta=meta_dict, task_name=task.task_name
+            )
 
-    async def _apply(self, task: pb.TaskSpec, output: TaskOutput) -> None:
+    async def _apply(self, task: pb.TaskSpec, output: TaskOutput, calls: pb.CallCounts) -> None:
         try:
-            await self.api.apply_task_result(self.job_id, task.order, output_to_proto(output))
+            await self.api.apply_task_result(
+                self.job_id, task.order, output_to_proto(output), calls
+            )
         except grpc.aio.AioRpcError as exc:
             raise _refusal(exc) from None
 

@@ -34,6 +34,7 @@ from fractal_grpc.images.task_output import (
     check_unique_urls,
     parse_task_output,
 )
+from fractal_grpc.jobs.progress import CallCounts
 
 
 def _snapshot(job: Job, order: int) -> dict[str, Any]:
@@ -73,6 +74,10 @@ def _output_from_proto(msg: pb.TaskOutput) -> TaskOutput:
     except (TaskOutputValidationError, ValueError) as exc:
         raise InvalidArgument(str(exc), violations=[("output", str(exc)[:500])]) from None
     return output
+
+
+def _counts(msg: pb.CallCounts) -> CallCounts:
+    return CallCounts(done=msg.done, failed=msg.failed, total=msg.total)
 
 
 class JobExecutionServicer(rpc.JobExecutionServiceServicer):
@@ -204,7 +209,11 @@ class JobExecutionServicer(rpc.JobExecutionServiceServicer):
                     images_removed=counts[2],
                 )
             )
-            jobs.set_task_status(job, request.task_order, "done")
+            jobs.mark_task_done(
+                job,
+                request.task_order,
+                _counts(request.calls) if request.HasField("calls") else None,
+            )
             job.version += 1
             await session.flush()
             await jobs.emit_changed(session, self.ctx.subjects, job)
@@ -245,6 +254,19 @@ class JobExecutionServicer(rpc.JobExecutionServiceServicer):
         await edit.apply(session, dataset.id)
         return (len(changes.updated), len(changes.created), len(changes.removed))
 
+    async def ReportTaskProgress(
+        self, request: pb.ReportTaskProgressRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async with transaction(self.ctx.sessions) as session:
+            job = await jobs.lock(session, request.job_id)
+            _snapshot(job, request.task_order)
+            applied = await jobs.report_progress(
+                session, self.ctx.subjects, job, request.task_order, _counts(request.calls)
+            )
+        if applied:
+            self.ctx.outbox_written()
+        return pb.ReportTaskProgressResponse(applied=applied)
+
     async def FinishJob(
         self, request: pb.FinishJobRequest, context: grpc.aio.ServicerContext
     ) -> Any:
@@ -260,6 +282,9 @@ class JobExecutionServicer(rpc.JobExecutionServiceServicer):
                 log=request.log,
                 failed_task_order=request.failed_task_order
                 if request.HasField("failed_task_order")
+                else None,
+                failed_task_calls=_counts(request.failed_task_calls)
+                if request.HasField("failed_task_calls")
                 else None,
             )
         self.ctx.outbox_written()

@@ -53,6 +53,20 @@ def _indices(request: pb.SubmitJobRequest, n: int) -> tuple[int, int]:
     return first, last
 
 
+def _light(job: job_pb2.Job, sent_log: str | None) -> job_pb2.Job:
+    """What WatchJob sends after its first message (``sent_log`` None): the job without its
+    dumps (they never change), and without its log unless the log changed."""
+    if sent_log is None:
+        return job
+    light = job_pb2.Job()
+    light.CopyFrom(job)
+    for name in ("project_dump", "workflow_dump", "dataset_dump"):
+        light.ClearField(name)
+    if light.log == sent_log:
+        light.log = ""
+    return light
+
+
 class JobServicer(rpc.JobServiceServicer):
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
@@ -73,6 +87,9 @@ class JobServicer(rpc.JobServiceServicer):
         async with transaction(self.ctx.sessions) as session:
 
             async def submit() -> Job:
+                await jobs.hold_submission_rows(
+                    session, request.project_id, request.workflow_id, request.dataset_id
+                )
                 dataset = await projects.dataset_checked(
                     session, request.project_id, request.dataset_id, user_id
                 )
@@ -172,7 +189,7 @@ class JobServicer(rpc.JobServiceServicer):
             )
         page, token = split_page(rows, size, query, lambda j: {"before": j.id})
         return pb.ListJobsResponse(
-            jobs=[job_view(j, with_log=not request.skip_logs) for j in page],
+            jobs=[job_view(j, with_log=request.include_logs) for j in page],
             next_page_token=token,
         )
 
@@ -218,10 +235,12 @@ class JobServicer(rpc.JobServiceServicer):
         try:
             state = await self._load(request.job_id)
             sent = 0
+            sent_log: str | None = None
             while True:
                 if state.version > sent:
                     sent = state.version
-                    yield pb.WatchJobResponse(job=state)
+                    yield pb.WatchJobResponse(job=_light(state, sent_log))
+                    sent_log = state.log
                 if state.status in (JOB_STATUS_DONE, JOB_STATUS_FAILED):
                     return
                 try:

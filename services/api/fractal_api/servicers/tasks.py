@@ -138,7 +138,14 @@ class TaskServicer(rpc.TaskServiceServicer):
             )
         token = encode_token("tasks", after=rows[size - 1].id) if len(rows) > size else ""
         return pb.ListTasksResponse(
-            tasks=[task_view(t, with_schemas=not request.skip_args_schemas) for t in rows[:size]],
+            tasks=[
+                task_view(
+                    t,
+                    with_schema_parallel=request.args_schema_parallel,
+                    with_schema_non_parallel=request.args_schema_non_parallel,
+                )
+                for t in rows[:size]
+            ],
             next_page_token=token,
         )
 

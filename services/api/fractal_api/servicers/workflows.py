@@ -12,14 +12,15 @@ from fractal.v2 import workflow_service_pb2_grpc as rpc
 from fractal_api import validation
 from fractal_api.context import ApiContext
 from fractal_api.models import Task, Workflow, WorkflowTask
-from fractal_api.store import projects, requests, tasks, workflows
-from fractal_api.views import workflow_export_view, workflow_task_view, workflow_view
+from fractal_api.store import jobs, projects, requests, tasks, workflows
+from fractal_api.views import TASK_STATES, workflow_export_view, workflow_task_view, workflow_view
 from fractal_grpc.auth.principal import current_user
 from fractal_grpc.convert import struct_to_dict
 from fractal_grpc.db import transaction
 from fractal_grpc.grpckit.errors import FailedPrecondition, Violations
 from fractal_grpc.images.filters import validate_keys
 from fractal_grpc.pagination import decode_token, page_size, split_page
+from fractal_grpc.workflows.status import workflow_status
 
 WFTASK_STRUCTS = ("args_non_parallel", "args_parallel", "meta_non_parallel", "meta_parallel")
 
@@ -79,18 +80,71 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
         size = page_size(request.page_size)
         query = f"workflows:{request.project_id}"
         state = decode_token(request.page_token, query, ("after",)) or {"after": 0}
+        user_id = current_user().user_id or 0
         async with self.ctx.reads() as session:
-            await projects.get_checked(session, request.project_id, current_user().user_id or 0)
-            rows: list[Workflow] = list(
-                await workflows.list_page(
-                    session, request.project_id, after_id=state["after"], limit=size + 1
+            rows: list[Workflow]
+            if request.project_id == 0:  # across the caller's projects
+                rows = list(
+                    await workflows.list_page_for_user(
+                        session, user_id, after_id=state["after"], limit=size + 1
+                    )
                 )
-            )
+            else:
+                await projects.get_checked(session, request.project_id, user_id)
+                rows = list(
+                    await workflows.list_page(
+                        session, request.project_id, after_id=state["after"], limit=size + 1
+                    )
+                )
             page, token = split_page(rows, size, query, lambda w: {"after": w.id})
             listing = await workflows.task_list(session, [w.id for w in page])
         return pb.ListWorkflowsResponse(
-            workflows=[workflow_view(w, listing[w.id]) for w in page],
+            workflows=[
+                workflow_view(w, listing[w.id], with_schemas=request.include_args_schemas)
+                for w in page
+            ],
             next_page_token=token,
+        )
+
+    async def GetWorkflowStatus(
+        self, request: pb.GetWorkflowStatusRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        user_id = current_user().user_id or 0
+        async with self.ctx.reads() as session:
+            workflow = await projects.workflow_checked(
+                session, request.project_id, request.workflow_id, user_id
+            )
+            dataset = await projects.dataset_checked(
+                session, request.project_id, request.dataset_id, user_id
+            )
+            listing = (await workflows.task_list(session, [workflow.id]))[workflow.id]
+            running = await jobs.submitted_for(session, dataset.id, workflow.id)
+        if len(running) > 1:
+            raise FailedPrecondition(
+                f"Dataset {dataset.id} and workflow {workflow.id} have {len(running)} "
+                f"submitted jobs: {', '.join(str(j.id) for j in running)}",
+                reason="SEVERAL_SUBMITTED_JOBS",
+            )
+        job = running[0] if running else None
+        statuses = workflow_status(
+            [wftask.id for wftask, _ in listing],
+            [
+                (item["workflowtask"]["id"], item["status"])
+                for item in dataset.history
+                if isinstance(item.get("workflowtask"), dict) and "id" in item["workflowtask"]
+            ],
+            None
+            if job is None
+            else [(e["workflow_task_id"], e["state"]) for e in job.task_statuses],
+        )
+        return pb.GetWorkflowStatusResponse(
+            statuses=[
+                pb.WorkflowTaskStatus(
+                    workflow_task_id=s.workflow_task_id, order=s.order, state=TASK_STATES[s.state]
+                )
+                for s in statuses
+            ],
+            running_job_id=job.id if job is not None else 0,
         )
 
     async def CreateWorkflowTask(

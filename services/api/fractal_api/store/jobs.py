@@ -31,6 +31,8 @@ from fractal_grpc.events.bus import Subjects
 from fractal_grpc.events.outbox import add_to_outbox
 from fractal_grpc.grpckit.errors import FailedPrecondition, NotFound, ResourceExhausted
 from fractal_grpc.jobfolder import job_folder_name
+from fractal_grpc.jobs import progress
+from fractal_grpc.jobs.progress import CallCounts
 
 TERMINAL = ("done", "failed")
 
@@ -76,12 +78,28 @@ def task_snapshot(wftask: WorkflowTask, task: Task) -> dict[str, Any]:
 
 
 async def emit_changed(session: AsyncSession, subjects: Subjects, job: Job) -> None:
+    # Without the dumps, which never change: a watcher has them from the job it read first.
     await add_to_outbox(
         session,
         outbox,
         subjects.job_event(job.id),
-        job_events_pb2.JobChanged(job=views.job_view(job, with_log=True)),
+        job_events_pb2.JobChanged(job=views.job_view(job, with_log=True, with_dumps=False)),
     )
+
+
+async def hold_submission_rows(
+    session: AsyncSession, project_id: int, workflow_id: int, dataset_id: int
+) -> None:
+    """Key-share locks on the project, workflow and dataset rows a submission is about to name,
+    taken before they are read: a concurrent delete of one of them (which locks its row FOR
+    UPDATE, or deletes it) either commits first, and the submission then finds the row gone
+    (NOT_FOUND), or waits for the submission and then sees its job (FAILED_PRECONDITION).
+    Without them the job's insert could meet an already deleted row (a foreign-key violation).
+    Always in this order, like every other path that locks more than one of them."""
+    for model, row_id in ((Project, project_id), (Workflow, workflow_id), (Dataset, dataset_id)):
+        await session.execute(
+            select(model.id).where(model.id == row_id).with_for_update(read=True, key_share=True)
+        )
 
 
 async def check_rate_limit(
@@ -157,9 +175,9 @@ async def submit(
             "filters": dataset.filters,
         },
         tasks_snapshot=[task_snapshot(w, t) for w, t in slice_],
-        task_statuses=[
-            {"workflow_task_id": w.id, "order": w.order, "status": "submitted"} for w, _ in slice_
-        ],
+        task_statuses=progress.initial_entries(
+            {"workflow_task_id": w.id, "order": w.order, "task_name": t.name} for w, t in slice_
+        ),
         version=1,
     )
     # The partial unique index on submitted jobs decides between racing submissions.
@@ -188,10 +206,29 @@ async def lock(session: AsyncSession, job_id: int) -> Job:
     return job
 
 
-def set_task_status(job: Job, order: int, status: str) -> None:
-    job.task_statuses = [
-        {**item, "status": status} if item["order"] == order else item for item in job.task_statuses
-    ]
+async def report_progress(
+    session: AsyncSession, subjects: Subjects, job: Job, order: int, counts: CallCounts
+) -> bool:
+    """A running task's progress (the job is locked); False when it changed nothing."""
+    if job.status in TERMINAL:
+        return False
+    entries, changed = progress.apply_report(job.task_statuses, order, counts)
+    if job.started_at is None:
+        job.started_at = datetime.now(UTC)
+        changed = True
+    if not changed:
+        return False
+    job.task_statuses = entries
+    job.version += 1
+    await session.flush()
+    await emit_changed(session, subjects, job)
+    return True
+
+
+def mark_task_done(job: Job, order: int, counts: CallCounts | None) -> None:
+    job.task_statuses = progress.mark_done(job.task_statuses, order, counts)
+    if job.started_at is None:
+        job.started_at = datetime.now(UTC)
 
 
 async def applied_orders(session: AsyncSession, job_id: int) -> list[int]:
@@ -211,6 +248,7 @@ async def finish(
     status: str,
     log: str,
     failed_task_order: int | None,
+    failed_task_calls: CallCounts | None = None,
 ) -> Job:
     """End a job (idempotent: an ended job is returned unchanged)."""
     if job.status in TERMINAL:
@@ -218,25 +256,22 @@ async def finish(
     job.status = status
     job.log = log
     job.end_timestamp = datetime.now(UTC)
-    if status == "failed":
-        if failed_task_order is not None:
-            set_task_status(job, failed_task_order, "failed")
-            snapshot = next(
-                (t for t in job.tasks_snapshot if t["order"] == failed_task_order), None
-            )
-            if snapshot is not None and job.dataset_id is not None:
-                dataset = await session.get(Dataset, job.dataset_id, with_for_update=True)
-                if dataset is not None:
-                    dataset.history = [
-                        *dataset.history,
-                        {
-                            "workflowtask": snapshot["dump"],
-                            "status": "failed",
-                            "parallelization": {},
-                        },
-                    ]
-        # Tasks that never ran are no longer pending.
-        job.task_statuses = [t for t in job.task_statuses if t["status"] != "submitted"]
+    if status == "failed" and failed_task_order is not None:
+        snapshot = next((t for t in job.tasks_snapshot if t["order"] == failed_task_order), None)
+        if snapshot is not None and job.dataset_id is not None:
+            dataset = await session.get(Dataset, job.dataset_id, with_for_update=True)
+            if dataset is not None:
+                dataset.history = [
+                    *dataset.history,
+                    {
+                        "workflowtask": snapshot["dump"],
+                        "status": "failed",
+                        "parallelization": {},
+                    },
+                ]
+    job.task_statuses = progress.end_of_job(
+        job.task_statuses, status, failed_task_order, failed_task_calls
+    )
     job.version += 1
     await session.flush()
     await emit_changed(session, subjects, job)
@@ -277,5 +312,19 @@ async def list_page(
         conditions.append(Job.id < before_id)
     result = await session.execute(
         select(Job).where(and_(*conditions)).order_by(Job.id.desc()).limit(limit)
+    )
+    return list(result.scalars())
+
+
+async def submitted_for(session: AsyncSession, dataset_id: int, workflow_id: int) -> list[Job]:
+    """The submitted jobs of a dataset and workflow (at most one, by the unique index)."""
+    result = await session.execute(
+        select(Job)
+        .where(
+            Job.dataset_id == dataset_id,
+            Job.workflow_id == workflow_id,
+            Job.status == "submitted",
+        )
+        .order_by(Job.id)
     )
     return list(result.scalars())

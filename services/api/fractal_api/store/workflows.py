@@ -46,6 +46,20 @@ async def list_page(
     return result.scalars().all()
 
 
+async def list_page_for_user(
+    session: AsyncSession, user_id: int, *, after_id: int, limit: int
+) -> Sequence[Workflow]:
+    """A page of the workflows of every project ``user_id`` is a member of."""
+    result = await session.execute(
+        select(Workflow)
+        .join(ProjectMember, ProjectMember.project_id == Workflow.project_id)
+        .where(ProjectMember.user_id == user_id, Workflow.id > after_id)
+        .order_by(Workflow.id)
+        .limit(limit)
+    )
+    return result.scalars().all()
+
+
 async def lock(session: AsyncSession, workflow_id: int) -> None:
     """Serialise the changes of one workflow's task list (insert, reorder, delete)."""
     await session.execute(select(Workflow.id).where(Workflow.id == workflow_id).with_for_update())

@@ -14,6 +14,7 @@ is also imported by the SLURM worker on compute nodes, which has no ``fractal_gr
 from __future__ import annotations
 
 import os
+import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,15 @@ __all__ = [
 FOLDER_MODE = 0o755
 
 
+#: Every ASCII punctuation and whitespace character becomes "_" in a slug.
+_TO_UNDERSCORE = str.maketrans(dict.fromkeys(string.punctuation + string.whitespace, "_"))
+
+
 def task_slug(name: str) -> str:
-    """Lowercase, spaces replaced by underscores (nothing else is changed, as in the reference)."""
-    return name.lower().replace(" ", "_")
+    """The reference's ``sanitize_string``: lowercase, and every character of Python's
+    ``string.punctuation`` and ``string.whitespace`` replaced by ``_`` (other characters, also
+    non-ASCII letters, are kept)."""
+    return name.lower().translate(_TO_UNDERSCORE)
 
 
 def task_subfolder(order: int, task_name: str) -> str:

@@ -1,0 +1,1 @@
+"""Rules about jobs, as pure functions (per-task progress)."""
