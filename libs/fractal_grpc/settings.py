@@ -169,6 +169,12 @@ class RunnerSettings(CommonSettings):
     slurm_worker_pythonpath: str | None = None
     # The cluster's name in the scheduler-call counter and logs.
     slurm_cluster: str = "slurm"
+    # A job listed by neither squeue nor sacct this long is lost (its calls are submitted once
+    # more, then failed).
+    slurm_lost_after_seconds: float = Field(default=120.0, gt=0)
+    # Goes into the tag (--comment) of every SLURM job, so that deployments sharing a cluster
+    # never take each other's jobs for their own; default: FRACTAL_NATS_PREFIX.
+    runner_deployment_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
 
     @field_validator("runner_backend")
     @classmethod

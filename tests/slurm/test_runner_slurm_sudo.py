@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -227,15 +228,16 @@ async def world(slurm_admin: ApiClient, slurm_runner: RunnerApp, job_dir: Path) 
     return await _world(user, str(job_dir / "zarr"))
 
 
-def _sacct_comments(comment: str, since: str) -> list[str]:
-    """SLURM jobs tagged ``comment`` since ``since`` (job ids restart with each test database)."""
+def _sacct_comments(tag_prefix: str, since: str) -> list[str]:
+    """SLURM jobs whose tag starts with ``tag_prefix`` since ``since`` (job ids restart with
+    each test database)."""
     out = subprocess.run(
         ["sacct", "-n", "-X", "-P", "-a", f"--starttime={since}", "--format=JobID,Comment,User"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return [line for line in out.splitlines() if f"|{comment}|" in f"{line}|"]
+    return [line for line in out.splitlines() if f"|{tag_prefix}" in line]
 
 
 def _squeue() -> str:
@@ -284,7 +286,9 @@ async def test_golden_scenario_on_slurm_sudo(world: World, slurm_runner: RunnerA
     )
     assert dict(ds.dataset.filters.types) == GOLDEN_TYPE_FILTERS
     # Ran on SLURM as the cluster user, tagged with the job; calls recorded for resume.
-    jobs = _sacct_comments(f"fractal-job-{job.id}", since)
+    assert slurm_runner.slurm.records is not None
+    tag = slurm_runner.slurm.records.tag_prefix(job.id)
+    jobs = _sacct_comments(tag, since)
     assert jobs and all(line.endswith(f"|{CLUSTER_USER}") for line in jobs)
     local = Path(job.working_dir)
     assert (local / "1_illumination_correction" / "1_par_0000001.done.json").is_file()
@@ -292,9 +296,10 @@ async def test_golden_scenario_on_slurm_sudo(world: World, slurm_runner: RunnerA
     assert job.working_dir_user.startswith(str(Path(world.zarr_dir).parent / "cache"))
     sbatch = slurm_runner.slurm.calls.count("sbatch", user=CLUSTER_USER) - sbatch_before
     # 1 + 2 (create: init, 2 images over target_num_jobs=2) + 2 (illumination) + 1 + 2 (MIP);
-    # sacct may not list the last ones yet (accounting lags).
+    # sacct may not list the last ones yet (accounting lags). Each one recorded, with its id.
     assert sbatch == 8
     assert len(jobs) <= sbatch
+    assert await slurm_runner.slurm.records.count(job.id) == 8
 
 
 async def test_task_exiting_non_zero(world: World) -> None:
@@ -310,7 +315,7 @@ async def test_task_exiting_non_zero(world: World) -> None:
     assert "generic_task: failing on purpose (raise_error=True)" in job.log
 
 
-async def test_stop_during_a_run_scancels_its_jobs(world: World) -> None:
+async def test_stop_during_a_run_scancels_its_jobs(world: World, slurm_runner: RunnerApp) -> None:
     ok = await world.task(
         "mark", command_non_parallel=mock("generic_task.py"), output_types={"marked": True}
     )
@@ -318,9 +323,10 @@ async def test_stop_during_a_run_scancels_its_jobs(world: World) -> None:
     await world.add(ok)
     await world.add(sleeper, args_non_parallel={"sleep_seconds": 300})
     job = await world.submit()
-    comment = f"fractal-job-{job.id}"
+    assert slurm_runner.slurm is not None and slurm_runner.slurm.records is not None
+    comment = slurm_runner.slurm.records.tag_prefix(job.id)
     deadline = time.monotonic() + JOB_TIMEOUT
-    while f"|{comment}|RUNNING" not in _squeue():  # the sleeper's SLURM job runs
+    while not re.search(f"\\|{re.escape(comment)}[^|]*\\|RUNNING", _squeue()):
         assert time.monotonic() < deadline, (await world.get(job.id)).log
         await asyncio.sleep(0.3)
     await world.client.jobs.StopJob(

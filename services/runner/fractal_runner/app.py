@@ -35,6 +35,7 @@ from fractal_runner.run_store import RunStore
 from fractal_runner.scheduler import JobScheduler
 from fractal_runner.slurm.backend import SlurmSudoBackend
 from fractal_runner.slurm.errors import SlurmConfigError
+from fractal_runner.slurm.job_records import SlurmJobRecords
 from fractal_runner.taskproc import LocalExecutor
 from fractal_runner.taskproc.ledger import LEDGER_FOLDER
 
@@ -71,6 +72,12 @@ class RunnerApp:
                 worker_python=settings.slurm_worker_python,
                 worker_pythonpath=settings.slurm_worker_pythonpath,
                 cluster=settings.slurm_cluster,
+                records=SlurmJobRecords(
+                    self.sessions,
+                    deployment=settings.runner_deployment_id or settings.nats_prefix,
+                    cluster=settings.slurm_cluster,
+                ),
+                lost_after=settings.slurm_lost_after_seconds,
             )
             try:
                 self.slurm.check_config()

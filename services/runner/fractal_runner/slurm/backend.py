@@ -9,7 +9,9 @@ at start (``check_config``; the executor re-reads it for every task), counts eve
 ``fractal_runner.taskproc.executor``). It only knows its job once ``bind_job`` gets the job's
 spec: the SLURM user (``slurm_user``), the user-side job folder (``working_dir_user``, under the
 user's ``cache_dir``, reference §5.9/§7.5), the job's ``slurm_account`` and ``worker_init``.
-Every SLURM job it submits carries ``--comment=fractal-job-{job_id}``.
+Every SLURM job it submits is recorded in ``runner.slurm_jobs`` (``records``) and carries its
+record's tag as ``--comment`` (``fractal:{deployment}:job{job_id}:rec{id}:calls=…``); without
+records (executor tests) the comment is ``fractal-job-{job_id}``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Any
 
 from fractal.internal.v1 import job_execution_service_pb2 as pb
 from fractal_runner.slurm.config_file import load_slurm_config_file
-from fractal_runner.slurm.poller import SlurmPoller
+from fractal_runner.slurm.job_records import SlurmJobRecords
+from fractal_runner.slurm.poller import DEFAULT_LOST_AFTER_SECONDS, SlurmPoller
 from fractal_runner.slurm.scheduler import SchedulerCalls, SlurmCommands
 from fractal_runner.slurm.sudo_executor import SlurmSudoExecutor
 from fractal_runner.taskproc.calls import JobExecutionError, JobStopped, TaskCall
@@ -64,6 +67,8 @@ class SlurmSudoBackend:
         worker_python: str,
         worker_pythonpath: str | None = None,
         cluster: str = "slurm",
+        records: SlurmJobRecords | None = None,
+        lost_after: float = DEFAULT_LOST_AFTER_SECONDS,
     ) -> None:
         self.config_file = config_file
         self.poll_interval = poll_interval
@@ -71,6 +76,9 @@ class SlurmSudoBackend:
         self.worker_env = {"PYTHONPATH": worker_pythonpath} if worker_pythonpath else {}
         self.cluster = cluster
         self.calls = SchedulerCalls()
+        #: The runner's record of its SLURM jobs (None: not kept, e.g. in executor tests).
+        self.records = records
+        self.lost_after = lost_after
         self._pollers: dict[str, SlurmPoller] = {}
 
     def check_config(self) -> None:
@@ -84,7 +92,7 @@ class SlurmSudoBackend:
             commands = SlurmCommands(
                 cluster=self.cluster, user=user, calls=self.calls, sudo_user=user
             )
-            poller = SlurmPoller(commands, interval=self.poll_interval)
+            poller = SlurmPoller(commands, interval=self.poll_interval, lost_after=self.lost_after)
             self._pollers[user] = poller
         return poller
 
@@ -137,6 +145,8 @@ class SlurmJobExecutor:
             slurm_account=spec.slurm_account if spec.HasField("slurm_account") else None,
             worker_init=spec.worker_init if spec.HasField("worker_init") else None,
             job_comment=job_comment(spec.job_id),
+            records=self.backend.records,
+            fractal_job_id=spec.job_id,
         )
 
     async def run_calls(

@@ -20,7 +20,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["CommandResult", "SchedulerCallFailed", "SchedulerCalls", "SlurmCommands"]
+__all__ = [
+    "CommandResult",
+    "SbatchRefused",
+    "SchedulerCallFailed",
+    "SchedulerCalls",
+    "SlurmCommands",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +35,10 @@ DEFAULT_TIMEOUT_SECONDS = 60.0
 
 class SchedulerCallFailed(RuntimeError):
     """A SLURM command did not answer usably; what it was asked stays unknown."""
+
+
+class SbatchRefused(SchedulerCallFailed):
+    """sbatch answered, and refused the job: it does not exist."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +140,9 @@ class SlurmCommands:
         job_id = result.stdout.strip().split(";")[0]
         if result.returncode != 0 or not job_id.isdigit():
             detail = (result.stderr.strip() or result.stdout.strip())[:2000]
-            raise SchedulerCallFailed(f"sbatch refused {script}: {detail}")
+            if result.returncode != 0:
+                raise SbatchRefused(f"sbatch refused {script}: {detail}")
+            raise SchedulerCallFailed(f"sbatch gave no job id for {script}: {detail}")
         return job_id
 
     async def scancel(self, job_ids: Sequence[str]) -> None:
