@@ -160,8 +160,8 @@ class SlurmSudoExecutor:
         attached, remaining, numbers = await self._reattach(calls)
         tasks_per_job, parallel = self._batching(config, len(remaining) or len(calls))
         jobs = self._plan(calls, remaining, tasks_per_job, numbers)
-        if jobs:
-            await self._make_user_folders({job.subfolder for job in jobs})
+        # Found-again jobs too: a job SLURM lost may never have made its folder.
+        await self._make_user_folders({job.subfolder for job in jobs + [a[0] for a in attached]})
 
         results: list[Outcome] = [None] * len(calls)
         failures: list[tuple[int, TaskExecutionError | JobExecutionError]] = []
