@@ -29,7 +29,6 @@ import json
 import os
 import pickle
 import shlex
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +44,7 @@ from fractal_runner.taskproc.calls import (
     read_log,
     read_task_output_file,
     resolve_command,
+    task_process_failure,
     write_args_file,
 )
 
@@ -127,19 +127,16 @@ def run_call(call: TaskCall) -> dict[str, Any]:
         }
     finally:
         os.close(log_fd)
-    where = f"Command: {shlex.join(argv)}\nLog file: {paths.log}"
     if returncode > 0:
         return {
             "status": "task_failed",
-            "message": f"Task process exited with code {returncode}.\n{where}",
+            "message": task_process_failure(returncode, argv, paths.log),
             "log": read_log(paths.log),
         }
     if returncode < 0:
-        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else ""
         return {
             "status": "job_failed",
-            "message": f"Task process was terminated by signal {name or -returncode} "
-            f"(return code {returncode}).\n{where}",
+            "message": task_process_failure(returncode, argv, paths.log),
         }
     try:
         return {"status": "done", "output": read_task_output_file(paths.out_json)}
