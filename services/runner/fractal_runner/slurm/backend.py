@@ -26,11 +26,13 @@ from fractal_runner.slurm.config_file import load_slurm_config_file
 from fractal_runner.slurm.job_records import SlurmJobRecords
 from fractal_runner.slurm.poller import DEFAULT_LOST_AFTER_SECONDS, SlurmPoller
 from fractal_runner.slurm.scheduler import SchedulerCalls, SlurmCommands
+from fractal_runner.slurm.ssh_commands import SshSlurmCommands
+from fractal_runner.slurm.ssh_connection import SshConnection, SshTarget
 from fractal_runner.slurm.sudo_executor import SlurmSudoExecutor
 from fractal_runner.taskproc.calls import JobExecutionError, JobStopped, TaskCall
 from fractal_runner.taskproc.ledger import ProcessLedger
 
-__all__ = ["SlurmJobExecutor", "SlurmSudoBackend", "job_comment", "user_job_dir"]
+__all__ = ["SlurmJobExecutor", "SlurmSshBackend", "SlurmSudoBackend", "job_comment", "user_job_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +105,54 @@ class SlurmSudoBackend:
     def executor(self) -> SlurmJobExecutor:
         return SlurmJobExecutor(self)
 
+    #: The job reads its files in the runner's folder (same machine, or a shared disk).
+    files_shared = True
+
+    def job_user_and_dir(self, spec: pb.JobSpec) -> tuple[str, Path]:
+        """Who runs the job's SLURM jobs, and their folder (JobExecutionError if the job's user
+        cannot run on SLURM)."""
+        if not spec.HasField("slurm_user") or not spec.slurm_user:
+            raise JobExecutionError("The job's user has no slurm_user: it cannot run on SLURM.")
+        return spec.slurm_user, user_job_dir(spec)
+
     async def close(self) -> None:
         for poller in self._pollers.values():
             await poller.close()
         self._pollers.clear()
+
+
+class SlurmSshBackend(SlurmSudoBackend):
+    """The slurm_ssh backend: every job runs as the one SSH service user, over one shared
+    connection (``ssh_connection``), in ``{remote_base_dir}/{job folder name}``; job files go
+    over in one archive per batch and come back in one per SLURM job."""
+
+    files_shared = False
+
+    def __init__(self, *, target: SshTarget, remote_base_dir: Path, **options: Any) -> None:
+        super().__init__(**options)
+        self.connection = SshConnection(target)
+        self.remote_base_dir = remote_base_dir
+
+    def poller(self, user: str) -> SlurmPoller:
+        poller = self._pollers.get(user)
+        if poller is None:
+            commands = SshSlurmCommands(
+                cluster=self.cluster,
+                connection=self.connection,
+                calls=self.calls,
+                worker_python=self.worker_python,
+                worker_env=self.worker_env,
+            )
+            poller = SlurmPoller(commands, interval=self.poll_interval, lost_after=self.lost_after)
+            self._pollers[user] = poller
+        return poller
+
+    def job_user_and_dir(self, spec: pb.JobSpec) -> tuple[str, Path]:
+        return self.connection.target.user, self.remote_base_dir / Path(spec.working_dir).name
+
+    async def close(self) -> None:
+        await super().close()
+        await self.connection.close()
 
 
 class SlurmJobExecutor:
@@ -130,16 +176,14 @@ class SlurmJobExecutor:
     def bind_job(self, spec: pb.JobSpec) -> None:
         """Take the job's user, folders, account and worker_init (JobExecutionError if the
         job's user cannot run on SLURM)."""
-        if not spec.HasField("slurm_user") or not spec.slurm_user:
-            raise JobExecutionError("The job's user has no slurm_user: it cannot run on SLURM.")
-        user = spec.slurm_user
+        user, user_dir = self.backend.job_user_and_dir(spec)
         poller = self.backend.poller(user)
         self._inner = SlurmSudoExecutor(
             commands=poller.commands,
             poller=poller,
             config_file=self.backend.config_file,
             local_dir=Path(spec.working_dir),
-            user_dir=user_job_dir(spec),
+            user_dir=user_dir,
             worker_python=self.backend.worker_python,
             worker_env=self.backend.worker_env,
             slurm_account=spec.slurm_account if spec.HasField("slurm_account") else None,
@@ -147,6 +191,7 @@ class SlurmJobExecutor:
             job_comment=job_comment(spec.job_id),
             records=self.backend.records,
             fractal_job_id=spec.job_id,
+            files_shared=self.backend.files_shared,
         )
 
     async def run_calls(

@@ -96,6 +96,7 @@ class SlurmSudoExecutor:
         job_comment: str | None = None,
         records: SlurmJobRecords | None = None,
         fractal_job_id: int | None = None,
+        files_shared: bool = True,
     ) -> None:
         self.commands = commands
         self.poller = poller
@@ -111,6 +112,10 @@ class SlurmSudoExecutor:
         #: The runner's record of its SLURM jobs (restart reconciliation); None: not kept.
         self.records = records if fractal_job_id is not None else None
         self.fractal_job_id = fractal_job_id
+        #: True: the job reads its input files and script in the runner's folder (slurm_sudo,
+        #: one machine or a shared disk); False: they go over in one archive per batch
+        #: (``commands.put_archive``, slurm_ssh).
+        self.files_shared = files_shared
         self._stopped = False
         self._active: set[str] = set()
         self._cancelled: set[str] = set()  # by us: their calls without outcome are not failures
@@ -169,10 +174,16 @@ class SlurmSudoExecutor:
         try:
             for job, job_id, end in attached:
                 watched[self._watch(job_id, end)] = (job, job_id)
+            prepared = []
             for job in jobs:
+                if self._stopped:
+                    break
+                prepared.append(await self._prepare(job, calls, config, parallel))
+            await self._upload(prepared)  # one archive for all the jobs (slurm_ssh)
+            for job, _ in prepared:
                 if self._stopped:  # cancel() while submitting: submit nothing more
                     break
-                job, job_id = await self._submit(job, calls, config, parallel)
+                job, job_id = await self._sbatch_job(job)
                 watched[self.poller.watch(job_id)] = (job, job_id)
                 if self._stopped:  # cancel() ran during this sbatch, before the id was known
                     await self._scancel([job_id])
@@ -365,20 +376,18 @@ class SlurmSudoExecutor:
         script = first.parent / f"{slurm_prefix}_slurm_submit.sbatch"
         return _Job(indices, slurm_prefix, subfolder, script)
 
-    async def _submit(
+    async def _prepare(
         self,
         job: _Job,
         calls: Sequence[TaskCall],
         config: SlurmConfig,
         parallel: int,
         generation: int = 0,
-    ) -> tuple[_Job, str]:
-        """Record (when records are kept), write and sbatch one job; the id is recorded at
-        once."""
+    ) -> tuple[_Job, list[Path]]:
+        """Record the job (when records are kept) and write its files; the files written."""
         comment = self.job_comment
-        records = self.records
-        if records is not None and self.fractal_job_id is not None:
-            record = await records.intend(
+        if self.records is not None and self.fractal_job_id is not None:
+            record = await self.records.intend(
                 job_id=self.fractal_job_id,
                 subfolder=job.subfolder,
                 slurm_prefix=job.slurm_prefix,
@@ -388,9 +397,29 @@ class SlurmSudoExecutor:
             )
             job = replace(job, record=record)
             comment = record.tag
-        self._write_job_files(job, calls, config, parallel, comment)
+        files = self._write_job_files(job, calls, config, parallel, comment)
+        return job, files
+
+    async def _upload(self, prepared: Sequence[tuple[_Job, list[Path]]]) -> None:
+        """Without a shared filesystem: every job file over in one archive."""
+        if self.files_shared or not prepared:
+            return
+        put_archive = getattr(self.commands, "put_archive", None)
+        if put_archive is None:
+            raise JobExecutionError("The job files cannot reach the cluster (no upload).")
+        files = [path for _, paths in prepared for path in paths]
+        archive = await asyncio.to_thread(_archive, self.local_dir, files)
         try:
-            job_id = await self.commands.sbatch(str(job.script))
+            await put_archive(archive, str(self.user_dir))
+        except SchedulerCallFailed as e:
+            raise JobExecutionError(f"Cannot send the job files to the cluster: {e}") from None
+
+    async def _sbatch_job(self, job: _Job) -> tuple[_Job, str]:
+        """sbatch one prepared job; its id is recorded at once."""
+        records = self.records
+        script = job.script if self.files_shared else self._user_path(job.script)
+        try:
+            job_id = await self.commands.sbatch(str(script))
         except SchedulerCallFailed as e:
             # Refused: nothing runs under this record. Any other failure (a timeout, a dropped
             # connection) leaves it "submitting": the job may exist, and is looked up by its tag.
@@ -422,7 +451,9 @@ class SlurmSudoExecutor:
         )
         fresh = self._job(calls, job.indices, numbers)
         await self._make_user_folders({fresh.subfolder})
-        again = await self._submit(fresh, calls, config, parallel, generation=1)
+        prepared = await self._prepare(fresh, calls, config, parallel, generation=1)
+        await self._upload([prepared])
+        again = await self._sbatch_job(prepared[0])
         assert self.records is not None
         await self.records.abandoned(job.record.id)
         return again
@@ -437,8 +468,11 @@ class SlurmSudoExecutor:
         config: SlurmConfig,
         parallel: int,
         comment: str | None,
-    ) -> None:
+    ) -> list[Path]:
+        """Write the job's input files and script in the runner's folder; the files written.
+        The script names the files as the job sees them."""
         job_calls = []
+        written = []
         for index in job.indices:
             call = calls[index]
             user_call = replace(
@@ -453,8 +487,10 @@ class SlurmSudoExecutor:
             prefix = call.paths.log.stem
             in_file = call.paths.log.parent / f"{prefix}_in.pickle"
             write_input_file(in_file, user_call)
+            written.append(in_file)
             out_file = self._user_path(call.paths.log.parent / f"{prefix}_out.pickle")
-            job_calls.append(JobCall(prefix, str(in_file), str(out_file)))
+            seen = in_file if self.files_shared else self._user_path(in_file)
+            job_calls.append(JobCall(prefix, str(seen), str(out_file)))
         user_sub = self.user_dir / job.subfolder
         spec = SlurmJobSpec(
             config=config,
@@ -470,6 +506,8 @@ class SlurmSudoExecutor:
         )
         job.script.write_text(sbatch_script(spec), encoding="utf-8")
         job.script.chmod(0o644)
+        written.append(job.script)
+        return written
 
     async def _make_user_folders(self, subfolders: set[str]) -> None:
         folders = [str(self.user_dir / s) for s in sorted(subfolders)]
@@ -579,6 +617,15 @@ def _limits(config: SlurmConfig) -> BatchingLimits:
         target_num_jobs=config.target_num_jobs,
         max_num_jobs=config.max_num_jobs,
     )
+
+
+def _archive(base: Path, files: Sequence[Path]) -> bytes:
+    """An uncompressed tar of ``files``, named relative to ``base`` (pickles compress poorly)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for path in files:
+            archive.add(path, arcname=str(path.relative_to(base)), recursive=False)
+    return buffer.getvalue()
 
 
 def _tail(path: Path) -> str:

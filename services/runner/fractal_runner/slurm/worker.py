@@ -49,6 +49,7 @@ from fractal_runner.taskproc.calls import (
 )
 
 __all__ = [
+    "STRICT_VERSIONS",
     "WORKER_PROTOCOL",
     "read_worker_file",
     "run_call",
@@ -59,7 +60,8 @@ __all__ = [
 
 #: The format of the input and output files; change it with any change of that format.
 WORKER_PROTOCOL = "1"
-_STRICT_VERSIONS = ("cloudpickle", "worker_protocol")
+#: The versions that must be equal on both sides (Python may differ: a warning only).
+STRICT_VERSIONS = ("cloudpickle", "worker_protocol")
 _FILE_MODE = 0o644
 
 
@@ -97,7 +99,7 @@ def read_worker_file(path: Path) -> Any:
 def version_problem(theirs: dict[str, str]) -> str | None:
     """A message when ``theirs`` differs from ours in a version that must match, else None."""
     ours = versions()
-    diff = [k for k in _STRICT_VERSIONS if theirs.get(k) != ours[k]]
+    diff = [k for k in STRICT_VERSIONS if theirs.get(k) != ours[k]]
     if not diff:
         return None
     details = ", ".join(f"{k} {theirs.get(k)} on the runner, {ours[k]} on the node" for k in diff)
