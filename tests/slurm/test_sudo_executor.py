@@ -333,3 +333,27 @@ async def test_a_job_recorded_but_never_submitted_is_submitted(
     assert calls.count("sacct") >= 1  # the lookup by tag
     (current,) = await store.for_task(job_id, SUBFOLDER)
     assert current.slurm_prefix == "1_batch_000001"  # a new job, not the abandoned record
+
+
+async def test_200_calls_in_several_jobs_with_in_job_queues(dirs, calls: SchedulerCalls, tmp_path):
+    """tasks_per_job 50 and parallel_tasks_per_job 4: 4 SLURM jobs, each running its 50 calls 4
+    at a time (an in-job queue of srun steps); the outputs are the local executor's."""
+    urls = [f"/z/img_{i}" for i in range(200)]
+    executor, poller = _executor(dirs, calls)
+    meta = {"tasks_per_job": 50, "parallel_tasks_per_job": 4, "mem": "150M"}
+    try:
+        got = await asyncio.wait_for(executor.run_calls(_calls(dirs[0], urls), meta=meta), 600)
+    finally:
+        await poller.close()
+    (tmp_path / SUBFOLDER).mkdir()
+    shutil.copy(dirs[0] / "task.py", tmp_path / "task.py")
+    expected = await LocalExecutor().run_calls(_calls(tmp_path, urls), concurrency=4)
+    assert got == expected
+    assert got[199] == {
+        "image_list_updates": [{"zarr_url": "/z/img_199", "attributes": {"n": 199 * 199}}]
+    }
+    assert calls.count("sbatch") == 4
+    assert calls.count("squeue") == poller.rounds
+    script = (dirs[0] / SUBFOLDER / "1_batch_000000_slurm_submit.sbatch").read_text()
+    assert "#SBATCH --ntasks=4\n" in script and "#SBATCH --mem=600M\n" in script
+    assert script.count("srun --ntasks=1") == 50
