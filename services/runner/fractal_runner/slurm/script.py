@@ -19,9 +19,10 @@ a free slot (the reference's layout): every waiting srun is a client process cha
 step, so a job of 250 calls had its batch step killed over its memory (~3 MB per waiting srun,
 measured on the test cluster); lanes keep P srun clients alive whatever the number of calls,
 which also spares slurmctld the retries of blocked step requests. Each srun step is named after
-its call (``--job-name={step_name}``), so sacct tells which call a failed or killed step was; the job may carry a ``--comment`` (our run/call tag);
-worker arguments are shell-quoted; a value with a line break (which would inject script lines) is
-refused, and so are file paths with whitespace in ``#SBATCH`` lines (sbatch does not unquote them).
+its call (``--job-name={step_name}``), so sacct tells which call a failed or killed step was; the
+job may carry a ``--comment`` (our run/call tag); worker arguments are shell-quoted; a value with
+a line break (which would inject script lines) is refused, and so are file paths with whitespace
+in ``#SBATCH`` lines (sbatch does not unquote them).
 """
 
 import shlex
