@@ -28,14 +28,21 @@ from typing import Any
 
 import grpc.aio
 
-from bench import api_bench, concurrency_bench, images_bench, jobs_bench, query_bench
+from bench import (
+    api_bench,
+    concurrency_bench,
+    images_bench,
+    jobs_bench,
+    query_bench,
+    slurm_bench,
+)
 from bench.client import ApiClient, make_images
 from bench.report import format_table, rows_as_dicts, summary_rows
 from bench.stack import ADMIN_EMAIL, ADMIN_PASSWORD, BenchStack
 from bench.stats import machine_info
 from fractal_grpc.client import open_channel
 
-SECTIONS = ("api", "images", "query", "jobs", "delay")
+SECTIONS = ("api", "images", "query", "jobs", "delay", "slurm")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -146,6 +153,8 @@ class Runner:
                 "delay": lambda: concurrency_bench.bench_delay(
                     address, user, self.zarr_root, images=100_000, baseline_seconds=3.0
                 ),
+                # On the cluster of deploy/local, without the stack (bench/slurm_bench.py).
+                "slurm": lambda: slurm_bench.section(quick=self.config.mode == "quick"),
             }
             for name in self.selected:
                 print(f"[{name}]", flush=True)

@@ -192,7 +192,8 @@ done
 
 # ---- the non-root cluster user, and its association (accounting knows every user)
 ensure_user "$FRACTAL_SLURM_USER"
-for u in root "$FRACTAL_SLURM_USER"; do
+ensure_user "$FRACTAL_SSH_USER"  # the slurm_ssh backend's service user (its sshd: sshd-up.sh)
+for u in root "$FRACTAL_SLURM_USER" "$FRACTAL_SSH_USER"; do
     sacctmgr -n -P show user "$u" format=user | grep -qx "$u" || sacctmgr -i add user "$u" account=root >/dev/null 2>&1 || true
 done
 

@@ -169,11 +169,26 @@ class RunnerSettings(CommonSettings):
     slurm_worker_pythonpath: str | None = None
     # The cluster's name in the scheduler-call counter and logs.
     slurm_cluster: str = "slurm"
+    # A job listed by neither squeue nor sacct this long is lost (its calls are submitted once
+    # more, then failed).
+    slurm_lost_after_seconds: float = Field(default=120.0, gt=0)
+    # Goes into the tag (--comment) of every SLURM job, so that deployments sharing a cluster
+    # never take each other's jobs for their own; default: FRACTAL_NATS_PREFIX.
+    runner_deployment_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
+    # --- slurm_ssh: the cluster's login node, one service user (reference §7.6) ---
+    slurm_ssh_host: str | None = None
+    slurm_ssh_port: int = Field(default=22, ge=1, le=65535)
+    slurm_ssh_user: str | None = None
+    slurm_ssh_private_key_path: Path | None = None
+    # known_hosts with the login node's host key; unset: any host key is accepted.
+    slurm_ssh_known_hosts: Path | None = None
+    # The remote base of the job folders ({base}/{job folder name}), the service user's.
+    slurm_ssh_working_base_dir: Path | None = None
 
     @field_validator("runner_backend")
     @classmethod
     def _backend(cls, value: str) -> str:
-        return _runner_backend(value, ("local", "slurm_sudo"))
+        return _runner_backend(value, RUNNER_BACKENDS)
 
     @field_validator("local_config_file", "slurm_config_file")
     @classmethod
@@ -191,6 +206,13 @@ class RunnerSettings(CommonSettings):
             raise ValueError(f"FRACTAL_SLURM_CONFIG_FILE is required by {self.runner_backend}")
         if self.slurm_worker_python is None:
             raise ValueError(f"FRACTAL_SLURM_WORKER_PYTHON is required by {self.runner_backend}")
+        if self.runner_backend == "slurm_ssh":
+            for name in ("host", "user", "private_key_path", "working_base_dir"):
+                if getattr(self, f"slurm_ssh_{name}") is None:
+                    raise ValueError(f"FRACTAL_SLURM_SSH_{name.upper()} is required by slurm_ssh")
+            assert self.slurm_ssh_working_base_dir is not None
+            if not self.slurm_ssh_working_base_dir.is_absolute():
+                raise ValueError("FRACTAL_SLURM_SSH_WORKING_BASE_DIR must be an absolute path")
         # Its content is validated by the runner at start, and again each time it is re-read.
         return self
 

@@ -92,7 +92,7 @@ async def test_final_states_each_resolved_as_soon_as_seen(job_dir: Path, calls: 
         elif command == "sacct":
             assert asked <= listed_before  # a subset of the ids of the round's squeue
     rendered = calls.render()
-    assert f'command="squeue"}} {poller.rounds}' in rendered
+    assert f'kind="squeue"}} {poller.rounds}' in rendered
 
 
 async def test_a_failed_scheduler_call_concludes_nothing(job_dir: Path, calls: SchedulerCalls):

@@ -8,15 +8,19 @@ import grp
 import json
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from slurm_cluster_env import CLUSTER_USER, RUNNER_SOURCE, WORKER_PYTHON
 
+from fractal_grpc.db import make_engine, make_sessionmaker
+from fractal_runner.run_store import RunStore
+from fractal_runner.slurm.job_records import SlurmJobRecords
 from fractal_runner.slurm.poller import SlurmPoller
 from fractal_runner.slurm.scheduler import SchedulerCalls, SlurmCommands
 from fractal_runner.slurm.sudo_executor import SlurmSudoExecutor
@@ -195,3 +199,161 @@ async def test_stop_scancels_the_jobs(dirs, calls: SchedulerCalls):
     assert len(states) == 1 and states[0].startswith("CANCELLED"), states
     with pytest.raises(JobStopped):
         await executor.run_calls(_calls(dirs[0], ["/z/img_1"]))
+
+
+async def test_a_job_scancelled_from_outside_fails_with_slurm_s_reason(dirs, calls: SchedulerCalls):
+    executor, poller = _executor(dirs, calls)
+    try:
+        run = asyncio.create_task(executor.run_calls(_calls(dirs[0], ["/z/sleep"])))
+        for _ in range(DEADLINE * 10):
+            if executor.submitted_job_ids and _running(executor.submitted_job_ids[0]):
+                break
+            await asyncio.sleep(0.1)
+        subprocess.run(["scancel", executor.submitted_job_ids[0]], check=True)
+        with pytest.raises(JobExecutionError) as info:
+            await asyncio.wait_for(run, DEADLINE)
+    finally:
+        await poller.close()
+    assert not isinstance(info.value, JobStopped)
+    (job_id,) = executor.submitted_job_ids
+    assert info.value.message.startswith(
+        f"SLURM job {job_id} was cancelled (scancel, or stopped by an administrator)."
+    )
+    assert "SLURM stderr (tail):" in info.value.message
+
+
+def _running(job_id: str) -> bool:
+    out = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True
+    ).stdout
+    return out.strip() == "RUNNING"
+
+
+# --- records of the SLURM jobs (restart reconciliation) ---------------------------------------
+
+
+@pytest.fixture
+async def records(database_url: str) -> AsyncIterator[tuple[SlurmJobRecords, int]]:
+    """Records of a run of its own in the runner schema (finished at the end, so that no
+    runner of the session ever resumes it)."""
+    engine = make_engine(database_url, pool_size=2)
+    sessions = make_sessionmaker(engine)
+    store = RunStore(sessions)
+    job_id = secrets.randbelow(2**40) + 2**40
+    assert await store.claim(job_id, create=True)
+    try:
+        yield SlurmJobRecords(sessions, deployment="t", cluster="fractal"), job_id
+    finally:
+        await store.finish(job_id)
+        await engine.dispose()
+
+
+def _recorded_executor(
+    dirs: tuple[Path, Path], calls: SchedulerCalls, records: tuple[SlurmJobRecords, int]
+) -> tuple[SlurmSudoExecutor, SlurmPoller]:
+    executor, poller = _executor(dirs, calls)
+    executor.records, executor.fractal_job_id = records
+    poller.lost_after = 1.0
+    return executor, poller
+
+
+async def _lost_job(
+    records: tuple[SlurmJobRecords, int], urls: list[str], *, generation: int
+) -> None:
+    """A record of a SLURM job for the calls of ``urls`` that SLURM has never heard of."""
+    store, job_id = records
+    stems = [parallel_prefix(1, i) for i in range(len(urls))]
+    record = await store.intend(
+        job_id=job_id,
+        subfolder=SUBFOLDER,
+        slurm_prefix="1_batch_000000",
+        calls=stems,
+        slurm_user=CLUSTER_USER,
+        generation=generation,
+    )
+    await store.submitted(record.id, "987654321")
+
+
+async def test_a_recorded_job_unknown_to_slurm_is_submitted_once_more(
+    dirs, calls: SchedulerCalls, records
+):
+    urls = ["/z/img_1", "/z/img_2"]
+    await _lost_job(records, urls, generation=0)
+    executor, poller = _recorded_executor(dirs, calls, records)
+    try:
+        got = await asyncio.wait_for(executor.run_calls(_calls(dirs[0], urls)), DEADLINE)
+    finally:
+        await poller.close()
+    assert got[1] == {"image_list_updates": [{"zarr_url": "/z/img_2", "attributes": {"n": 4}}]}
+    assert calls.count("sbatch") == 1  # the lost job's calls, once more, in one job
+    store, job_id = records
+    assert await store.count(job_id) == 2
+    (current,) = await store.for_task(job_id, SUBFOLDER)  # the lost one is abandoned
+    assert current.generation == 1 and current.state == "ended"
+    assert current.slurm_job_id == executor.submitted_job_ids[0]
+
+
+async def test_a_resubmitted_job_unknown_to_slurm_fails_with_a_reason(
+    dirs, calls: SchedulerCalls, records
+):
+    await _lost_job(records, ["/z/img_1"], generation=1)
+    executor, poller = _recorded_executor(dirs, calls, records)
+    try:
+        with pytest.raises(JobExecutionError) as info:
+            await asyncio.wait_for(executor.run_calls(_calls(dirs[0], ["/z/img_1"])), DEADLINE)
+    finally:
+        await poller.close()
+    assert info.value.message.startswith(
+        "SLURM job 987654321 is unknown to SLURM (neither squeue nor sacct lists it). "
+        "Its task calls were already submitted a second time."
+    )
+    assert calls.count("sbatch") == 0
+
+
+async def test_a_job_recorded_but_never_submitted_is_submitted(
+    dirs, calls: SchedulerCalls, records
+):
+    """The runner died between recording a job and its sbatch: the tag is looked up first
+    (squeue, then sacct), and only then are its calls submitted."""
+    store, job_id = records
+    await store.intend(
+        job_id=job_id,
+        subfolder=SUBFOLDER,
+        slurm_prefix="1_batch_000000",
+        calls=[parallel_prefix(1, 0)],
+        slurm_user=CLUSTER_USER,
+    )
+    executor, poller = _recorded_executor(dirs, calls, records)
+    try:
+        got = await asyncio.wait_for(executor.run_calls(_calls(dirs[0], ["/z/img_3"])), DEADLINE)
+    finally:
+        await poller.close()
+    assert got == [{"image_list_updates": [{"zarr_url": "/z/img_3", "attributes": {"n": 9}}]}]
+    assert calls.count("sbatch") == 1
+    assert calls.count("sacct") >= 1  # the lookup by tag
+    (current,) = await store.for_task(job_id, SUBFOLDER)
+    assert current.slurm_prefix == "1_batch_000001"  # a new job, not the abandoned record
+
+
+async def test_200_calls_in_several_jobs_with_in_job_queues(dirs, calls: SchedulerCalls, tmp_path):
+    """tasks_per_job 50 and parallel_tasks_per_job 4: 4 SLURM jobs, each running its 50 calls 4
+    at a time (an in-job queue of srun steps); the outputs are the local executor's."""
+    urls = [f"/z/img_{i}" for i in range(200)]
+    executor, poller = _executor(dirs, calls)
+    meta = {"tasks_per_job": 50, "parallel_tasks_per_job": 4, "mem": "150M"}
+    try:
+        got = await asyncio.wait_for(executor.run_calls(_calls(dirs[0], urls), meta=meta), 600)
+    finally:
+        await poller.close()
+    (tmp_path / SUBFOLDER).mkdir()
+    shutil.copy(dirs[0] / "task.py", tmp_path / "task.py")
+    expected = await LocalExecutor().run_calls(_calls(tmp_path, urls), concurrency=4)
+    assert got == expected
+    assert got[199] == {
+        "image_list_updates": [{"zarr_url": "/z/img_199", "attributes": {"n": 199 * 199}}]
+    }
+    assert calls.count("sbatch") == 4
+    assert calls.count("squeue") == poller.rounds
+    script = (dirs[0] / SUBFOLDER / "1_batch_000000_slurm_submit.sbatch").read_text()
+    assert "#SBATCH --ntasks=4\n" in script and "#SBATCH --mem=600M\n" in script
+    assert script.count("srun --ntasks=1") == 50

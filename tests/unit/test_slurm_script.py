@@ -1,4 +1,4 @@
-"""The sbatch script layout (§7.3): preamble order, srun per call, in-job queue with ``wait``."""
+"""The sbatch script layout (§7.3): preamble order, srun per call, in-job queue in lanes, wait."""
 
 import dataclasses
 
@@ -77,15 +77,19 @@ export MODELS=/home/u/.cache/models
 
 echo "Working directory (pwd): `pwd`"
 
-srun --ntasks=1 --cpus-per-task=$SLURM_CPUS_PER_TASK --mem=100M --job-name=1_par_0000000 \
+(
+  srun --ntasks=1 --cpus-per-task=$SLURM_CPUS_PER_TASK --mem=100M --job-name=1_par_0000000 \
 /opt/venv/bin/python -m fractal_runner.slurm.worker \
---input-file /srv/job/1_x/1_in_0.pickle --output-file /home/u/job/1_x/1_out_0.pickle &
-srun --ntasks=1 --cpus-per-task=$SLURM_CPUS_PER_TASK --mem=100M --job-name=1_par_0000001 \
+--input-file /srv/job/1_x/1_in_0.pickle --output-file /home/u/job/1_x/1_out_0.pickle
+  srun --ntasks=1 --cpus-per-task=$SLURM_CPUS_PER_TASK --mem=100M --job-name=1_par_0000002 \
 /opt/venv/bin/python -m fractal_runner.slurm.worker \
---input-file /srv/job/1_x/1_in_1.pickle --output-file /home/u/job/1_x/1_out_1.pickle &
-srun --ntasks=1 --cpus-per-task=$SLURM_CPUS_PER_TASK --mem=100M --job-name=1_par_0000002 \
+--input-file /srv/job/1_x/1_in_2.pickle --output-file /home/u/job/1_x/1_out_2.pickle
+) &
+(
+  srun --ntasks=1 --cpus-per-task=$SLURM_CPUS_PER_TASK --mem=100M --job-name=1_par_0000001 \
 /opt/venv/bin/python -m fractal_runner.slurm.worker \
---input-file /srv/job/1_x/1_in_2.pickle --output-file /home/u/job/1_x/1_out_2.pickle &
+--input-file /srv/job/1_x/1_in_1.pickle --output-file /home/u/job/1_x/1_out_1.pickle
+) &
 wait
 """.replace("\\\n", "")
 

@@ -73,5 +73,19 @@ def test_backend_names_shared_by_api_and_runner(given, kept, tmp_path):
 def test_runner_slurm_settings_are_required(tmp_path):
     with pytest.raises(ValueError, match="FRACTAL_SLURM_CONFIG_FILE"):
         RunnerSettings(runner_backend="slurm_sudo", slurm_worker_python="/usr/bin/python3")
-    with pytest.raises(ValueError, match="only|must be one of"):
-        RunnerSettings(runner_backend="slurm_ssh")
+    (tmp_path / "slurm.json").write_text("{}")
+    ssh = {
+        "runner_backend": "slurm_ssh",
+        "slurm_config_file": tmp_path / "slurm.json",
+        "slurm_worker_python": "/usr/bin/python3",
+    }
+    with pytest.raises(ValueError, match="FRACTAL_SLURM_SSH_HOST"):
+        RunnerSettings(**ssh)
+    with pytest.raises(ValueError, match="FRACTAL_SLURM_SSH_WORKING_BASE_DIR must be an absolute"):
+        RunnerSettings(
+            **ssh,
+            slurm_ssh_host="h",
+            slurm_ssh_user="u",
+            slurm_ssh_private_key_path="/k",
+            slurm_ssh_working_base_dir="rel",
+        )

@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import grpc.aio
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fractal.events.v1 import job_events_pb2
 from fractal_grpc.auth.tokens import (
@@ -33,8 +35,10 @@ from fractal_runner.leases import Instance, LeaseConfig
 from fractal_runner.readiness import wait_for_api
 from fractal_runner.run_store import RunStore
 from fractal_runner.scheduler import JobScheduler
-from fractal_runner.slurm.backend import SlurmSudoBackend
+from fractal_runner.slurm.backend import SlurmSshBackend, SlurmSudoBackend
 from fractal_runner.slurm.errors import SlurmConfigError
+from fractal_runner.slurm.job_records import SlurmJobRecords
+from fractal_runner.slurm.ssh_connection import SshTarget
 from fractal_runner.taskproc import LocalExecutor
 from fractal_runner.taskproc.ledger import LEDGER_FOLDER
 
@@ -60,18 +64,10 @@ class RunnerApp:
         self.tokens = ServiceTokenSource(settings.service_private_key_pem(), service="runner")
         # Health, reflection and JobFolderService (api's tokens only).
         self.server = job_folders.build_server(settings)
-        #: The slurm_sudo backend's process-wide state (pollers per user), None for local.
+        #: The SLURM backend's process-wide state (pollers per user), None for local.
         self.slurm: SlurmSudoBackend | None = None
-        if settings.runner_backend == "slurm_sudo":
-            assert settings.slurm_config_file is not None  # checked by RunnerSettings
-            assert settings.slurm_worker_python is not None
-            self.slurm = SlurmSudoBackend(
-                config_file=settings.slurm_config_file,
-                poll_interval=settings.slurm_poll_interval,
-                worker_python=settings.slurm_worker_python,
-                worker_pythonpath=settings.slurm_worker_pythonpath,
-                cluster=settings.slurm_cluster,
-            )
+        if settings.runner_backend in ("slurm_sudo", "slurm_ssh"):
+            self.slurm = _slurm_backend(settings, self.sessions)
             try:
                 self.slurm.check_config()
             except SlurmConfigError as exc:
@@ -191,3 +187,38 @@ class RunnerApp:
         if self.channel is not None:
             await self.channel.close()
         await self.engine.dispose()
+
+
+def _slurm_backend(
+    settings: RunnerSettings, sessions: async_sessionmaker[AsyncSession]
+) -> SlurmSudoBackend:
+    """The backend of FRACTAL_RUNNER_BACKEND slurm_sudo or slurm_ssh (settings checked)."""
+    assert settings.slurm_config_file is not None  # checked by RunnerSettings
+    assert settings.slurm_worker_python is not None
+    options: dict[str, Any] = {
+        "config_file": settings.slurm_config_file,
+        "poll_interval": settings.slurm_poll_interval,
+        "worker_python": settings.slurm_worker_python,
+        "worker_pythonpath": settings.slurm_worker_pythonpath,
+        "cluster": settings.slurm_cluster,
+        "records": SlurmJobRecords(
+            sessions,
+            deployment=settings.runner_deployment_id or settings.nats_prefix,
+            cluster=settings.slurm_cluster,
+        ),
+        "lost_after": settings.slurm_lost_after_seconds,
+    }
+    if settings.runner_backend == "slurm_sudo":
+        return SlurmSudoBackend(**options)
+    assert settings.slurm_ssh_host is not None and settings.slurm_ssh_user is not None
+    assert settings.slurm_ssh_working_base_dir is not None
+    target = SshTarget(
+        host=settings.slurm_ssh_host,
+        user=settings.slurm_ssh_user,
+        port=settings.slurm_ssh_port,
+        key_file=settings.slurm_ssh_private_key_path,
+        known_hosts=settings.slurm_ssh_known_hosts,
+    )
+    return SlurmSshBackend(
+        target=target, remote_base_dir=settings.slurm_ssh_working_base_dir, **options
+    )

@@ -18,7 +18,19 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, Index, Integer, Text, func, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from fractal_grpc.db import schema_metadata
@@ -56,4 +68,50 @@ class Run(Base):
         CheckConstraint("status IN ('queued', 'running', 'finished')", name="status"),
         # Start-up and the orphan sweep scan the unfinished runs only.
         Index("ix_runs_unfinished", "job_id", postgresql_where=text("status <> 'finished'")),
+    )
+
+
+class SlurmJobState(StrEnum):
+    #: recorded before its sbatch: the SLURM job may or may not exist (found by its tag)
+    SUBMITTING = "submitting"
+    #: sbatch answered with ``slurm_job_id``
+    SUBMITTED = "submitted"
+    #: SLURM reported its final state (``slurm_state``); its outputs can be read again
+    ENDED = "ended"
+    #: sbatch refused it, or it was never found after a crash: its calls go into a new job
+    ABANDONED = "abandoned"
+
+
+class SlurmJob(Base):
+    """One SLURM job of a run (``fractal_runner.slurm.job_records``), recorded before its sbatch
+    and updated with its id right after, so that a restarted runner finds it again."""
+
+    __tablename__ = "slurm_jobs"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("runs.job_id", ondelete="CASCADE"), nullable=False
+    )
+    # The task's folder in the job folder, and the SLURM file prefix of this job in it.
+    subfolder: Mapped[str] = mapped_column(Text, nullable=False)
+    slurm_prefix: Mapped[str] = mapped_column(Text, nullable=False)
+    # The call ids (file stems of the task calls, e.g. "1_par_0000003") this job runs.
+    calls: Mapped[list[str]] = mapped_column(JSONB, nullable=False)
+    # The job's --comment: deployment, run, record and calls (unique per deployment).
+    tag: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    # 0: the calls' first job; 1: their resubmission after SLURM lost the first one.
+    generation: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    cluster: Mapped[str] = mapped_column(Text, nullable=False)
+    slurm_user: Mapped[str] = mapped_column(Text, nullable=False)
+    slurm_job_id: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(Text, nullable=False, server_default="submitting")
+    slurm_state: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    __table_args__ = (
+        CheckConstraint("state IN ('submitting', 'submitted', 'ended', 'abandoned')", name="state"),
+        Index("ix_slurm_jobs_job_id", "job_id"),
     )

@@ -9,7 +9,9 @@ at start (``check_config``; the executor re-reads it for every task), counts eve
 ``fractal_runner.taskproc.executor``). It only knows its job once ``bind_job`` gets the job's
 spec: the SLURM user (``slurm_user``), the user-side job folder (``working_dir_user``, under the
 user's ``cache_dir``, reference §5.9/§7.5), the job's ``slurm_account`` and ``worker_init``.
-Every SLURM job it submits carries ``--comment=fractal-job-{job_id}``.
+Every SLURM job it submits is recorded in ``runner.slurm_jobs`` (``records``) and carries its
+record's tag as ``--comment`` (``fractal:{deployment}:job{job_id}:rec{id}:calls=…``); without
+records (executor tests) the comment is ``fractal-job-{job_id}``.
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ from typing import Any
 
 from fractal.internal.v1 import job_execution_service_pb2 as pb
 from fractal_runner.slurm.config_file import load_slurm_config_file
-from fractal_runner.slurm.poller import SlurmPoller
+from fractal_runner.slurm.job_records import SlurmJobRecords
+from fractal_runner.slurm.poller import DEFAULT_LOST_AFTER_SECONDS, SlurmPoller
 from fractal_runner.slurm.scheduler import SchedulerCalls, SlurmCommands
+from fractal_runner.slurm.ssh_commands import SshSlurmCommands
+from fractal_runner.slurm.ssh_connection import SshConnection, SshTarget
 from fractal_runner.slurm.sudo_executor import SlurmSudoExecutor
 from fractal_runner.taskproc.calls import JobExecutionError, JobStopped, TaskCall
 from fractal_runner.taskproc.ledger import ProcessLedger
 
-__all__ = ["SlurmJobExecutor", "SlurmSudoBackend", "job_comment", "user_job_dir"]
+__all__ = ["SlurmJobExecutor", "SlurmSshBackend", "SlurmSudoBackend", "job_comment", "user_job_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,8 @@ class SlurmSudoBackend:
         worker_python: str,
         worker_pythonpath: str | None = None,
         cluster: str = "slurm",
+        records: SlurmJobRecords | None = None,
+        lost_after: float = DEFAULT_LOST_AFTER_SECONDS,
     ) -> None:
         self.config_file = config_file
         self.poll_interval = poll_interval
@@ -71,6 +78,9 @@ class SlurmSudoBackend:
         self.worker_env = {"PYTHONPATH": worker_pythonpath} if worker_pythonpath else {}
         self.cluster = cluster
         self.calls = SchedulerCalls()
+        #: The runner's record of its SLURM jobs (None: not kept, e.g. in executor tests).
+        self.records = records
+        self.lost_after = lost_after
         self._pollers: dict[str, SlurmPoller] = {}
 
     def check_config(self) -> None:
@@ -84,7 +94,7 @@ class SlurmSudoBackend:
             commands = SlurmCommands(
                 cluster=self.cluster, user=user, calls=self.calls, sudo_user=user
             )
-            poller = SlurmPoller(commands, interval=self.poll_interval)
+            poller = SlurmPoller(commands, interval=self.poll_interval, lost_after=self.lost_after)
             self._pollers[user] = poller
         return poller
 
@@ -95,10 +105,54 @@ class SlurmSudoBackend:
     def executor(self) -> SlurmJobExecutor:
         return SlurmJobExecutor(self)
 
+    #: The job reads its files in the runner's folder (same machine, or a shared disk).
+    files_shared = True
+
+    def job_user_and_dir(self, spec: pb.JobSpec) -> tuple[str, Path]:
+        """Who runs the job's SLURM jobs, and their folder (JobExecutionError if the job's user
+        cannot run on SLURM)."""
+        if not spec.HasField("slurm_user") or not spec.slurm_user:
+            raise JobExecutionError("The job's user has no slurm_user: it cannot run on SLURM.")
+        return spec.slurm_user, user_job_dir(spec)
+
     async def close(self) -> None:
         for poller in self._pollers.values():
             await poller.close()
         self._pollers.clear()
+
+
+class SlurmSshBackend(SlurmSudoBackend):
+    """The slurm_ssh backend: every job runs as the one SSH service user, over one shared
+    connection (``ssh_connection``), in ``{remote_base_dir}/{job folder name}``; job files go
+    over in one archive per batch and come back in one per SLURM job."""
+
+    files_shared = False
+
+    def __init__(self, *, target: SshTarget, remote_base_dir: Path, **options: Any) -> None:
+        super().__init__(**options)
+        self.connection = SshConnection(target)
+        self.remote_base_dir = remote_base_dir
+
+    def poller(self, user: str) -> SlurmPoller:
+        poller = self._pollers.get(user)
+        if poller is None:
+            commands = SshSlurmCommands(
+                cluster=self.cluster,
+                connection=self.connection,
+                calls=self.calls,
+                worker_python=self.worker_python,
+                worker_env=self.worker_env,
+            )
+            poller = SlurmPoller(commands, interval=self.poll_interval, lost_after=self.lost_after)
+            self._pollers[user] = poller
+        return poller
+
+    def job_user_and_dir(self, spec: pb.JobSpec) -> tuple[str, Path]:
+        return self.connection.target.user, self.remote_base_dir / Path(spec.working_dir).name
+
+    async def close(self) -> None:
+        await super().close()
+        await self.connection.close()
 
 
 class SlurmJobExecutor:
@@ -122,21 +176,22 @@ class SlurmJobExecutor:
     def bind_job(self, spec: pb.JobSpec) -> None:
         """Take the job's user, folders, account and worker_init (JobExecutionError if the
         job's user cannot run on SLURM)."""
-        if not spec.HasField("slurm_user") or not spec.slurm_user:
-            raise JobExecutionError("The job's user has no slurm_user: it cannot run on SLURM.")
-        user = spec.slurm_user
+        user, user_dir = self.backend.job_user_and_dir(spec)
         poller = self.backend.poller(user)
         self._inner = SlurmSudoExecutor(
             commands=poller.commands,
             poller=poller,
             config_file=self.backend.config_file,
             local_dir=Path(spec.working_dir),
-            user_dir=user_job_dir(spec),
+            user_dir=user_dir,
             worker_python=self.backend.worker_python,
             worker_env=self.backend.worker_env,
             slurm_account=spec.slurm_account if spec.HasField("slurm_account") else None,
             worker_init=spec.worker_init if spec.HasField("worker_init") else None,
             job_comment=job_comment(spec.job_id),
+            records=self.backend.records,
+            fractal_job_id=spec.job_id,
+            files_shared=self.backend.files_shared,
         )
 
     async def run_calls(

@@ -1,8 +1,11 @@
 """Calls to SLURM's commands (sbatch, squeue, sacct, scancel), each counted and logged.
 
-:class:`SchedulerCalls` is a Prometheus-style counter ``fractal_slurm_scheduler_calls_total`` with
-labels cluster, user and command; every call also logs one line (command, number of job ids,
-exit status, duration), so benchmarks and operators can see how often the scheduler is asked.
+:class:`SchedulerCalls` counts the calls per (cluster, user, command) for its owner (a backend,
+a test, a benchmark) and adds each one to the process-wide prometheus_client counter
+``fractal_runner_scheduler_calls_total{cluster, user, kind}`` (kind: sbatch, squeue, sacct,
+scancel, ...; picked up by the runner's metrics endpoint from the default registry). Every call
+also logs one line (command, number of job ids, exit status, duration), so benchmarks and
+operators can see how often the scheduler is asked.
 
 :class:`SlurmCommands` runs the commands as local processes, optionally through
 ``sudo --non-interactive -u {user}`` (the slurm_sudo backend); the ssh backend will provide the
@@ -13,14 +16,22 @@ gives a :class:`SchedulerCallFailed` (an answer we must not interpret: "unknown,
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["CommandResult", "SchedulerCallFailed", "SchedulerCalls", "SlurmCommands"]
+from prometheus_client import Counter
+
+__all__ = [
+    "CommandResult",
+    "SbatchRefused",
+    "SchedulerCallFailed",
+    "SchedulerCalls",
+    "SlurmCommands",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +42,10 @@ class SchedulerCallFailed(RuntimeError):
     """A SLURM command did not answer usably; what it was asked stays unknown."""
 
 
+class SbatchRefused(SchedulerCallFailed):
+    """sbatch answered, and refused the job: it does not exist."""
+
+
 @dataclass(frozen=True)
 class CommandResult:
     returncode: int
@@ -39,16 +54,25 @@ class CommandResult:
     raw_stdout: bytes = b""
 
 
+#: Every scheduler call of the process, in prometheus_client's default registry.
+SCHEDULER_CALLS = Counter(
+    "fractal_runner_scheduler_calls_total",
+    "Calls of SLURM commands by the runner.",
+    ["cluster", "user", "kind"],
+)
+
+
 class SchedulerCalls:
     """How many times each SLURM command was called, per (cluster, user)."""
 
-    NAME = "fractal_slurm_scheduler_calls_total"
+    NAME = "fractal_runner_scheduler_calls_total"
 
     def __init__(self) -> None:
-        self._counts: Counter[tuple[str, str, str]] = Counter()
+        self._counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
 
     def add(self, cluster: str, user: str, command: str) -> None:
         self._counts[(cluster, user, command)] += 1
+        SCHEDULER_CALLS.labels(cluster=cluster, user=user, kind=command).inc()
 
     def count(self, command: str, *, cluster: str | None = None, user: str | None = None) -> int:
         return sum(
@@ -64,7 +88,7 @@ class SchedulerCalls:
             f"# TYPE {self.NAME} counter",
         ]
         for (cluster, user, command), n in sorted(self._counts.items()):
-            labels = f'cluster="{cluster}",user="{user}",command="{command}"'
+            labels = f'cluster="{cluster}",user="{user}",kind="{command}"'
             lines.append(f"{self.NAME}{{{labels}}} {n}")
         return "\n".join(lines) + "\n"
 
@@ -130,7 +154,9 @@ class SlurmCommands:
         job_id = result.stdout.strip().split(";")[0]
         if result.returncode != 0 or not job_id.isdigit():
             detail = (result.stderr.strip() or result.stdout.strip())[:2000]
-            raise SchedulerCallFailed(f"sbatch refused {script}: {detail}")
+            if result.returncode != 0:
+                raise SbatchRefused(f"sbatch refused {script}: {detail}")
+            raise SchedulerCallFailed(f"sbatch gave no job id for {script}: {detail}")
         return job_id
 
     async def scancel(self, job_ids: Sequence[str]) -> None:

@@ -1,10 +1,12 @@
 """The sbatch script of one SLURM job (reference §7.3, ``to_sbatch_preamble`` and the executors).
 
 Layout: the shebang, then every ``#SBATCH`` line, then the other lines; an ``echo`` of the working
-directory; one ``srun --ntasks=1 … &`` per task call, each running our worker module on its input
+directory; one ``srun --ntasks=1 …`` per task call, each running our worker module on its input
 file; a final ``wait``. The job asks for ``--ntasks=P`` (P = parallel_tasks_per_job, lowered to the
-number of calls when there are fewer) and P × the per-task memory, so with more calls than P SLURM
-queues the extra steps inside the allocation (the in-job queue).
+number of calls when there are fewer) and P × the per-task memory. With at most P calls every
+srun runs in the background at once (``… &``); with more, the calls are dealt round-robin into P
+background lanes ``( srun …; srun …; ) &``, each running its calls one after the other (the
+in-job queue).
 
 ``#SBATCH`` lines, in order: partition, ntasks, cpus-per-task, mem, then job-name, constraint,
 gres, gpus, time, account, comment when set, the ``#SBATCH`` extra lines, err, out and ``-D``.
@@ -12,10 +14,15 @@ Other lines: the remaining extra lines, then one ``export NAME={export_dir}/{val
 ``user_local_exports`` entry, then ``export NAME=VALUE`` for the worker's own environment
 (``worker_env``, e.g. the PYTHONPATH of the runner's source).
 
-Departures: each srun step is named after its call (``--job-name={step_name}``), so sacct tells
-which call a failed or killed step was; the job may carry a ``--comment`` (our run/call tag);
-worker arguments are shell-quoted; a value with a line break (which would inject script lines) is
-refused, and so are file paths with whitespace in ``#SBATCH`` lines (sbatch does not unquote them).
+Departures: the in-job queue is P lanes instead of one background srun per call left to wait for
+a free slot (the reference's layout): every waiting srun is a client process charged to the batch
+step, so a job of 250 calls had its batch step killed over its memory (~3 MB per waiting srun,
+measured on the test cluster); lanes keep P srun clients alive whatever the number of calls,
+which also spares slurmctld the retries of blocked step requests. Each srun step is named after
+its call (``--job-name={step_name}``), so sacct tells which call a failed or killed step was; the
+job may carry a ``--comment`` (our run/call tag); worker arguments are shell-quoted; a value with
+a line break (which would inject script lines) is refused, and so are file paths with whitespace
+in ``#SBATCH`` lines (sbatch does not unquote them).
 """
 
 import shlex
@@ -97,25 +104,34 @@ def sbatch_script(spec: SlurmJobSpec) -> str:
     lines.sort(key=_script_order)  # stable: shebang, #SBATCH lines, then the others
 
     body = ["", 'echo "Working directory (pwd): `pwd`"', ""]
-    for call in spec.calls:
-        worker = shlex.join(
-            [
-                spec.worker_python,
-                "-m",
-                WORKER_MODULE,
-                "--input-file",
-                call.input_file,
-                "--output-file",
-                call.output_file,
-            ]
-        )
-        body.append(
-            "srun --ntasks=1 --cpus-per-task=$SLURM_CPUS_PER_TASK "
-            f"--mem={config.mem_per_task_mb}M --job-name={shlex.quote(call.step_name)} "
-            f"{worker} &"
-        )
+    steps = [_srun(spec, call) for call in spec.calls]
+    if len(steps) <= parallel:  # all at once
+        body.extend(f"{step} &" for step in steps)
+    else:  # P lanes, each running its calls one after the other
+        for lane in range(parallel):
+            body.append("(")
+            body.extend(f"  {step}" for step in steps[lane::parallel])
+            body.append(") &")
     body.append("wait")
     return "\n".join(lines + body) + "\n"
+
+
+def _srun(spec: SlurmJobSpec, call: JobCall) -> str:
+    worker = shlex.join(
+        [
+            spec.worker_python,
+            "-m",
+            WORKER_MODULE,
+            "--input-file",
+            call.input_file,
+            "--output-file",
+            call.output_file,
+        ]
+    )
+    return (
+        "srun --ntasks=1 --cpus-per-task=$SLURM_CPUS_PER_TASK "
+        f"--mem={spec.config.mem_per_task_mb}M --job-name={shlex.quote(call.step_name)} {worker}"
+    )
 
 
 def _sbatch(option: str, value: object) -> str:

@@ -32,13 +32,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from fractal_runner.models import SlurmJobState
 from fractal_runner.slurm.batching import BatchingLimits, batching_heuristics, split_into_batches
 from fractal_runner.slurm.config_file import load_slurm_config_file
 from fractal_runner.slurm.errors import SlurmConfigError, SlurmHeuristicsError
-from fractal_runner.slurm.job_end import JobEnd, describe_job_end
+from fractal_runner.slurm.job_end import UNKNOWN, JobEnd, describe_job_end
+from fractal_runner.slurm.job_records import SlurmJobRecord, SlurmJobRecords
 from fractal_runner.slurm.poller import SlurmPoller
-from fractal_runner.slurm.scheduler import CommandResult, SchedulerCallFailed, SlurmCommands
+from fractal_runner.slurm.scheduler import (
+    CommandResult,
+    SbatchRefused,
+    SchedulerCallFailed,
+    SlurmCommands,
+)
 from fractal_runner.slurm.script import JobCall, SlurmJobSpec, sbatch_script
+from fractal_runner.slurm.tag_lookup import find_jobs_by_tag
 from fractal_runner.slurm.task_config import SlurmConfig, task_slurm_config, with_job_settings
 from fractal_runner.slurm.worker import read_worker_file, write_input_file
 from fractal_runner.taskproc.calls import (
@@ -60,12 +68,14 @@ TAIL_BYTES = 4000
 
 @dataclass(frozen=True)
 class _Job:
-    """One SLURM job of a run_calls: which calls it runs and where its files are."""
+    """One SLURM job of a run_calls: which calls it runs, where its files are, and its record
+    in the runner's schema (None when the executor keeps no records)."""
 
-    indices: range
+    indices: tuple[int, ...]
     slurm_prefix: str
     subfolder: str
     script: Path
+    record: SlurmJobRecord | None = None
 
 
 class SlurmSudoExecutor:
@@ -84,6 +94,9 @@ class SlurmSudoExecutor:
         slurm_account: str | None = None,
         worker_init: str | None = None,
         job_comment: str | None = None,
+        records: SlurmJobRecords | None = None,
+        fractal_job_id: int | None = None,
+        files_shared: bool = True,
     ) -> None:
         self.commands = commands
         self.poller = poller
@@ -96,6 +109,13 @@ class SlurmSudoExecutor:
         self.worker_init = worker_init
         #: ``--comment`` of every SLURM job (a tag to find the jobs again, e.g. after a restart)
         self.job_comment = job_comment
+        #: The runner's record of its SLURM jobs (restart reconciliation); None: not kept.
+        self.records = records if fractal_job_id is not None else None
+        self.fractal_job_id = fractal_job_id
+        #: True: the job reads its input files and script in the runner's folder (slurm_sudo,
+        #: one machine or a shared disk); False: they go over in one archive per batch
+        #: (``commands.put_archive``, slurm_ssh).
+        self.files_shared = files_shared
         self._stopped = False
         self._active: set[str] = set()
         self._cancelled: set[str] = set()  # by us: their calls without outcome are not failures
@@ -142,29 +162,28 @@ class SlurmSudoExecutor:
         if not calls:
             return []
         config = self._config(meta, task_name)
-        try:
-            tasks_per_job, parallel = batching_heuristics(
-                tot_tasks=len(calls),
-                tasks_per_job=config.tasks_per_job,
-                parallel_tasks_per_job=config.parallel_tasks_per_job,
-                cpus_per_task=config.cpus_per_task,
-                mem_per_task=config.mem_per_task_mb,
-                limits=_limits(config),
-            )
-        except SlurmHeuristicsError as e:
-            raise JobExecutionError(f"SLURM batching failed: {e}") from None
-        jobs = self._plan(calls, tasks_per_job)
-        await self._make_user_folders({job.subfolder for job in jobs})
+        attached, remaining, numbers = await self._reattach(calls)
+        tasks_per_job, parallel = self._batching(config, len(remaining) or len(calls))
+        jobs = self._plan(calls, remaining, tasks_per_job, numbers)
+        # Found-again jobs too: a job SLURM lost may never have made its folder.
+        await self._make_user_folders({job.subfolder for job in jobs + [a[0] for a in attached]})
 
         results: list[Outcome] = [None] * len(calls)
         failures: list[tuple[int, TaskExecutionError | JobExecutionError]] = []
         watched: dict[asyncio.Future[JobEnd], tuple[_Job, str]] = {}
         try:
+            for job, job_id, end in attached:
+                watched[self._watch(job_id, end)] = (job, job_id)
+            prepared = []
             for job in jobs:
+                if self._stopped:
+                    break
+                prepared.append(await self._prepare(job, calls, config, parallel))
+            await self._upload(prepared)  # one archive for all the jobs (slurm_ssh)
+            for job, _ in prepared:
                 if self._stopped:  # cancel() while submitting: submit nothing more
                     break
-                self._write_job_files(job, calls, config, parallel)
-                job_id = await self._sbatch(job)
+                job, job_id = await self._sbatch_job(job)
                 watched[self.poller.watch(job_id)] = (job, job_id)
                 if self._stopped:  # cancel() ran during this sbatch, before the id was known
                     await self._scancel([job_id])
@@ -174,20 +193,143 @@ class SlurmSudoExecutor:
                 for future in done:
                     job, job_id = watched[future]
                     self._active.discard(job_id)
-                    await self._collect(job, job_id, future.result(), calls, results, failures)
+                    end = future.result()
+                    if self._lost_once(job, end):  # unknown to SLURM: resubmitted once
+                        again = await self._resubmit(job, job_id, calls, config, parallel, numbers)
+                        future = self.poller.watch(again[1])
+                        watched[future] = again
+                        pending.add(future)
+                        continue
+                    if job.record is not None:
+                        await self.records_ended(job.record.id, end.state)
+                    await self._collect(job, job_id, end, calls, results, failures)
                 if failures and pending and not self._stopped:  # fail fast
                     ids = [watched[f][1] for f in pending if watched[f][1] not in self._cancelled]
                     await self._scancel(ids)
         finally:
             ids = [job_id for _, job_id in watched.values() if job_id in self._active]
-            if ids:  # cancelled from outside: leave no job behind
+            if ids and self.records is None:  # cancelled from outside: leave no job behind
                 await asyncio.shield(self._scancel(ids))
+            # With records, the jobs stay: the run's next attempt (here, or on another
+            # replica after a restart) finds them again.
         if self._stopped:
             raise JobStopped()
         if failures:
             failures.sort(key=lambda f: (not isinstance(f[1], TaskExecutionError), f[0]))
             raise failures[0][1]
         return results
+
+    def _batching(self, config: SlurmConfig, n_calls: int) -> tuple[int, int]:
+        try:
+            return batching_heuristics(
+                tot_tasks=n_calls,
+                tasks_per_job=config.tasks_per_job,
+                parallel_tasks_per_job=config.parallel_tasks_per_job,
+                cpus_per_task=config.cpus_per_task,
+                mem_per_task=config.mem_per_task_mb,
+                limits=_limits(config),
+            )
+        except SlurmHeuristicsError as e:
+            raise JobExecutionError(f"SLURM batching failed: {e}") from None
+
+    def _watch(self, job_id: str, end: JobEnd | None) -> asyncio.Future[JobEnd]:
+        """The future of a found-again job: resolved at once when its end is recorded."""
+        if end is None:
+            self._active.add(job_id)
+            return self.poller.watch(job_id)
+        future: asyncio.Future[JobEnd] = asyncio.get_running_loop().create_future()
+        future.set_result(end)
+        return future
+
+    def _lost_once(self, job: _Job, end: JobEnd) -> bool:
+        return (
+            end.state == UNKNOWN
+            and job.record is not None
+            and job.record.generation == 0
+            and not self._stopped
+        )
+
+    async def records_ended(self, record_id: int, state: str) -> None:
+        assert self.records is not None
+        try:
+            await self.records.ended(record_id, state)
+        except Exception:  # noqa: BLE001 - only saves SLURM calls after a restart
+            logger.warning("could not record the end of SLURM job record %s", record_id)
+
+    async def _reattach(
+        self, calls: Sequence[TaskCall]
+    ) -> tuple[list[tuple[_Job, str, JobEnd | None]], list[int], dict[str, int]]:
+        """The recorded SLURM jobs of these calls (a restart, or a redelivered command):
+        ``(job, slurm id, recorded end or None)``; the indices of the calls none covers; and
+        per subfolder the number of SLURM jobs recorded so far (new prefixes count on)."""
+        by_folder: dict[str, dict[str, int]] = {}
+        for index, call in enumerate(calls):
+            subfolder = str(call.paths.log.parent.relative_to(self.local_dir))
+            by_folder.setdefault(subfolder, {})[call.paths.log.stem] = index
+        numbers = {subfolder: 0 for subfolder in by_folder}
+        if self.records is None or self.fractal_job_id is None:
+            return [], list(range(len(calls))), numbers
+        records: list[SlurmJobRecord] = []
+        for subfolder in by_folder:
+            # The runner's database failing is raised as is (the scheduler tries the attempt
+            # again), never taken as "no record".
+            found = await self.records.for_task(self.fractal_job_id, subfolder)
+            numbers[subfolder] = await self.records.count(self.fractal_job_id, subfolder)
+            records += found
+        records = await self._find_submitting(records)
+        covered: set[int] = set()
+        attached: list[tuple[_Job, str, JobEnd | None]] = []
+        for record in sorted(records, key=lambda r: r.id, reverse=True):  # newest wins
+            stems = by_folder.get(record.subfolder, {})
+            indices = tuple(
+                sorted(stems[s] for s in record.calls if s in stems and stems[s] not in covered)
+            )
+            if not indices or record.slurm_job_id is None:
+                continue
+            covered.update(indices)
+            script = (
+                self.local_dir / record.subfolder / f"{record.slurm_prefix}_slurm_submit.sbatch"
+            )
+            job = _Job(indices, record.slurm_prefix, record.subfolder, script, record)
+            end = None
+            if record.state == SlurmJobState.ENDED and record.slurm_state is not None:
+                end = JobEnd(record.slurm_job_id, record.slurm_state)
+            attached.append((job, record.slurm_job_id, end))
+        if attached:
+            logger.info(
+                "%d SLURM job(s) of job %s found again: watched, not submitted again",
+                len(attached),
+                self.fractal_job_id,
+            )
+        remaining = [index for index in range(len(calls)) if index not in covered]
+        return attached, remaining, numbers
+
+    async def _find_submitting(self, records: list[SlurmJobRecord]) -> list[SlurmJobRecord]:
+        """Records without a SLURM id (the runner died around their sbatch): looked up by tag;
+        found ones get their id, the others are abandoned (their calls go into new jobs)."""
+        submitting = [r for r in records if r.slurm_job_id is None]
+        if not submitting:
+            return records
+        try:
+            found = await find_jobs_by_tag(
+                self.commands,
+                [r.tag for r in submitting],
+                since_epoch=min(r.created_epoch for r in submitting),
+            )
+        except SchedulerCallFailed as e:
+            raise JobExecutionError(
+                f"Cannot tell whether SLURM jobs of this run were submitted before a restart: {e}"
+            ) from None
+        assert self.records is not None
+        kept = [r for r in records if r.slurm_job_id is not None]
+        for record in submitting:
+            slurm_id = found.get(record.tag)
+            if slurm_id is None:
+                await self.records.abandoned(record.id)
+                continue
+            await self.records.submitted(record.id, slurm_id)
+            kept.append(replace(record, slurm_job_id=slurm_id, state=SlurmJobState.SUBMITTED))
+        return kept
 
     async def cancel(self) -> None:
         """Stop the job: scancel every SLURM job it runs; run_calls then raises JobStopped."""
@@ -207,25 +349,130 @@ class SlurmSudoExecutor:
         except SlurmConfigError as e:
             raise JobExecutionError(f"SLURM configuration error: {e}") from None
 
-    def _plan(self, calls: Sequence[TaskCall], tasks_per_job: int) -> list[_Job]:
+    def _plan(
+        self,
+        calls: Sequence[TaskCall],
+        indices: Sequence[int],
+        tasks_per_job: int,
+        numbers: dict[str, int],
+    ) -> list[_Job]:
         jobs = []
-        for number, indices in enumerate(split_into_batches(len(calls), tasks_per_job)):
-            first = calls[indices[0]].paths.log
-            subfolder = str(first.parent.relative_to(self.local_dir))
-            prefix = first.stem
-            order = prefix.split("_", 1)[0]
-            slurm_prefix = f"{order}_batch_{number:06d}" if "_par_" in prefix else prefix
-            script = first.parent / f"{slurm_prefix}_slurm_submit.sbatch"
-            jobs.append(_Job(indices, slurm_prefix, subfolder, script))
+        for batch in split_into_batches(len(indices), tasks_per_job):
+            chosen = tuple(indices[i] for i in batch)
+            jobs.append(self._job(calls, chosen, numbers))
         return jobs
+
+    def _job(
+        self, calls: Sequence[TaskCall], indices: tuple[int, ...], numbers: dict[str, int]
+    ) -> _Job:
+        """A new SLURM job for ``calls[indices]``; batch prefixes count on per subfolder."""
+        first = calls[indices[0]].paths.log
+        subfolder = str(first.parent.relative_to(self.local_dir))
+        number = numbers.get(subfolder, 0)
+        numbers[subfolder] = number + 1
+        prefix = first.stem
+        order = prefix.split("_", 1)[0]
+        slurm_prefix = f"{order}_batch_{number:06d}" if "_par_" in prefix else prefix
+        script = first.parent / f"{slurm_prefix}_slurm_submit.sbatch"
+        return _Job(indices, slurm_prefix, subfolder, script)
+
+    async def _prepare(
+        self,
+        job: _Job,
+        calls: Sequence[TaskCall],
+        config: SlurmConfig,
+        parallel: int,
+        generation: int = 0,
+    ) -> tuple[_Job, list[Path]]:
+        """Record the job (when records are kept) and write its files; the files written."""
+        comment = self.job_comment
+        if self.records is not None and self.fractal_job_id is not None:
+            record = await self.records.intend(
+                job_id=self.fractal_job_id,
+                subfolder=job.subfolder,
+                slurm_prefix=job.slurm_prefix,
+                calls=[calls[i].paths.log.stem for i in job.indices],
+                slurm_user=self.commands.user,
+                generation=generation,
+            )
+            job = replace(job, record=record)
+            comment = record.tag
+        files = self._write_job_files(job, calls, config, parallel, comment)
+        return job, files
+
+    async def _upload(self, prepared: Sequence[tuple[_Job, list[Path]]]) -> None:
+        """Without a shared filesystem: every job file over in one archive."""
+        if self.files_shared or not prepared:
+            return
+        put_archive = getattr(self.commands, "put_archive", None)
+        if put_archive is None:
+            raise JobExecutionError("The job files cannot reach the cluster (no upload).")
+        files = [path for _, paths in prepared for path in paths]
+        archive = await asyncio.to_thread(_archive, self.local_dir, files)
+        try:
+            await put_archive(archive, str(self.user_dir))
+        except SchedulerCallFailed as e:
+            raise JobExecutionError(f"Cannot send the job files to the cluster: {e}") from None
+
+    async def _sbatch_job(self, job: _Job) -> tuple[_Job, str]:
+        """sbatch one prepared job; its id is recorded at once."""
+        records = self.records
+        script = job.script if self.files_shared else self._user_path(job.script)
+        try:
+            job_id = await self.commands.sbatch(str(script))
+        except SchedulerCallFailed as e:
+            # Refused: nothing runs under this record. Any other failure (a timeout, a dropped
+            # connection) leaves it "submitting": the job may exist, and is looked up by its tag.
+            if records is not None and job.record is not None and isinstance(e, SbatchRefused):
+                await records.abandoned(job.record.id)
+            raise JobExecutionError(f"SLURM submission failed: {e}") from None
+        self._active.add(job_id)
+        self.submitted_job_ids.append(job_id)
+        if records is not None and job.record is not None:
+            await records.submitted(job.record.id, job_id)
+            job = replace(job, record=replace(job.record, slurm_job_id=job_id))
+        return job, job_id
+
+    async def _resubmit(
+        self,
+        job: _Job,
+        job_id: str,
+        calls: Sequence[TaskCall],
+        config: SlurmConfig,
+        parallel: int,
+        numbers: dict[str, int],
+    ) -> tuple[_Job, str]:
+        """Submit the calls of a job SLURM lost (unknown to squeue and sacct) once more."""
+        assert job.record is not None
+        logger.warning(
+            "SLURM job %s is unknown to squeue and sacct: its %d call(s) are submitted once more",
+            job_id,
+            len(job.indices),
+        )
+        fresh = self._job(calls, job.indices, numbers)
+        await self._make_user_folders({fresh.subfolder})
+        prepared = await self._prepare(fresh, calls, config, parallel, generation=1)
+        await self._upload([prepared])
+        again = await self._sbatch_job(prepared[0])
+        assert self.records is not None
+        await self.records.abandoned(job.record.id)
+        return again
 
     def _user_path(self, local: Path) -> Path:
         return self.user_dir / local.relative_to(self.local_dir)
 
     def _write_job_files(
-        self, job: _Job, calls: Sequence[TaskCall], config: SlurmConfig, parallel: int
-    ) -> None:
+        self,
+        job: _Job,
+        calls: Sequence[TaskCall],
+        config: SlurmConfig,
+        parallel: int,
+        comment: str | None,
+    ) -> list[Path]:
+        """Write the job's input files and script in the runner's folder; the files written.
+        The script names the files as the job sees them."""
         job_calls = []
+        written = []
         for index in job.indices:
             call = calls[index]
             user_call = replace(
@@ -240,8 +487,10 @@ class SlurmSudoExecutor:
             prefix = call.paths.log.stem
             in_file = call.paths.log.parent / f"{prefix}_in.pickle"
             write_input_file(in_file, user_call)
+            written.append(in_file)
             out_file = self._user_path(call.paths.log.parent / f"{prefix}_out.pickle")
-            job_calls.append(JobCall(prefix, str(in_file), str(out_file)))
+            seen = in_file if self.files_shared else self._user_path(in_file)
+            job_calls.append(JobCall(prefix, str(seen), str(out_file)))
         user_sub = self.user_dir / job.subfolder
         spec = SlurmJobSpec(
             config=config,
@@ -253,10 +502,12 @@ class SlurmSudoExecutor:
             worker_python=self.worker_python,
             export_dir=str(self.user_dir),
             worker_env=self.worker_env,
-            comment=self.job_comment,
+            comment=comment,
         )
         job.script.write_text(sbatch_script(spec), encoding="utf-8")
         job.script.chmod(0o644)
+        written.append(job.script)
+        return written
 
     async def _make_user_folders(self, subfolders: set[str]) -> None:
         folders = [str(self.user_dir / s) for s in sorted(subfolders)]
@@ -266,15 +517,6 @@ class SlurmSudoExecutor:
                 f"Cannot create the job folders as user {self.commands.sudo_user}: "
                 f"{result.stderr.strip()[:2000]}"
             )
-
-    async def _sbatch(self, job: _Job) -> str:
-        try:
-            job_id = await self.commands.sbatch(str(job.script))
-        except SchedulerCallFailed as e:
-            raise JobExecutionError(f"SLURM submission failed: {e}") from None
-        self._active.add(job_id)
-        self.submitted_job_ids.append(job_id)
-        return job_id
 
     async def _scancel(self, job_ids: list[str]) -> None:
         self._cancelled.update(job_ids)
@@ -312,6 +554,8 @@ class SlurmSudoExecutor:
                 if job_id in self._cancelled:
                     continue
                 reason = describe_job_end(end, step_name=paths.log.stem, stderr_tail=stderr)
+                if end.state == UNKNOWN and job.record is not None:
+                    reason += " Its task calls were already submitted a second time."
                 message = (
                     f"{reason}\nSLURM stdout (tail):\n{stdout}\nSLURM stderr (tail):\n{stderr}"
                 )
@@ -373,6 +617,15 @@ def _limits(config: SlurmConfig) -> BatchingLimits:
         target_num_jobs=config.target_num_jobs,
         max_num_jobs=config.max_num_jobs,
     )
+
+
+def _archive(base: Path, files: Sequence[Path]) -> bytes:
+    """An uncompressed tar of ``files``, named relative to ``base`` (pickles compress poorly)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for path in files:
+            archive.add(path, arcname=str(path.relative_to(base)), recursive=False)
+    return buffer.getvalue()
 
 
 def _tail(path: Path) -> str:

@@ -29,7 +29,6 @@ import json
 import os
 import pickle
 import shlex
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -45,10 +44,12 @@ from fractal_runner.taskproc.calls import (
     read_log,
     read_task_output_file,
     resolve_command,
+    task_process_failure,
     write_args_file,
 )
 
 __all__ = [
+    "STRICT_VERSIONS",
     "WORKER_PROTOCOL",
     "read_worker_file",
     "run_call",
@@ -59,7 +60,8 @@ __all__ = [
 
 #: The format of the input and output files; change it with any change of that format.
 WORKER_PROTOCOL = "1"
-_STRICT_VERSIONS = ("cloudpickle", "worker_protocol")
+#: The versions that must be equal on both sides (Python may differ: a warning only).
+STRICT_VERSIONS = ("cloudpickle", "worker_protocol")
 _FILE_MODE = 0o644
 
 
@@ -97,7 +99,7 @@ def read_worker_file(path: Path) -> Any:
 def version_problem(theirs: dict[str, str]) -> str | None:
     """A message when ``theirs`` differs from ours in a version that must match, else None."""
     ours = versions()
-    diff = [k for k in _STRICT_VERSIONS if theirs.get(k) != ours[k]]
+    diff = [k for k in STRICT_VERSIONS if theirs.get(k) != ours[k]]
     if not diff:
         return None
     details = ", ".join(f"{k} {theirs.get(k)} on the runner, {ours[k]} on the node" for k in diff)
@@ -127,19 +129,16 @@ def run_call(call: TaskCall) -> dict[str, Any]:
         }
     finally:
         os.close(log_fd)
-    where = f"Command: {shlex.join(argv)}\nLog file: {paths.log}"
     if returncode > 0:
         return {
             "status": "task_failed",
-            "message": f"Task process exited with code {returncode}.\n{where}",
+            "message": task_process_failure(returncode, argv, paths.log),
             "log": read_log(paths.log),
         }
     if returncode < 0:
-        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else ""
         return {
             "status": "job_failed",
-            "message": f"Task process was terminated by signal {name or -returncode} "
-            f"(return code {returncode}).\n{where}",
+            "message": task_process_failure(returncode, argv, paths.log),
         }
     try:
         return {"status": "done", "output": read_task_output_file(paths.out_json)}

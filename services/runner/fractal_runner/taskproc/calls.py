@@ -11,6 +11,8 @@ import json
 import os
 import shlex
 import shutil
+import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ __all__ = [
     "read_log",
     "read_task_output_file",
     "resolve_command",
+    "task_process_failure",
     "write_args_file",
 ]
 
@@ -151,3 +154,17 @@ def read_task_output_file(path: Path) -> dict[str, Any] | None:
             f"not {type(output).__name__}."
         )
     return output or None
+
+
+def task_process_failure(returncode: int, argv: Sequence[str], log: Path) -> str:
+    """The one wording of a task process that ended with ``returncode`` != 0, used by the local
+    executor and by the SLURM worker alike: its exit code (> 0, the task's failure) or the
+    signal that killed it (< 0), then its command and log file."""
+    where = f"Command: {shlex.join(argv)}\nLog file: {log}"
+    if returncode > 0:
+        return f"Task process exited with code {returncode}.\n{where}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = str(-returncode)
+    return f"Task process was terminated by signal {name} (return code {returncode}).\n{where}"

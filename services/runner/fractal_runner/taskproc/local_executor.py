@@ -49,6 +49,7 @@ from fractal_runner.taskproc.calls import (
     read_log,
     read_task_output_file,
     resolve_command,
+    task_process_failure,
     write_args_file,
 )
 from fractal_runner.taskproc.completions import load_completions, record_completion
@@ -292,16 +293,10 @@ class LocalExecutor:
             return read_task_output_file(paths.out_json)
         if pid in batch.killed:  # whatever its exit code, it ended because we terminated it
             raise _KilledByExecutor()
+        message = task_process_failure(returncode, argv, paths.log)
         if returncode > 0:
-            raise TaskExecutionError(
-                f"Task process exited with code {returncode}.\n"
-                f"Command: {shlex.join(argv)}\nLog file: {paths.log}",
-                log=read_log(paths.log),
-            )
-        raise JobExecutionError(
-            f"Task process was terminated by signal {_signal_name(-returncode)} "
-            f"(return code {returncode}).\nCommand: {shlex.join(argv)}\nLog file: {paths.log}"
-        )
+            raise TaskExecutionError(message, log=read_log(paths.log))
+        raise JobExecutionError(message)
 
 
 async def _record(call: TaskCall, output: Outcome) -> None:
@@ -322,13 +317,6 @@ def _pick_failure(
 ) -> TaskExecutionError | JobExecutionError:
     ranked = sorted(failures, key=lambda f: (not isinstance(f[1], TaskExecutionError), f[0]))
     return ranked[0][1]
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return str(number)
 
 
 def _is_alive(proc: psutil.Process) -> bool:

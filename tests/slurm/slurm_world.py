@@ -1,0 +1,167 @@
+"""The world of the runner tests on the real cluster: a user running as the cluster user, a
+project, a dataset and a workflow, and what SLURM says about the runner's jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import field_mask_pb2
+from slurm_cluster_env import CLUSTER_USER, WORKER_PYTHON
+
+from fractal.v2 import (
+    auth_service_pb2,
+    dataset_service_pb2,
+    image_service_pb2,
+    job_pb2,
+    job_service_pb2,
+    task_service_pb2,
+    user_pb2,
+    user_service_pb2,
+    workflow_service_pb2,
+)
+from fractal_grpc.convert import attributes_to_python
+from helpers import ApiClient
+
+MOCK = Path(__file__).resolve().parents[1] / "fractal_tasks_mock" / "fractal_tasks_mock"
+JOB_TIMEOUT = 120.0
+CONFIG = {
+    "default_slurm_config": {"partition": "main", "cpus_per_task": 1, "mem": "100M"},
+    "batching_config": {
+        "target_cpus_per_job": 1,
+        "max_cpus_per_job": 2,
+        "target_mem_per_job": "1G",
+        "max_mem_per_job": "2G",
+        "target_num_jobs": 2,
+        "max_num_jobs": 4,
+    },
+}
+
+
+def mock(script: str) -> str:
+    """A mock task run by the cluster user's Python (the runner's own is not theirs to run)."""
+    return f"{shlex.quote(WORKER_PYTHON)} {shlex.quote(str(MOCK / script))}"
+
+
+async def set_user(admin: ApiClient, user: ApiClient, **fields: Any) -> None:
+    current = await user.auth.GetCurrentUser(
+        auth_service_pb2.GetCurrentUserRequest(), metadata=user.md
+    )
+    await admin.users.UpdateUser(
+        user_service_pb2.UpdateUserRequest(
+            user_id=current.user.id,
+            user=user_pb2.User(**fields),
+            update_mask=field_mask_pb2.FieldMask(paths=list(fields)),
+        ),
+        metadata=admin.md,
+    )
+
+
+@dataclass
+class World:
+    client: ApiClient
+    project_id: int
+    dataset_id: int
+    workflow_id: int
+    zarr_dir: str
+
+    async def task(self, name: str, **commands: Any) -> int:
+        req = task_service_pb2.CreateTaskRequest(
+            name=name,
+            source=f"{name}-{time.monotonic_ns()}",
+            input_types=commands.pop("input_types", {}),
+            output_types=commands.pop("output_types", {}),
+            **commands,
+        )
+        return (await self.client.tasks.CreateTask(req, metadata=self.client.md)).task.id
+
+    async def add(self, task_id: int, **parts: dict[str, Any]) -> int:
+        req = workflow_service_pb2.CreateWorkflowTaskRequest(
+            project_id=self.project_id, workflow_id=self.workflow_id, task_id=task_id
+        )
+        for name, value in parts.items():
+            getattr(req, name).update(value)
+        resp = await self.client.workflows.CreateWorkflowTask(req, metadata=self.client.md)
+        return resp.workflow_task.id
+
+    async def submit(self) -> job_pb2.Job:
+        resp = await self.client.jobs.SubmitJob(
+            job_service_pb2.SubmitJobRequest(
+                project_id=self.project_id, workflow_id=self.workflow_id, dataset_id=self.dataset_id
+            ),
+            metadata=self.client.md,
+        )
+        return resp.job
+
+    async def get(self, job_id: int) -> job_pb2.Job:
+        resp = await self.client.jobs.GetJob(
+            job_service_pb2.GetJobRequest(project_id=self.project_id, job_id=job_id),
+            metadata=self.client.md,
+        )
+        return resp.job
+
+    async def wait(self, job_id: int) -> job_pb2.Job:
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while time.monotonic() < deadline:
+            job = await self.get(job_id)
+            if job.status in (job_pb2.JOB_STATUS_DONE, job_pb2.JOB_STATUS_FAILED):
+                return job
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"job {job_id} did not end within {JOB_TIMEOUT} s")
+
+    async def images(self) -> dict[str, dict[str, Any]]:
+        resp = await self.client.images.QueryImages(
+            image_service_pb2.QueryImagesRequest(
+                project_id=self.project_id, dataset_id=self.dataset_id, page_size=1000
+            ),
+            metadata=self.client.md,
+        )
+        return {
+            image.zarr_url: {
+                "origin": image.origin if image.HasField("origin") else None,
+                "attributes": attributes_to_python(image.attributes),
+                "types": dict(image.types),
+            }
+            for image in resp.images
+        }
+
+
+async def new_world(client: ApiClient, zarr_dir: str) -> World:
+    project = await client.new_project()
+    ds = await client.datasets.CreateDataset(
+        dataset_service_pb2.CreateDatasetRequest(
+            project_id=project.id, name="ds", zarr_dir=zarr_dir
+        ),
+        metadata=client.md,
+    )
+    wf = await client.workflows.CreateWorkflow(
+        workflow_service_pb2.CreateWorkflowRequest(project_id=project.id, name="wf"),
+        metadata=client.md,
+    )
+    return World(client, project.id, ds.dataset.id, wf.workflow.id, zarr_dir)
+
+
+def sacct_tagged(tag_prefix: str, since: str) -> list[str]:
+    """SLURM jobs whose tag starts with ``tag_prefix`` since ``since`` (job ids restart with
+    each test database)."""
+    out = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-a", f"--starttime={since}", "--format=JobID,Comment,User"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [line for line in out.splitlines() if f"|{tag_prefix}" in line]
+
+
+def squeue_tags() -> str:
+    return subprocess.run(
+        ["squeue", "-h", "-u", CLUSTER_USER, "--format=%i|%k|%T"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
