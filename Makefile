@@ -18,15 +18,20 @@ PACKAGES := libs libs/devstack libs/cli services/api services/runner
 LOCK_FLAGS := --universal --python-version 3.11 --quiet --custom-compile-command "make lock" \
 	$(foreach name,fractal-grpc-libs fractal-devstack fractal-cli fractal-api fractal-runner,--no-emit-package $(name))
 
-.PHONY: run test lint protos install lock bench clean test-unit test-service test-e2e cluster
+.PHONY: run test lint protos install lock bench clean test-unit test-service test-e2e cluster test-tools
 
 ## run: the whole suite on embedded PostgreSQL and NATS (or FRACTAL_DATABASE_URL / FRACTAL_NATS_URL).
 run: $(STAMP)
 	$(VENV)/bin/fractal-dev run
 
 ## test: install what the tests need, lint, and run every test.
-test: $(STAMP) lint cluster
+test: $(STAMP) lint cluster test-tools
 	$(PY) -m pytest
+
+## test-tools: system tools the tests drive (tmux: tests/cli draws the progress display in a
+## real terminal), installed with apt only when missing.
+test-tools:
+	@command -v tmux >/dev/null || $$([ "$$(id -u)" = 0 ] || echo sudo) sh -c 'apt-get install -y tmux || { apt-get update && apt-get install -y tmux; }'
 
 ## cluster: the one-node SLURM cluster and loopback sshd of tests/slurm (deploy/local), brought up
 ## only when deploy/local/check.sh says it is not up (as root, or through sudo).
