@@ -8,6 +8,10 @@ GetJobSpec and StreamTaskInputs only read (a task's inputs are fixed until its r
 applied, and a stream is restarted from the start), ApplyTaskResult is applied once per
 ``(job_id, task_order)`` (a repeat answers ``already_applied``), and FinishJob returns an ended
 job unchanged. Other errors are raised as ``grpc.aio.AioRpcError``.
+
+The channel carries the one gRPC service config of every client (``protos/service_config.json``,
+through ``fractal_grpc.client.open_channel``), which also lets gRPC resend these four calls on
+UNAVAILABLE before they got an answer; the policy above retries whatever remains.
 """
 
 from __future__ import annotations
