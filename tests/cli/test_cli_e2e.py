@@ -151,6 +151,24 @@ def test_a_workflow_from_the_command_line(cli: Cli, tmp_path: Path) -> None:
     assert zipfile.ZipFile(archive).testzip() is None
     assert (unpacked / "workflow.log").read_text() == user("job", "logs", pid, job_id).stdout[:-1]
 
+    # Export and import the dataset (with its images, now processed).
+    ds_file = tmp_path / "ds.json"
+    user("dataset", "export", pid, did, "--json-file", str(ds_file))
+    ds_data = json.loads(ds_file.read_text())
+    assert len(ds_data["images"]) == 2
+    assert all(i["types"] == {"3D": True, "processed": True} for i in ds_data["images"])
+    ds_copy = user(
+        "--json",
+        "dataset",
+        "import",
+        pid,
+        "--json-file",
+        str(ds_file),
+        "--dataset-name",
+        "plate-copy",
+    ).json()
+    assert ds_copy["name"] == "plate-copy" and ds_copy["image_count"] == "2"
+
     # Export and import the workflow (tasks found by source).
     exported = tmp_path / "wf.json"
     user("workflow", "export", pid, wid, "--json-file", str(exported))

@@ -83,6 +83,7 @@ def test_submit_watch_draws_a_progress_bar_per_task(cli: Cli, tmp_path: Path, tm
             break
         time.sleep(0.25)
     final = screens[-1]
+    print(final)  # shown with -s, and by pytest when the test fails
     assert "EXIT=0" in final, final
     lines = final.splitlines()
     job_line = next(line for line in lines if line.startswith("job ") and "submitted" in line)

@@ -198,6 +198,9 @@ def test_the_blocking_client(cli_stack: Stack, tmp_path: Path) -> None:
         assert [i.zarr_url for m in exported for i in m.images] == urls
         with pytest.raises(NotFoundError):
             c.get_dataset(project.id, ds.id + 1000)
+    # A stream as the first call of a client (it opens the channel on the client's loop).
+    with SyncClient(cli_stack.api_address, c.token) as fresh:
+        assert sum(len(m.images) for m in fresh.export_dataset(project.id, ds.id)) == 3
 
 
 async def _job_setup(c: Client, tmp_path: Path) -> tuple[int, int, int]:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from fractal.v2 import image_pb2, project_pb2, user_pb2
-from fractal_cli.core import filters, json_object, key_values, pages, session, type_flags
+from fractal_cli.core import (
+    filters,
+    json_object,
+    json_value,
+    key_values,
+    pages,
+    session,
+    type_flags,
+)
 from fractal_cli.output import Column
 from fractal_grpc.convert import attributes_to_python, filters_to_dict
 
@@ -291,15 +301,7 @@ def image_list(
     if s.out.json_mode:
         s.out.json(
             {
-                "images": [
-                    {
-                        "zarr_url": i.zarr_url,
-                        "origin": i.origin if i.HasField("origin") else None,
-                        "attributes": attributes_to_python(i.attributes),
-                        "types": dict(i.types),
-                    }
-                    for i in images
-                ],
+                "images": [_image_dict(i) for i in images],
                 "total_count": total,
                 "next_page_token": token,
             }
@@ -327,8 +329,6 @@ def image_add(
     types = type_flags(type_, "--type")
     images.extend({"zarr_url": u, "attributes": attributes, "types": types} for u in zarr_url)
     if file is not None:
-        from fractal_cli.core import json_value
-
         listed = json_value(file, "--file")
         if not isinstance(listed, list) or not all(
             isinstance(i, dict) and isinstance(i.get("zarr_url"), str) for i in listed
@@ -372,3 +372,73 @@ def image_delete(
     """Remove images from the list (nothing on disk)."""
     deleted = session(ctx).client().delete_images(project_id, dataset_id, zarr_urls)
     session(ctx).out.done(f"{deleted} image(s) removed", {"deleted_count": deleted})
+
+
+def _image_dict(image: image_pb2.Image) -> dict[str, Any]:
+    return {
+        "zarr_url": image.zarr_url,
+        "origin": image.origin if image.HasField("origin") else None,
+        "attributes": attributes_to_python(image.attributes),
+        "types": dict(image.types),
+    }
+
+
+@dataset_app.command("export")
+def dataset_export(
+    ctx: typer.Context,
+    project_id: int,
+    dataset_id: int,
+    json_file: Annotated[Path | None, typer.Option(help="write here instead of stdout")] = None,
+) -> None:
+    """The dataset as JSON: name, zarr_dir, filters and every image (one snapshot)."""
+    header: dict[str, Any] = {}
+    images: list[dict[str, Any]] = []
+    for part in session(ctx).client().export_dataset(project_id, dataset_id):
+        if not header:
+            header = {
+                "name": part.name,
+                "zarr_dir": part.zarr_dir,
+                "filters": filters_to_dict(part.filters),
+            }
+        images.extend(_image_dict(i) for i in part.images)
+    text = json.dumps({**header, "images": images}, indent=2, sort_keys=True)
+    if json_file is None:
+        print(text)
+        return
+    json_file.write_text(text + "\n")
+    session(ctx).out.done(
+        f"dataset {dataset_id} ({len(images)} images) written to {json_file}",
+        {"path": str(json_file), "image_count": len(images)},
+    )
+
+
+@dataset_app.command("import")
+def dataset_import(
+    ctx: typer.Context,
+    project_id: int,
+    json_file: Annotated[Path, typer.Option(help="a file written by `dataset export`")],
+    dataset_name: Annotated[str | None, typer.Option(help="instead of the file's name")] = None,
+) -> None:
+    """Create a dataset with all its images from an export, all or nothing."""
+    data = json_value(f"@{json_file}", "--json-file")
+    if not isinstance(data, dict) or not isinstance(data.get("zarr_dir"), str):
+        raise typer.BadParameter("not a dataset export", param_hint="--json-file")
+    images = data.get("images") or []
+    if not isinstance(images, list) or not all(
+        isinstance(i, dict) and isinstance(i.get("zarr_url"), str) for i in images
+    ):
+        raise typer.BadParameter(
+            "images: a list of objects with a zarr_url", param_hint="--json-file"
+        )
+    dataset = (
+        session(ctx)
+        .client()
+        .import_dataset(
+            project_id,
+            dataset_name or str(data.get("name") or ""),
+            data["zarr_dir"],
+            images,
+            filters=data.get("filters"),
+        )
+    )
+    _show_dataset(ctx, dataset)

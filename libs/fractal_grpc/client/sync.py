@@ -44,7 +44,11 @@ class _BlockingStream(Generic[P, T]):
 
     def __get__(self, obj: SyncClient, objtype: type | None = None) -> Callable[P, Iterator[T]]:
         def call(*args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
-            stream = self.method(obj.aio, *args, **kwargs)
+            async def start() -> AsyncIterator[T]:
+                # On the client's loop: the method may open the channel, which binds to it.
+                return self.method(obj.aio, *args, **kwargs)
+
+            stream = obj.run(start())
 
             async def step() -> T:
                 return await anext(stream)
