@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BUF := .tools/node_modules/.bin/buf
 PROTO_FILES := $(shell find protos/fractal -name '*.proto')
+# The gRPC service config of every client (retries, wait-for-ready), shipped with the stubs.
+SERVICE_CONFIG := protos/service_config.json
 # Third-party protos our protos import (buf.validate rules), vendored with their licence.
 VENDORED_PROTOS := protos/third_party/protovalidate
 GEN_DIR := libs
@@ -12,19 +14,24 @@ STAMP := $(VENV)/.installed
 UV := $(VENV)/bin/uv
 # Every third-party package, pinned (make lock); our own packages are installed from here.
 LOCK := requirements.lock
-PACKAGES := libs libs/devstack services/api services/runner
+PACKAGES := libs libs/devstack libs/cli services/api services/runner
 LOCK_FLAGS := --universal --python-version 3.11 --quiet --custom-compile-command "make lock" \
-	$(foreach name,fractal-grpc-libs fractal-devstack fractal-api fractal-runner,--no-emit-package $(name))
+	$(foreach name,fractal-grpc-libs fractal-devstack fractal-cli fractal-api fractal-runner,--no-emit-package $(name))
 
-.PHONY: run test lint protos install lock bench clean test-unit test-service test-e2e cluster
+.PHONY: run test lint protos install lock bench clean test-unit test-service test-e2e cluster test-tools
 
 ## run: the whole suite on embedded PostgreSQL and NATS (or FRACTAL_DATABASE_URL / FRACTAL_NATS_URL).
 run: $(STAMP)
 	$(VENV)/bin/fractal-dev run
 
 ## test: install what the tests need, lint, and run every test.
-test: $(STAMP) lint cluster
+test: $(STAMP) lint cluster test-tools
 	$(PY) -m pytest
+
+## test-tools: system tools the tests drive (tmux: tests/cli draws the progress display in a
+## real terminal), installed with apt only when missing.
+test-tools:
+	@command -v tmux >/dev/null || $$([ "$$(id -u)" = 0 ] || echo sudo) sh -c 'apt-get install -y tmux || { apt-get update && apt-get install -y tmux; }'
 
 ## cluster: the one-node SLURM cluster and loopback sshd of tests/slurm (deploy/local), brought up
 ## only when deploy/local/check.sh says it is not up (as root, or through sudo).
@@ -45,7 +52,7 @@ $(UV): | $(VENV)/bin/python
 # when libs is installed) without dependencies: the lock has them all. A dependency added without
 # `make lock` stops the install, named (the loop for requirements-dev.txt, `uv pip check` for
 # the packages').
-$(STAMP): $(LOCK) requirements-dev.txt libs/pyproject.toml libs/devstack/pyproject.toml services/*/pyproject.toml $(PROTO_FILES) $(VENDORED_PROTOS)/buf/validate/validate.proto | $(UV)
+$(STAMP): $(LOCK) requirements-dev.txt libs/pyproject.toml libs/devstack/pyproject.toml libs/cli/pyproject.toml services/*/pyproject.toml $(PROTO_FILES) $(SERVICE_CONFIG) $(VENDORED_PROTOS)/buf/validate/validate.proto | $(UV)
 	@for name in $$(sed -e 's/#.*//' -e 's/[][<>=!~;[:space:]].*//' requirements-dev.txt); do \
 		grep -qiE "^$${name//_/-}==" $(LOCK) \
 			|| { echo "make install: $$name is not in $(LOCK); run make lock" >&2; exit 1; }; \
@@ -78,6 +85,7 @@ protos: $(VENV)/bin/python
 		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 		$(PROTO_FILES)
 	find $(GEN_DIR)/fractal $(GEN_DIR)/buf -type d -exec touch {}/__init__.py \;
+	cp $(SERVICE_CONFIG) $(GEN_DIR)/fractal/service_config.json
 
 $(BUF):
 	npm install --prefix .tools --no-save --silent @bufbuild/buf
@@ -85,8 +93,8 @@ $(BUF):
 ## lint: buf lint (STANDARD), ruff and mypy on our own code.
 lint: $(STAMP) $(BUF)
 	$(BUF) lint protos
-	$(VENV)/bin/ruff check libs/fractal_grpc libs/devstack services tests bench
-	$(VENV)/bin/ruff format --check libs/fractal_grpc libs/devstack services tests bench
+	$(VENV)/bin/ruff check libs/fractal_grpc libs/devstack libs/cli services tests bench
+	$(VENV)/bin/ruff format --check libs/fractal_grpc libs/devstack libs/cli services tests bench
 	$(VENV)/bin/mypy
 
 test-unit: $(STAMP)

@@ -29,6 +29,7 @@ DEV_REQUIREMENTS = ROOT / "requirements-dev.txt"
 PACKAGES = {
     "libs/pyproject.toml": ["libs/fractal_grpc", "libs/fractal"],  # the generated stubs too
     "libs/devstack/pyproject.toml": ["libs/devstack/fractal_devstack"],
+    "libs/cli/pyproject.toml": ["libs/cli/fractal_cli"],
     "services/api/pyproject.toml": ["services/api/fractal_api"],
     "services/runner/pyproject.toml": ["services/runner/fractal_runner"],
 }

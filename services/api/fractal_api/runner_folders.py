@@ -4,7 +4,8 @@ runner that owns the folder (``FRACTAL_RUNNER_URL``), never from api's own disk.
 Calls carry a runner-audience service token signed with api's key (the runner verifies it with
 api's public key). A runner that cannot be reached (or answers with anything but the folder or
 NOT_FOUND, e.g. a key mismatch) is UNAVAILABLE with RetryInfo for the client; a job without a
-folder is NOT_FOUND.
+folder is NOT_FOUND. The channel has the clients' one service config
+(``protos/service_config.json``): both reads are resent by gRPC on UNAVAILABLE.
 """
 
 from __future__ import annotations

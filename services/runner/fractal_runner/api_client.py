@@ -9,6 +9,10 @@ applied, and a stream is restarted from the start), ApplyTaskResult is applied o
 ``(job_id, task_order)`` (a repeat answers ``already_applied``), and FinishJob returns an ended
 job unchanged. ReportTaskProgress is best effort: one attempt, its error raised to the reporter
 (``fractal_runner.progress``), which drops it. Other errors are raised as ``grpc.aio.AioRpcError``.
+
+The channel carries the one gRPC service config of every client (``protos/service_config.json``,
+through ``fractal_grpc.client.open_channel``), which also lets gRPC resend these four calls on
+UNAVAILABLE before they got an answer; the policy above retries whatever remains.
 """
 
 from __future__ import annotations

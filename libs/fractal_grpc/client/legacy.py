@@ -1,5 +1,5 @@
-"""A small client SDK over the generated stubs: a channel, a login, the caller's metadata and
-one stub per public service. Used by the tests, the benchmarks and (later) the CLI."""
+"""The stub bundle over a channel: a login, the caller's metadata and one stub per public
+service. Used by the tests and the benchmarks (people use ``Client``)."""
 
 from __future__ import annotations
 
@@ -24,26 +24,8 @@ from fractal.v2 import (
     user_service_pb2_grpc,
     workflow_service_pb2_grpc,
 )
-from fractal_grpc.grpckit.server import message_size_options
-from fractal_grpc.settings import DEFAULT_API_MAX_MESSAGE_BYTES
 
 Metadata = tuple[tuple[str, str], ...]
-
-
-def open_channel(
-    address: str,
-    extra_options: list[tuple[str, int]] | None = None,
-    *,
-    max_message_bytes: int = DEFAULT_API_MAX_MESSAGE_BYTES,
-) -> grpc.aio.Channel:
-    """A channel to api that sends and receives messages within api's limit
-    (``FRACTAL_API_MAX_MESSAGE_BYTES``): a larger request fails in the client, unsent."""
-    options = [
-        *message_size_options(max_message_bytes),
-        ("grpc.enable_http_proxy", 0),
-        *(extra_options or []),
-    ]
-    return grpc.aio.insecure_channel(address, options=options)
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The `fractal` command-line client."""

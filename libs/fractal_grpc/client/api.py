@@ -1,0 +1,1212 @@
+"""``Client``: the public API of fractal-grpc as typed async methods, one per RPC.
+
+Every call has a deadline (``timeout`` per call, else the client's default), carries the
+caller's token, and raises a ``FractalError`` subclass with the status code and details. Retries
+are gRPC's, from the one service config (``channel.py``): reads and request_id creates on
+UNAVAILABLE, nothing else. Creates that take a ``request_id`` always send one (a fresh one when
+the caller gives none), so that a create retried by gRPC (or by the caller, with the same key)
+is answered with the first result instead of a second object.
+
+With a ``Credential`` the client logs in by itself, and logs in again when its token is about
+to expire or the server says it has expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf import field_mask_pb2, message, struct_pb2
+
+from fractal.v2 import (
+    auth_service_pb2,
+    auth_service_pb2_grpc,
+    dataset_service_pb2,
+    dataset_service_pb2_grpc,
+    image_pb2,
+    image_service_pb2,
+    image_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    project_pb2,
+    project_service_pb2,
+    project_service_pb2_grpc,
+    task_pb2,
+    task_service_pb2,
+    task_service_pb2_grpc,
+    user_pb2,
+    user_service_pb2,
+    user_service_pb2_grpc,
+    workflow_pb2,
+    workflow_service_pb2,
+    workflow_service_pb2_grpc,
+)
+from fractal_grpc.client.channel import open_channel
+from fractal_grpc.client.errors import FractalError, from_rpc_error
+from fractal_grpc.convert import fill_filters, fill_image
+
+R = TypeVar("R")
+
+#: The default deadline of a unary call, in seconds.
+DEFAULT_TIMEOUT = 30.0
+#: Streams that move data (downloads, exports, imports) get longer.
+TRANSFER_TIMEOUT = 3600.0
+#: A watch follows a job for as long as it runs (it is resumed after a lost connection).
+WATCH_TIMEOUT = 7 * 24 * 3600.0
+#: Log in again this long before the token expires.
+REFRESH_MARGIN_SECONDS = 30.0
+#: A watch whose connection drops is reopened for this long before giving up.
+WATCH_RESUME_SECONDS = 120.0
+#: Reconnect quickly after an outage (gRPC's default backoff grows to two minutes).
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+ImageLike = image_pb2.Image | Mapping[str, Any]
+FiltersLike = image_pb2.Filters | Mapping[str, Any]
+StructLike = struct_pb2.Struct | Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """What the client logs in with, again whenever its token runs out."""
+
+    email: str
+    password: str
+
+
+def _struct(target: struct_pb2.Struct, value: StructLike | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, struct_pb2.Struct):
+        target.CopyFrom(value)
+    else:
+        target.update(dict(value))
+
+
+def _filters(target: image_pb2.Filters, value: FiltersLike | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, image_pb2.Filters):
+        target.CopyFrom(value)
+    else:
+        fill_filters(target, value)
+
+
+def _images(images: Iterable[ImageLike]) -> list[image_pb2.Image]:
+    out = []
+    for item in images:
+        if isinstance(item, image_pb2.Image):
+            out.append(item)
+        else:
+            img = image_pb2.Image()
+            fill_image(img, item)
+            out.append(img)
+    return out
+
+
+def _mask(*paths: str) -> field_mask_pb2.FieldMask:
+    return field_mask_pb2.FieldMask(paths=list(paths))
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Client:
+    """The public API of one api server, as the user with ``token`` (or ``credential``)."""
+
+    def __init__(
+        self,
+        address: str,
+        token: str = "",
+        *,
+        credential: Credential | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        on_token: Callable[[str], None] | None = None,
+        interceptors: list[grpc.aio.ClientInterceptor] | None = None,
+        max_message_bytes: int | None = None,
+    ) -> None:
+        self.address = address
+        self.token = token
+        self.credential = credential
+        self.timeout = timeout
+        #: Called with every new token (the CLI caches it).
+        self.on_token = on_token
+        self._interceptors = interceptors
+        self._max_message_bytes = max_message_bytes
+        self._expires_at: float | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._login_lock: asyncio.Lock | None = None
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The channel, opened on first use (inside the running event loop)."""
+        if self._channel is None:
+            kwargs: dict[str, Any] = {}
+            if self._max_message_bytes is not None:
+                kwargs["max_message_bytes"] = self._max_message_bytes
+            self._channel = open_channel(
+                self.address, CHANNEL_OPTIONS, interceptors=self._interceptors, **kwargs
+            )
+        return self._channel
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    async def login(self, email: str | None = None, password: str | None = None) -> str:
+        """Log in (with the given email and password, which become the client's credential,
+        or with the saved credential) and keep the token; returns it."""
+        if email is not None and password is not None:
+            self.credential = Credential(email, password)
+        if self.credential is None:
+            raise ValueError("login needs an email and a password, or a saved credential")
+        stub = auth_service_pb2_grpc.AuthServiceStub(self.channel)
+        try:
+            resp = await stub.Login(
+                auth_service_pb2.LoginRequest(
+                    email=self.credential.email, password=self.credential.password
+                ),
+                timeout=self.timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, "/fractal.v2.AuthService/Login") from None
+        self.token = resp.access_token
+        self._expires_at = time.monotonic() + resp.expires_in if resp.expires_in > 0 else None
+        if self.on_token is not None:
+            self.on_token(self.token)
+        return self.token
+
+    async def _refresh(self, stale: str | None) -> None:
+        """Log in again unless another call already replaced the ``stale`` token."""
+        if self._login_lock is None:
+            self._login_lock = asyncio.Lock()
+        async with self._login_lock:
+            if stale is None or self.token == stale:
+                await self.login()
+
+    async def _ensure_token(self) -> None:
+        if self.credential is None:
+            return
+        if not self.token or (
+            self._expires_at is not None
+            and time.monotonic() > self._expires_at - REFRESH_MARGIN_SECONDS
+        ):
+            await self._refresh(self.token or None)
+
+    def _may_refresh(self, error: FractalError) -> bool:
+        return (
+            self.credential is not None
+            and error.code == grpc.StatusCode.UNAUTHENTICATED
+            and error.reason in ("TOKEN_EXPIRED", "INVALID_TOKEN", "MISSING_TOKEN")
+        )
+
+    async def _unary(
+        self,
+        method: Callable[..., Awaitable[R]],
+        name: str,
+        request: message.Message,
+        timeout: float | None,
+    ) -> R:
+        await self._ensure_token()
+        for attempt in (1, 2):
+            token = self.token
+            try:
+                return await method(
+                    request, metadata=self._metadata(), timeout=timeout or self.timeout
+                )
+            except grpc.aio.AioRpcError as exc:
+                error = from_rpc_error(exc, name)
+                if attempt == 1 and self._may_refresh(error):
+                    await self._refresh(token)
+                    continue
+                raise error from None
+        raise AssertionError("unreachable")
+
+    async def _stream(
+        self,
+        method: Callable[..., Any],
+        name: str,
+        request: message.Message,
+        timeout: float | None,
+    ) -> AsyncIterator[Any]:
+        """The responses of a server stream; a refused token is refreshed before the first."""
+        await self._ensure_token()
+        for attempt in (1, 2):
+            token = self.token
+            call = method(request, metadata=self._metadata(), timeout=timeout)
+            received = False
+            try:
+                async for resp in call:
+                    received = True
+                    yield resp
+                return
+            except grpc.aio.AioRpcError as exc:
+                error = from_rpc_error(exc, name)
+                if attempt == 1 and not received and self._may_refresh(error):
+                    await self._refresh(token)
+                    continue
+                raise error from None
+            finally:
+                call.cancel()
+
+    # -- stubs ----------------------------------------------------------------------------------
+
+    @property
+    def _auth(self) -> auth_service_pb2_grpc.AuthServiceStub:
+        return auth_service_pb2_grpc.AuthServiceStub(self.channel)
+
+    @property
+    def _users(self) -> user_service_pb2_grpc.UserServiceStub:
+        return user_service_pb2_grpc.UserServiceStub(self.channel)
+
+    @property
+    def _projects(self) -> project_service_pb2_grpc.ProjectServiceStub:
+        return project_service_pb2_grpc.ProjectServiceStub(self.channel)
+
+    @property
+    def _datasets(self) -> dataset_service_pb2_grpc.DatasetServiceStub:
+        return dataset_service_pb2_grpc.DatasetServiceStub(self.channel)
+
+    @property
+    def _images(self) -> image_service_pb2_grpc.ImageServiceStub:
+        return image_service_pb2_grpc.ImageServiceStub(self.channel)
+
+    @property
+    def _tasks(self) -> task_service_pb2_grpc.TaskServiceStub:
+        return task_service_pb2_grpc.TaskServiceStub(self.channel)
+
+    @property
+    def _workflows(self) -> workflow_service_pb2_grpc.WorkflowServiceStub:
+        return workflow_service_pb2_grpc.WorkflowServiceStub(self.channel)
+
+    @property
+    def _jobs(self) -> job_service_pb2_grpc.JobServiceStub:
+        return job_service_pb2_grpc.JobServiceStub(self.channel)
+
+    # -- AuthService ----------------------------------------------------------------------------
+
+    async def get_current_user(self, *, timeout: float | None = None) -> user_pb2.User:
+        resp = await self._unary(
+            self._auth.GetCurrentUser,
+            "/fractal.v2.AuthService/GetCurrentUser",
+            auth_service_pb2.GetCurrentUserRequest(),
+            timeout,
+        )
+        return resp.user
+
+    # -- UserService (superusers) ---------------------------------------------------------------
+
+    async def create_user(
+        self,
+        email: str,
+        password: str,
+        *,
+        username: str | None = None,
+        slurm_user: str | None = None,
+        cache_dir: str | None = None,
+        slurm_accounts: Sequence[str] = (),
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> user_pb2.User:
+        req = user_service_pb2.CreateUserRequest(
+            email=email,
+            password=password,
+            slurm_accounts=list(slurm_accounts),
+            request_id=request_id or new_request_id(),
+        )
+        if username is not None:
+            req.username = username
+        if slurm_user is not None:
+            req.slurm_user = slurm_user
+        if cache_dir is not None:
+            req.cache_dir = cache_dir
+        resp = await self._unary(
+            self._users.CreateUser, "/fractal.v2.UserService/CreateUser", req, timeout
+        )
+        return resp.user
+
+    async def get_user(self, user_id: int, *, timeout: float | None = None) -> user_pb2.User:
+        resp = await self._unary(
+            self._users.GetUser,
+            "/fractal.v2.UserService/GetUser",
+            user_service_pb2.GetUserRequest(user_id=user_id),
+            timeout,
+        )
+        return resp.user
+
+    async def list_users(
+        self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> user_service_pb2.ListUsersResponse:
+        return await self._unary(
+            self._users.ListUsers,
+            "/fractal.v2.UserService/ListUsers",
+            user_service_pb2.ListUsersRequest(page_size=page_size, page_token=page_token),
+            timeout,
+        )
+
+    async def update_user(
+        self,
+        user_id: int,
+        *,
+        email: str | None = None,
+        password: str | None = None,
+        is_active: bool | None = None,
+        is_superuser: bool | None = None,
+        is_verified: bool | None = None,
+        username: str | None = None,
+        slurm_user: str | None = None,
+        cache_dir: str | None = None,
+        slurm_accounts: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> user_pb2.User:
+        """Change the fields given (and only those)."""
+        user = user_pb2.User()
+        paths: list[str] = []
+        for name, value in (
+            ("email", email),
+            ("is_active", is_active),
+            ("is_superuser", is_superuser),
+            ("is_verified", is_verified),
+            ("username", username),
+            ("slurm_user", slurm_user),
+            ("cache_dir", cache_dir),
+        ):
+            if value is not None:
+                setattr(user, name, value)
+                paths.append(name)
+        if slurm_accounts is not None:
+            user.slurm_accounts.extend(slurm_accounts)
+            paths.append("slurm_accounts")
+        req = user_service_pb2.UpdateUserRequest(user_id=user_id, user=user)
+        if password is not None:
+            req.password = password
+            paths.append("password")
+        req.update_mask.CopyFrom(_mask(*paths))
+        resp = await self._unary(
+            self._users.UpdateUser, "/fractal.v2.UserService/UpdateUser", req, timeout
+        )
+        return resp.user
+
+    # -- ProjectService -------------------------------------------------------------------------
+
+    async def create_project(
+        self, name: str, *, request_id: str | None = None, timeout: float | None = None
+    ) -> project_pb2.Project:
+        resp = await self._unary(
+            self._projects.CreateProject,
+            "/fractal.v2.ProjectService/CreateProject",
+            project_service_pb2.CreateProjectRequest(
+                name=name, request_id=request_id or new_request_id()
+            ),
+            timeout,
+        )
+        return resp.project
+
+    async def get_project(
+        self, project_id: int, *, timeout: float | None = None
+    ) -> project_pb2.Project:
+        resp = await self._unary(
+            self._projects.GetProject,
+            "/fractal.v2.ProjectService/GetProject",
+            project_service_pb2.GetProjectRequest(project_id=project_id),
+            timeout,
+        )
+        return resp.project
+
+    async def list_projects(
+        self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> project_service_pb2.ListProjectsResponse:
+        return await self._unary(
+            self._projects.ListProjects,
+            "/fractal.v2.ProjectService/ListProjects",
+            project_service_pb2.ListProjectsRequest(page_size=page_size, page_token=page_token),
+            timeout,
+        )
+
+    async def update_project(
+        self, project_id: int, *, name: str, timeout: float | None = None
+    ) -> project_pb2.Project:
+        resp = await self._unary(
+            self._projects.UpdateProject,
+            "/fractal.v2.ProjectService/UpdateProject",
+            project_service_pb2.UpdateProjectRequest(
+                project_id=project_id,
+                project=project_pb2.Project(name=name),
+                update_mask=_mask("name"),
+            ),
+            timeout,
+        )
+        return resp.project
+
+    async def delete_project(self, project_id: int, *, timeout: float | None = None) -> None:
+        await self._unary(
+            self._projects.DeleteProject,
+            "/fractal.v2.ProjectService/DeleteProject",
+            project_service_pb2.DeleteProjectRequest(project_id=project_id),
+            timeout,
+        )
+
+    # -- DatasetService -------------------------------------------------------------------------
+
+    async def create_dataset(
+        self,
+        project_id: int,
+        name: str,
+        zarr_dir: str,
+        *,
+        filters: FiltersLike | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> project_pb2.Dataset:
+        req = dataset_service_pb2.CreateDatasetRequest(
+            project_id=project_id,
+            name=name,
+            zarr_dir=zarr_dir,
+            request_id=request_id or new_request_id(),
+        )
+        _filters(req.filters, filters)
+        resp = await self._unary(
+            self._datasets.CreateDataset, "/fractal.v2.DatasetService/CreateDataset", req, timeout
+        )
+        return resp.dataset
+
+    async def get_dataset(
+        self, project_id: int, dataset_id: int, *, timeout: float | None = None
+    ) -> project_pb2.Dataset:
+        resp = await self._unary(
+            self._datasets.GetDataset,
+            "/fractal.v2.DatasetService/GetDataset",
+            dataset_service_pb2.GetDatasetRequest(project_id=project_id, dataset_id=dataset_id),
+            timeout,
+        )
+        return resp.dataset
+
+    async def list_datasets(
+        self,
+        project_id: int = 0,
+        *,
+        include_history: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> dataset_service_pb2.ListDatasetsResponse:
+        """The datasets of a project (0: of every project of the caller)."""
+        return await self._unary(
+            self._datasets.ListDatasets,
+            "/fractal.v2.DatasetService/ListDatasets",
+            dataset_service_pb2.ListDatasetsRequest(
+                project_id=project_id,
+                include_history=include_history,
+                page_size=page_size,
+                page_token=page_token,
+            ),
+            timeout,
+        )
+
+    async def update_dataset(
+        self,
+        project_id: int,
+        dataset_id: int,
+        *,
+        name: str | None = None,
+        zarr_dir: str | None = None,
+        filters: FiltersLike | None = None,
+        timeout: float | None = None,
+    ) -> project_pb2.Dataset:
+        """Change the fields given; ``filters`` replaces the dataset's filters as a whole."""
+        dataset = project_pb2.Dataset()
+        paths = []
+        if name is not None:
+            dataset.name = name
+            paths.append("name")
+        if zarr_dir is not None:
+            dataset.zarr_dir = zarr_dir
+            paths.append("zarr_dir")
+        if filters is not None:
+            _filters(dataset.filters, filters)
+            paths.append("filters")
+        resp = await self._unary(
+            self._datasets.UpdateDataset,
+            "/fractal.v2.DatasetService/UpdateDataset",
+            dataset_service_pb2.UpdateDatasetRequest(
+                project_id=project_id,
+                dataset_id=dataset_id,
+                dataset=dataset,
+                update_mask=_mask(*paths),
+            ),
+            timeout,
+        )
+        return resp.dataset
+
+    async def delete_dataset(
+        self, project_id: int, dataset_id: int, *, timeout: float | None = None
+    ) -> None:
+        await self._unary(
+            self._datasets.DeleteDataset,
+            "/fractal.v2.DatasetService/DeleteDataset",
+            dataset_service_pb2.DeleteDatasetRequest(project_id=project_id, dataset_id=dataset_id),
+            timeout,
+        )
+
+    def export_dataset(
+        self, project_id: int, dataset_id: int, *, timeout: float | None = TRANSFER_TIMEOUT
+    ) -> AsyncIterator[dataset_service_pb2.ExportDatasetResponse]:
+        """The header (first message) and the images in batches, from one snapshot."""
+        return self._stream(
+            self._datasets.ExportDataset,
+            "/fractal.v2.DatasetService/ExportDataset",
+            dataset_service_pb2.ExportDatasetRequest(project_id=project_id, dataset_id=dataset_id),
+            timeout,
+        )
+
+    async def import_dataset(
+        self,
+        project_id: int,
+        name: str,
+        zarr_dir: str,
+        images: Iterable[ImageLike] = (),
+        *,
+        filters: FiltersLike | None = None,
+        batch_size: int = 10_000,
+        request_id: str | None = None,
+        timeout: float | None = TRANSFER_TIMEOUT,
+    ) -> project_pb2.Dataset:
+        """Create a dataset with all its images in one transaction (sent in batches)."""
+        header = dataset_service_pb2.ImportDatasetRequest(
+            project_id=project_id,
+            name=name,
+            zarr_dir=zarr_dir,
+            request_id=request_id or new_request_id(),
+        )
+        _filters(header.filters, filters)
+        batches: list[dataset_service_pb2.ImportDatasetRequest] = [header]
+        pending = _images(images)
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start : start + batch_size]
+            if start == 0:
+                header.images.extend(chunk)
+            else:
+                batches.append(dataset_service_pb2.ImportDatasetRequest(images=chunk))
+        await self._ensure_token()
+        try:
+            resp = await self._datasets.ImportDataset(
+                iter(batches), metadata=self._metadata(), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, "/fractal.v2.DatasetService/ImportDataset") from None
+        return resp.dataset
+
+    # -- ImageService ---------------------------------------------------------------------------
+
+    async def add_images(
+        self,
+        project_id: int,
+        dataset_id: int,
+        images: Iterable[ImageLike],
+        *,
+        timeout: float | None = None,
+    ) -> int:
+        """Append images to the dataset's list; returns how many were added."""
+        resp = await self._unary(
+            self._images.AddImages,
+            "/fractal.v2.ImageService/AddImages",
+            image_service_pb2.AddImagesRequest(
+                project_id=project_id, dataset_id=dataset_id, images=_images(images)
+            ),
+            timeout,
+        )
+        return int(resp.added_count)
+
+    async def query_images(
+        self,
+        project_id: int,
+        dataset_id: int,
+        *,
+        filters: FiltersLike | None = None,
+        use_dataset_filters: bool = False,
+        zarr_url: str | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> image_service_pb2.QueryImagesResponse:
+        req = image_service_pb2.QueryImagesRequest(
+            project_id=project_id,
+            dataset_id=dataset_id,
+            use_dataset_filters=use_dataset_filters,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        _filters(req.filters, filters)
+        if zarr_url is not None:
+            req.zarr_url = zarr_url
+        return await self._unary(
+            self._images.QueryImages, "/fractal.v2.ImageService/QueryImages", req, timeout
+        )
+
+    async def update_image(
+        self,
+        project_id: int,
+        dataset_id: int,
+        zarr_url: str,
+        *,
+        attributes: Mapping[str, Any] | None = None,
+        types: Mapping[str, bool] | None = None,
+        timeout: float | None = None,
+    ) -> image_pb2.Image:
+        """Replace the image's attributes and/or types (each wholesale)."""
+        image = image_pb2.Image()
+        fill_image(image, {"zarr_url": zarr_url, "attributes": attributes, "types": types})
+        paths = [p for p, v in (("attributes", attributes), ("types", types)) if v is not None]
+        resp = await self._unary(
+            self._images.UpdateImage,
+            "/fractal.v2.ImageService/UpdateImage",
+            image_service_pb2.UpdateImageRequest(
+                project_id=project_id, dataset_id=dataset_id, image=image, update_mask=_mask(*paths)
+            ),
+            timeout,
+        )
+        return resp.image
+
+    async def delete_images(
+        self,
+        project_id: int,
+        dataset_id: int,
+        zarr_urls: Sequence[str],
+        *,
+        timeout: float | None = None,
+    ) -> int:
+        resp = await self._unary(
+            self._images.DeleteImages,
+            "/fractal.v2.ImageService/DeleteImages",
+            image_service_pb2.DeleteImagesRequest(
+                project_id=project_id, dataset_id=dataset_id, zarr_urls=list(zarr_urls)
+            ),
+            timeout,
+        )
+        return int(resp.deleted_count)
+
+    # -- TaskService ----------------------------------------------------------------------------
+
+    async def create_task(
+        self,
+        name: str,
+        source: str,
+        *,
+        command_non_parallel: str | None = None,
+        command_parallel: str | None = None,
+        version: str | None = None,
+        meta_non_parallel: StructLike | None = None,
+        meta_parallel: StructLike | None = None,
+        args_schema_non_parallel: StructLike | None = None,
+        args_schema_parallel: StructLike | None = None,
+        args_schema_version: str | None = None,
+        docs_info: str | None = None,
+        docs_link: str | None = None,
+        input_types: Mapping[str, bool] | None = None,
+        output_types: Mapping[str, bool] | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> task_pb2.Task:
+        req = task_service_pb2.CreateTaskRequest(
+            name=name,
+            source=source,
+            input_types=dict(input_types or {}),
+            output_types=dict(output_types or {}),
+            request_id=request_id or new_request_id(),
+        )
+        for field_name, value in (
+            ("command_non_parallel", command_non_parallel),
+            ("command_parallel", command_parallel),
+            ("version", version),
+            ("args_schema_version", args_schema_version),
+            ("docs_info", docs_info),
+            ("docs_link", docs_link),
+        ):
+            if value is not None:
+                setattr(req, field_name, value)
+        _struct(req.meta_non_parallel, meta_non_parallel)
+        _struct(req.meta_parallel, meta_parallel)
+        _struct(req.args_schema_non_parallel, args_schema_non_parallel)
+        _struct(req.args_schema_parallel, args_schema_parallel)
+        resp = await self._unary(
+            self._tasks.CreateTask, "/fractal.v2.TaskService/CreateTask", req, timeout
+        )
+        return resp.task
+
+    async def get_task(self, task_id: int, *, timeout: float | None = None) -> task_pb2.Task:
+        resp = await self._unary(
+            self._tasks.GetTask,
+            "/fractal.v2.TaskService/GetTask",
+            task_service_pb2.GetTaskRequest(task_id=task_id),
+            timeout,
+        )
+        return resp.task
+
+    async def list_tasks(
+        self,
+        *,
+        skip_args_schemas: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> task_service_pb2.ListTasksResponse:
+        return await self._unary(
+            self._tasks.ListTasks,
+            "/fractal.v2.TaskService/ListTasks",
+            task_service_pb2.ListTasksRequest(
+                skip_args_schemas=skip_args_schemas, page_size=page_size, page_token=page_token
+            ),
+            timeout,
+        )
+
+    async def update_task(
+        self,
+        task_id: int,
+        *,
+        name: str | None = None,
+        version: str | None = None,
+        command_non_parallel: str | None = None,
+        command_parallel: str | None = None,
+        input_types: Mapping[str, bool] | None = None,
+        output_types: Mapping[str, bool] | None = None,
+        timeout: float | None = None,
+    ) -> task_pb2.Task:
+        req = task_service_pb2.UpdateTaskRequest(task_id=task_id)
+        for field_name, value in (
+            ("name", name),
+            ("version", version),
+            ("command_non_parallel", command_non_parallel),
+            ("command_parallel", command_parallel),
+        ):
+            if value is not None:
+                setattr(req, field_name, value)
+        if input_types is not None:
+            req.input_types.types.update(input_types)
+            req.input_types.SetInParent()
+        if output_types is not None:
+            req.output_types.types.update(output_types)
+            req.output_types.SetInParent()
+        resp = await self._unary(
+            self._tasks.UpdateTask, "/fractal.v2.TaskService/UpdateTask", req, timeout
+        )
+        return resp.task
+
+    async def delete_task(self, task_id: int, *, timeout: float | None = None) -> None:
+        await self._unary(
+            self._tasks.DeleteTask,
+            "/fractal.v2.TaskService/DeleteTask",
+            task_service_pb2.DeleteTaskRequest(task_id=task_id),
+            timeout,
+        )
+
+    # -- WorkflowService ------------------------------------------------------------------------
+
+    async def create_workflow(
+        self,
+        project_id: int,
+        name: str,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> workflow_pb2.Workflow:
+        resp = await self._unary(
+            self._workflows.CreateWorkflow,
+            "/fractal.v2.WorkflowService/CreateWorkflow",
+            workflow_service_pb2.CreateWorkflowRequest(
+                project_id=project_id, name=name, request_id=request_id or new_request_id()
+            ),
+            timeout,
+        )
+        return resp.workflow
+
+    async def get_workflow(
+        self, project_id: int, workflow_id: int, *, timeout: float | None = None
+    ) -> workflow_pb2.Workflow:
+        resp = await self._unary(
+            self._workflows.GetWorkflow,
+            "/fractal.v2.WorkflowService/GetWorkflow",
+            workflow_service_pb2.GetWorkflowRequest(project_id=project_id, workflow_id=workflow_id),
+            timeout,
+        )
+        return resp.workflow
+
+    async def list_workflows(
+        self,
+        project_id: int,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> workflow_service_pb2.ListWorkflowsResponse:
+        return await self._unary(
+            self._workflows.ListWorkflows,
+            "/fractal.v2.WorkflowService/ListWorkflows",
+            workflow_service_pb2.ListWorkflowsRequest(
+                project_id=project_id, page_size=page_size, page_token=page_token
+            ),
+            timeout,
+        )
+
+    async def update_workflow(
+        self,
+        project_id: int,
+        workflow_id: int,
+        *,
+        name: str | None = None,
+        reordered_workflow_task_ids: Sequence[int] = (),
+        timeout: float | None = None,
+    ) -> workflow_pb2.Workflow:
+        req = workflow_service_pb2.UpdateWorkflowRequest(
+            project_id=project_id,
+            workflow_id=workflow_id,
+            reordered_workflow_task_ids=list(reordered_workflow_task_ids),
+        )
+        if name is not None:
+            req.name = name
+        resp = await self._unary(
+            self._workflows.UpdateWorkflow,
+            "/fractal.v2.WorkflowService/UpdateWorkflow",
+            req,
+            timeout,
+        )
+        return resp.workflow
+
+    async def delete_workflow(
+        self, project_id: int, workflow_id: int, *, timeout: float | None = None
+    ) -> None:
+        await self._unary(
+            self._workflows.DeleteWorkflow,
+            "/fractal.v2.WorkflowService/DeleteWorkflow",
+            workflow_service_pb2.DeleteWorkflowRequest(
+                project_id=project_id, workflow_id=workflow_id
+            ),
+            timeout,
+        )
+
+    async def create_workflow_task(
+        self,
+        project_id: int,
+        workflow_id: int,
+        task_id: int,
+        *,
+        order: int | None = None,
+        args_non_parallel: StructLike | None = None,
+        args_parallel: StructLike | None = None,
+        meta_non_parallel: StructLike | None = None,
+        meta_parallel: StructLike | None = None,
+        input_filters: FiltersLike | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> workflow_pb2.WorkflowTask:
+        req = workflow_service_pb2.CreateWorkflowTaskRequest(
+            project_id=project_id,
+            workflow_id=workflow_id,
+            task_id=task_id,
+            request_id=request_id or new_request_id(),
+        )
+        if order is not None:
+            req.order = order
+        _struct(req.args_non_parallel, args_non_parallel)
+        _struct(req.args_parallel, args_parallel)
+        _struct(req.meta_non_parallel, meta_non_parallel)
+        _struct(req.meta_parallel, meta_parallel)
+        _filters(req.input_filters, input_filters)
+        resp = await self._unary(
+            self._workflows.CreateWorkflowTask,
+            "/fractal.v2.WorkflowService/CreateWorkflowTask",
+            req,
+            timeout,
+        )
+        return resp.workflow_task
+
+    async def get_workflow_task(
+        self,
+        project_id: int,
+        workflow_id: int,
+        workflow_task_id: int,
+        *,
+        timeout: float | None = None,
+    ) -> workflow_pb2.WorkflowTask:
+        resp = await self._unary(
+            self._workflows.GetWorkflowTask,
+            "/fractal.v2.WorkflowService/GetWorkflowTask",
+            workflow_service_pb2.GetWorkflowTaskRequest(
+                project_id=project_id, workflow_id=workflow_id, workflow_task_id=workflow_task_id
+            ),
+            timeout,
+        )
+        return resp.workflow_task
+
+    async def update_workflow_task(
+        self,
+        project_id: int,
+        workflow_id: int,
+        workflow_task_id: int,
+        *,
+        args_non_parallel: StructLike | None = None,
+        args_parallel: StructLike | None = None,
+        meta_non_parallel: StructLike | None = None,
+        meta_parallel: StructLike | None = None,
+        input_filters: FiltersLike | None = None,
+        timeout: float | None = None,
+    ) -> workflow_pb2.WorkflowTask:
+        req = workflow_service_pb2.UpdateWorkflowTaskRequest(
+            project_id=project_id, workflow_id=workflow_id, workflow_task_id=workflow_task_id
+        )
+        for target, value in (
+            (req.args_non_parallel, args_non_parallel),
+            (req.args_parallel, args_parallel),
+            (req.meta_non_parallel, meta_non_parallel),
+            (req.meta_parallel, meta_parallel),
+        ):
+            if value is not None:
+                _struct(target, value)
+                target.SetInParent()
+        if input_filters is not None:
+            _filters(req.input_filters, input_filters)
+            req.input_filters.SetInParent()
+        resp = await self._unary(
+            self._workflows.UpdateWorkflowTask,
+            "/fractal.v2.WorkflowService/UpdateWorkflowTask",
+            req,
+            timeout,
+        )
+        return resp.workflow_task
+
+    async def delete_workflow_task(
+        self,
+        project_id: int,
+        workflow_id: int,
+        workflow_task_id: int,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        await self._unary(
+            self._workflows.DeleteWorkflowTask,
+            "/fractal.v2.WorkflowService/DeleteWorkflowTask",
+            workflow_service_pb2.DeleteWorkflowTaskRequest(
+                project_id=project_id, workflow_id=workflow_id, workflow_task_id=workflow_task_id
+            ),
+            timeout,
+        )
+
+    async def export_workflow(
+        self, project_id: int, workflow_id: int, *, timeout: float | None = None
+    ) -> workflow_service_pb2.WorkflowExport:
+        resp = await self._unary(
+            self._workflows.ExportWorkflow,
+            "/fractal.v2.WorkflowService/ExportWorkflow",
+            workflow_service_pb2.ExportWorkflowRequest(
+                project_id=project_id, workflow_id=workflow_id
+            ),
+            timeout,
+        )
+        return resp.workflow
+
+    async def import_workflow(
+        self,
+        project_id: int,
+        workflow: workflow_service_pb2.WorkflowExport,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> workflow_pb2.Workflow:
+        resp = await self._unary(
+            self._workflows.ImportWorkflow,
+            "/fractal.v2.WorkflowService/ImportWorkflow",
+            workflow_service_pb2.ImportWorkflowRequest(
+                project_id=project_id, workflow=workflow, request_id=request_id or new_request_id()
+            ),
+            timeout,
+        )
+        return resp.workflow
+
+    # -- JobService -----------------------------------------------------------------------------
+
+    async def submit_job(
+        self,
+        project_id: int,
+        workflow_id: int,
+        dataset_id: int,
+        *,
+        first_task_index: int | None = None,
+        last_task_index: int | None = None,
+        slurm_account: str | None = None,
+        worker_init: str | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> job_pb2.Job:
+        """Submit a job. A retry (by gRPC, or by the caller with the same ``request_id``)
+        answers the job of the first submit, never a second job."""
+        req = job_service_pb2.SubmitJobRequest(
+            project_id=project_id,
+            workflow_id=workflow_id,
+            dataset_id=dataset_id,
+            request_id=request_id or new_request_id(),
+        )
+        if first_task_index is not None:
+            req.first_task_index = first_task_index
+        if last_task_index is not None:
+            req.last_task_index = last_task_index
+        if slurm_account is not None:
+            req.slurm_account = slurm_account
+        if worker_init is not None:
+            req.worker_init = worker_init
+        resp = await self._unary(
+            self._jobs.SubmitJob, "/fractal.v2.JobService/SubmitJob", req, timeout
+        )
+        return resp.job
+
+    async def get_job(
+        self,
+        project_id: int,
+        job_id: int,
+        *,
+        show_tmp_logs: bool = False,
+        timeout: float | None = None,
+    ) -> job_pb2.Job:
+        resp = await self._unary(
+            self._jobs.GetJob,
+            "/fractal.v2.JobService/GetJob",
+            job_service_pb2.GetJobRequest(
+                project_id=project_id, job_id=job_id, show_tmp_logs=show_tmp_logs
+            ),
+            timeout,
+        )
+        return resp.job
+
+    async def list_jobs(
+        self,
+        project_id: int = 0,
+        *,
+        workflow_id: int = 0,
+        skip_logs: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> job_service_pb2.ListJobsResponse:
+        """Jobs of a project (0: of every project of the caller), newest first."""
+        return await self._unary(
+            self._jobs.ListJobs,
+            "/fractal.v2.JobService/ListJobs",
+            job_service_pb2.ListJobsRequest(
+                project_id=project_id,
+                workflow_id=workflow_id,
+                skip_logs=skip_logs,
+                page_size=page_size,
+                page_token=page_token,
+            ),
+            timeout,
+        )
+
+    async def stop_job(
+        self, project_id: int, job_id: int, *, timeout: float | None = None
+    ) -> job_pb2.Job:
+        resp = await self._unary(
+            self._jobs.StopJob,
+            "/fractal.v2.JobService/StopJob",
+            job_service_pb2.StopJobRequest(project_id=project_id, job_id=job_id),
+            timeout,
+        )
+        return resp.job
+
+    async def watch_job(
+        self,
+        project_id: int,
+        job_id: int,
+        *,
+        timeout: float | None = WATCH_TIMEOUT,
+        resume_seconds: float = WATCH_RESUME_SECONDS,
+    ) -> AsyncIterator[job_pb2.Job]:
+        """The job now, then each change, until it is DONE or FAILED.
+
+        A watch is a read: when its connection is lost (UNAVAILABLE, e.g. api restarted), it is
+        opened again (for up to ``resume_seconds``) and goes on from the job's current state;
+        a version already seen is not yielded twice. Fields the server leaves out of later
+        messages (the dumps, the log) are kept from the last message that had them.
+        """
+        last_version = -1
+        merged: job_pb2.Job | None = None
+        lost_since: float | None = None
+        while True:
+            try:
+                async for resp in self._stream(
+                    self._jobs.WatchJob,
+                    "/fractal.v2.JobService/WatchJob",
+                    job_service_pb2.WatchJobRequest(project_id=project_id, job_id=job_id),
+                    timeout,
+                ):
+                    lost_since = None
+                    job = resp.job
+                    if job.version <= last_version:
+                        continue
+                    last_version = job.version
+                    merged = merge_job(merged, job)
+                    yield merged
+                    if merged.status in (job_pb2.JOB_STATUS_DONE, job_pb2.JOB_STATUS_FAILED):
+                        return
+                return
+            except FractalError as error:
+                if error.code != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                now = time.monotonic()
+                lost_since = lost_since or now
+                if now - lost_since > resume_seconds:
+                    raise
+                await asyncio.sleep(0.5)
+
+    async def download_job_folder(
+        self, project_id: int, job_id: int, *, timeout: float | None = TRANSFER_TIMEOUT
+    ) -> AsyncIterator[bytes]:
+        """The chunks of the zip archive of the job's folder."""
+        async for resp in self._stream(
+            self._jobs.DownloadJobFolder,
+            "/fractal.v2.JobService/DownloadJobFolder",
+            job_service_pb2.DownloadJobFolderRequest(project_id=project_id, job_id=job_id),
+            timeout,
+        ):
+            yield resp.chunk
+
+
+#: WatchJob sends the dumps and the log only when they changed (after its first message):
+#: ``merge_job`` keeps them from earlier messages otherwise.
+
+
+def merge_job(previous: job_pb2.Job | None, current: job_pb2.Job) -> job_pb2.Job:
+    """``current`` with the fields it left empty taken from ``previous``."""
+    if previous is None:
+        return current
+    merged = job_pb2.Job()
+    merged.CopyFrom(current)
+    if not merged.log:
+        merged.log = previous.log
+    if not merged.HasField("project_dump") and previous.HasField("project_dump"):
+        merged.project_dump.CopyFrom(previous.project_dump)
+    if not merged.HasField("workflow_dump") and previous.HasField("workflow_dump"):
+        merged.workflow_dump.CopyFrom(previous.workflow_dump)
+    if not merged.HasField("dataset_dump") and previous.HasField("dataset_dump"):
+        merged.dataset_dump.CopyFrom(previous.dataset_dump)
+    return merged
