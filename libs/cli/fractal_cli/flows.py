@@ -105,7 +105,7 @@ def task_new(
 @task_app.command("list")
 def task_list(ctx: typer.Context) -> None:
     c = session(ctx).client()
-    tasks = pages(lambda t: c.list_tasks(skip_args_schemas=True, page_token=t), "tasks")
+    tasks = pages(lambda t: c.list_tasks(page_token=t), "tasks")
     session(ctx).out.many(tasks, TASK_COLUMNS, title="tasks")
 
 

@@ -164,7 +164,7 @@ def job_list(
     """Jobs, newest first."""
     c = session(ctx).client()
     jobs = pages(
-        lambda t: c.list_jobs(project_id, workflow_id=workflow_id, skip_logs=True, page_token=t),
+        lambda t: c.list_jobs(project_id, workflow_id=workflow_id, page_token=t),
         "jobs",
     )
     session(ctx).out.many(jobs, JOB_COLUMNS, title="jobs")

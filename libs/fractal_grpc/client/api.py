@@ -768,16 +768,21 @@ class Client:
     async def list_tasks(
         self,
         *,
-        skip_args_schemas: bool = False,
+        args_schema_parallel: bool = False,
+        args_schema_non_parallel: bool = False,
         page_size: int = 0,
         page_token: str = "",
         timeout: float | None = None,
     ) -> task_service_pb2.ListTasksResponse:
+        """Tasks, without their args schemas unless asked (the reference's two flags)."""
         return await self._unary(
             self._tasks.ListTasks,
             "/fractal.v2.TaskService/ListTasks",
             task_service_pb2.ListTasksRequest(
-                skip_args_schemas=skip_args_schemas, page_size=page_size, page_token=page_token
+                args_schema_parallel=args_schema_parallel,
+                args_schema_non_parallel=args_schema_non_parallel,
+                page_size=page_size,
+                page_token=page_token,
             ),
             timeout,
         )
@@ -855,17 +860,22 @@ class Client:
 
     async def list_workflows(
         self,
-        project_id: int,
+        project_id: int = 0,
         *,
+        include_args_schemas: bool = False,
         page_size: int = 0,
         page_token: str = "",
         timeout: float | None = None,
     ) -> workflow_service_pb2.ListWorkflowsResponse:
+        """Workflows of a project (0: of every project of the caller)."""
         return await self._unary(
             self._workflows.ListWorkflows,
             "/fractal.v2.WorkflowService/ListWorkflows",
             workflow_service_pb2.ListWorkflowsRequest(
-                project_id=project_id, page_size=page_size, page_token=page_token
+                project_id=project_id,
+                include_args_schemas=include_args_schemas,
+                page_size=page_size,
+                page_token=page_token,
             ),
             timeout,
         )
@@ -1103,19 +1113,20 @@ class Client:
         project_id: int = 0,
         *,
         workflow_id: int = 0,
-        skip_logs: bool = False,
+        include_logs: bool = False,
         page_size: int = 0,
         page_token: str = "",
         timeout: float | None = None,
     ) -> job_service_pb2.ListJobsResponse:
-        """Jobs of a project (0: of every project of the caller), newest first."""
+        """Jobs of a project (0: of every project of the caller), newest first; logs only
+        when asked."""
         return await self._unary(
             self._jobs.ListJobs,
             "/fractal.v2.JobService/ListJobs",
             job_service_pb2.ListJobsRequest(
                 project_id=project_id,
                 workflow_id=workflow_id,
-                skip_logs=skip_logs,
+                include_logs=include_logs,
                 page_size=page_size,
                 page_token=page_token,
             ),
