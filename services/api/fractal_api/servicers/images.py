@@ -15,11 +15,7 @@ from fractal_api.context import BULK_ROWS, ApiContext
 from fractal_api.store import images, projects
 from fractal_api.store.facets import FacetEdit
 from fractal_grpc.auth.principal import current_user
-from fractal_grpc.convert import (
-    attributes_to_python,
-    fill_image,
-    python_to_attribute,
-)
+from fractal_grpc.convert import attributes_to_python, fill_image, fill_values
 from fractal_grpc.data import rules
 from fractal_grpc.db import transaction
 from fractal_grpc.grpckit.errors import AlreadyExists, NotFound, Violations
@@ -54,10 +50,8 @@ def checked_images(images: Sequence[Any], zarr_dir: str) -> list[ImageRecord]:
         origin = None
         if image.HasField("origin"):
             origin = validation.url(image.origin, f"images[{i}].origin", violations)
+        # Values are JSON scalars, not null: the request validator saw to it (scalar_values).
         attributes = attributes_to_python(image.attributes)
-        if None in attributes.values():
-            null = sorted(k for k, v in attributes.items() if v is None)[0]
-            violations.add(f"images[{i}].attributes", f"null values are not allowed ({null})")
         types = dict(image.types)
         if not (_clean_keys(attributes) and _clean_keys(types)):
             try:
@@ -74,9 +68,6 @@ def _checked_update(image: Any) -> tuple[dict[str, Any], dict[str, bool]]:
     """The new attributes and types of an update (the rules of AddImages for them)."""
     violations = Violations()
     attributes = attributes_to_python(image.attributes)
-    if None in attributes.values():
-        null = sorted(k for k, v in attributes.items() if v is None)[0]
-        violations.add("image.attributes", f"null values are not allowed ({null})")
     types = dict(image.types)
     try:
         attributes = validate_keys(attributes, "image.attributes")
@@ -182,9 +173,7 @@ class ImageServicer(rpc.ImageServiceServicer):
                 page_and_count(), facets()
             )
             for key, values in facet_attrs.items():
-                entry = response.attributes[key]
-                for value in values:
-                    python_to_attribute(value, entry.values.add())
+                fill_values(response.attributes[key], values)
             response.types.extend(facet_types)
         else:
             rows, _, more = await page_and_count()
