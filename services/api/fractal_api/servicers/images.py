@@ -22,6 +22,7 @@ from fractal_grpc.grpckit.errors import AlreadyExists, NotFound, Violations
 from fractal_grpc.images.bitmaps import plan_filters
 from fractal_grpc.images.changes import ImageRecord
 from fractal_grpc.images.filters import validate_keys
+from fractal_grpc.images.urls import normalize_url
 from fractal_grpc.pagination import decode_token, encode_token, page_size, query_fingerprint
 
 MAX_PAGE = 10_000
@@ -38,8 +39,13 @@ def checked_images(images: Sequence[Any], zarr_dir: str) -> list[ImageRecord]:
     records: list[ImageRecord] = []
     seen: set[str] = set()
     prefix = zarr_dir.rstrip("/") + "/"
+    clean: set[str] = set()  # keys already seen stripped and non-empty (they repeat)
     for i, image in enumerate(images):
-        url = validation.url(image.zarr_url, f"images[{i}].zarr_url", violations)
+        try:
+            url = normalize_url(image.zarr_url)
+        except ValueError as exc:  # the field name is built only for a violation
+            url = image.zarr_url
+            violations.add(f"images[{i}].zarr_url", str(exc))
         if url == zarr_dir:
             violations.add(f"images[{i}].zarr_url", "cannot be equal to the dataset's zarr_dir")
         elif url.startswith("/") and not url.startswith(prefix):
@@ -53,7 +59,11 @@ def checked_images(images: Sequence[Any], zarr_dir: str) -> list[ImageRecord]:
         # Values are JSON scalars, not null: the request validator saw to it (scalar_values).
         attributes = attributes_to_python(image.attributes)
         types = dict(image.types)
-        if not (_clean_keys(attributes) and _clean_keys(types)):
+        if clean.issuperset(attributes) and clean.issuperset(types):
+            pass
+        elif _clean_keys(attributes) and _clean_keys(types):
+            clean.update(attributes, types)
+        else:
             try:
                 attributes = validate_keys(attributes, f"images[{i}].attributes")
                 types = validate_keys(types, f"images[{i}].types")
