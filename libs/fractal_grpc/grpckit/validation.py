@@ -279,20 +279,23 @@ def _check_scalar_maps(message: Message, prefix: str, found: Violations) -> None
     for field in scalar_holders(message.DESCRIPTOR):
         value = getattr(message, field.name)
         inner = field.message_type
-        if field.is_repeated and inner is not None and not inner.GetOptions().map_entry:
-            if not scalar_holders(inner) and len(scalar_maps(inner)) == 1:
-                # The hot path (AddImages: images[i].attributes): one flat pass.
-                ((name, allow_null),) = scalar_maps(inner)
-                for i in _suspects([getattr(item, name) for item in value]):
-                    _report(
-                        getattr(value[i], name),
-                        allow_null,
-                        f"{prefix}{field.name}[{i}].{name}",
-                        found,
-                    )
-                    if len(found.items) > MAX_REPORTED:
-                        return
-                continue
+        flat = (
+            field.is_repeated
+            and inner is not None
+            and not inner.GetOptions().map_entry
+            and not scalar_holders(inner)
+            and len(scalar_maps(inner)) == 1
+        )
+        if flat:
+            # The hot path (AddImages: images[i].attributes): one flat pass.
+            assert inner is not None
+            ((name, allow_null),) = scalar_maps(inner)
+            for i in _suspects([getattr(item, name) for item in value]):
+                path = f"{prefix}{field.name}[{i}].{name}"
+                _report(getattr(value[i], name), allow_null, path, found)
+                if len(found.items) > MAX_REPORTED:
+                    return
+            continue
         if field.is_repeated:
             if field.message_type is not None and field.message_type.GetOptions().map_entry:
                 items: Any = ((f'{field.name}["{bounded(k, 40)}"]', v) for k, v in value.items())
