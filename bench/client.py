@@ -129,7 +129,7 @@ def to_struct(value: Mapping[str, Any]) -> struct_pb2.Struct:
 ROWS = "ABCDEFGHIJKLMNOP"
 WELLS = [f"{row}{col:02d}" for row in ROWS for col in range(1, 25)]
 QUERY_FILTERS = image_pb2.Filters(
-    attributes={"acquisition": image_pb2.AttributeValue(int_value=1)}, types={"3D": True}
+    attributes={"acquisition": struct_pb2.Value(number_value=1)}, types={"3D": True}
 )
 QUERY_SELECTIVITY = 1 / 8
 
@@ -144,7 +144,7 @@ def make_images(zarr_dir: str, start: int, count: int) -> list[image_pb2.Image]:
         attributes = image.attributes
         attributes["plate"].string_value = plate
         attributes["well"].string_value = well
-        attributes["acquisition"].int_value = i % 4
+        attributes["acquisition"].number_value = i % 4
         image.types["3D"] = (i // 4) % 2 == 0
         append(image)
     return images

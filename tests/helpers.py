@@ -9,12 +9,31 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from fractal.v2 import project_service_pb2
+from fractal.v2 import project_pb2, project_service_pb2
 from fractal_grpc.client import FractalClient
+from fractal_grpc.convert import python_to_value
 from world import RunningApi
+
+
+def scalar(value: object) -> struct_pb2.Value:
+    """An attribute or filter value (None: JSON null)."""
+    target = struct_pb2.Value()
+    python_to_value(value, target)  # type: ignore[arg-type]
+    return target
+
+
+def plain(values: Any) -> list[object]:
+    """The Python values of a facet (a ListValue), integral numbers as ints."""
+    return [int(v) if isinstance(v, float) and v.is_integer() else v for v in values]
+
+
+def history_status(status: int) -> str:
+    """A history entry's status enum as the reference's word ("done")."""
+    return project_pb2.HistoryStatus.Name(status).removeprefix("HISTORY_STATUS_").lower()
 
 
 class ApiClient(FractalClient):

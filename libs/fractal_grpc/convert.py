@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,43 +48,75 @@ def dict_to_struct(value: Mapping[str, Any] | None, target: struct_pb2.Struct) -
         target.update(dict(value))
 
 
-def attribute_to_python(value: image_pb2.AttributeValue) -> Scalar | None:
+# An integral JSON number up to this size is read as an int; beyond, a double is not exact.
+EXACT_INT = 2**53
+
+
+def value_to_python(value: struct_pb2.Value) -> Scalar | None:
+    """An attribute or filter value (a JSON scalar) as Python: integral numbers as ints.
+
+    Null (or an unset Value) is None. Lists and objects never get here: the request validator
+    refuses them in every map marked ``scalar_values``.
+    """
     kind = value.WhichOneof("kind")
-    if kind is None:
-        return None
-    result: Scalar = getattr(value, kind)
-    return result
+    if kind == "number_value":
+        number = value.number_value
+        if number.is_integer() and -EXACT_INT <= number <= EXACT_INT:
+            return int(number)
+        return number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    return None
 
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-
-def python_to_attribute(value: Scalar | None, target: image_pb2.AttributeValue) -> None:
+def python_to_value(value: Scalar | None, target: struct_pb2.Value) -> None:
+    """Fill ``target`` with a scalar (None becomes JSON null)."""
     # bool first: bool is a subclass of int.
     if value is None:
-        return
-    if isinstance(value, bool):
+        target.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(value, bool):
         target.bool_value = value
-    elif isinstance(value, int) and INT64_MIN <= value <= INT64_MAX:
-        target.int_value = value
     elif isinstance(value, int | float):
-        # A double given as an integral number beyond int64 (1e20) comes back from JSONB as
-        # an int: it stays a double.
-        target.double_value = value
+        target.number_value = value
     else:
         target.string_value = str(value)
 
 
 def attributes_to_python(
-    values: Mapping[str, image_pb2.AttributeValue],
+    values: Mapping[str, struct_pb2.Value],
 ) -> dict[str, Scalar | None]:
-    return {key: attribute_to_python(v) for key, v in values.items()}
+    """A map of attribute values as a dict (``value_to_python`` inlined: this runs for every
+    attribute of every image of an AddImages)."""
+    result: dict[str, Scalar | None] = {}
+    for key in values:  # iterating a map's keys is cheaper than its items() view
+        value = values[key]
+        kind = value.WhichOneof("kind")
+        if kind == "string_value":
+            result[key] = value.string_value
+        elif kind == "number_value":
+            number = value.number_value
+            exact = number.is_integer() and -EXACT_INT <= number <= EXACT_INT
+            result[key] = int(number) if exact else number
+        elif kind == "bool_value":
+            result[key] = value.bool_value
+        else:
+            result[key] = None
+    return result
 
 
 def fill_attributes(target: Any, values: Mapping[str, Scalar | None]) -> None:
-    """Fill a ``map<string, AttributeValue>`` field."""
+    """Fill a ``map<string, google.protobuf.Value>`` field."""
     for key, value in values.items():
-        python_to_attribute(value, target[key])
+        python_to_value(value, target[key])
+
+
+def fill_values(target: struct_pb2.ListValue, values: Iterable[Scalar | None]) -> None:
+    """Fill a ListValue (the distinct values of a facet)."""
+    add = target.values.add
+    for value in values:
+        python_to_value(value, add())
 
 
 def filters_to_dict(filters: image_pb2.Filters) -> dict[str, dict[str, Any]]:

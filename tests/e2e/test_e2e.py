@@ -19,8 +19,9 @@ from fractal.v2 import (
     task_service_pb2,
     workflow_service_pb2,
 )
+from fractal_grpc.convert import attributes_to_python
 from golden import GOLDEN_TYPE_FILTERS, golden_images
-from helpers import ApiClient
+from helpers import ApiClient, history_status
 
 MOCK = Path(__file__).parents[1] / "fractal_tasks_mock" / "fractal_tasks_mock"
 BIN = Path(sys.executable).parent
@@ -110,9 +111,7 @@ class Scenario:
         return {
             img.zarr_url: {
                 "origin": img.origin if img.HasField("origin") else None,
-                "attributes": {
-                    k: getattr(v, v.WhichOneof("kind")) for k, v in img.attributes.items()
-                },
+                "attributes": attributes_to_python(img.attributes),
                 "types": dict(img.types),
             }
             for img in page.images
@@ -201,7 +200,7 @@ async def test_golden_scenario(e2e_admin: ApiClient, tmp_path: Path) -> None:
     dataset = await s.dataset()
     assert dict(dataset.filters.types) == GOLDEN_TYPE_FILTERS
     assert dict(dataset.filters.attributes) == {}
-    assert [h.status for h in dataset.history] == ["done", "done", "done"]
+    assert [history_status(h.status) for h in dataset.history] == ["done", "done", "done"]
     assert [h.workflowtask["task"]["name"] for h in dataset.history] == [
         "create_ome_zarr_compound",
         "illumination_correction",
@@ -245,7 +244,7 @@ async def test_failing_task_keeps_earlier_results(e2e_admin: ApiClient, tmp_path
     ]
     assert list(await s.images()) == [f"{zarr_dir}/new_image"]
     dataset = await s.dataset()
-    assert [h.status for h in dataset.history] == ["done", "failed"]
+    assert [history_status(h.status) for h in dataset.history] == ["done", "failed"]
 
 
 async def test_invalid_output_is_a_job_error(e2e_admin: ApiClient, tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from fault_checks import (
     never_completed,
     read_invocations,
 )
+from google.protobuf import struct_pb2
 
 from fractal.v2 import (
     dataset_service_pb2,
@@ -44,8 +45,8 @@ from fractal.v2 import (
     task_service_pb2,
     workflow_service_pb2,
 )
-from fractal_grpc.convert import struct_dict
-from helpers import ApiClient
+from fractal_grpc.convert import attributes_to_python, struct_dict
+from helpers import ApiClient, history_status
 
 #: How many jobs each scenario runs at once (one dataset each), and images per dataset.
 JOBS = 10
@@ -118,7 +119,7 @@ class FaultJobs:
                 images=[
                     image_pb2.Image(
                         zarr_url=url,
-                        attributes={"well": image_pb2.AttributeValue(string_value=f"A{i % 2}")},
+                        attributes={"well": struct_pb2.Value(string_value=f"A{i % 2}")},
                     )
                     for i, url in enumerate(urls)
                 ],
@@ -259,7 +260,10 @@ class FaultJobs:
             ),
             metadata=self.c.md,
         )
-        history = [(int(struct_dict(h.workflowtask)["id"]), h.status) for h in got.dataset.history]
+        history = [
+            (int(struct_dict(h.workflowtask)["id"]), history_status(h.status))
+            for h in got.dataset.history
+        ]
         figures.duplicate_history += duplicate_history(history)
 
         page = await self._query(job)
@@ -274,9 +278,7 @@ class FaultJobs:
 
         attribute_counts, type_counts = expected_facets(images)
         listed_attributes = {
-            (key, _attribute_value(value))
-            for key, values in page.attributes.items()
-            for value in values.values
+            (key, value) for key, values in page.attributes.items() for value in values
         }
         mismatches = []
         if listed_attributes != set(attribute_counts):
@@ -316,18 +318,14 @@ def _calls(keys: list[CallKey]) -> str:
     return ", ".join(f"job {job} {mark} {'/'.join(url.split('/')[-2:])}" for job, mark, url in keys)
 
 
-def _attribute_value(value: image_pb2.AttributeValue) -> Any:
-    return getattr(value, value.WhichOneof("kind"))
-
-
-def _attribute(value: Any) -> image_pb2.AttributeValue:
+def _attribute(value: Any) -> struct_pb2.Value:
     assert isinstance(value, str), value  # the suite's attributes are all strings
-    return image_pb2.AttributeValue(string_value=value)
+    return struct_pb2.Value(string_value=value)
 
 
 def _image_dict(image: image_pb2.Image) -> dict[str, Any]:
     return {
         "zarr_url": image.zarr_url,
-        "attributes": {k: _attribute_value(v) for k, v in image.attributes.items()},
+        "attributes": attributes_to_python(image.attributes),
         "types": dict(image.types),
     }

@@ -47,7 +47,7 @@ async def test_export_import_round_trip_100k_images(user: ApiClient, database_ur
         img = image(f"/zarr/big/plate.zarr/{i // 1000}/{i % 1000}/0", well=f"W{i % 96}", idx=i)
         if i % 7 == 0:
             img.origin = "/zarr/big/raw"
-            img.attributes["ratio"].double_value = i / 7
+            img.attributes["ratio"].number_value = i / 7
         img.types["3D"] = i % 2 == 0
         batch.append(img)
     await user.images.AddImages(

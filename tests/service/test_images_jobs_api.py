@@ -21,23 +21,19 @@ from fractal.v2 import (
     image_service_pb2,
     job_pb2,
     job_service_pb2,
+    project_pb2,
     task_service_pb2,
     workflow_service_pb2,
 )
+from fractal_grpc.convert import attributes_to_python
 from fractal_grpc.images.bitmaps import ALL, build_members, canonical_json
-from helpers import ApiClient, error_details
+from helpers import ApiClient, error_details, plain, scalar
 
+DONE, FAILED = project_pb2.HISTORY_STATUS_DONE, project_pb2.HISTORY_STATUS_FAILED
 MOCK = Path(__file__).parents[1] / "fractal_tasks_mock" / "fractal_tasks_mock"
 
 
-def av(value: object) -> image_pb2.AttributeValue:
-    if isinstance(value, bool):
-        return image_pb2.AttributeValue(bool_value=value)
-    if isinstance(value, int):
-        return image_pb2.AttributeValue(int_value=value)
-    if isinstance(value, float):
-        return image_pb2.AttributeValue(double_value=value)
-    return image_pb2.AttributeValue(string_value=str(value))
+av = scalar
 
 
 def image(url: str, origin: str | None = None, **attributes: object) -> image_pb2.Image:
@@ -86,7 +82,7 @@ async def test_add_and_query_images_with_filters_facets_and_pages(user: ApiClien
     assert first.total_count == 25
     assert [i.zarr_url for i in first.images] == [b.zarr_url for b in batch[:10]]
     assert sorted(first.types) == ["3D"]
-    assert sorted(v.string_value for v in first.attributes["plate"].values) == ["plate.zarr"]
+    assert sorted(first.attributes["plate"]) == ["plate.zarr"]
     assert len(first.attributes["well"].values) == 25
     urls = [i.zarr_url for i in first.images]
     token = first.next_page_token
@@ -114,7 +110,7 @@ async def test_add_and_query_images_with_filters_facets_and_pages(user: ApiClien
             break
     assert urls == [b.zarr_url for b in batch[::2]]
     one = await query(user, pid, did, zarr_url="/zarr/plate.zarr/A/07/0")
-    assert [i.attributes["idx"].int_value for i in one.images] == [7]
+    assert [i.attributes["idx"].number_value for i in one.images] == [7]
 
     # A token used with another query is refused.
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -151,14 +147,14 @@ async def test_add_images_rules_all_or_nothing(user: ApiClient) -> None:
             "images[1].zarr_url",
         ),
         (
-            [image_pb2.Image(zarr_url="/zarr/n", attributes={"k": image_pb2.AttributeValue()})],
+            [image_pb2.Image(zarr_url="/zarr/n", attributes={"k": scalar(None)})],
             grpc.StatusCode.INVALID_ARGUMENT,
-            "images[0].attributes",
+            'images[0].attributes["k"]',
         ),
         (
             [image("/zarr/ok"), image("/zarr/nan", x=float("nan"))],
             grpc.StatusCode.INVALID_ARGUMENT,
-            'images[1].attributes["x"].double_value',
+            'images[1].attributes["x"]',
         ),
     ]
     for batch, code, field in bad_batches:
@@ -396,10 +392,7 @@ def update(
 ) -> ipb.ImageUpdate:
     msg = ipb.ImageUpdate(zarr_url=url, types=types or {})
     for key, value in attrs.items():
-        if value is None:
-            msg.attributes[key].CopyFrom(image_pb2.AttributeValue())
-        else:
-            msg.attributes[key].CopyFrom(av(value))
+        msg.attributes[key].CopyFrom(av(value))
     if origin:
         msg.origin = origin
     return msg
@@ -409,7 +402,7 @@ async def dataset_images(client: ApiClient, pid: int, did: int) -> dict[str, dic
     page = await query(client, pid, did, page_size=1000)
     result = {}
     for img in page.images:
-        attrs = {k: getattr(v, v.WhichOneof("kind")) for k, v in img.attributes.items()}
+        attrs = attributes_to_python(img.attributes)
         result[img.zarr_url] = {
             "origin": img.origin if img.HasField("origin") else None,
             "attributes": attrs,
@@ -504,9 +497,9 @@ async def test_apply_task_result_rules(
     )
     assert ds.dataset.filters.attributes["plate"].string_value == "p2"
     assert dict(ds.dataset.filters.types) == {"processed": True}
-    assert [h.status for h in ds.dataset.history] == ["done"]
+    assert [h.status for h in ds.dataset.history] == [project_pb2.HISTORY_STATUS_DONE]
     facets = await query(user, pid, did)
-    assert sorted(v.string_value for v in facets.attributes["plate"].values) == ["p", "p2"]
+    assert sorted(facets.attributes["plate"]) == ["p", "p2"]
 
     done = await user.internal.FinishJob(
         ipb.FinishJobRequest(job_id=job_id, status=job_pb2.JOB_STATUS_DONE, log="all good"),
@@ -551,7 +544,7 @@ async def test_implicit_update_applies_output_types_to_filtered_inputs(
     ds = await user.datasets.GetDataset(
         dataset_service_pb2.GetDatasetRequest(project_id=pid, dataset_id=did), metadata=user.md
     )
-    assert [h.status for h in ds.dataset.history] == ["done", "failed"]
+    assert [h.status for h in ds.dataset.history] == [DONE, FAILED]
 
 
 async def test_bad_ids_and_cross_project_references(user: ApiClient, admin: ApiClient) -> None:
@@ -706,7 +699,7 @@ async def test_facets_stay_exact_through_task_results(
     )
     await assert_facets_exact(database_url, did)
     page = await query(user, pid, did)
-    assert sorted(v.string_value for v in page.attributes["well"].values) == ["C01", "E01"]
+    assert sorted(page.attributes["well"]) == ["C01", "E01"]
     assert sorted(page.types) == ["seen"]
     # A second job's implicit update flips the type of an image that had it false.
     await user.internal.FinishJob(
@@ -901,7 +894,7 @@ async def test_use_dataset_filters_restricts_images_and_facets(
     flat = image("/zarr/flat", well="A01")
     cube = image("/zarr/cube", well="B01")
     cube.types["3D"] = True
-    cube.attributes["z"].int_value = 3
+    cube.attributes["z"].number_value = 3
     await user.images.AddImages(
         image_service_pb2.AddImagesRequest(project_id=pid, dataset_id=did, images=[flat, cube]),
         metadata=user.md,
@@ -912,7 +905,7 @@ async def test_use_dataset_filters_restricts_images_and_facets(
     restricted = await query(user, pid, did, use_dataset_filters=True)
     assert [i.zarr_url for i in restricted.images] == ["/zarr/flat"]
     assert restricted.total_count == 1
-    assert [v.string_value for v in restricted.attributes["well"].values] == ["A01"]
+    assert list(restricted.attributes["well"]) == ["A01"]
     assert "z" not in restricted.attributes
     assert list(restricted.types) == []
     # An image with the type set to false counts the type key in.
@@ -924,7 +917,7 @@ async def test_use_dataset_filters_restricts_images_and_facets(
     )
     restricted = await query(user, pid, did, use_dataset_filters=True)
     assert restricted.total_count == 2 and list(restricted.types) == ["3D"]
-    wells = sorted(v.string_value for v in restricted.attributes["well"].values)
+    wells = sorted(restricted.attributes["well"])
     assert wells == ["A01", "A02"]
 
 
@@ -1062,7 +1055,7 @@ async def test_concurrent_adds_to_one_dataset_keep_positions_and_facets_exact(
 async def test_equal_numbers_share_a_facet_shown_as_first_given(
     user: ApiClient, database_url: str
 ) -> None:
-    """2.0 and 2 are one JSON value: one facet (listed as first given), matched by either."""
+    """2.0 and 2 are one JSON value: one facet, an integer, matched by either."""
     pid, did = await make_dataset(user)
     for img in (image("/zarr/a", y=2.0, z=7), image("/zarr/b", y=2, z=7.0)):
         await user.images.AddImages(
@@ -1070,8 +1063,8 @@ async def test_equal_numbers_share_a_facet_shown_as_first_given(
             metadata=user.md,
         )
     listed = await query(user, pid, did)
-    assert [v.WhichOneof("kind") for v in listed.attributes["y"].values] == ["double_value"]
-    assert [v.WhichOneof("kind") for v in listed.attributes["z"].values] == ["int_value"]
+    assert [type(v) for v in plain(listed.attributes["y"])] == [int]
+    assert plain(listed.attributes["y"]) == [2] and plain(listed.attributes["z"]) == [7]
     for value in (2, 2.0):
         found = await query(user, pid, did, filters=image_pb2.Filters(attributes={"y": av(value)}))
         assert found.total_count == 2 and len(found.images) == 2

@@ -10,7 +10,7 @@ from pathlib import Path
 from google.protobuf import struct_pb2
 
 from fractal.internal.v1 import job_execution_service_pb2 as pb
-from fractal_grpc.convert import struct_dict
+from fractal_grpc.convert import attributes_to_python, struct_dict
 from fractal_grpc.images.task_output import parse_task_output
 from fractal_runner.execution import (
     job_error_log,
@@ -57,17 +57,24 @@ def test_output_to_proto_keeps_types_and_unset_attributes() -> None:
     assert first.zarr_url == "/z/a/b" and first.origin == "/z/o"
     kinds = {k: v.WhichOneof("kind") for k, v in first.attributes.items()}
     assert kinds == {
-        "i": "int_value",
-        "f": "double_value",
+        "i": "number_value",
+        "f": "number_value",
         "s": "string_value",
         "b": "bool_value",
+        "gone": "null_value",
+    }
+    assert attributes_to_python(first.attributes) == {
+        "i": 1,
+        "f": 1.5,
+        "s": "x",
+        "b": False,
         "gone": None,
     }
     assert dict(first.types) == {"3D": False}
     assert not second.HasField("origin") and not second.attributes
     assert list(msg.image_list_removals) == ["/z/d"]
     assert msg.filters.attributes["well"].string_value == "A01"
-    assert msg.filters.attributes["none"].WhichOneof("kind") is None
+    assert msg.filters.attributes["none"].WhichOneof("kind") == "null_value"
     assert dict(msg.filters.types) == {"t": True}
     assert output_to_proto(parse_task_output(None)) == pb.TaskOutput()
 

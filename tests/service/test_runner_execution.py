@@ -47,7 +47,7 @@ from fractal_runner.readiness import API_SERVICE, api_problem
 from fractal_runner.run_store import RunStore
 from fractal_runner.scheduler import JobScheduler
 from golden import GOLDEN_TYPE_FILTERS, golden_images
-from helpers import ApiClient
+from helpers import ApiClient, history_status
 from waiting import is_gone, wait_for_file, wait_until, wait_until_async
 
 MOCK = Path(__file__).resolve().parents[1] / "fractal_tasks_mock" / "fractal_tasks_mock"
@@ -243,7 +243,10 @@ class World:
         """(order, status) of each history item of the dataset."""
         dataset = await self.dataset()
         return [
-            (int(json_format.MessageToDict(item.workflowtask)["order"]), item.status)
+            (
+                int(json_format.MessageToDict(item.workflowtask)["order"]),
+                history_status(item.status),
+            )
             for item in dataset.history
         ]
 

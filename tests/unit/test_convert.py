@@ -1,30 +1,77 @@
-"""Attribute values between Python (as JSONB gives them back) and the proto oneof."""
+"""Attribute values between Python (as JSONB gives them back) and google.protobuf.Value,
+and their JSON form (what grpcurl users type)."""
 
 from __future__ import annotations
 
 import pytest
+from google.protobuf import json_format, struct_pb2
 
 from fractal.v2 import image_pb2
-from fractal_grpc.convert import attribute_to_python, python_to_attribute
+from fractal_grpc.convert import (
+    attributes_to_python,
+    fill_image,
+    python_to_value,
+    value_to_python,
+)
 
 
 @pytest.mark.parametrize(
-    ("value", "kind"),
+    ("value", "kind", "back"),
     [
-        (True, "bool_value"),
-        (7, "int_value"),
-        (2**63 - 1, "int_value"),
-        (-(2**63), "int_value"),
-        # JSONB writes the double 1e20 as 100000000000000000000 and gives it back as an int:
-        # beyond int64 it is a double again, never an overflow.
-        (10**20, "double_value"),
-        (-(2**64), "double_value"),
-        (1.5, "double_value"),
-        ("A01", "string_value"),
+        (True, "bool_value", True),
+        (False, "bool_value", False),
+        (7, "number_value", 7),
+        (0, "number_value", 0),
+        (-(2**53), "number_value", -(2**53)),
+        # An integral number is an int, whichever way it was written.
+        (3.0, "number_value", 3),
+        (1.5, "number_value", 1.5),
+        # Beyond 2^53 a number is a double (JSON numbers are); JSONB may give it back as an int.
+        (10**20, "number_value", 1e20),
+        ("A01", "string_value", "A01"),
+        ("", "string_value", ""),
+        (None, "null_value", None),
     ],
 )
-def test_each_python_value_has_its_kind(value: object, kind: str) -> None:
-    target = image_pb2.AttributeValue()
-    python_to_attribute(value, target)  # type: ignore[arg-type]
+def test_each_python_value_has_its_kind(value: object, kind: str, back: object) -> None:
+    target = struct_pb2.Value()
+    python_to_value(value, target)  # type: ignore[arg-type]
     assert target.WhichOneof("kind") == kind
-    assert attribute_to_python(target) == value
+    result = value_to_python(target)
+    assert result == back and type(result) is type(back)
+
+
+def test_an_unset_value_is_null() -> None:
+    assert value_to_python(struct_pb2.Value()) is None
+
+
+def test_image_json_reads_like_the_reference() -> None:
+    text = (
+        '{"zarr_url": "/z/a.zarr/A/01/0", "attributes": {"well": "A01", "z": 3, "r": 0.5, '
+        '"ok": true}, "types": {"3D": true}}'
+    )
+    image = json_format.Parse(text, image_pb2.Image())
+    assert attributes_to_python(image.attributes) == {"well": "A01", "z": 3, "r": 0.5, "ok": True}
+    assert type(attributes_to_python(image.attributes)["z"]) is int
+    assert dict(image.types) == {"3D": True}
+
+
+def test_image_round_trips_through_json() -> None:
+    image = image_pb2.Image()
+    fill_image(
+        image,
+        {"zarr_url": "/z/b", "origin": "/z/a", "attributes": {"w": "B02", "n": 2}, "types": {}},
+    )
+    data = json_format.MessageToDict(image, preserving_proto_field_name=True)
+    assert data == {"zarr_url": "/z/b", "origin": "/z/a", "attributes": {"w": "B02", "n": 2.0}}
+    again = json_format.ParseDict(data, image_pb2.Image())
+    assert attributes_to_python(again.attributes) == {"w": "B02", "n": 2}
+
+
+def test_filters_json_keeps_null() -> None:
+    filters = json_format.Parse(
+        '{"attributes": {"well": "A01", "skip": null}, "types": {"3D": false}}',
+        image_pb2.Filters(),
+    )
+    assert attributes_to_python(filters.attributes) == {"well": "A01", "skip": None}
+    assert dict(filters.types) == {"3D": False}

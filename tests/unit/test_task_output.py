@@ -90,6 +90,16 @@ def test_attribute_scalars_keep_their_json_type() -> None:
         ({"image_list_removals": ["relative"]}, "image_list_removals"),
         ({"image_list_removals": "/a"}, "image_list_removals"),
         ({"filters": {"attributes": {"a": [1]}}}, "filters.attributes"),
+        # What JSON (PostgreSQL, google.protobuf.Value) cannot hold.
+        (
+            {"image_list_updates": [{"zarr_url": "/a", "attributes": {"k": float("nan")}}]},
+            "attributes['k']: nan is not a finite number",
+        ),
+        ({"filters": {"attributes": {"a": float("-inf")}}}, "not a finite number"),
+        (
+            {"image_list_updates": [{"zarr_url": "/a", "attributes": {"k": 10**400}}]},
+            "beyond a double's range",
+        ),
         ({"filters": {"types": {" ": True}}}, "filters.types: key ' ' is empty"),
         ({"filters": {"other": {}}}, "filters.other"),
     ],

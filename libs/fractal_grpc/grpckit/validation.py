@@ -7,6 +7,10 @@ Every request is checked before any servicer runs:
   instead of grpc's UNKNOWN naming a Python exception;
 - the ``buf.validate`` rules of the request's fields (lengths, ranges, required fields, no NUL
   character in a string, finite numbers), evaluated by protovalidate's native validator;
+- the values of the maps marked ``(fractal.v2.scalar_values)`` (image attributes, attribute
+  filters): JSON scalars only (null only where the option allows it), finite numbers, strings of
+  at most ``MAX_SCALAR_BYTES`` bytes without NUL; checked in one tight loop here rather than by a
+  CEL rule per value, which costs three times as much on an AddImages of 100,000 images;
 - the values of ``google.protobuf.Struct`` fields (task args, meta, schemas), which no proto rule
   can reach: every string and key without NUL (PostgreSQL cannot store it), every number finite
   (JSON cannot hold NaN or Infinity), at most ``MAX_STRUCT_DEPTH`` levels and
@@ -29,6 +33,7 @@ from google.protobuf import struct_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from fractal.v2 import options_pb2
 from fractal_grpc.grpckit.errors import InvalidArgument, Violations, bounded
 from fractal_grpc.grpckit.interceptors import Stream, Unary, _HandlerWrapper
 
@@ -39,6 +44,8 @@ MAX_REPORTED = 10
 # Requests larger than this are parsed and checked in a thread (an AddImages of 100,000 images,
 # ~10 MB, takes about a second): other calls go on meanwhile. Smaller ones cost microseconds.
 OFF_LOOP_BYTES = 256 * 1024
+# Longest string value of an image attribute or an attribute filter.
+MAX_SCALAR_BYTES = 1024
 
 _STRUCT_TYPES = frozenset(
     d.full_name for d in (struct_pb2.Struct.DESCRIPTOR, struct_pb2.Value.DESCRIPTOR,
@@ -128,7 +135,9 @@ class Validator:
             found.add(_field_path(proto.field.elements if proto.field else ()), description)
             if len(found.items) > MAX_REPORTED:
                 break
-        if struct_fields(request.DESCRIPTOR):
+        if scalar_holders(request.DESCRIPTOR):
+            _check_scalar_maps(request, "", found)
+        if len(found.items) <= MAX_REPORTED and struct_fields(request.DESCRIPTOR):
             budget = [MAX_STRUCT_VALUES]
             for path, struct in _structs(request, ""):
                 _check_value(struct, path, 1, budget, found)
@@ -215,13 +224,158 @@ def _field_path(elements: Any) -> str:
     return "".join(parts)
 
 
+def scalar_option(field: FieldDescriptor) -> options_pb2.ScalarValues | None:
+    """The ``scalar_values`` option of a map field, or None when it has none."""
+    options = field.GetOptions()
+    if not options.HasExtension(options_pb2.scalar_values):
+        return None
+    option: options_pb2.ScalarValues = options.Extensions[options_pb2.scalar_values]
+    return option
+
+
 @cache
-def struct_fields(descriptor: Descriptor) -> tuple[FieldDescriptor, ...]:
-    """The message fields of ``descriptor`` that are, or contain, a Struct/Value/ListValue."""
+def scalar_maps(descriptor: Descriptor) -> tuple[tuple[str, bool], ...]:
+    """(name, allow_null) of the fields of ``descriptor`` marked ``scalar_values``."""
+    found = []
+    for field in descriptor.fields:
+        option = scalar_option(field)
+        if option is not None:
+            found.append((field.name, option.allow_null))
+    return tuple(found)
+
+
+@cache
+def scalar_holders(descriptor: Descriptor) -> tuple[FieldDescriptor, ...]:
+    """The message fields of ``descriptor`` whose type is, or contains, a scalar map."""
     return tuple(
         f
         for f in descriptor.fields
-        if f.message_type is not None and _holds_struct(f.message_type, frozenset())
+        if f.message_type is not None
+        and scalar_option(f) is None
+        and _holds_scalars(f.message_type, frozenset())
+    )
+
+
+def _holds_scalars(descriptor: Descriptor, seen: frozenset[str]) -> bool:
+    if scalar_maps(descriptor):
+        return True
+    if descriptor.full_name in seen:
+        return False
+    inner = seen | {descriptor.full_name}
+    return any(
+        f.message_type is not None and _holds_scalars(f.message_type, inner)
+        for f in descriptor.fields
+    )
+
+
+def _check_scalar_maps(message: Message, prefix: str, found: Violations) -> None:
+    """Checks every scalar map at or below ``message`` (see ``_scalar_problem``)."""
+    for name, allow_null in scalar_maps(message.DESCRIPTOR):
+        entries = getattr(message, name)
+        if entries and _suspects((entries,)):
+            _report(entries, allow_null, f"{prefix}{name}", found)
+            if len(found.items) > MAX_REPORTED:
+                return
+    for field in scalar_holders(message.DESCRIPTOR):
+        value = getattr(message, field.name)
+        inner = field.message_type
+        flat = (
+            field.is_repeated
+            and inner is not None
+            and not inner.GetOptions().map_entry
+            and not scalar_holders(inner)
+            and len(scalar_maps(inner)) == 1
+        )
+        if flat:
+            # The hot path (AddImages: images[i].attributes): one flat pass.
+            assert inner is not None
+            ((name, allow_null),) = scalar_maps(inner)
+            for i in _suspects([getattr(item, name) for item in value]):
+                path = f"{prefix}{field.name}[{i}].{name}"
+                _report(getattr(value[i], name), allow_null, path, found)
+                if len(found.items) > MAX_REPORTED:
+                    return
+            continue
+        if field.is_repeated:
+            if field.message_type is not None and field.message_type.GetOptions().map_entry:
+                items: Any = ((f'{field.name}["{bounded(k, 40)}"]', v) for k, v in value.items())
+            else:
+                items = ((f"{field.name}[{i}]", v) for i, v in enumerate(value))
+        elif message.HasField(field.name):
+            items = ((field.name, value),)
+        else:
+            continue
+        for path, item in items:
+            if isinstance(item, Message):
+                _check_scalar_maps(item, f"{prefix}{path}.", found)
+                if len(found.items) > MAX_REPORTED:
+                    return
+
+
+def _suspects(maps: Any) -> list[int]:
+    """The indexes of the maps with a value that is not plainly fine (a finite number, a
+    boolean, a short string without NUL); ``_report`` then says what is wrong, if anything.
+    One flat loop: it runs for every attribute of every image of an AddImages."""
+    isfinite = math.isfinite
+    short = MAX_SCALAR_BYTES // 4
+    found = []
+    for i, entries in enumerate(maps):
+        for key in entries:
+            value = entries[key]
+            kind = value.WhichOneof("kind")
+            if kind == "string_value":
+                text = value.string_value
+                if len(text) <= short and "\x00" not in text:
+                    continue
+            elif kind == "number_value":
+                if isfinite(value.number_value):
+                    continue
+            elif kind == "bool_value":
+                continue
+            found.append(i)
+            break
+    return found
+
+
+def _report(entries: Any, allow_null: bool, path: str, found: Violations) -> None:
+    for key in entries:
+        problem = _scalar_problem(entries[key], allow_null)
+        if problem is not None:
+            found.add(f'{path}["{bounded(key, 40)}"]', problem)
+
+
+def _scalar_problem(value: struct_pb2.Value, allow_null: bool) -> str | None:
+    """Why ``value`` is not an acceptable attribute value, or None when it is."""
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        text = value.string_value
+        # At most 4 bytes per character: short strings need no encoding to be measured.
+        if len(text) * 4 > MAX_SCALAR_BYTES and len(text.encode()) > MAX_SCALAR_BYTES:
+            return f"must be at most {MAX_SCALAR_BYTES} bytes long"
+        if "\x00" in text:
+            return "must not contain the NUL character"
+        return None
+    if kind == "number_value":
+        if math.isfinite(value.number_value):
+            return None
+        return "must be a finite number (no NaN or Infinity)"
+    if kind == "bool_value":
+        return None
+    if kind is None or kind == "null_value":
+        return None if allow_null else "must not be null (a string, a number or a boolean)"
+    return "must be a string, a number or a boolean, not a list or an object"
+
+
+@cache
+def struct_fields(descriptor: Descriptor) -> tuple[FieldDescriptor, ...]:
+    """The message fields of ``descriptor`` that are, or contain, a Struct/Value/ListValue
+    (the scalar maps excepted: ``_check_scalar_maps`` checks those)."""
+    return tuple(
+        f
+        for f in descriptor.fields
+        if f.message_type is not None
+        and scalar_option(f) is None
+        and _holds_struct(f.message_type, frozenset())
     )
 
 
@@ -232,7 +386,9 @@ def _holds_struct(descriptor: Descriptor, seen: frozenset[str]) -> bool:
         return False
     inner = seen | {descriptor.full_name}
     return any(
-        f.message_type is not None and _holds_struct(f.message_type, inner)
+        f.message_type is not None
+        and scalar_option(f) is None
+        and _holds_struct(f.message_type, inner)
         for f in descriptor.fields
     )
 

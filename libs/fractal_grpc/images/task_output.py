@@ -10,6 +10,8 @@ All models forbid unknown keys. URLs are normalized with :func:`normalize_url`; 
 are stripped and must be non-empty and unique (:func:`validate_keys`).
 """
 
+import math
+import sys
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -51,6 +53,22 @@ MAX_PARALLELIZATION_LIST_SIZE = 20_000
 _MAX_DATA_REPR = 2_000
 
 
+def _storable(values: dict[str, Any], field: str) -> dict[str, Any]:
+    """Attribute values JSON (and so PostgreSQL and google.protobuf.Value) can hold: no NaN or
+    Infinity, no integer beyond a double's range."""
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{field}[{key!r}]: {value!r} is not a finite number")
+        if isinstance(value, int) and abs(value) > _LARGEST_DOUBLE:
+            raise ValueError(f"{field}[{key!r}]: the integer is beyond a double's range")
+    return values
+
+
+_LARGEST_DOUBLE = int(sys.float_info.max)
+
+
 class TaskOutputValidationError(ValueError):
     """A task wrote an output that does not match the expected schema."""
 
@@ -68,7 +86,8 @@ class FiltersModel(_StrictModel):
     @field_validator("attributes", "types")
     @classmethod
     def _check_keys(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        return validate_keys(value, f"filters.{info.field_name}")
+        field = f"filters.{info.field_name}"
+        return _storable(validate_keys(value, field), field)
 
     def to_filters(self) -> Filters:
         """The equivalent :class:`Filters` value."""
@@ -96,7 +115,8 @@ class SingleImageTaskOutput(_StrictModel):
     @field_validator("attributes", "types")
     @classmethod
     def _check_keys(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        return validate_keys(value, str(info.field_name))
+        field = str(info.field_name)
+        return _storable(validate_keys(value, field), field)
 
 
 class TaskOutput(_StrictModel):

@@ -24,6 +24,11 @@ JOB_STATUSES = {
     "done": job_pb2.JOB_STATUS_DONE,
     "failed": job_pb2.JOB_STATUS_FAILED,
 }
+HISTORY_STATUSES = {
+    "submitted": project_pb2.HISTORY_STATUS_SUBMITTED,
+    "done": project_pb2.HISTORY_STATUS_DONE,
+    "failed": project_pb2.HISTORY_STATUS_FAILED,
+}
 
 
 def user_view(user: models.User) -> user_pb2.User:
@@ -60,7 +65,11 @@ def dataset_view(dataset: models.Dataset, *, include_history: bool = True) -> pr
     fill_filters(msg.filters, dataset.filters)
     if include_history:
         for item in dataset.history:
-            entry = msg.history.add(status=item.get("status", ""))
+            entry = msg.history.add(
+                status=HISTORY_STATUSES.get(
+                    str(item.get("status")), project_pb2.HISTORY_STATUS_UNSPECIFIED
+                )
+            )
             dict_to_struct(item.get("workflowtask"), entry.workflowtask)
             dict_to_struct(item.get("parallelization"), entry.parallelization)
     return msg

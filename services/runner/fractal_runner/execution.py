@@ -38,7 +38,7 @@ from google.protobuf import struct_pb2
 
 from fractal.internal.v1 import job_execution_service_pb2 as pb
 from fractal.v2 import image_pb2, job_pb2, task_pb2
-from fractal_grpc.convert import python_to_attribute, struct_dict
+from fractal_grpc.convert import python_to_value, struct_dict
 from fractal_grpc.images.filters import match_filter
 from fractal_grpc.images.task_output import (
     MAX_PARALLELIZATION_LIST_SIZE,
@@ -112,17 +112,17 @@ def stop_log(job_id: int) -> str:
 
 
 def output_to_proto(output: TaskOutput) -> pb.TaskOutput:
-    """The validated output as the ``TaskOutput`` message (a None attribute: no kind = unset)."""
+    """The validated output as the ``TaskOutput`` message (a None attribute: null = unset)."""
     message = pb.TaskOutput(image_list_removals=output.image_list_removals)
     for image in output.image_list_updates:
         update = message.image_list_updates.add(zarr_url=image.zarr_url)
         if image.origin is not None:
             update.origin = image.origin
         for key, value in image.attributes.items():
-            python_to_attribute(value, update.attributes[key])
+            python_to_value(value, update.attributes[key])
         update.types.update(image.types)
     for key, filter_value in output.filters.attributes.items():
-        python_to_attribute(filter_value, message.filters.attributes[key])
+        python_to_value(filter_value, message.filters.attributes[key])
     message.filters.types.update(output.filters.types)
     return message
 

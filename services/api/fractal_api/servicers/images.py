@@ -15,17 +15,14 @@ from fractal_api.context import BULK_ROWS, ApiContext
 from fractal_api.store import images, projects
 from fractal_api.store.facets import FacetEdit
 from fractal_grpc.auth.principal import current_user
-from fractal_grpc.convert import (
-    attributes_to_python,
-    fill_image,
-    python_to_attribute,
-)
+from fractal_grpc.convert import attributes_to_python, fill_image, fill_values
 from fractal_grpc.data import rules
 from fractal_grpc.db import transaction
 from fractal_grpc.grpckit.errors import AlreadyExists, NotFound, Violations
 from fractal_grpc.images.bitmaps import plan_filters
 from fractal_grpc.images.changes import ImageRecord
 from fractal_grpc.images.filters import validate_keys
+from fractal_grpc.images.urls import normalize_url
 from fractal_grpc.pagination import decode_token, encode_token, page_size, query_fingerprint
 
 MAX_PAGE = 10_000
@@ -42,8 +39,13 @@ def checked_images(images: Sequence[Any], zarr_dir: str) -> list[ImageRecord]:
     records: list[ImageRecord] = []
     seen: set[str] = set()
     prefix = zarr_dir.rstrip("/") + "/"
+    clean: set[str] = set()  # keys already seen stripped and non-empty (they repeat)
     for i, image in enumerate(images):
-        url = validation.url(image.zarr_url, f"images[{i}].zarr_url", violations)
+        try:
+            url = normalize_url(image.zarr_url)
+        except ValueError as exc:  # the field name is built only for a violation
+            url = image.zarr_url
+            violations.add(f"images[{i}].zarr_url", str(exc))
         if url == zarr_dir:
             violations.add(f"images[{i}].zarr_url", "cannot be equal to the dataset's zarr_dir")
         elif url.startswith("/") and not url.startswith(prefix):
@@ -54,12 +56,14 @@ def checked_images(images: Sequence[Any], zarr_dir: str) -> list[ImageRecord]:
         origin = None
         if image.HasField("origin"):
             origin = validation.url(image.origin, f"images[{i}].origin", violations)
+        # Values are JSON scalars, not null: the request validator saw to it (scalar_values).
         attributes = attributes_to_python(image.attributes)
-        if None in attributes.values():
-            null = sorted(k for k, v in attributes.items() if v is None)[0]
-            violations.add(f"images[{i}].attributes", f"null values are not allowed ({null})")
         types = dict(image.types)
-        if not (_clean_keys(attributes) and _clean_keys(types)):
+        if clean.issuperset(attributes) and clean.issuperset(types):
+            pass
+        elif _clean_keys(attributes) and _clean_keys(types):
+            clean.update(attributes, types)
+        else:
             try:
                 attributes = validate_keys(attributes, f"images[{i}].attributes")
                 types = validate_keys(types, f"images[{i}].types")
@@ -74,9 +78,6 @@ def _checked_update(image: Any) -> tuple[dict[str, Any], dict[str, bool]]:
     """The new attributes and types of an update (the rules of AddImages for them)."""
     violations = Violations()
     attributes = attributes_to_python(image.attributes)
-    if None in attributes.values():
-        null = sorted(k for k, v in attributes.items() if v is None)[0]
-        violations.add("image.attributes", f"null values are not allowed ({null})")
     types = dict(image.types)
     try:
         attributes = validate_keys(attributes, "image.attributes")
@@ -182,9 +183,7 @@ class ImageServicer(rpc.ImageServiceServicer):
                 page_and_count(), facets()
             )
             for key, values in facet_attrs.items():
-                entry = response.attributes[key]
-                for value in values:
-                    python_to_attribute(value, entry.values.add())
+                fill_values(response.attributes[key], values)
             response.types.extend(facet_types)
         else:
             rows, _, more = await page_and_count()
