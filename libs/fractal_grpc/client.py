@@ -3,6 +3,7 @@ one stub per public service. Used by the tests, the benchmarks and (later) the C
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Self
 
@@ -34,6 +35,7 @@ def open_channel(
     extra_options: list[tuple[str, int]] | None = None,
     *,
     max_message_bytes: int = DEFAULT_API_MAX_MESSAGE_BYTES,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
     """A channel to api that sends and receives messages within api's limit
     (``FRACTAL_API_MAX_MESSAGE_BYTES``): a larger request fails in the client, unsent."""
@@ -42,7 +44,9 @@ def open_channel(
         ("grpc.enable_http_proxy", 0),
         *(extra_options or []),
     ]
-    return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.insecure_channel(
+        address, options=options, interceptors=list(interceptors) or None
+    )
 
 
 @dataclass
