@@ -13,6 +13,7 @@ continues the trace). A disabled :class:`Tracing` does nothing and costs one att
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -36,6 +37,8 @@ from fractal_grpc.grpckit.interceptors import (
 )
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+# Tasks that end client spans, kept until done (asyncio holds only weak references).
+_ending: set[asyncio.Future[None]] = set()
 TRACE_HEADERS = ("traceparent", "tracestate")
 
 
@@ -248,14 +251,19 @@ class _ClientBase:
             span.end()
             raise
 
-        def done(finished: Any) -> None:
+        async def finish(finished: Any) -> None:
             try:
-                code = finished.code()
-            except Exception:  # noqa: BLE001 - a cancelled call has no code to read
+                code = await finished.code()  # the call is over: answers at once
+            except Exception:  # noqa: BLE001 - a cancelled call may have no code to read
                 code = grpc.StatusCode.CANCELLED
             _end(span, code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN)
             span.set_attribute("rpc.duration_ms", (time.monotonic() - started) * 1e3)
             span.end()
+
+        def done(finished: Any) -> None:
+            task = asyncio.ensure_future(finish(finished))
+            _ending.add(task)
+            task.add_done_callback(_ending.discard)
 
         call.add_done_callback(done)
         return call
