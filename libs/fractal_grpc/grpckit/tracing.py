@@ -14,6 +14,7 @@ continues the trace). A disabled :class:`Tracing` does nothing and costs one att
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -131,9 +132,14 @@ def _end(span: Span, code: grpc.StatusCode) -> None:
         span.set_status(Status(StatusCode.ERROR, code.name))
 
 
+#: Not traced: probes and tooling, which would bury the traces of real work.
+UNTRACED_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+
+
 class TracingInterceptor(_HandlerWrapper):
-    """A SERVER span per call, child of the caller's ``traceparent`` metadata; current while
-    the servicer runs (so its own calls and NATS messages continue the trace)."""
+    """A SERVER span per call (health checks and reflection aside), child of the caller's
+    ``traceparent`` metadata; current while the servicer runs (so its own calls and NATS
+    messages continue the trace)."""
 
     def __init__(self, tracing: Tracing) -> None:
         super().__init__()
@@ -148,7 +154,7 @@ class TracingInterceptor(_HandlerWrapper):
 
     def around_unary(self, method: str, inner: Unary) -> Unary:
         tracer = self.tracing.tracer
-        if tracer is None:
+        if tracer is None or method.startswith(UNTRACED_PREFIXES):
             return inner
         attributes = _rpc_attributes(method)
         name = method.lstrip("/")
@@ -175,7 +181,7 @@ class TracingInterceptor(_HandlerWrapper):
 
     def around_stream(self, method: str, inner: Stream) -> Stream:
         tracer = self.tracing.tracer
-        if tracer is None:
+        if tracer is None or method.startswith(UNTRACED_PREFIXES):
             return inner
         attributes = _rpc_attributes(method)
         name = method.lstrip("/")
@@ -187,8 +193,8 @@ class TracingInterceptor(_HandlerWrapper):
             )
             ctx = set_span_in_context(span, parent)
             code = grpc.StatusCode.OK
+            iterator = inner(request, context).__aiter__()
             try:
-                iterator = inner(request, context).__aiter__()
                 while True:
                     # The span is current while the servicer computes each message, not while
                     # the stream waits at a yield (another context may run then).
@@ -204,6 +210,10 @@ class TracingInterceptor(_HandlerWrapper):
                 code = final_code(context, exc)
                 raise
             finally:
+                # The inner wrappers finish now (their log line, their metrics), not when the
+                # garbage collector gets to them.
+                with contextlib.suppress(Exception):
+                    await iterator.aclose()  # type: ignore[attr-defined]
                 if code == grpc.StatusCode.OK:
                     code = final_code(context, None)
                 _end(span, code)
