@@ -188,11 +188,12 @@ async def test_one_trace_spans_api_nats_runner_and_back(
                 project_service_pb2.ListProjectsRequest(),
                 metadata=stub.md,
             )
-    failed = one(
-        list(exporter.get_finished_spans()),
-        name="fractal.v2.ProjectService/ListProjects",
-        service="fractal-api",
+    # The server's span ends as the error leaves its interceptors: maybe after the client saw it.
+    listed = "fractal.v2.ProjectService/ListProjects"
+    await wait_until(
+        lambda: any(s.name == listed for s in exporter.get_finished_spans()), timeout=10
     )
+    failed = one(list(exporter.get_finished_spans()), name=listed, service="fractal-api")
     assert not failed.status.is_ok
     assert failed.attributes is not None and failed.attributes["rpc.grpc.status_code"] == 16
 
