@@ -80,6 +80,9 @@ def service_env(
         # An api built from this environment has its internal listener on a random port
         # (running_api also puts the public one there).
         "FRACTAL_API_INTERNAL_ADDRESS": "127.0.0.1:0",
+        # Metrics endpoints on random ports too (several services share this process).
+        "FRACTAL_API_METRICS_ADDRESS": "127.0.0.1:0",
+        "FRACTAL_RUNNER_METRICS_ADDRESS": "127.0.0.1:0",
     }
 
 

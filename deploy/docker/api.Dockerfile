@@ -36,6 +36,7 @@ USER 10001:10001
 WORKDIR /var/lib/fractal
 # Public API (FRACTAL_API_ADDRESS) and internal listener (FRACTAL_API_INTERNAL_ADDRESS); bind them
 # to 0.0.0.0 in a container (the defaults are loopback).
-EXPOSE 50051 50053
+# 9451: Prometheus metrics (FRACTAL_API_METRICS_ADDRESS).
+EXPOSE 50051 50053 9451
 ENTRYPOINT ["fractal-api"]
 CMD ["serve"]

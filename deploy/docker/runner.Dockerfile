@@ -38,8 +38,9 @@ ENV PATH=/opt/fractal/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1
 USER 10001:10001
 WORKDIR /var/lib/fractal
-# Health and reflection (FRACTAL_RUNNER_ADDRESS; bind it to 0.0.0.0 in a container).
-EXPOSE 50052
+# Health and reflection (FRACTAL_RUNNER_ADDRESS; bind it to 0.0.0.0 in a container), and
+# Prometheus metrics (FRACTAL_RUNNER_METRICS_ADDRESS).
+EXPOSE 50052 9452
 ENTRYPOINT ["fractal-runner"]
 CMD ["serve"]
 

@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from fractal_grpc.grpckit.server import configure_logging, run_until_signal
+from fractal_grpc import logs
+from fractal_grpc.grpckit.server import run_until_signal
 from fractal_grpc.migrate import upgrade
 from fractal_grpc.settings import CommonSettings, SettingsError, load_settings
 
@@ -45,7 +46,9 @@ def service_main(
     args = parser.parse_args(argv)
     try:
         settings = load_settings(settings_class)
-        configure_logging(settings.log_level)
+        logs.configure(
+            settings.log_level, settings.log_format, service=prog.removeprefix("fractal-")
+        )
         upgrade(migrations, settings.database_url, schema)
         if args.command == "serve":
             asyncio.run(_serve(build, settings))

@@ -12,6 +12,16 @@ from typing import Self, TypeVar
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fractal_grpc.logs import LOG_FORMATS
+
+#: Where each service serves its Prometheus metrics unless told otherwise (loopback: set
+#: 0.0.0.0:PORT to be scraped from elsewhere; an empty value turns the endpoint off).
+DEFAULT_METRICS_ADDRESSES = {
+    "api": "127.0.0.1:9451",
+    "runner": "127.0.0.1:9452",
+    "collector": "127.0.0.1:9453",
+}
+
 # The largest request api accepts: fits an AddImages of 100,000 images (~10 MB) with room.
 DEFAULT_API_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
@@ -26,6 +36,16 @@ def _runner_backend(value: str, allowed: tuple[str, ...]) -> str:
     value = _BACKEND_SYNONYMS.get(value, value)
     if value not in allowed:
         raise ValueError(f"must be one of {', '.join(allowed)}")
+    return value
+
+
+def _metrics_address(value: str) -> str:
+    value = value.strip()
+    if not value:
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError("must be host:port (port 0: any free port), or empty for no endpoint")
     return value
 
 
@@ -51,6 +71,11 @@ class CommonSettings(BaseSettings):
     service_public_key_file: Path | None = None
     service_public_key: str | None = None
     log_level: str = "INFO"
+    # "text" (one readable line per record) or "json" (one object per line, for collectors).
+    log_format: str = "text"
+    # OTLP/gRPC endpoint of a trace collector (e.g. http://otel-collector:4317): tracing is on
+    # only when set.
+    otel_exporter_otlp_endpoint: str | None = None
     grace_seconds: float = Field(default=5.0, ge=0)
     # The largest message api receives or sends; the runner's channel to api uses it too.
     api_max_message_bytes: int = Field(
@@ -64,6 +89,14 @@ class CommonSettings(BaseSettings):
             value = "postgresql+asyncpg://" + value.split("://", 1)[1]
         if not value.startswith("postgresql+asyncpg://"):
             raise ValueError("must be a postgresql:// or postgresql+asyncpg:// URL")
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        value = value.lower()
+        if value not in LOG_FORMATS:
+            raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}")
         return value
 
     @field_validator("log_level")
@@ -97,6 +130,8 @@ class ApiSettings(CommonSettings):
     api_address: str = "127.0.0.1:50051"
     # The internal listener (fractal.internal.v1.*, for the runner): keep it off public networks.
     api_internal_address: str = "127.0.0.1:50053"
+    # Prometheus metrics over HTTP; empty: no endpoint.
+    api_metrics_address: str = DEFAULT_METRICS_ADDRESSES["api"]
     jwt_private_key_file: Path | None = None
     jwt_private_key: str | None = None
     jwt_public_key_file: Path | None = None
@@ -121,6 +156,11 @@ class ApiSettings(CommonSettings):
     def _backend(cls, value: str) -> str:
         return _runner_backend(value, RUNNER_BACKENDS)
 
+    @field_validator("api_metrics_address")
+    @classmethod
+    def _metrics(cls, value: str) -> str:
+        return _metrics_address(value)
+
     @model_validator(mode="after")
     def _absolute_dirs(self) -> Self:
         self.runner_working_base_dir = self.runner_working_base_dir.absolute()
@@ -140,6 +180,8 @@ class RunnerSettings(CommonSettings):
     """Settings of the runner service."""
 
     runner_address: str = "127.0.0.1:50052"
+    # Prometheus metrics over HTTP; empty: no endpoint.
+    runner_metrics_address: str = DEFAULT_METRICS_ADDRESSES["runner"]
     # api's internal listener (FRACTAL_API_INTERNAL_ADDRESS).
     api_url: str = "127.0.0.1:50053"
     runner_backend: str = "local"
@@ -189,6 +231,11 @@ class RunnerSettings(CommonSettings):
     @classmethod
     def _backend(cls, value: str) -> str:
         return _runner_backend(value, RUNNER_BACKENDS)
+
+    @field_validator("runner_metrics_address")
+    @classmethod
+    def _metrics(cls, value: str) -> str:
+        return _metrics_address(value)
 
     @field_validator("local_config_file", "slurm_config_file")
     @classmethod

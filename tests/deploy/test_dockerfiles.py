@@ -115,8 +115,14 @@ def console_scripts(package: Path) -> set[str]:
 def config_ports(env_file: str) -> set[int]:
     """Ports of the listen addresses in a base ConfigMap env file."""
     text = (REPO / "deploy" / "k8s" / "base" / "config" / env_file).read_text()
-    pairs = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-    listen = ("FRACTAL_API_ADDRESS", "FRACTAL_API_INTERNAL_ADDRESS", "FRACTAL_RUNNER_ADDRESS")
+    pairs = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#")
+    listen = (
+        "FRACTAL_API_ADDRESS",
+        "FRACTAL_API_INTERNAL_ADDRESS",
+        "FRACTAL_API_METRICS_ADDRESS",
+        "FRACTAL_RUNNER_ADDRESS",
+        "FRACTAL_RUNNER_METRICS_ADDRESS",
+    )
     return {port_of(v) for k, v in pairs.items() if k in listen}
 
 

@@ -34,7 +34,7 @@ from fractal_grpc.auth.tokens import (
     TokenSigner,
     TokenVerifier,
 )
-from fractal_grpc.settings import load_settings
+from fractal_grpc.settings import DEFAULT_METRICS_ADDRESSES, load_settings
 from fractal_runner.slurm.config_file import parse_slurm_config
 from fractal_runner.taskproc.local_config import get_local_config
 
@@ -294,14 +294,37 @@ def test_probes_and_services_use_the_ports_the_services_open(
     ):
         assert host_of(address) == "0.0.0.0", f"{address}: a pod listens on every interface"
 
-    assert {p["containerPort"] for p in api_c["ports"]} == {public, internal}
+    api_metrics = port_of(api.api_metrics_address)
+    runner_metrics = port_of(runner.runner_metrics_address)
+    assert api_metrics == port_of(DEFAULT_METRICS_ADDRESSES["api"])
+    assert runner_metrics == port_of(DEFAULT_METRICS_ADDRESSES["runner"])
+    for address in (api.api_metrics_address, runner.runner_metrics_address):
+        assert host_of(address) == "0.0.0.0", f"{address}: metrics are scraped from other pods"
+
+    assert {p["containerPort"] for p in api_c["ports"]} == {public, internal, api_metrics}
     assert _probe_ports(api_c) == {public}
     assert _service_targets(rendered, "fractal-api", api_c) == {public}
     assert _service_targets(rendered, "fractal-api-internal", api_c) == {internal}
 
-    assert {p["containerPort"] for p in runner_c["ports"]} == {health}
+    assert {p["containerPort"] for p in runner_c["ports"]} == {health, runner_metrics}
     assert _probe_ports(runner_c) == {health}
     assert _service_targets(rendered, "fractal-runner", runner_c) == {health}
+
+    # Metrics: a port named "metrics", a Service of its own, and the scrape annotations.
+    for name, container, port in (
+        ("fractal-api", api_c, api_metrics),
+        ("fractal-runner", runner_c, runner_metrics),
+    ):
+        (named,) = [p for p in container["ports"] if p["name"] == "metrics"]
+        assert named["containerPort"] == port
+        assert _service_targets(rendered, f"{name}-metrics", container) == {port}
+        service = rendered.get("Service", f"{name}-metrics")
+        assert [p["name"] for p in service["spec"]["ports"]] == ["metrics"]
+        annotations = rendered.get("Deployment", name)["spec"]["template"]["metadata"][
+            "annotations"
+        ]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(port)
 
     # api reaches the runner's listener through the runner's Service.
     service = rendered.get("Service", host_of(api.runner_url).split(".")[0])
@@ -317,11 +340,21 @@ def test_probes_and_services_use_the_ports_the_services_open(
 Flow = tuple[str, int, str]  # (peer: a workload name or "*", port, protocol)
 
 
+#: The pods of a Prometheus, in whatever namespace it runs (the policies' scrape rule).
+PROMETHEUS = {"app.kubernetes.io/name": "prometheus"}
+
+
 def _peers(rule_peers: list[Obj] | None, pods: dict[str, dict[str, str]]) -> set[str]:
     if not rule_peers:
         return {"*"}
     out: set[str] = set()
     for peer in rule_peers:
+        if "namespaceSelector" in peer:
+            # Outside our namespace: only Prometheus, from any namespace, is modelled.
+            assert peer["namespaceSelector"] == {}, peer
+            assert matches(peer["podSelector"], PROMETHEUS), peer
+            out.add("prometheus")
+            continue
         assert set(peer) == {"podSelector"}, f"only pod selectors are modelled: {peer}"
         out |= {name for name, labels in pods.items() if matches(peer["podSelector"], labels)}
     return out
@@ -354,6 +387,8 @@ def test_network_policies_allow_only_the_flows_of_the_design(
     with monkeypatch.context() as m:
         api, api_c = deployment_settings(rendered, "fractal-api", tmp_path, m)
         internal = port_of(rendered.environment(api_c)["FRACTAL_API_INTERNAL_ADDRESS"])
+    with monkeypatch.context() as m:
+        runner, _ = deployment_settings(rendered, "fractal-runner", tmp_path, m)
     public = port_of(api.api_address)
     runner_port = port_of(api.runner_url)
     database = port_of(api.database_url)
@@ -362,8 +397,15 @@ def test_network_policies_allow_only_the_flows_of_the_design(
     outside = dns | {("*", database, "TCP"), ("*", nats, "TCP")}
 
     expected_ingress: dict[str, set[Flow]] = {
-        "fractal-api": {("*", public, "TCP"), ("fractal-runner", internal, "TCP")},
-        "fractal-runner": {("fractal-api", runner_port, "TCP")},
+        "fractal-api": {
+            ("*", public, "TCP"),
+            ("fractal-runner", internal, "TCP"),
+            ("prometheus", port_of(api.api_metrics_address), "TCP"),
+        },
+        "fractal-runner": {
+            ("fractal-api", runner_port, "TCP"),
+            ("prometheus", port_of(runner.runner_metrics_address), "TCP"),
+        },
         "fractal-migrate": set(),
     }
     expected_egress: dict[str, set[Flow]] = {

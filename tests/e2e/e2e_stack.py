@@ -40,6 +40,8 @@ def listener_env() -> dict[str, str]:
         "FRACTAL_RUNNER_ADDRESS": runner,
         # api reads job logs and folders from the runner's listener.
         "FRACTAL_RUNNER_URL": runner,
+        "FRACTAL_API_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+        "FRACTAL_RUNNER_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
     }
 
 

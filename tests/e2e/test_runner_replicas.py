@@ -41,6 +41,7 @@ async def second_runner(stack: Stack, folder: Path) -> AsyncIterator[subprocess.
     env = {
         **stack.env,
         "FRACTAL_RUNNER_ADDRESS": f"127.0.0.1:{free_port()}",
+        "FRACTAL_RUNNER_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
         "FRACTAL_RUNNER_LEASE_SECONDS": str(LEASE_SECONDS),
     }
     proc = start_service("runner", env, folder)

@@ -82,13 +82,20 @@ def _files(distribution: str) -> tuple[str, ...]:
 
 def distributions_of(module: str) -> list[str]:
     """The distributions that provide ``module``; for a namespace shared by several (``google``:
-    protobuf, googleapis-common-protos), the one holding its sub-package."""
+    protobuf, googleapis-common-protos; ``opentelemetry``: api, sdk, exporters), the ones
+    holding its deepest sub-package or module that any of them holds."""
     parts = module.split(".")
     dists = _top_level_distributions().get(parts[0], [])
     if len(dists) > 1 and len(parts) > 1:
-        prefix = "/".join(parts[:2])
-        holding = [d for d in dists if any(f.startswith(prefix) for f in _files(d))]
-        return holding or dists
+        for depth in range(len(parts), 1, -1):
+            path = "/".join(parts[:depth])
+            holding = [
+                d
+                for d in dists
+                if any(f.startswith(f"{path}/") or f == f"{path}.py" for f in _files(d))
+            ]
+            if holding:
+                return holding
     return dists
 
 

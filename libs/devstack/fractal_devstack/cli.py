@@ -344,6 +344,9 @@ class DevStack:
         _set_default(env, "FRACTAL_RUNNER_ADDRESS", lambda: f"{LOOPBACK}:{free_port()}")
         # api reads job logs and folders from the runner.
         _set_default(env, "FRACTAL_RUNNER_URL", lambda: env["FRACTAL_RUNNER_ADDRESS"])
+        # Prometheus metrics of each service, on free ports (several runs can share a machine).
+        _set_default(env, "FRACTAL_API_METRICS_ADDRESS", lambda: f"{LOOPBACK}:{free_port()}")
+        _set_default(env, "FRACTAL_RUNNER_METRICS_ADDRESS", lambda: f"{LOOPBACK}:{free_port()}")
         _set_default(env, "FRACTAL_DEFAULT_ADMIN_EMAIL", lambda: "admin@fractal.xy")
         _set_default(env, "FRACTAL_DEFAULT_ADMIN_PASSWORD", lambda: "1234")
         _set_default(env, "FRACTAL_NATS_PREFIX", lambda: "fractal")
@@ -434,6 +437,8 @@ class DevStack:
             "Fractal dev stack is ready.",
             f"  API        {api}  (gRPC, plaintext)",
             f"  Runner     {env['FRACTAL_RUNNER_ADDRESS']}",
+            f"  Metrics    http://{env['FRACTAL_API_METRICS_ADDRESS']}/metrics (api), "
+            f"http://{env['FRACTAL_RUNNER_METRICS_ADDRESS']}/metrics (runner)",
             f"  Admin      {email} / {password}",
             f"  Login      {grpcurl}",
             f"  Database   {env['FRACTAL_DATABASE_URL']}",

@@ -11,6 +11,8 @@ ImportDataset) is sent once: a retry could apply it twice.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import functools
 import json
 from importlib import resources
@@ -51,7 +53,7 @@ def open_channel(
     extra_options: list[tuple[str, Any]] | None = None,
     *,
     max_message_bytes: int = DEFAULT_API_MAX_MESSAGE_BYTES,
-    interceptors: list[grpc.aio.ClientInterceptor] | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
 ) -> grpc.aio.Channel:
     """A channel to a service that sends and receives messages within api's limit
     (``FRACTAL_API_MAX_MESSAGE_BYTES``: a larger request fails in the client, unsent), under the
@@ -63,4 +65,6 @@ def open_channel(
         ("grpc.service_config", json.dumps(service_config())),
         *(extra_options or []),
     ]
-    return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(
+        address, options=options, interceptors=list(interceptors or ()) or None
+    )

@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import nats
 from nats.aio.client import Client
@@ -20,6 +21,11 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 from nats.js.errors import NotFoundError
+from opentelemetry.trace import SpanKind
+
+if TYPE_CHECKING:
+    from fractal_grpc.grpckit.metrics import ServiceMetrics
+    from fractal_grpc.grpckit.tracing import Tracing
 
 log = logging.getLogger("fractal.events")
 
@@ -57,20 +63,40 @@ Handler = Callable[[bytes], Awaitable[None]]
 
 
 class EventBus:
-    """A NATS connection with JetStream, bound to one deployment's subjects."""
+    """A NATS connection with JetStream, bound to one deployment's subjects.
 
-    def __init__(self, nc: Client, subjects: Subjects) -> None:
+    With ``metrics``, consumers count what they handle and what JetStream redelivers; with
+    ``tracing``, a consumer continues the trace whose context a message's headers carry."""
+
+    def __init__(
+        self,
+        nc: Client,
+        subjects: Subjects,
+        *,
+        metrics: ServiceMetrics | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.subjects = subjects
+        self.metrics = metrics
+        self.tracing = tracing
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
-    async def connect(cls, url: str, subjects: Subjects, *, name: str) -> EventBus:
+    async def connect(
+        cls,
+        url: str,
+        subjects: Subjects,
+        *,
+        name: str,
+        metrics: ServiceMetrics | None = None,
+        tracing: Tracing | None = None,
+    ) -> EventBus:
         nc = await nats.connect(
             url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5
         )
-        bus = cls(nc, subjects)
+        bus = cls(nc, subjects, metrics=metrics, tracing=tracing)
         await bus.ensure_streams()
         return bus
 
@@ -97,9 +123,19 @@ class EventBus:
             except NotFoundError:
                 await self.js.add_stream(config)
 
-    async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None) -> None:
-        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-        await self.js.publish(subject, payload, headers=headers)
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        msg_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Publish to JetStream; ``headers`` (a trace context) travel with the message."""
+        sent = dict(headers or {})
+        if msg_id:
+            sent["Nats-Msg-Id"] = msg_id
+        await self.js.publish(subject, payload, headers=sent or None)
 
     def consume(
         self, subject: str, durable: str, handler: Handler, *, ack_wait: float = 60.0
@@ -109,6 +145,10 @@ class EventBus:
         The message is acked after the handler returns (its work is durable by then); a handler
         error naks it with a delay, so JetStream redelivers it.
         """
+        if self.metrics is not None:  # shown at 0 from the start, not from the first one
+            self.metrics.nats_redelivered.labels(durable)
+            for outcome in ("ack", "nak"):
+                self.metrics.nats_delivered.labels(durable, outcome)
         self._tasks.append(asyncio.create_task(self._consume(subject, durable, handler, ack_wait)))
 
     async def _consume(self, subject: str, durable: str, handler: Handler, ack_wait: float) -> None:
@@ -134,19 +174,45 @@ class EventBus:
                 await asyncio.sleep(1.0)
                 continue
             for msg in msgs:
-                await self._handle(msg, handler)
+                await self._handle(msg, handler, durable)
 
-    async def _handle(self, msg: Msg, handler: Handler) -> None:
+    async def _handle(self, msg: Msg, handler: Handler, durable: str = "") -> None:
+        self._count_delivery(msg, durable)
         try:
-            await handler(msg.data)
+            if self.tracing is not None and self.tracing.enabled:
+                with self.tracing.span(
+                    f"{msg.subject} process",
+                    kind=SpanKind.CONSUMER,
+                    parent=msg.headers or {},
+                    attributes={"messaging.system": "nats", "messaging.consumer": durable},
+                ):
+                    await handler(msg.data)
+            else:
+                await handler(msg.data)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - redelivered later
             log.exception("handling %s failed; will be redelivered", msg.subject)
+            self._count_outcome(durable, "nak")
             with contextlib.suppress(Exception):
                 await msg.nak(delay=2.0)
             return
         await msg.ack()
+        self._count_outcome(durable, "ack")
+
+    def _count_delivery(self, msg: Msg, durable: str) -> None:
+        if self.metrics is None:
+            return
+        try:
+            delivered = msg.metadata.num_delivered
+        except Exception:  # noqa: BLE001 - not a JetStream message: nothing to count
+            return
+        if delivered is not None and delivered > 1:
+            self.metrics.nats_redelivered.labels(durable).inc()
+
+    def _count_outcome(self, durable: str, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.nats_delivered.labels(durable, outcome).inc()
 
     async def stop_consuming(self) -> None:
         """Stop the consumers; the connection stays usable for publishing."""

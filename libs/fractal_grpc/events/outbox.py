@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import time
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
 from sqlalchemy import (
@@ -31,6 +34,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fractal_grpc.db import transaction
 from fractal_grpc.events.bus import EventBus
+from fractal_grpc.grpckit.tracing import Tracing
+
+if TYPE_CHECKING:
+    from fractal_grpc.grpckit.metrics import ServiceMetrics
 
 log = logging.getLogger("fractal.outbox")
 
@@ -44,6 +51,8 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("payload", LargeBinary, nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         Column("sent_at", DateTime(timezone=True), nullable=True),
+        # The trace context (traceparent/tracestate as JSON) of the writing transaction.
+        Column("trace_context", Text, nullable=True),
         Index("ix_outbox_unsent", "id", postgresql_where=text("sent_at IS NULL")),
     )
 
@@ -51,16 +60,25 @@ def outbox_table(metadata: MetaData) -> Table:
 async def add_to_outbox(
     session: AsyncSession, table: Table, subject: str, message: Message
 ) -> None:
-    """Record ``message`` for ``subject`` in the caller's transaction."""
+    """Record ``message`` for ``subject`` in the caller's transaction, with the current trace
+    context (when tracing is on and a span is current)."""
+    carrier = Tracing.carrier()
     await session.execute(
-        insert(table).values(subject=subject, payload=message.SerializeToString())
+        insert(table).values(
+            subject=subject,
+            payload=message.SerializeToString(),
+            trace_context=json.dumps(carrier) if carrier else None,
+        )
     )
 
 
 class OutboxRelay:
     """Publishes unsent outbox rows. ``notify()`` after a commit publishes at once; a periodic
     sweep catches rows left by another process or a crash. Safe with several replicas
-    (``FOR UPDATE SKIP LOCKED``)."""
+    (``FOR UPDATE SKIP LOCKED``).
+
+    With ``metrics``: rows published and their lag from commit to publication, and at each
+    sweep (every ``poll_seconds``) the unsent rows and the age of the oldest one."""
 
     def __init__(
         self,
@@ -71,7 +89,10 @@ class OutboxRelay:
         poll_seconds: float = 1.0,
         keep_sent: timedelta = timedelta(hours=1),
         batch: int = 200,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
+        self._last_gauge = 0.0
         self.sessions = sessions
         self.table = table
         self.bus = bus
@@ -104,6 +125,7 @@ class OutboxRelay:
             self._wake.clear()
             try:
                 await self.flush()
+                await self._measure()
                 await self._purge()
             except asyncio.CancelledError:
                 raise
@@ -125,7 +147,7 @@ class OutboxRelay:
         async with transaction(self.sessions) as session:
             rows = (
                 await session.execute(
-                    select(t.c.id, t.c.subject, t.c.payload, t.c.created_at)
+                    select(t.c.id, t.c.subject, t.c.payload, t.c.created_at, t.c.trace_context)
                     .where(t.c.sent_at.is_(None))
                     .order_by(t.c.id)
                     .limit(self.batch)
@@ -134,12 +156,40 @@ class OutboxRelay:
             ).all()
             for row in rows:
                 msg_id = f"{row.id}-{int(row.created_at.timestamp() * 1e6)}"
-                await self.bus.publish(row.subject, bytes(row.payload), msg_id=msg_id)
+                await self.bus.publish(
+                    row.subject,
+                    bytes(row.payload),
+                    msg_id=msg_id,
+                    headers=_trace_headers(row.trace_context),
+                )
             if rows:
                 await session.execute(
                     update(t).where(t.c.id.in_([r.id for r in rows])).values(sent_at=func.now())
                 )
+        if rows and self.metrics is not None:
+            now = datetime.now(UTC)
+            self.metrics.outbox_published.inc(len(rows))
+            for row in rows:
+                self.metrics.outbox_lag.observe(max(0.0, (now - row.created_at).total_seconds()))
         return len(rows)
+
+    async def _measure(self) -> None:
+        """The unsent rows and the oldest one's age, at most once per ``poll_seconds``."""
+        if self.metrics is None or time.monotonic() - self._last_gauge < self.poll_seconds:
+            return
+        self._last_gauge = time.monotonic()
+        t = self.table
+        async with self.sessions() as session:
+            count, oldest, now = (
+                await session.execute(
+                    select(func.count(), func.min(t.c.created_at), func.now()).where(
+                        t.c.sent_at.is_(None)
+                    )
+                )
+            ).one()
+        self.metrics.outbox_unsent.set(count)
+        age = (now - oldest).total_seconds() if oldest is not None else 0.0
+        self.metrics.outbox_oldest_unsent.set(max(0.0, age))
 
     async def _purge(self) -> None:
         now = datetime.now(UTC)
@@ -149,3 +199,15 @@ class OutboxRelay:
         t = self.table
         async with transaction(self.sessions) as session:
             await session.execute(delete(t).where(t.c.sent_at < now - self.keep_sent))
+
+
+def _trace_headers(stored: str | None) -> dict[str, str] | None:
+    if not stored:
+        return None
+    try:
+        value = json.loads(stored)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    return {str(k): str(v) for k, v in value.items()}

@@ -7,6 +7,7 @@ the RPC's own task and context variables set here are seen by the servicer.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -17,6 +18,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from fractal_grpc import logs
 from fractal_grpc.grpckit.errors import DomainError
 from fractal_grpc.grpckit.transient import describe, transient_error
 
@@ -114,6 +116,23 @@ def _iterating(behaviour: Callable[[Any, grpc.aio.ServicerContext], Any]) -> Str
     return run
 
 
+def final_code(context: grpc.aio.ServicerContext, exc: BaseException | None) -> grpc.StatusCode:
+    """The status a call ended with, seen from an interceptor outside ``ErrorInterceptor``:
+    the code it aborted with or set, OK when it returned, CANCELLED when it was cancelled."""
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return grpc.StatusCode.CANCELLED
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return grpc.StatusCode.OK if exc is None else grpc.StatusCode.UNKNOWN
+
+
+def split_method(method: str) -> tuple[str, str]:
+    """``/pkg.Service/Method`` as ``("pkg.Service", "Method")``."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service, name
+
+
 async def _abort(context: grpc.aio.ServicerContext, error: DomainError) -> None:
     status = error.to_status()
     await context.abort(
@@ -136,6 +155,8 @@ class ErrorInterceptor(_HandlerWrapper):
             log.warning("%s: %s (%s)", method, retryable.message, describe(exc))
             await _abort(context, retryable)
         incident = uuid.uuid4().hex[:12]
+        # Also on the call's own log line (LoggingInterceptor, outside this one).
+        logs.bind(incident_id=incident)
         log.exception("unexpected error in %s (incident %s)", method, incident)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident})")
 
@@ -163,39 +184,105 @@ class ErrorInterceptor(_HandlerWrapper):
         return run
 
 
+#: Codes that say the server (or a dependency) failed, not the client: logged as warnings.
+SERVER_FAULTS = frozenset(
+    {
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+
+REQUEST_ID_METADATA = "x-request-id"
+
+
+def _request_ids(request: Any, context: grpc.aio.ServicerContext) -> dict[str, Any]:
+    """The ids a call is about: the request id (``x-request-id`` metadata, else the request's
+    ``request_id``) and the request's ``job_id``, when there are."""
+    ids: dict[str, Any] = {}
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_METADATA:
+            ids["request_id"] = value
+    for field in ("request_id", "job_id"):
+        if field in ids:
+            continue
+        try:
+            value = getattr(request, field)
+        except AttributeError:
+            continue
+        if isinstance(value, str | int) and value:
+            ids[field] = value
+    return ids
+
+
 class LoggingInterceptor(_HandlerWrapper):
-    """One log line per call: method, outcome and duration (DEBUG for success)."""
+    """One log line per call, with the method, its status code and duration: DEBUG when it
+    succeeded, INFO when it failed with a client's code, WARNING with a server fault (the
+    ``SERVER_FAULTS``). The call's request id and job id are bound (``fractal_grpc.logs``) for
+    every line logged while it runs. Placed outside ``ErrorInterceptor``, so it sees the code
+    the client gets."""
 
-    def around_unary(self, method: str, inner: Unary) -> Unary:
-        if not log.isEnabledFor(logging.INFO):
-            return inner
+    def _done(
+        self, method: str, kind: str, start: float, code: grpc.StatusCode, details: str | None
+    ) -> None:
+        elapsed = (time.perf_counter() - start) * 1e3
+        extra = {"grpc_method": method, "grpc_code": code.name, "duration_ms": round(elapsed, 1)}
+        if code == grpc.StatusCode.OK:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s %s OK in %.1f ms", kind, method, elapsed, extra=extra)
+            return
+        level = logging.WARNING if code in SERVER_FAULTS else logging.INFO
+        log.log(
+            level,
+            "%s %s failed: %s %s (%.1f ms)",
+            kind,
+            method,
+            code.name,
+            details or "",
+            elapsed,
+            extra=extra,
+        )
 
+    def _unary(self, method: str, inner: Unary, kind: str, reads_request: bool) -> Unary:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
-            try:
-                result = await inner(request, context)
-            except BaseException:
-                log.info("%s failed after %.1f ms", method, (time.perf_counter() - start) * 1e3)
-                raise
-            log.debug("%s ok in %.1f ms", method, (time.perf_counter() - start) * 1e3)
-            return result
+            ids = _request_ids(request if reads_request else None, context)
+            with logs.log_context(**ids):
+                try:
+                    result = await inner(request, context)
+                except BaseException as exc:
+                    self._done(method, kind, start, final_code(context, exc), context.details())
+                    raise
+                self._done(method, kind, start, final_code(context, None), context.details())
+                return result
 
         return run
 
-    def around_stream(self, method: str, inner: Stream) -> Stream:
+    def _stream(self, method: str, inner: Stream, kind: str, reads_request: bool) -> Stream:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             start = time.perf_counter()
-            count = 0
-            try:
-                async for item in inner(request, context):
-                    count += 1
-                    yield item
-            finally:
-                log.debug(
-                    "%s streamed %d messages in %.1f ms",
-                    method,
-                    count,
-                    (time.perf_counter() - start) * 1e3,
-                )
+            ids = _request_ids(request if reads_request else None, context)
+            with logs.log_context(**ids):
+                try:
+                    async for item in inner(request, context):
+                        yield item
+                except BaseException as exc:
+                    self._done(method, kind, start, final_code(context, exc), context.details())
+                    raise
+                self._done(method, kind, start, final_code(context, None), context.details())
 
         return run
+
+    def around_unary(self, method: str, inner: Unary) -> Unary:
+        return self._unary(method, inner, "unary", True)
+
+    def around_stream(self, method: str, inner: Stream) -> Stream:
+        return self._stream(method, inner, "server stream", True)
+
+    def around_stream_unary(self, method: str, inner: Unary) -> Unary:
+        return self._unary(method, inner, "client stream", False)
+
+    def around_stream_stream(self, method: str, inner: Stream) -> Stream:
+        return self._stream(method, inner, "bidi stream", False)

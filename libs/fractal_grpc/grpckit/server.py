@@ -114,7 +114,8 @@ async def run_until_signal(
     await stop()
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
+def configure_logging(level: str, log_format: str = "text", *, service: str = "") -> None:
+    """The process's logging (``fractal_grpc.logs.configure``)."""
+    from fractal_grpc import logs
+
+    logs.configure(level, log_format, service=service)

@@ -49,17 +49,26 @@ from fractal_grpc.db import (
 from fractal_grpc.events.bus import EventBus, Subjects
 from fractal_grpc.events.outbox import OutboxRelay
 from fractal_grpc.grpckit.auth import AuthInterceptor
-from fractal_grpc.grpckit.interceptors import ErrorInterceptor, LoggingInterceptor
+from fractal_grpc.grpckit.interceptors import ErrorInterceptor
 from fractal_grpc.grpckit.server import GrpcServer
+from fractal_grpc.grpckit.tracing import Tracing
 from fractal_grpc.grpckit.validation import ValidationInterceptor
+from fractal_grpc.observability import Observability
 from fractal_grpc.settings import ApiSettings
 
 log = logging.getLogger("fractal.api")
 
 
 class ApiApp:
-    def __init__(self, settings: ApiSettings) -> None:
+    def __init__(self, settings: ApiSettings, *, tracing: Tracing | None = None) -> None:
         self.settings = settings
+        self.obs = Observability.of(
+            settings,
+            "api",
+            settings.api_metrics_address,
+            variable="FRACTAL_API_METRICS_ADDRESS",
+            tracing=tracing,
+        )
         pagination.use_secret(settings.page_token_key())
         self.engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
         self.sessions = make_sessionmaker(self.engine)
@@ -87,7 +96,12 @@ class ApiApp:
             load_user=self._load_user,
             user_changes=self.ctx.principals.watch,
         )
-        interceptors = [ErrorInterceptor(), LoggingInterceptor(), auth, ValidationInterceptor()]
+        interceptors = [
+            *self.obs.server_interceptors(),
+            ErrorInterceptor(),
+            auth,
+            ValidationInterceptor(),
+        ]
         # Two listeners: the public API, and the internal one for the runner (and later
         # services), each with health and reflection of its own services only.
         self.server = GrpcServer(
@@ -139,9 +153,20 @@ class ApiApp:
                 password=s.default_admin_password,
                 username=s.default_admin_username,
             )
-        self.ctx.bus = await EventBus.connect(s.nats_url, self.ctx.subjects, name="fractal-api")
+        self.obs.start()
+        self.ctx.bus = await EventBus.connect(
+            s.nats_url,
+            self.ctx.subjects,
+            name="fractal-api",
+            metrics=self.obs.metrics,
+            tracing=self.obs.tracing,
+        )
         self.ctx.relay = OutboxRelay(
-            self.sessions, outbox, self.ctx.bus, poll_seconds=s.outbox_poll_seconds
+            self.sessions,
+            outbox,
+            self.ctx.bus,
+            poll_seconds=s.outbox_poll_seconds,
+            metrics=self.obs.metrics,
         )
         self.ctx.relay.start()
         self.internal_port = await self.internal_server.start()
@@ -158,3 +183,4 @@ class ApiApp:
         if self.ctx.pg is not None:
             await self.ctx.pg.close()
         await self.engine.dispose()
+        self.obs.stop()

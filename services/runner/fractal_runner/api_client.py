@@ -17,6 +17,7 @@ UNAVAILABLE before they got an answer; the policy above retries whatever remains
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc.aio
@@ -44,10 +45,13 @@ KEEPALIVE_OPTIONS = [
 
 
 def open_channel(
-    address: str, max_message_bytes: int = fractal_grpc.client.DEFAULT_API_MAX_MESSAGE_BYTES
+    address: str,
+    max_message_bytes: int = fractal_grpc.client.DEFAULT_API_MAX_MESSAGE_BYTES,
+    *,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
     return fractal_grpc.client.open_channel(
-        address, KEEPALIVE_OPTIONS, max_message_bytes=max_message_bytes
+        address, KEEPALIVE_OPTIONS, max_message_bytes=max_message_bytes, interceptors=interceptors
     )
 
 
@@ -61,7 +65,10 @@ class JobExecutionClient:
         *,
         policy: RetryPolicy | None = None,
         working_base_dir: Path | None = None,
+        on_finished: Callable[[job_pb2.JobStatus.ValueType], None] | None = None,
     ) -> None:
+        #: Told each final state api accepted (the runner's job counter).
+        self.on_finished = on_finished
         self._stub = job_execution_service_pb2_grpc.JobExecutionServiceStub(channel)
         self._tokens = tokens
         self.policy = policy or RetryPolicy()
@@ -161,4 +168,7 @@ class JobExecutionClient:
             )
             return resp.job
 
-        return await self.policy.call(f"FinishJob(job {job_id})", attempt, idempotent=True)
+        job = await self.policy.call(f"FinishJob(job {job_id})", attempt, idempotent=True)
+        if self.on_finished is not None:
+            self.on_finished(status)
+        return job

@@ -23,15 +23,19 @@ from nats.aio.subscription import Subscription
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fractal.events.v1 import job_events_pb2
+from fractal_grpc import logs
 from fractal_grpc.auth.tokens import (
     ServiceTokenSource,
 )
 from fractal_grpc.db import make_engine, make_sessionmaker
 from fractal_grpc.events.bus import EventBus, Subjects
+from fractal_grpc.grpckit.tracing import Tracing
+from fractal_grpc.observability import Observability
 from fractal_grpc.settings import RunnerSettings, SettingsError
 from fractal_runner import job_folders
 from fractal_runner.api_client import JobExecutionClient, open_channel
 from fractal_runner.leases import Instance, LeaseConfig
+from fractal_runner.metrics import RunnerMetrics
 from fractal_runner.readiness import wait_for_api
 from fractal_runner.run_store import RunStore
 from fractal_runner.scheduler import JobScheduler
@@ -54,8 +58,22 @@ class RunnerApp:
     their runs unfinished and their leases released, for another replica or the next start)
     and closes the connections."""
 
-    def __init__(self, settings: RunnerSettings, *, lease: LeaseConfig | None = None) -> None:
+    def __init__(
+        self,
+        settings: RunnerSettings,
+        *,
+        lease: LeaseConfig | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.settings = settings
+        self.obs = Observability.of(
+            settings,
+            "runner",
+            settings.runner_metrics_address,
+            variable="FRACTAL_RUNNER_METRICS_ADDRESS",
+            tracing=tracing,
+        )
+        self.metrics = RunnerMetrics(self.obs.metrics.registry)
         self.lease = lease or LeaseConfig.of(settings.runner_lease_seconds)
         self.instance = Instance.current()
         self.engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
@@ -63,7 +81,7 @@ class RunnerApp:
         self.subjects = Subjects(settings.nats_prefix)
         self.tokens = ServiceTokenSource(settings.service_private_key_pem(), service="runner")
         # Health, reflection and JobFolderService (api's tokens only).
-        self.server = job_folders.build_server(settings)
+        self.server = job_folders.build_server(settings, self.obs.server_interceptors())
         #: The SLURM backend's process-wide state (pollers per user), None for local.
         self.slurm: SlurmSudoBackend | None = None
         if settings.runner_backend in ("slurm_sudo", "slurm_ssh"):
@@ -88,9 +106,15 @@ class RunnerApp:
             self.lease.lease_seconds,
             self.lease.renew_seconds,
         )
-        self.channel = open_channel(s.api_url, s.api_max_message_bytes)
+        self.obs.start()
+        self.channel = open_channel(
+            s.api_url, s.api_max_message_bytes, interceptors=self.obs.client_interceptors()
+        )
         api = JobExecutionClient(
-            self.channel, self.tokens, working_base_dir=s.runner_working_base_dir
+            self.channel,
+            self.tokens,
+            working_base_dir=s.runner_working_base_dir,
+            on_finished=self.metrics.job_finished,
         )
         self.scheduler = JobScheduler(
             RunStore(self.sessions, instance=self.instance, lease=self.lease),
@@ -99,9 +123,17 @@ class RunnerApp:
             backend=s.runner_backend,
             local_config_file=s.local_config_file,
             ledger_dir=s.runner_working_base_dir / LEDGER_FOLDER,
-            executor_factory=LocalExecutor if self.slurm is None else self.slurm.executor,
+            executor_factory=self.metrics.counted(
+                LocalExecutor if self.slurm is None else self.slurm.executor
+            ),
         )
-        self.bus = await EventBus.connect(s.nats_url, self.subjects, name="fractal-runner")
+        self.bus = await EventBus.connect(
+            s.nats_url,
+            self.subjects,
+            name="fractal-runner",
+            metrics=self.obs.metrics,
+            tracing=self.obs.tracing,
+        )
         self._stop_broadcast = await self.bus.nc.subscribe(
             self.subjects.job_stop, cb=self._on_stop_broadcast
         )
@@ -128,8 +160,9 @@ class RunnerApp:
     async def _on_submit(self, data: bytes) -> None:
         assert self.scheduler is not None
         command = job_events_pb2.JobSubmitted.FromString(data)
-        log.info("job %s: submitted", command.job_id)
-        await self.scheduler.submit(command.job_id)
+        with logs.log_context(job_id=command.job_id):
+            log.info("job %s: submitted", command.job_id)
+            await self.scheduler.submit(command.job_id)
 
     async def _on_stop(self, data: bytes) -> None:
         assert self.scheduler is not None
@@ -187,6 +220,7 @@ class RunnerApp:
         if self.channel is not None:
             await self.channel.close()
         await self.engine.dispose()
+        self.obs.stop()
 
 
 def _slurm_backend(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -120,10 +120,13 @@ class JobFolderServicer(rpc.JobFolderServiceServicer):
                 yield pb.DownloadJobFolderResponse(chunk=chunk)
 
 
-def build_server(settings: RunnerSettings) -> GrpcServer:
+def build_server(
+    settings: RunnerSettings, observe: Sequence[grpc.aio.ServerInterceptor] = ()
+) -> GrpcServer:
     """The runner's listener (FRACTAL_RUNNER_ADDRESS): health, reflection and JobFolderService,
     for api's runner-audience tokens only (a user token: PERMISSION_DENIED; anything else:
-    UNAUTHENTICATED); malformed requests are refused like api's."""
+    UNAUTHENTICATED); malformed requests are refused like api's. ``observe``: the
+    observability interceptors, outermost."""
     api_key = settings.api_public_key_pem() or unusable_public_key_pem()
     auth = AuthInterceptor(
         ACCESS,
@@ -132,7 +135,7 @@ def build_server(settings: RunnerSettings) -> GrpcServer:
     )
     server = GrpcServer(
         settings.runner_address,
-        [ErrorInterceptor(), auth, ValidationInterceptor()],
+        [*observe, ErrorInterceptor(), auth, ValidationInterceptor()],
         max_message_bytes=settings.runner_max_message_bytes,
     )
     server.add(

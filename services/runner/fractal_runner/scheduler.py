@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fractal_grpc import logs
 from fractal_grpc.retry import RetryPolicy
 from fractal_runner.api_client import JobExecutionClient
 from fractal_runner.attempts import (
@@ -282,7 +283,10 @@ class JobScheduler:
             return
         job = _ActiveJob(job_id=job_id, executor=self.executor_factory(), leased_at=leased_at)
         self._active[job_id] = job
-        job.task = asyncio.create_task(self._run(job), name=f"job-{job_id}")
+        # Every log line of the job's task carries its id (fractal_grpc.logs).
+        job.task = asyncio.create_task(
+            self._run(job), name=f"job-{job_id}", context=logs.context_with(job_id=job_id)
+        )
 
     async def _run(self, job: _ActiveJob) -> None:
         try:
