@@ -11,10 +11,9 @@ ImportDataset) is sent once: a retry could apply it twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import functools
 import json
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
