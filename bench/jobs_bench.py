@@ -97,12 +97,14 @@ class RefJobs:
     client: RefClient
     project_id: int
     zarr_root: str
-    concurrency: int
+    # None: no parallel_tasks_per_job at all (the reference then runs every call of the task
+    # on its thread pool, Python's default size: cores + 4)
+    concurrency: int | None
     workflows: dict[str, int] = field(default_factory=dict)
 
     def workflow(self, command: str) -> int:
         if command not in self.workflows:
-            meta = {"parallel_tasks_per_job": self.concurrency}
+            meta = {} if self.concurrency is None else {"parallel_tasks_per_job": self.concurrency}
             task_id = self.client.new_parallel_task(command, meta)
             self.workflows[command] = self.client.new_workflow(self.project_id, task_id, meta)
         return self.workflows[command]
@@ -322,6 +324,27 @@ async def bench_jobs(
         await _rounds(sides, medium_images, medium_runs, TASK_COMMAND, pids),
     )
     _say(f"job over {medium_images} images", medium_result)
+    default_pool: dict[str, Any] | None = None
+    if reference is not None:
+        # The same size with the reference's own default concurrency (no chunks), to show
+        # how much of the difference is its chunked execution.
+        unchunked = RefJobs(reference.client, reference.project_id, reference.zarr_root, None)
+        await unchunked.run(1, TASK_COMMAND)  # warm-up of its workflow
+        default_pool = _summarise(
+            medium_images,
+            TASK_COMMAND,
+            await _rounds(
+                {"ours": ours, "reference": unchunked.run},
+                medium_images,
+                medium_runs,
+                TASK_COMMAND,
+                pids,
+            ),
+        )
+        _say(
+            f"job over {medium_images} images, reference without parallel_tasks_per_job",
+            default_pool,
+        )
 
     with_direct: dict[str, Side] = {**sides, "direct": direct}
     large_images, large_runs = large
@@ -348,6 +371,7 @@ async def bench_jobs(
         "reference_poll_seconds": REF_POLL if reference is not None else None,
         "single_image": single,
         "medium": medium_result,
+        "medium_reference_default_pool": default_pool,
         "large": large_result,
         "large_lean": lean_result,
     }

@@ -291,6 +291,12 @@ def _jobs_rows(sections: Results, ref_missing: str) -> list[Row]:
             _met(p50, lambda v: v < 0.15),
         ),
         _job_row(f"Job, {medium['images']:,} images", medium, ref_missing),
+    ]
+    pool = jobs.get("medium_reference_default_pool")
+    if pool:
+        label = f"Job, {pool['images']:,} images, reference without parallel_tasks_per_job"
+        rows.append(_job_row(label, pool, ref_missing))
+    rows += [
         _job_row(f"Job, {large['images']:,} images", large, ref_missing),
         _direct_row(f"Job {large['images']:,} images ÷ direct launch", large),
     ]
