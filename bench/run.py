@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     if runner.reference_problem:
-        print(f"fractal-server {REFERENCE_VERSION}: {runner.reference_problem}\n")
+        print(f"Reference column: {runner.reference_problem}\n")
     print(format_table(rows))
     if not args.no_save:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
