@@ -67,7 +67,10 @@ class ApiClient(FractalClient):
         resp = await self.tasks.CreateTask(req, metadata=self.md)
         return int(resp.task.id)
 
-    async def new_workflow(self, project_id: int, task_id: int, meta: Mapping[str, Any]) -> int:
+    async def new_workflow(
+        self, project_id: int, task_id: int, meta: Mapping[str, Any], tasks: int = 1
+    ) -> int:
+        """A workflow of ``tasks`` workflow tasks, each the task ``task_id``."""
         wf = await self.workflows.CreateWorkflow(
             workflow_service_pb2.CreateWorkflowRequest(
                 project_id=project_id, name=f"wf-{secrets.token_hex(3)}"
@@ -75,15 +78,16 @@ class ApiClient(FractalClient):
             metadata=self.md,
         )
         workflow_id = int(wf.workflow.id)
-        await self.workflows.CreateWorkflowTask(
-            workflow_service_pb2.CreateWorkflowTaskRequest(
-                project_id=project_id,
-                workflow_id=workflow_id,
-                task_id=task_id,
-                meta_parallel=to_struct(meta),
-            ),
-            metadata=self.md,
-        )
+        for _ in range(tasks):
+            await self.workflows.CreateWorkflowTask(
+                workflow_service_pb2.CreateWorkflowTaskRequest(
+                    project_id=project_id,
+                    workflow_id=workflow_id,
+                    task_id=task_id,
+                    meta_parallel=to_struct(meta),
+                ),
+                metadata=self.md,
+            )
         return workflow_id
 
     async def submit_and_wait(

@@ -51,11 +51,19 @@ class JobFailed(RuntimeError):
 
 
 async def setup_workflow(
-    client: ApiClient, project_id: int, concurrency: int, command: str = TASK_COMMAND
+    client: ApiClient,
+    project_id: int,
+    concurrency: int,
+    command: str = TASK_COMMAND,
+    tasks: int = 1,
 ) -> int:
     meta = {"parallel_tasks_per_job": concurrency}
     task_id = await client.new_parallel_task(command, meta)
-    return await client.new_workflow(project_id, task_id, meta)
+    return await client.new_workflow(project_id, task_id, meta, tasks)
+
+
+# A workflow to run: (task command, number of workflow tasks, each that task).
+Shape = tuple[str, int]
 
 
 async def run_job(
@@ -100,17 +108,18 @@ class RefJobs:
     # None: no parallel_tasks_per_job at all (the reference then runs every call of the task
     # on its thread pool, Python's default size: cores + 4)
     concurrency: int | None
-    workflows: dict[str, int] = field(default_factory=dict)
+    workflows: dict[Shape, int] = field(default_factory=dict)
 
-    def workflow(self, command: str) -> int:
-        if command not in self.workflows:
+    def workflow(self, shape: Shape) -> int:
+        if shape not in self.workflows:
+            command, tasks = shape
             meta = {} if self.concurrency is None else {"parallel_tasks_per_job": self.concurrency}
             task_id = self.client.new_parallel_task(command, meta)
-            self.workflows[command] = self.client.new_workflow(self.project_id, task_id, meta)
-        return self.workflows[command]
+            self.workflows[shape] = self.client.new_workflow(self.project_id, task_id, meta, tasks)
+        return self.workflows[shape]
 
-    async def run(self, images: int, command: str) -> tuple[float, float | None]:
-        workflow_id = self.workflow(command)
+    async def run(self, images: int, shape: Shape) -> tuple[float, float | None]:
+        workflow_id = self.workflow(shape)
         zarr_dir = f"{self.zarr_root}/ref-job-{time.monotonic_ns()}"
         dataset_id = self.client.import_dataset(
             self.project_id, zarr_dir, image_records(zarr_dir, 0, images)
@@ -122,7 +131,7 @@ class RefJobs:
             workflow_id,
             dataset_id,
             REF_POLL,
-            max(120.0, images * 0.5),
+            max(120.0, images * 0.5 * shape[1]),
         )
         seconds = time.perf_counter() - t0
         if job["status"] != "done":
@@ -206,11 +215,11 @@ async def direct_launch(
     return seconds
 
 
-Side = Callable[[int, str], Awaitable[tuple[float, float | None]]]
+Side = Callable[[int, Shape], Awaitable[tuple[float, float | None]]]
 
 
 async def _rounds(
-    sides: dict[str, Side], images: int, runs: int, command: str, pids: dict[str, int]
+    sides: dict[str, Side], images: int, runs: int, shape: Shape, pids: dict[str, int]
 ) -> dict[str, list[dict[str, Any]]]:
     """``runs`` rounds; in each, every side runs once, in turns (bench/interleave.py)."""
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
@@ -218,7 +227,7 @@ async def _rounds(
         for name in turn_order(list(sides), index):
             meter = CpuMeter(pids)
             meter.start()
-            seconds, server = await sides[name](images, command)
+            seconds, server = await sides[name](images, shape)
             cpu = meter.stop()
             out[name].append(
                 {
@@ -243,11 +252,16 @@ def _side_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _summarise(
-    images: int, command: str, rounds: dict[str, list[dict[str, Any]]]
+    images: int, shape: Shape, rounds: dict[str, list[dict[str, Any]]]
 ) -> dict[str, Any]:
     sides = {name: _side_summary(runs) for name, runs in rounds.items()}
     ours, ref, direct = sides.get("ours"), sides.get("reference"), sides.get("direct")
-    result: dict[str, Any] = {"images": images, "command": command, **sides}
+    result: dict[str, Any] = {
+        "images": images,
+        "command": shape[0],
+        "workflow_tasks": shape[1],
+        **sides,
+    }
     if ref is not None and ours is not None:
         result["reference_over_ours"] = ratio(ref["median_seconds"], ours["median_seconds"])
         result["reference_over_ours_server"] = ratio(
@@ -295,24 +309,31 @@ async def bench_jobs(
     the reference, taking turns; the large size also against the direct launch of the same
     task processes (three sides taking turns), then ``lean_runs`` such rounds with the task on
     an interpreter started with -S."""
-    workflows: dict[str, int] = {}
+    workflows: dict[Shape, int] = {}
 
-    async def ours(images: int, command: str) -> tuple[float, float | None]:
-        if command not in workflows:
-            workflows[command] = await setup_workflow(client, project_id, concurrency, command)
-        return await run_job_timed(client, project_id, workflows[command], zarr_root, images)
+    async def ours(images: int, shape: Shape) -> tuple[float, float | None]:
+        if shape not in workflows:
+            command, tasks = shape
+            workflows[shape] = await setup_workflow(client, project_id, concurrency, command, tasks)
+        return await run_job_timed(client, project_id, workflows[shape], zarr_root, images)
 
-    async def direct(images: int, command: str) -> tuple[float, float | None]:
-        return await direct_launch(images, concurrency, workdir, command), None
+    async def direct(images: int, shape: Shape) -> tuple[float, float | None]:
+        command, tasks = shape
+        seconds = 0.0
+        for _ in range(tasks):
+            seconds += await direct_launch(images, concurrency, workdir, command)
+        return seconds, None
 
     sides: dict[str, Side] = {"ours": ours}
     if reference is not None:
         sides["reference"] = reference.run
     # Warm-up, not counted: the first job of each system pays for imports and caches.
     for side in sides.values():
-        await side(1, TASK_COMMAND)
+        await side(1, (TASK_COMMAND, 1))
 
-    single = _summarise(1, TASK_COMMAND, await _rounds(sides, 1, single_runs, TASK_COMMAND, pids))
+    single = _summarise(
+        1, (TASK_COMMAND, 1), await _rounds(sides, 1, single_runs, (TASK_COMMAND, 1), pids)
+    )
     single_direct = [await direct_launch(1, 1, workdir) for _ in range(single_runs)]
     single["direct_one_process"] = summary_ms(single_direct)
     _say("job over 1 image", single)
@@ -320,24 +341,30 @@ async def bench_jobs(
     medium_images, medium_runs = medium
     medium_result = _summarise(
         medium_images,
-        TASK_COMMAND,
-        await _rounds(sides, medium_images, medium_runs, TASK_COMMAND, pids),
+        (TASK_COMMAND, 1),
+        await _rounds(sides, medium_images, medium_runs, (TASK_COMMAND, 1), pids),
     )
     _say(f"job over {medium_images} images", medium_result)
+    three = _summarise(
+        medium_images,
+        (TASK_COMMAND, 3),
+        await _rounds(sides, medium_images, medium_runs, (TASK_COMMAND, 3), pids),
+    )
+    _say(f"job over {medium_images} images, 3-task workflow", three)
     default_pool: dict[str, Any] | None = None
     if reference is not None:
         # The same size with the reference's own default concurrency (no chunks), to show
         # how much of the difference is its chunked execution.
         unchunked = RefJobs(reference.client, reference.project_id, reference.zarr_root, None)
-        await unchunked.run(1, TASK_COMMAND)  # warm-up of its workflow
+        await unchunked.run(1, (TASK_COMMAND, 1))  # warm-up of its workflow
         default_pool = _summarise(
             medium_images,
-            TASK_COMMAND,
+            (TASK_COMMAND, 1),
             await _rounds(
                 {"ours": ours, "reference": unchunked.run},
                 medium_images,
                 medium_runs,
-                TASK_COMMAND,
+                (TASK_COMMAND, 1),
                 pids,
             ),
         )
@@ -350,8 +377,8 @@ async def bench_jobs(
     large_images, large_runs = large
     large_result = _summarise(
         large_images,
-        TASK_COMMAND,
-        await _rounds(with_direct, large_images, large_runs, TASK_COMMAND, pids),
+        (TASK_COMMAND, 1),
+        await _rounds(with_direct, large_images, large_runs, (TASK_COMMAND, 1), pids),
     )
     _say(f"job over {large_images} images", large_result)
     lean_result: dict[str, Any] | None = None
@@ -360,8 +387,8 @@ async def bench_jobs(
         lean_sides: dict[str, Side] = {"ours": ours, "direct": direct}
         lean_result = _summarise(
             large_images,
-            LEAN_TASK_COMMAND,
-            await _rounds(lean_sides, large_images, lean_runs, LEAN_TASK_COMMAND, pids),
+            (LEAN_TASK_COMMAND, 1),
+            await _rounds(lean_sides, large_images, lean_runs, (LEAN_TASK_COMMAND, 1), pids),
         )
         _say(f"job over {large_images} images (python -S)", lean_result)
     return {
@@ -371,6 +398,7 @@ async def bench_jobs(
         "reference_poll_seconds": REF_POLL if reference is not None else None,
         "single_image": single,
         "medium": medium_result,
+        "medium_three_tasks": three,
         "medium_reference_default_pool": default_pool,
         "large": large_result,
         "large_lean": lean_result,

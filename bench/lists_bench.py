@@ -165,8 +165,8 @@ async def seed_reference(client: RefClient, database_url: str, zarr_root: str) -
     """The same through the reference's REST API."""
     project_id = client.new_project("bench-lists")
     jobs = RefJobs(client, project_id, zarr_root, concurrency=1)
-    await jobs.run(1, TASK_COMMAND)
-    workflow_id = jobs.workflows[TASK_COMMAND]
+    await jobs.run(1, (TASK_COMMAND, 1))
+    workflow_id = jobs.workflows[(TASK_COMMAND, 1)]
     conn = await asyncpg.connect(database_url)
     try:
         job_id = await conn.fetchval(

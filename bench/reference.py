@@ -361,14 +361,18 @@ class RefClient:
         }
         return int(self.call("POST", "/api/v2/task/", body)["id"])
 
-    def new_workflow(self, project_id: int, task_id: int, meta: Mapping[str, Any]) -> int:
+    def new_workflow(
+        self, project_id: int, task_id: int, meta: Mapping[str, Any], tasks: int = 1
+    ) -> int:
+        """A workflow of ``tasks`` workflow tasks, each the task ``task_id``."""
         body = {"name": f"wf-{secrets.token_hex(3)}"}
         workflow_id = int(self.call("POST", f"/api/v2/project/{project_id}/workflow/", body)["id"])
-        self.call(
-            "POST",
-            f"/api/v2/project/{project_id}/workflow/{workflow_id}/wftask/?task_id={task_id}",
-            {"meta_parallel": dict(meta)},
-        )
+        for _ in range(tasks):
+            self.call(
+                "POST",
+                f"/api/v2/project/{project_id}/workflow/{workflow_id}/wftask/?task_id={task_id}",
+                {"meta_parallel": dict(meta)},
+            )
         return workflow_id
 
     def submit_and_wait(

@@ -292,6 +292,11 @@ def _jobs_rows(sections: Results, ref_missing: str) -> list[Row]:
         ),
         _job_row(f"Job, {medium['images']:,} images", medium, ref_missing),
     ]
+    three = jobs.get("medium_three_tasks")
+    if three:
+        rows.append(
+            _job_row(f"Job, {three['images']:,} images, 3-task workflow", three, ref_missing)
+        )
     pool = jobs.get("medium_reference_default_pool")
     if pool:
         label = f"Job, {pool['images']:,} images, reference without parallel_tasks_per_job"
