@@ -104,11 +104,13 @@ test-service: $(STAMP)
 test-e2e: $(STAMP)
 	$(PY) -m pytest tests/e2e
 
-## bench: benchmarks; results in bench/results/, summary in bench/README.md (needs h2load).
+## bench: benchmarks, ours and fractal-server 2.3.11 (installed under .state/bench/) taking
+## turns; results in bench/results/, summary in bench/README.md (needs h2load).
+## `make bench QUICK=1`: the short variant (--quick).
 bench: $(STAMP)
 	@command -v h2load >/dev/null || $$([ "$$(id -u)" = 0 ] || echo sudo) sh -c 'apt-get install -y nghttp2-client || { apt-get update && apt-get install -y nghttp2-client; }' \
 		|| echo "bench: h2load not installed (apt-get install nghttp2-client, as root); the h2load rows are skipped" >&2
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) .tools $(GEN_DIR)/fractal .state

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.client import ApiClient
+from bench.interleave import turn_order
+from bench.reference import RefClient
 from bench.stats import CpuMeter, summary_ms
 from fractal.v2 import project_service_pb2, project_service_pb2_grpc
 from fractal_grpc.client import open_channel
@@ -305,8 +307,7 @@ def _round_requests(rate: float, seconds: float, streams: int) -> int:
 
 
 async def run_h2load(
-    executable: str,
-    address: str,
+    argv: list[str],
     token: str,
     *,
     connections: int,
@@ -318,16 +319,15 @@ async def run_h2load(
     workdir: Path,
 ) -> dict[str, object]:
     """A warm-up of ``warmup_requests``, then about ``duration`` seconds of requests (the count
-    estimated from the warm-up's rate), measured."""
-    body = workdir / "request.bin"
-    argv = _h2load_argv(executable, address, token, body, connections, streams)
-    name = f"c{connections}-m{streams}"
+    estimated from the warm-up's rate), measured. ``argv``: everything but -n and --log-file;
+    ``frame_bytes``: the DATA bytes of one right answer."""
+    name = f"{'h1-' if '--h1' in argv else ''}c{connections}-m{streams}"
     warm = await _h2load(argv, warmup_requests, workdir / f"{name}-warmup.tsv")
     warm_rate = warm.status_2xx / warm.span if warm.status_2xx else 0.0
     if warm.status_2xx == 0 or warm.data_bytes == 0:
         raise RuntimeError(
             f"h2load warm-up: {warm.status_2xx} of {warmup_requests} answers with HTTP 2xx, "
-            f"{warm.data_bytes} DATA bytes (a gRPC error has none):\n{warm.output[-2000:]}"
+            f"{warm.data_bytes} DATA bytes:\n{warm.output[-2000:]}"
         )
     requests = _round_requests(warm_rate, duration, streams)
 
@@ -378,6 +378,29 @@ async def run_h2load(
     return result
 
 
+REF_LIST_PROJECTS_PATH = "/api/v2/project/"
+# The reference answers ~10-50 times slower: its warm-up is this many requests at most.
+REF_WARMUP_REQUESTS = 300
+
+
+def _ref_h2load_argv(executable: str, address: str, token: str, connections: int) -> list[str]:
+    """GET /api/v2/project/ over HTTP/1.1 (uvicorn has no HTTP/2): one request in flight per
+    connection, so concurrency c is c connections."""
+    return [
+        executable,
+        "--h1",
+        "-c",
+        str(connections),
+        "-m",
+        "1",
+        "-t",
+        "1",
+        "-H",
+        f"authorization: Bearer {token}",
+        f"http://{address}{REF_LIST_PROJECTS_PATH}",
+    ]
+
+
 async def bench_list_projects_h2load(
     address: str,
     user: ApiClient,
@@ -386,8 +409,11 @@ async def bench_list_projects_h2load(
     warmup_requests: int,
     duration: float,
     pids: dict[str, int],
+    reference: tuple[str, RefClient] | None = None,
 ) -> dict[str, object]:
-    """h2load. ``levels``: (connections, streams per connection) pairs, measured in order."""
+    """h2load. ``levels``: (connections, streams per connection) pairs, measured in order; with
+    a reference, each level is also measured on it (c = connections × streams connections),
+    the two taking turns."""
     executable = shutil.which("h2load")
     if executable is None:
         print(f"  ListProjects (h2load): skipped: {H2LOAD_MISSING}", flush=True)
@@ -400,54 +426,93 @@ async def bench_list_projects_h2load(
             f"ListProjects returned {len(response.projects)} projects, expected {PROJECTS_PER_USER}"
         )
     frame_bytes = 5 + len(response.SerializeToString())
+    ref_bytes = 0
+    if reference is not None:
+        answer = reference[1].call("GET", REF_LIST_PROJECTS_PATH)
+        if len(answer) != PROJECTS_PER_USER:
+            raise RuntimeError(f"the reference listed {len(answer)} projects")
+        ref_bytes = len(reference[1].raw("GET", REF_LIST_PROJECTS_PATH)[1])
     version = await _h2load_version(executable)
     runs: list[dict[str, object]] = []
+    ref_runs: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="fractal-bench-h2load-") as tmp:
-        await asyncio.to_thread((Path(tmp) / "request.bin").write_bytes, EMPTY_REQUEST_FRAME)
-        for connections, streams in levels:
-            level = f"c={connections * streams} (h2load -c {connections} -m {streams})"
-            try:
-                run = await run_h2load(
-                    executable,
-                    address,
-                    user.token,
-                    connections=connections,
-                    streams=streams,
-                    warmup_requests=warmup_requests,
-                    duration=duration,
-                    frame_bytes=frame_bytes,
-                    pids=pids,
-                    workdir=Path(tmp),
+        body = Path(tmp) / "request.bin"
+        await asyncio.to_thread(body.write_bytes, EMPTY_REQUEST_FRAME)
+        for index, (connections, streams) in enumerate(levels):
+            sides = ["ours", "reference"] if reference is not None else ["ours"]
+            for side in turn_order(sides, index):
+                c = connections * streams
+                if side == "ours":
+                    level = f"c={c} (h2load -c {connections} -m {streams})"
+                    argv = _h2load_argv(executable, address, user.token, body, connections, streams)
+                    token, frame, warm = user.token, frame_bytes, warmup_requests
+                    out, conns, per_conn = runs, connections, streams
+                else:
+                    assert reference is not None
+                    level = f"reference c={c} (h2load --h1 -c {c})"
+                    token, frame = reference[1].token, ref_bytes
+                    argv = _ref_h2load_argv(executable, reference[0], token, c)
+                    warm = min(warmup_requests, REF_WARMUP_REQUESTS)
+                    out, conns, per_conn = ref_runs, c, 1
+                out.append(
+                    await _h2load_level(
+                        level, argv, token, conns, per_conn, warm, duration, frame, pids, tmp
+                    )
                 )
-            except Exception as exc:  # noqa: BLE001 - recorded; the next level still runs
-                error = f"{type(exc).__name__}: {exc}"
-                print(f"  ListProjects {level}: FAILED: {error}", flush=True)
-                runs.append(
-                    {
-                        "load_generator": "h2load",
-                        "concurrency": connections * streams,
-                        "connections": connections,
-                        "streams_per_connection": streams,
-                        "error": error,
-                    }
-                )
-                continue
-            print(
-                f"  ListProjects {level}, n={run['requests']}: "
-                f"{run['rpc_per_s']} RPC/s, p50 {run['p50_ms']} ms, "
-                f"p99 {run['p99_ms']} ms, errors {run['errors']}, cpu {run['cpu_cores_used']}",
-                flush=True,
-            )
-            if "error" in run:
-                print(f"  ListProjects {level}: FAILED: {run['error']}", flush=True)
-            runs.append(run)
     return {
         "projects_per_user": PROJECTS_PER_USER,
         "load_generator": "h2load",
         "h2load_version": version,
         "expected_frame_bytes": frame_bytes,
         "runs": runs,
+        "reference_runs": ref_runs,
+        "reference_answer_bytes": ref_bytes,
     }
+
+
+async def _h2load_level(
+    level: str,
+    argv: list[str],
+    token: str,
+    connections: int,
+    streams: int,
+    warmup_requests: int,
+    duration: float,
+    frame_bytes: int,
+    pids: dict[str, int],
+    tmp: str,
+) -> dict[str, object]:
+    try:
+        run = await run_h2load(
+            argv,
+            token,
+            connections=connections,
+            streams=streams,
+            warmup_requests=warmup_requests,
+            duration=duration,
+            frame_bytes=frame_bytes,
+            pids=pids,
+            workdir=Path(tmp),
+        )
+    except Exception as exc:  # noqa: BLE001 - recorded; the next level still runs
+        error = f"{type(exc).__name__}: {exc}"
+        print(f"  ListProjects {level}: FAILED: {error}", flush=True)
+        return {
+            "load_generator": "h2load",
+            "concurrency": connections * streams,
+            "connections": connections,
+            "streams_per_connection": streams,
+            "error": error,
+        }
+    print(
+        f"  ListProjects {level}, n={run['requests']}: "
+        f"{run['rpc_per_s']} RPC/s, p50 {run['p50_ms']} ms, "
+        f"p99 {run['p99_ms']} ms, errors {run['errors']}, cpu {run['cpu_cores_used']}",
+        flush=True,
+    )
+    if "error" in run:
+        print(f"  ListProjects {level}: FAILED: {run['error']}", flush=True)
+    return run
 
 
 async def _h2load_version(executable: str) -> str:

@@ -67,7 +67,10 @@ class ApiClient(FractalClient):
         resp = await self.tasks.CreateTask(req, metadata=self.md)
         return int(resp.task.id)
 
-    async def new_workflow(self, project_id: int, task_id: int, meta: Mapping[str, Any]) -> int:
+    async def new_workflow(
+        self, project_id: int, task_id: int, meta: Mapping[str, Any], tasks: int = 1
+    ) -> int:
+        """A workflow of ``tasks`` workflow tasks, each the task ``task_id``."""
         wf = await self.workflows.CreateWorkflow(
             workflow_service_pb2.CreateWorkflowRequest(
                 project_id=project_id, name=f"wf-{secrets.token_hex(3)}"
@@ -75,15 +78,16 @@ class ApiClient(FractalClient):
             metadata=self.md,
         )
         workflow_id = int(wf.workflow.id)
-        await self.workflows.CreateWorkflowTask(
-            workflow_service_pb2.CreateWorkflowTaskRequest(
-                project_id=project_id,
-                workflow_id=workflow_id,
-                task_id=task_id,
-                meta_parallel=to_struct(meta),
-            ),
-            metadata=self.md,
-        )
+        for _ in range(tasks):
+            await self.workflows.CreateWorkflowTask(
+                workflow_service_pb2.CreateWorkflowTaskRequest(
+                    project_id=project_id,
+                    workflow_id=workflow_id,
+                    task_id=task_id,
+                    meta_parallel=to_struct(meta),
+                ),
+                metadata=self.md,
+            )
         return workflow_id
 
     async def submit_and_wait(
@@ -125,26 +129,66 @@ def to_struct(value: Mapping[str, Any]) -> struct_pb2.Struct:
 #   acquisition = i % 4              (int)
 # and one type, "3D" = (i // 4) % 2 == 0. QUERY_FILTERS (acquisition == 1 and 3D) matches
 # exactly one image in eight, spread evenly over the list.
+#
+# Every benchmark image and filter is made here, first as plain JSON (what the reference's REST
+# API takes), then turned into our protos by ``to_proto_image`` / ``to_proto_filters``: the only
+# two functions that know how an attribute value is written in our protos.
 
 ROWS = "ABCDEFGHIJKLMNOP"
 WELLS = [f"{row}{col:02d}" for row in ROWS for col in range(1, 25)]
-QUERY_FILTERS = image_pb2.Filters(
-    attributes={"acquisition": struct_pb2.Value(number_value=1)}, types={"3D": True}
-)
+QUERY_FILTERS_JSON: dict[str, dict[str, Any]] = {
+    "attributes": {"acquisition": 1},
+    "types": {"3D": True},
+}
 QUERY_SELECTIVITY = 1 / 8
 
 
+def image_record(zarr_dir: str, i: int) -> dict[str, Any]:
+    """Image ``i`` of a benchmark dataset, as JSON: zarr_url, attributes, types."""
+    well = WELLS[(i // 8) % len(WELLS)]
+    plate = f"plate_{i // 100_000:02d}.zarr"
+    return {
+        "zarr_url": f"{zarr_dir}/{plate}/{well[0]}/{well[1:]}/{i}",
+        "attributes": {"plate": plate, "well": well, "acquisition": i % 4},
+        "types": {"3D": (i // 4) % 2 == 0},
+    }
+
+
+def image_records(zarr_dir: str, start: int, count: int) -> list[dict[str, Any]]:
+    return [image_record(zarr_dir, i) for i in range(start, start + count)]
+
+
+def _set_attribute(target: struct_pb2.Value, value: Any) -> None:
+    """One attribute value in the proto form (google.protobuf.Value: a number is a double)."""
+    if isinstance(value, bool):
+        target.bool_value = value
+    elif isinstance(value, int | float):
+        target.number_value = value
+    else:
+        target.string_value = str(value)
+
+
+def to_proto_image(record: Mapping[str, Any]) -> image_pb2.Image:
+    image = image_pb2.Image(zarr_url=record["zarr_url"])
+    attributes = image.attributes
+    for key, value in record["attributes"].items():
+        _set_attribute(attributes[key], value)
+    for key, flag in record["types"].items():
+        image.types[key] = flag
+    return image
+
+
+def to_proto_filters(filters: Mapping[str, Any]) -> image_pb2.Filters:
+    proto = image_pb2.Filters()
+    for key, value in filters.get("attributes", {}).items():
+        _set_attribute(proto.attributes[key], value)
+    for key, flag in filters.get("types", {}).items():
+        proto.types[key] = flag
+    return proto
+
+
+QUERY_FILTERS = to_proto_filters(QUERY_FILTERS_JSON)
+
+
 def make_images(zarr_dir: str, start: int, count: int) -> list[image_pb2.Image]:
-    images: list[image_pb2.Image] = []
-    append = images.append
-    for i in range(start, start + count):
-        well = WELLS[(i // 8) % len(WELLS)]
-        plate = f"plate_{i // 100_000:02d}.zarr"
-        image = image_pb2.Image(zarr_url=f"{zarr_dir}/{plate}/{well[0]}/{well[1:]}/{i}")
-        attributes = image.attributes
-        attributes["plate"].string_value = plate
-        attributes["well"].string_value = well
-        attributes["acquisition"].number_value = i % 4
-        image.types["3D"] = (i // 4) % 2 == 0
-        append(image)
-    return images
+    return [to_proto_image(image_record(zarr_dir, i)) for i in range(start, start + count)]

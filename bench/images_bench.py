@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import grpc.aio
 
-from bench.client import ApiClient, make_images
+from bench.client import ApiClient, image_records, make_images
+from bench.reference import RefClient
 from bench.stats import CpuMeter
 
 
@@ -171,3 +172,40 @@ def large_result(data: LargeDataset, batch: int, wall: float) -> dict[str, objec
         "calls": len(data.batch_seconds),
         "notes": data.notes,
     }
+
+
+def bench_single_reference(
+    client: RefClient, zarr_root: str, *, total: int, block: int
+) -> dict[str, object]:
+    """The reference's POST …/images/ one image per call: the first ``block`` images of an
+    empty dataset, then the last ``block`` of ``total`` (the dataset filled up to
+    ``total - block`` first by one import, not timed). Same images as ours."""
+    project_id = client.new_project("bench-images-single")
+    zarr_dir = f"{zarr_root}/ref-single"
+    first_dataset = client.new_dataset(project_id, zarr_dir)
+    blocks: list[dict[str, object]] = []
+
+    def timed(dataset_id: int, start: int) -> None:
+        records = image_records(zarr_dir, start, block)
+        t0 = time.perf_counter()
+        for record in records:
+            client.add_image(project_id, dataset_id, record)
+        seconds = time.perf_counter() - t0
+        blocks.append(
+            {
+                "from": start,
+                "to": start + block,
+                "seconds": round(seconds, 3),
+                "images_per_s": round(block / seconds, 1),
+            }
+        )
+        print(
+            f"  reference POST images/ one per call, {start}-{start + block}: "
+            f"{block / seconds:.0f}/s",
+            flush=True,
+        )
+
+    timed(first_dataset, 0)
+    filled = client.import_dataset(project_id, zarr_dir, image_records(zarr_dir, 0, total - block))
+    timed(filled, total - block)
+    return {"total": total, "block": block, "blocks": blocks}

@@ -6,6 +6,12 @@ gets a fresh dataset (its images added before the clock starts). The direct laun
 runner's local executor does per call, with the same concurrency: write the args JSON, open the
 log file, start ``python trivial_task.py --args-json … --out-json …`` in its own session with
 stdout/stderr to the log, wait, read the (absent) output; a sliding window of ``concurrency``.
+
+With a reference (fractal-server 2.3.11, bench/reference.py), every job is run on both systems
+with the same task command, the same images and the same ``parallel_tasks_per_job``, taking
+turns (bench/interleave.py). The reference has no change stream: its job is polled every
+``REF_POLL`` seconds, so its client-side time is late by half of that on average; the
+server-side times (end − start as each system records them) have no such delay.
 """
 
 from __future__ import annotations
@@ -20,9 +26,14 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from bench.client import ApiClient, make_images
+from bench.client import ApiClient, image_records, make_images
+from bench.interleave import median, ratio, turn_order
+from bench.reference import RefClient, server_seconds
 from bench.stats import CpuMeter, summary_ms
 from fractal.v2 import job_pb2
 from fractal_runner.taskproc.local_executor import use_pidfd_child_watcher
@@ -40,17 +51,33 @@ class JobFailed(RuntimeError):
 
 
 async def setup_workflow(
-    client: ApiClient, project_id: int, concurrency: int, command: str = TASK_COMMAND
+    client: ApiClient,
+    project_id: int,
+    concurrency: int,
+    command: str = TASK_COMMAND,
+    tasks: int = 1,
 ) -> int:
     meta = {"parallel_tasks_per_job": concurrency}
     task_id = await client.new_parallel_task(command, meta)
-    return await client.new_workflow(project_id, task_id, meta)
+    return await client.new_workflow(project_id, task_id, meta, tasks)
+
+
+# A workflow to run: (task command, number of workflow tasks, each that task).
+Shape = tuple[str, int]
 
 
 async def run_job(
     client: ApiClient, project_id: int, workflow_id: int, zarr_root: str, images: int
 ) -> float:
     """Seconds from submit to DONE for a job over a fresh dataset of ``images`` images."""
+    seconds, _ = await run_job_timed(client, project_id, workflow_id, zarr_root, images)
+    return seconds
+
+
+async def run_job_timed(
+    client: ApiClient, project_id: int, workflow_id: int, zarr_root: str, images: int
+) -> tuple[float, float | None]:
+    """(client seconds from submit to DONE, server seconds end − start of the job)."""
     zarr_dir = f"{zarr_root}/job-{time.monotonic_ns()}"
     dataset_id = await client.new_dataset(project_id, zarr_dir)
     await client.add_images(project_id, dataset_id, make_images(zarr_dir, 0, images))
@@ -61,7 +88,55 @@ async def run_job(
     seconds = time.perf_counter() - t0
     if job.status != job_pb2.JOB_STATUS_DONE:
         raise JobFailed(f"job {job.id} ended {job_pb2.JobStatus.Name(job.status)}:\n{job.log}")
-    return seconds
+    server: float | None = None
+    if job.HasField("start_time") and job.HasField("end_time"):
+        server = (job.end_time.ToDatetime() - job.start_time.ToDatetime()).total_seconds()
+    return seconds, server
+
+
+# Seconds between two GETs of a reference job while waiting for it to end.
+REF_POLL = 0.02
+
+
+@dataclass
+class RefJobs:
+    """Jobs on fractal-server: one task and workflow per command, a fresh dataset per job."""
+
+    client: RefClient
+    project_id: int
+    zarr_root: str
+    # None: no parallel_tasks_per_job at all (the reference then runs every call of the task
+    # on its thread pool, Python's default size: cores + 4)
+    concurrency: int | None
+    workflows: dict[Shape, int] = field(default_factory=dict)
+
+    def workflow(self, shape: Shape) -> int:
+        if shape not in self.workflows:
+            command, tasks = shape
+            meta = {} if self.concurrency is None else {"parallel_tasks_per_job": self.concurrency}
+            task_id = self.client.new_parallel_task(command, meta)
+            self.workflows[shape] = self.client.new_workflow(self.project_id, task_id, meta, tasks)
+        return self.workflows[shape]
+
+    async def run(self, images: int, shape: Shape) -> tuple[float, float | None]:
+        workflow_id = self.workflow(shape)
+        zarr_dir = f"{self.zarr_root}/ref-job-{time.monotonic_ns()}"
+        dataset_id = self.client.import_dataset(
+            self.project_id, zarr_dir, image_records(zarr_dir, 0, images)
+        )
+        t0 = time.perf_counter()
+        job = await asyncio.to_thread(
+            self.client.submit_and_wait,
+            self.project_id,
+            workflow_id,
+            dataset_id,
+            REF_POLL,
+            max(120.0, images * 0.5 * shape[1]),
+        )
+        seconds = time.perf_counter() - t0
+        if job["status"] != "done":
+            raise JobFailed(f"reference job {job['id']} ended {job['status']}:\n{job['log']}")
+        return seconds, server_seconds(job)
 
 
 def _fresh_dir(path: Path) -> None:
@@ -140,6 +215,81 @@ async def direct_launch(
     return seconds
 
 
+Side = Callable[[int, Shape], Awaitable[tuple[float, float | None]]]
+
+
+async def _rounds(
+    sides: dict[str, Side], images: int, runs: int, shape: Shape, pids: dict[str, int]
+) -> dict[str, list[dict[str, Any]]]:
+    """``runs`` rounds; in each, every side runs once, in turns (bench/interleave.py)."""
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+    for index in range(runs):
+        for name in turn_order(list(sides), index):
+            meter = CpuMeter(pids)
+            meter.start()
+            seconds, server = await sides[name](images, shape)
+            cpu = meter.stop()
+            out[name].append(
+                {
+                    "seconds": round(seconds, 3),
+                    "server_seconds": None if server is None else round(server, 3),
+                    "turn": index,
+                    "cpu_cores_used": cpu,
+                }
+            )
+    return out
+
+
+def _side_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    client = [r["seconds"] for r in runs]
+    server = [r["server_seconds"] for r in runs if r["server_seconds"] is not None]
+    med = median(client)
+    return {
+        "runs": runs,
+        "median_seconds": None if med is None else round(med, 3),
+        "server_median_seconds": None if not server else round(statistics.median(server), 3),
+    }
+
+
+def _summarise(
+    images: int, shape: Shape, rounds: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    sides = {name: _side_summary(runs) for name, runs in rounds.items()}
+    ours, ref, direct = sides.get("ours"), sides.get("reference"), sides.get("direct")
+    result: dict[str, Any] = {
+        "images": images,
+        "command": shape[0],
+        "workflow_tasks": shape[1],
+        **sides,
+    }
+    if ref is not None and ours is not None:
+        result["reference_over_ours"] = ratio(ref["median_seconds"], ours["median_seconds"])
+        result["reference_over_ours_server"] = ratio(
+            ref["server_median_seconds"], ours["server_median_seconds"]
+        )
+    if direct is not None:
+        for name in ("ours", "reference"):
+            if name in sides:
+                result[f"{name}_over_direct"] = ratio(
+                    sides[name]["median_seconds"], direct["median_seconds"]
+                )
+    return result
+
+
+def _say(label: str, summary: dict[str, Any]) -> None:
+    parts = []
+    for name in ("ours", "reference", "direct"):
+        if name in summary:
+            side = summary[name]
+            server = side["server_median_seconds"]
+            parts.append(
+                f"{name} {side['median_seconds']:.3f} s"
+                + (f" (server {server:.3f} s)" if server is not None else "")
+            )
+    ratios = {k: v for k, v in summary.items() if "_over_" in k}
+    print(f"  {label}: " + ", ".join(parts) + f" {ratios}", flush=True)
+
+
 async def bench_jobs(
     client: ApiClient,
     project_id: int,
@@ -152,132 +302,104 @@ async def bench_jobs(
     large: tuple[int, int],
     lean_runs: int,
     pids: dict[str, int],
+    reference: RefJobs | None = None,
+    reference_problem: str | None = None,
 ) -> dict[str, object]:
-    """``medium`` / ``large``: (images, runs). Each large run is a job followed at once by the
-    direct launch of the same number of task processes; then ``lean_runs`` such pairs with the
-    task on an interpreter started with -S."""
-    workflow_id = await setup_workflow(client, project_id, concurrency)
-    await run_job(client, project_id, workflow_id, zarr_root, 1)  # warm-up, not counted
+    """``medium`` / ``large``: (images, runs). Every size is run on ours and, when given, on
+    the reference, taking turns; the large size also against the direct launch of the same
+    task processes (three sides taking turns), then ``lean_runs`` such rounds with the task on
+    an interpreter started with -S."""
+    workflows: dict[Shape, int] = {}
 
-    single = [
-        await run_job(client, project_id, workflow_id, zarr_root, 1) for _ in range(single_runs)
-    ]
-    single_direct = [await direct_launch(1, 1, workdir) for _ in range(single_runs)]
-    print(
-        f"  job over 1 image: p50 {statistics.median(single):.3f} s over {single_runs} runs "
-        f"(one direct task process: {statistics.median(single_direct):.3f} s)",
-        flush=True,
+    async def ours(images: int, shape: Shape) -> tuple[float, float | None]:
+        if shape not in workflows:
+            command, tasks = shape
+            workflows[shape] = await setup_workflow(client, project_id, concurrency, command, tasks)
+        return await run_job_timed(client, project_id, workflows[shape], zarr_root, images)
+
+    async def direct(images: int, shape: Shape) -> tuple[float, float | None]:
+        command, tasks = shape
+        seconds = 0.0
+        for _ in range(tasks):
+            seconds += await direct_launch(images, concurrency, workdir, command)
+        return seconds, None
+
+    sides: dict[str, Side] = {"ours": ours}
+    if reference is not None:
+        sides["reference"] = reference.run
+    # Warm-up, not counted: the first job of each system pays for imports and caches.
+    for side in sides.values():
+        await side(1, (TASK_COMMAND, 1))
+
+    single = _summarise(
+        1, (TASK_COMMAND, 1), await _rounds(sides, 1, single_runs, (TASK_COMMAND, 1), pids)
     )
+    single_direct = [await direct_launch(1, 1, workdir) for _ in range(single_runs)]
+    single["direct_one_process"] = summary_ms(single_direct)
+    _say("job over 1 image", single)
 
     medium_images, medium_runs = medium
-    medium_times = [
-        await run_job(client, project_id, workflow_id, zarr_root, medium_images)
-        for _ in range(medium_runs)
-    ]
-    print(f"  job over {medium_images} images: {[round(t, 2) for t in medium_times]} s")
-
-    large_images, large_runs = large
-    large_result = await _job_vs_direct(
-        client,
-        project_id,
-        workflow_id,
-        zarr_root,
-        workdir,
-        large_images,
-        large_runs,
-        concurrency,
-        TASK_COMMAND,
-        pids,
+    medium_result = _summarise(
+        medium_images,
+        (TASK_COMMAND, 1),
+        await _rounds(sides, medium_images, medium_runs, (TASK_COMMAND, 1), pids),
     )
-    lean_result: dict[str, object] | None = None
-    if lean_runs:
-        lean_workflow = await setup_workflow(client, project_id, concurrency, LEAN_TASK_COMMAND)
-        lean_result = await _job_vs_direct(
-            client,
-            project_id,
-            lean_workflow,
-            zarr_root,
-            workdir,
-            large_images,
-            lean_runs,
-            concurrency,
-            LEAN_TASK_COMMAND,
-            pids,
+    _say(f"job over {medium_images} images", medium_result)
+    three = _summarise(
+        medium_images,
+        (TASK_COMMAND, 3),
+        await _rounds(sides, medium_images, medium_runs, (TASK_COMMAND, 3), pids),
+    )
+    _say(f"job over {medium_images} images, 3-task workflow", three)
+    default_pool: dict[str, Any] | None = None
+    if reference is not None:
+        # The same size with the reference's own default concurrency (no chunks), to show
+        # how much of the difference is its chunked execution.
+        unchunked = RefJobs(reference.client, reference.project_id, reference.zarr_root, None)
+        await unchunked.run(1, (TASK_COMMAND, 1))  # warm-up of its workflow
+        default_pool = _summarise(
+            medium_images,
+            (TASK_COMMAND, 1),
+            await _rounds(
+                {"ours": ours, "reference": unchunked.run},
+                medium_images,
+                medium_runs,
+                (TASK_COMMAND, 1),
+                pids,
+            ),
         )
+        _say(
+            f"job over {medium_images} images, reference without parallel_tasks_per_job",
+            default_pool,
+        )
+
+    with_direct: dict[str, Side] = {**sides, "direct": direct}
+    large_images, large_runs = large
+    large_result = _summarise(
+        large_images,
+        (TASK_COMMAND, 1),
+        await _rounds(with_direct, large_images, large_runs, (TASK_COMMAND, 1), pids),
+    )
+    _say(f"job over {large_images} images", large_result)
+    lean_result: dict[str, Any] | None = None
+    if lean_runs:
+        # Ours against the direct launch only: this row is about the runner's own cost.
+        lean_sides: dict[str, Side] = {"ours": ours, "direct": direct}
+        lean_result = _summarise(
+            large_images,
+            (LEAN_TASK_COMMAND, 1),
+            await _rounds(lean_sides, large_images, lean_runs, (LEAN_TASK_COMMAND, 1), pids),
+        )
+        _say(f"job over {large_images} images (python -S)", lean_result)
     return {
         "task": "bench/trivial_task.py (parallel, reads its args, writes no output)",
         "parallel_tasks_per_job": concurrency,
-        "single_image": {
-            **summary_ms(single),
-            "direct_one_process": summary_ms(single_direct),
-        },
-        "medium": {
-            "images": medium_images,
-            "seconds": [round(t, 3) for t in medium_times],
-            "median_seconds": round(statistics.median(medium_times), 3),
-        },
+        "reference": "fractal-server 2.3.11" if reference is not None else reference_problem,
+        "reference_poll_seconds": REF_POLL if reference is not None else None,
+        "single_image": single,
+        "medium": medium_result,
+        "medium_three_tasks": three,
+        "medium_reference_default_pool": default_pool,
         "large": large_result,
         "large_lean": lean_result,
-    }
-
-
-async def _job_vs_direct(
-    client: ApiClient,
-    project_id: int,
-    workflow_id: int,
-    zarr_root: str,
-    workdir: Path,
-    images: int,
-    runs: int,
-    concurrency: int,
-    command: str,
-    pids: dict[str, int],
-) -> dict[str, object]:
-    """``runs`` pairs: a job over ``images`` images and, right before or after it, the same
-    task processes launched directly. The order alternates (job first, then direct first, …),
-    so that whatever the first of two back-to-back runs pays (or the second) is shared."""
-    pairs: list[dict[str, object]] = []
-    job_times: list[float] = []
-    direct_times: list[float] = []
-    for index in range(runs):
-        meter = CpuMeter(pids)
-        job_first = index % 2 == 0
-        if not job_first:
-            meter.start()
-            direct_seconds = await direct_launch(images, concurrency, workdir, command)
-            direct_cpu = meter.stop()
-        meter.start()
-        job_seconds = await run_job(client, project_id, workflow_id, zarr_root, images)
-        job_cpu = meter.stop()
-        if job_first:
-            meter.start()
-            direct_seconds = await direct_launch(images, concurrency, workdir, command)
-            direct_cpu = meter.stop()
-        job_times.append(job_seconds)
-        direct_times.append(direct_seconds)
-        pairs.append(
-            {
-                "job_seconds": round(job_seconds, 3),
-                "direct_seconds": round(direct_seconds, 3),
-                "ratio": round(job_seconds / direct_seconds, 3),
-                "first": "job" if job_first else "direct",
-                "job_cpu_cores_used": job_cpu,
-                "direct_cpu_cores_used": direct_cpu,
-            }
-        )
-        print(
-            f"  job over {images} images{' (python -S)' if ' -S ' in command else ''}: "
-            f"{job_seconds:.2f} s; "
-            f"launched directly: {direct_seconds:.2f} s (ratio {job_seconds / direct_seconds:.3f}, "
-            f"{'job' if job_first else 'direct'} first)",
-            flush=True,
-        )
-    job_med, direct_med = statistics.median(job_times), statistics.median(direct_times)
-    return {
-        "images": images,
-        "command": command,
-        "runs": pairs,
-        "job_median_seconds": round(job_med, 3),
-        "direct_median_seconds": round(direct_med, 3),
-        "ratio_of_medians": round(job_med / direct_med, 3),
     }

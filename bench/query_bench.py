@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import time
 
-from bench.client import QUERY_FILTERS, QUERY_SELECTIVITY, ApiClient
-from bench.stats import summary_ms
+from bench.client import QUERY_FILTERS, QUERY_FILTERS_JSON, QUERY_SELECTIVITY, ApiClient
+from bench.interleave import ratio, turn_order
+from bench.reference import RefClient
+from bench.stats import percentile, summary_ms
 from fractal.v2 import image_service_pb2
 
 PAGE_SIZE = 100
@@ -97,3 +99,60 @@ async def bench_query(
         "first_page": first_summary,
         "later_page": {**later_summary, "page_index": page},
     }
+
+
+async def bench_query_pair(
+    client: ApiClient,
+    ours: tuple[int, int],
+    reference: RefClient,
+    ref_ids: tuple[int, int],
+    size: int,
+    *,
+    calls: int,
+    rounds: int = 4,
+) -> dict[str, object]:
+    """The same filter, first page and middle page (pages of 100), on ours and on the
+    reference (its ``page`` numbers), ``rounds`` turns of ``calls // rounds`` calls a side."""
+    total = round(size * QUERY_SELECTIVITY)
+    page = middle_page(total)
+    token = await _page_token(client, *ours, page)
+    our_requests = {"first_page": _request(*ours), "later_page": _request(*ours, token)}
+    ref_pages = {"first_page": 1, "later_page": page + 1}
+    per_turn = max(1, calls // rounds)
+    latencies: dict[str, dict[str, list[float]]] = {
+        side: {"first_page": [], "later_page": []} for side in ("ours", "reference")
+    }
+    for which in ("first_page", "later_page"):
+        # warm-up, not counted
+        await client.images.QueryImages(our_requests[which], metadata=client.md)
+        answer = reference.query_images(*ref_ids, QUERY_FILTERS_JSON, ref_pages[which], PAGE_SIZE)
+        if answer["total_count"] != total:
+            raise RuntimeError(f"reference total_count {answer['total_count']}, expected {total}")
+        for index in range(rounds):
+            for side in turn_order(["ours", "reference"], index):
+                for _ in range(per_turn):
+                    t0 = time.perf_counter()
+                    if side == "ours":
+                        await client.images.QueryImages(our_requests[which], metadata=client.md)
+                    else:
+                        reference.query_images(
+                            *ref_ids, QUERY_FILTERS_JSON, ref_pages[which], PAGE_SIZE
+                        )
+                    latencies[side][which].append(time.perf_counter() - t0)
+    result: dict[str, object] = {"images": size, "matching": total, "page_index": page}
+    for side, series in latencies.items():
+        result[side] = {which: summary_ms(values) for which, values in series.items()}
+    for which in ("first_page", "later_page"):
+        result[f"reference_over_ours_{which}"] = ratio(
+            percentile(latencies["reference"][which], 50), percentile(latencies["ours"][which], 50)
+        )
+    print(
+        f"  QueryImages {size} images, ours vs reference (p50 ms): "
+        + ", ".join(
+            f"{which} {percentile(latencies['ours'][which], 50) * 1000:.1f} / "
+            f"{percentile(latencies['reference'][which], 50) * 1000:.1f}"
+            for which in ("first_page", "later_page")
+        ),
+        flush=True,
+    )
+    return result

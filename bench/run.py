@@ -31,18 +31,24 @@ import grpc.aio
 from bench import (
     api_bench,
     concurrency_bench,
+    export_bench,
     images_bench,
     jobs_bench,
+    lists_bench,
     query_bench,
     slurm_bench,
 )
-from bench.client import ApiClient, make_images
+from bench.client import ApiClient, image_records, make_images
+from bench.reference import VERSION as REFERENCE_VERSION
+from bench.reference import RefClient, ReferenceUnavailable, RefError
 from bench.report import format_table, rows_as_dicts, summary_rows
 from bench.stack import ADMIN_EMAIL, ADMIN_PASSWORD, BenchStack
 from bench.stats import machine_info
 from fractal_grpc.client import open_channel
 
-SECTIONS = ("api", "images", "query", "jobs", "delay", "slurm")
+# The reference adds 3–20 images/s one by one on a loaded machine: its blocks are this long.
+REF_SINGLE_BLOCK = 200
+SECTIONS = ("api", "images", "query", "jobs", "lists", "export", "delay", "slurm")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -75,6 +81,15 @@ class Config:
     job_medium: tuple[int, int]  # (images, runs)
     job_large: tuple[int, int]  # (images, runs); each run is followed by the direct launch
     job_lean_runs: int  # the large pair again, the task's interpreter started with -S
+    # lists: rows of each kind per user, and turns (a pass through our pages + one reference
+    # GET) at each size, at most list_budget seconds per kind and size
+    list_sizes: tuple[int, ...]
+    list_rounds: tuple[int, ...]
+    list_budget: float
+    # export: runs over the large dataset (ours), then a dataset of this size on both, turns
+    export_runs: int
+    export_compare_images: int
+    export_compare_runs: int
 
 
 FULL = Config(
@@ -99,6 +114,12 @@ FULL = Config(
     job_medium=(100, 3),
     job_large=(1_000, 2),
     job_lean_runs=2,
+    list_sizes=(1_000, 10_000),
+    list_rounds=(10, 3),
+    list_budget=60.0,
+    export_runs=2,
+    export_compare_images=100_000,
+    export_compare_runs=3,
 )
 
 QUICK = Config(
@@ -123,25 +144,56 @@ QUICK = Config(
     job_medium=(100, 1),
     job_large=(200, 1),
     job_lean_runs=1,
+    list_sizes=(1_000, 10_000),
+    list_rounds=(3, 1),
+    list_budget=20.0,
+    export_runs=1,
+    export_compare_images=100_000,
+    export_compare_runs=1,
 )
 
 
 class Runner:
     """Runs the selected sections against one stack, recording into ``self.sections``."""
 
-    def __init__(self, stack: BenchStack, config: Config, selected: list[str]) -> None:
+    def __init__(
+        self, stack: BenchStack, config: Config, selected: list[str], reference: bool = True
+    ) -> None:
         self.stack = stack
         self.config = config
         self.selected = selected
         self.sections: dict[str, Any] = {}
         self.zarr_root = str(stack.state_dir / "zarr")
         self.large: images_bench.LargeDataset | None = None
+        self.with_reference = reference
+        # fractal-server 2.3.11: its admin and a verified user, or why it is not there.
+        self.ref_admin: RefClient | None = None
+        self.ref_user: RefClient | None = None
+        self.reference_problem: str | None = None if reference else "not run (--no-reference)"
 
     def pids(self) -> dict[str, int]:
-        return {n: p for n in ("api", "runner") if (p := self.stack.pid(n)) is not None}
+        names = ("api", "runner", "reference")
+        return {n: p for n in names if (p := self.stack.pid(n)) is not None}
+
+    async def _start_reference(self) -> None:
+        print(f"[reference] fractal-server {REFERENCE_VERSION}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            server = await asyncio.to_thread(self.stack.start_reference)
+            self.ref_admin = RefClient.login(server.address, ADMIN_EMAIL, ADMIN_PASSWORD)
+            self.ref_user = self.ref_admin.new_user()
+        except (ReferenceUnavailable, RefError, OSError) as exc:
+            self.reference_problem = f"fractal-server {REFERENCE_VERSION} did not run here: {exc}"
+            print(f"  {self.reference_problem}", file=sys.stderr, flush=True)
+            if self.stack.reference is not None:
+                print(self.stack.reference.log_tail(), file=sys.stderr)
+            return
+        print(f"  up at {server.address} in {time.perf_counter() - t0:.1f} s", flush=True)
 
     async def run(self) -> None:
         address = self.stack.start_api()
+        if self.with_reference:
+            await self._start_reference()
         async with open_channel(address) as channel:
             admin = await ApiClient.login(channel, ADMIN_EMAIL, ADMIN_PASSWORD)
             user = await admin.new_user()
@@ -150,6 +202,8 @@ class Runner:
                 "images": lambda: self.images(user),
                 "query": lambda: self.query(user),
                 "jobs": lambda: self.jobs(user),
+                "lists": lambda: self.lists(user),
+                "export": lambda: self.export(user),
                 "delay": lambda: concurrency_bench.bench_delay(
                     address, user, self.zarr_root, images=100_000, baseline_seconds=3.0
                 ),
@@ -208,9 +262,19 @@ class Runner:
                 warmup_requests=c.h2load_warmup_requests,
                 duration=c.h2load_duration,
                 pids=self.pids(),
+                reference=self._ref_list_projects_user(),
             ),
         )
         return out
+
+    def _ref_list_projects_user(self) -> tuple[str, RefClient] | None:
+        """A reference user who is a member of as many projects as ours, and its address."""
+        if self.ref_admin is None or self.stack.reference is None:
+            return None
+        ref_user = self.ref_admin.new_user()
+        for i in range(api_bench.PROJECTS_PER_USER):
+            ref_user.new_project(f"bench-project-{i}")
+        return self.stack.reference.address, ref_user
 
     async def _large(self, user: ApiClient, project_id: int) -> dict[str, Any]:
         c = self.config
@@ -241,6 +305,18 @@ class Runner:
                 full=c.single_all,
             ),
         )
+        if self.ref_user is not None:
+            await self._part(
+                out,
+                "single_reference",
+                asyncio.to_thread(
+                    images_bench.bench_single_reference,
+                    self.ref_user,
+                    self.zarr_root,
+                    total=c.single_total,
+                    block=min(c.single_block, REF_SINGLE_BLOCK),
+                ),
+            )
         await self._part(out, "large", self._large(user, project_id))
         return out
 
@@ -273,6 +349,26 @@ class Runner:
         print("  ANALYZE api.images, then again:", flush=True)
         await self.stack.analyze_images()
         out["sizes_analyzed"] = await measure_all()
+        if self.ref_user is not None:
+            print("  against the reference, taking turns:", flush=True)
+            ref = self.ref_user
+            ref_project = ref.new_project("bench-query")
+            pairs = []
+            for p, d, n in targets:
+                if n > max(c.query_sizes):
+                    continue  # the 1,000,000-image dataset: ours only
+                zarr_dir = f"{self.zarr_root}/query-{n}"
+                ref_dataset = ref.import_dataset(
+                    ref_project, zarr_dir, image_records(zarr_dir, 0, n)
+                )
+                pairs.append(
+                    await query_bench.bench_query_pair(
+                        user, (p, d), ref, (ref_project, ref_dataset), n, calls=c.query_calls
+                    )
+                )
+            out["reference"] = pairs
+        else:
+            out["reference"] = self.reference_problem
         return out
 
     async def jobs(self, user: ApiClient) -> dict[str, Any]:
@@ -281,6 +377,14 @@ class Runner:
         settle_seconds = await self.stack.settle_database()
         await asyncio.to_thread(self.stack.start_runner)
         project_id = await user.new_project("bench-jobs")
+        reference = None
+        if self.ref_user is not None:
+            reference = jobs_bench.RefJobs(
+                self.ref_user,
+                self.ref_user.new_project("bench-jobs"),
+                self.zarr_root,
+                c.job_concurrency,
+            )
         result = await jobs_bench.bench_jobs(
             user,
             project_id,
@@ -292,8 +396,51 @@ class Runner:
             large=c.job_large,
             lean_runs=c.job_lean_runs,
             pids=self.pids(),
+            reference=reference,
+            reference_problem=self.reference_problem,
         )
         return {**result, "vacuum_before_seconds": round(settle_seconds, 1)}
+
+    async def lists(self, user: ApiClient) -> dict[str, Any]:
+        c = self.config
+        await asyncio.to_thread(self.stack.start_runner)
+        ours = await lists_bench.seed_ours(user, self.stack.plain_database_url, self.zarr_root)
+        reference = None
+        if self.ref_user is not None and self.stack.reference is not None:
+            seed = await lists_bench.seed_reference(
+                self.ref_user, self.stack.reference.db_url(), self.zarr_root
+            )
+            reference = (self.ref_user, seed)
+        result = await lists_bench.bench_lists(
+            user,
+            ours,
+            reference,
+            sizes=c.list_sizes,
+            rounds=dict(zip(c.list_sizes, c.list_rounds, strict=True)),
+            budget=c.list_budget,
+        )
+        return {**result, "reference": None if reference else self.reference_problem}
+
+    async def export(self, user: ApiClient) -> dict[str, Any]:
+        c = self.config
+        out: dict[str, Any] = {"reference": None if self.ref_user else self.reference_problem}
+        if self.large is None:
+            out["large_setup"] = await self._large(
+                user, await user.new_project("bench-export-large")
+            )
+        assert self.large is not None
+        large = (self.large.project_id, self.large.dataset_id, self.large.size)
+        result = await export_bench.bench_export(
+            user,
+            large,
+            self.ref_user,
+            self.zarr_root,
+            large_runs=c.export_runs,
+            compare_images=c.export_compare_images,
+            compare_runs=c.export_compare_runs,
+            pids=self.pids(),
+        )
+        return {**out, **result}
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -353,6 +500,11 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         "--keep-state", action="store_true", help="keep the temporary state directory (logs)"
     )
     parser.add_argument("--no-save", action="store_true", help="print only; write no JSON")
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help=f"do not run fractal-server {REFERENCE_VERSION} beside ours (no reference column)",
+    )
     args = parser.parse_args(argv)
     selected = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(selected) - set(SECTIONS))
@@ -376,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     signal.signal(signal.SIGTERM, _terminate)
     stack = BenchStack(keep_state=args.keep_state)
-    runner = Runner(stack, config, selected)
+    runner = Runner(stack, config, selected, reference=not args.no_reference)
     status = "ok"
     print(
         f"bench ({config.mode}): database {stack.db_name}, NATS prefix {stack.nats_prefix}, "
@@ -399,7 +551,12 @@ def main(argv: list[str] | None = None) -> int:
     if status == "ok" and _has_error(runner.sections):
         status = "some benchmarks failed"
 
-    rows = summary_rows(runner.sections)
+    record["reference"] = {
+        "system": f"fractal-server {REFERENCE_VERSION}",
+        "ran": runner.ref_admin is not None,
+        "problem": runner.reference_problem,
+    }
+    rows = summary_rows(runner.sections, runner.reference_problem)
     record.update(
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
         status=status,
@@ -407,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
         summary=rows_as_dicts(rows),
     )
     print()
+    if runner.reference_problem:
+        print(f"Reference column: {runner.reference_problem}\n")
     print(format_table(rows))
     if not args.no_save:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)

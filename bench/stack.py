@@ -20,6 +20,7 @@ from pathlib import Path
 import asyncpg
 import nats
 
+from bench.reference import ReferenceServer
 from fractal_devstack.cli import ChildService
 from fractal_devstack.embedded import LOOPBACK, find_executable, free_port
 from fractal_devstack.keys import ensure_dev_keys
@@ -70,11 +71,18 @@ class BenchStack:
         self.runner: ChildService | None = None
         self.db_created = False
         self.env: dict[str, str] = {}
+        # fractal-server 2.3.11, started by start_reference(); None when not (yet) started.
+        self.reference: ReferenceServer | None = None
 
     @property
     def database_url(self) -> str:
         base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
         return f"{base}/{self.db_name}"
+
+    @property
+    def plain_database_url(self) -> str:
+        """This run's database, as asyncpg takes it."""
+        return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{self.db_name}"
 
     @property
     def jobs_dir(self) -> Path:
@@ -156,7 +164,17 @@ class BenchStack:
             self.start_api()
             self.runner = self._start("runner", self.runner_address)
 
+    def start_reference(self) -> ReferenceServer:
+        """fractal-server 2.3.11 on its own database (blocking: seconds, minutes when it has
+        to be installed first). Raises ReferenceUnavailable with the reason."""
+        if self.reference is None:
+            self.reference = ReferenceServer(self.state_dir, self.run_id, PG_ADMIN_URL)
+            self.reference.start()
+        return self.reference
+
     def pid(self, name: str) -> int | None:
+        if name == "reference":
+            return self.reference.pid if self.reference is not None else None
         child = self.api if name == "api" else self.runner
         return child.proc.pid if child is not None and child.proc is not None else None
 
@@ -178,6 +196,9 @@ class BenchStack:
                 problems.append(f"stopping {child.name}: {exc}")
         self.children.clear()
         self.api = self.runner = None
+        if self.reference is not None:
+            problems.extend(self.reference.close())
+            self.reference = None
         if self.db_created:
             try:
                 asyncio.run(_admin_exec(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)'))
