@@ -73,11 +73,11 @@ def test_one_image_helper_gives_the_same_image_to_both_systems() -> None:
     }
     proto = to_proto_image(record)
     assert proto.zarr_url == record["zarr_url"]
-    assert proto.attributes["acquisition"].int_value == 1
+    assert proto.attributes["acquisition"].number_value == 1
     assert proto.attributes["well"].string_value == "A02"
     assert dict(proto.types) == {"3D": False}
     filters = to_proto_filters(QUERY_FILTERS_JSON)
-    assert filters.attributes["acquisition"].int_value == 1
+    assert filters.attributes["acquisition"].number_value == 1
     assert dict(filters.types) == {"3D": True}
 
 
