@@ -17,6 +17,7 @@ from fractal.v2 import (
     image_service_pb2_grpc,
     job_service_pb2_grpc,
     project_service_pb2_grpc,
+    task_collection_service_pb2_grpc,
     task_service_pb2_grpc,
     user_pb2,
     user_service_pb2,
@@ -105,6 +106,10 @@ class FractalClient:
     @property
     def jobs(self) -> job_service_pb2_grpc.JobServiceStub:
         return job_service_pb2_grpc.JobServiceStub(self.channel)
+
+    @property
+    def collections(self) -> task_collection_service_pb2_grpc.TaskCollectionServiceStub:
+        return task_collection_service_pb2_grpc.TaskCollectionServiceStub(self.channel)
 
     @property
     def internal(self) -> job_execution_service_pb2_grpc.JobExecutionServiceStub:

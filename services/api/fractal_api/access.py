@@ -62,11 +62,22 @@ _RULES: dict[str, dict[str, Access]] = {
         "WatchJob": Access.USER,
         "DownloadJobFolder": Access.USER,
     },
+    "fractal.v2.TaskCollectionService": {
+        "CollectPip": Access.VERIFIED,
+        "GetCollection": Access.USER,
+        "WatchCollection": Access.USER,
+        "ListCollections": Access.USER,
+    },
     "fractal.internal.v1.JobExecutionService": {
         "GetJobSpec": Access.INTERNAL,
         "StreamTaskInputs": Access.INTERNAL,
         "ApplyTaskResult": Access.INTERNAL,
         "FinishJob": Access.INTERNAL,
+    },
+    "fractal.internal.v1.TaskRegistrationService": {
+        "ClaimCollection": Access.INTERNAL,
+        "ReportCollectionProgress": Access.INTERNAL,
+        "FinishCollection": Access.INTERNAL,
     },
 }
 

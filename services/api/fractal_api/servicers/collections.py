@@ -1,0 +1,146 @@
+"""TaskCollectionService (reference §3.2 "Task collection", §8.2): records a collection and
+sends its command; the collector does the work and reports through TaskRegistrationService."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc.aio
+
+from fractal.events.v1 import collection_events_pb2
+from fractal.v2 import task_collection_pb2
+from fractal.v2 import task_collection_service_pb2 as pb
+from fractal.v2 import task_collection_service_pb2_grpc as rpc
+from fractal_api.context import ApiContext
+from fractal_api.models import TaskCollection
+from fractal_api.store import collections
+from fractal_api.views import collection_view
+from fractal_grpc.auth.principal import current_user
+from fractal_grpc.collection.packages import PackageError, check_request
+from fractal_grpc.db import transaction
+from fractal_grpc.grpckit.errors import FailedPrecondition, NotFound, invalid_field
+from fractal_grpc.pagination import decode_token, page_size, split_page
+
+log = logging.getLogger("fractal.api.collections")
+
+ENDED = (task_collection_pb2.COLLECTION_STATE_OK, task_collection_pb2.COLLECTION_STATE_FAILED)
+# How often WatchCollection re-reads the record without an event (a safety net), and when
+# NATS is unreachable.
+WATCH_RESYNC_SECONDS = 5.0
+WATCH_POLL_SECONDS = 0.5
+
+
+class TaskCollectionServicer(rpc.TaskCollectionServiceServicer):
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    async def CollectPip(
+        self, request: pb.CollectPipRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        settings = self.ctx.settings
+        try:
+            spec = check_request(
+                request.package.strip(),
+                request.package_version if request.HasField("package_version") else None,
+                request.package_extras if request.HasField("package_extras") else None,
+                request.python_version if request.HasField("python_version") else None,
+                dict(request.pinned_package_versions),
+                pythons=settings.tasks_pythons(),
+                default_python=settings.tasks_python_default(),
+            )
+        except PackageError as exc:
+            raise invalid_field(exc.field, exc.message) from None
+        try:
+            async with transaction(self.ctx.sessions) as session:
+                row = await collections.create(
+                    session, self.ctx.subjects, spec, current_user().user_id or 0
+                )
+        except collections.CollectionRace:
+            async with self.ctx.reads() as session:
+                existing = await collections.find_active(session, spec)
+            if existing is None:  # the other one failed meanwhile
+                raise FailedPrecondition(
+                    "another collection of this package was recorded at the same time; retry",
+                    reason="COLLECTION_RACE",
+                ) from None
+            raise collections.already_exists(existing) from None
+        self.ctx.outbox_written()
+        return pb.CollectPipResponse(collection=collection_view(row))
+
+    async def GetCollection(
+        self, request: pb.GetCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async with self.ctx.reads() as session:
+            row = await collections.get(session, request.collection_id)
+        return pb.GetCollectionResponse(collection=collection_view(row, with_log=request.with_log))
+
+    async def ListCollections(
+        self, request: pb.ListCollectionsRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        size = page_size(request.page_size)
+        state = decode_token(request.page_token, "collections", ("before",))
+        async with self.ctx.reads() as session:
+            rows = await collections.list_page(
+                session, before_id=state["before"] if state else None, limit=size + 1
+            )
+        page, token = split_page(rows, size, "collections", lambda c: {"before": c.id})
+        return pb.ListCollectionsResponse(
+            collections=[collection_view(c) for c in page], next_page_token=token
+        )
+
+    async def _load(self, collection_id: int) -> TaskCollection:
+        async with self.ctx.reads() as session:
+            row = await session.get(TaskCollection, collection_id)
+        if row is None:
+            raise NotFound(f"Collection {collection_id} not found")
+        return row
+
+    async def WatchCollection(
+        self, request: pb.WatchCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchCollectionResponse]:
+        async with self.ctx.reads() as session:
+            await collections.get(session, request.collection_id)
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_event(msg: Any) -> None:
+            queue.put_nowait(msg.data)
+
+        # Subscribe before reading, so no change falls in between; events only say that
+        # something changed (the log is read from the record).
+        sub = None
+        resync = WATCH_RESYNC_SECONDS
+        try:
+            assert self.ctx.bus is not None
+            sub = await self.ctx.bus.nc.subscribe(
+                self.ctx.subjects.collection_event(request.collection_id), cb=on_event
+            )
+        except Exception:  # noqa: BLE001 - degrade to polling
+            log.warning("WatchCollection without NATS events; polling %s", request.collection_id)
+            resync = WATCH_POLL_SECONDS
+        try:
+            sent_version, sent_log = 0, 0
+            while True:
+                row = await self._load(request.collection_id)
+                if row.version > sent_version:
+                    sent_version = row.version
+                    new_log = row.log[sent_log:]
+                    sent_log = len(row.log)
+                    view = collection_view(row)
+                    yield pb.WatchCollectionResponse(collection=view, new_log=new_log)
+                    if view.state in ENDED:
+                        return
+                try:
+                    data = await asyncio.wait_for(queue.get(), resync)
+                    collection_events_pb2.CollectionChanged.FromString(data)
+                    while not queue.empty():  # several changes: one read
+                        queue.get_nowait()
+                except TimeoutError:
+                    pass
+        finally:
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()

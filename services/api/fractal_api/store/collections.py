@@ -1,0 +1,271 @@
+"""Task collections: the record, its command and events, the collector's lease, and the
+registration of a collection's tasks in one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fractal.events.v1 import collection_events_pb2
+from fractal_api import views
+from fractal_api.models import Task, TaskCollection, outbox
+from fractal_api.store import write_unique
+from fractal_api.store.conflicts import violated_constraint
+from fractal_grpc.collection.packages import PackageSpec
+from fractal_grpc.events.bus import Subjects
+from fractal_grpc.events.outbox import add_to_outbox
+from fractal_grpc.grpckit.errors import AlreadyExists, DomainError, FailedPrecondition, NotFound
+
+PENDING, INSTALLING, OK, FAILED = "pending", "installing", "OK", "failed"
+ENDED = (OK, FAILED)
+ACTIVE_INDEX = "uq_task_collections_active"
+
+
+def already_exists(existing: TaskCollection) -> AlreadyExists:
+    """The error for a package already collected or being collected, naming that collection."""
+    doing = "is being collected" if existing.state in (PENDING, INSTALLING) else "is collected"
+    what = existing.package_name + (
+        f"[{existing.package_extras}]" if existing.package_extras else ""
+    )
+    version = existing.package_version or existing.requested_version or "(newest)"
+    return AlreadyExists(
+        f"{what} {version} for Python {existing.python_version} {doing}: collection {existing.id}",
+        reason="COLLECTION_EXISTS",
+        metadata={"collection_id": str(existing.id), "field": "package"},
+    )
+
+
+class CollectionRace(Exception):
+    """A concurrent request for the same package was recorded first (its transaction
+    committed while this one waited at the unique index): this transaction is spoiled; look
+    the other one up in a new one (``already_exists``)."""
+
+
+async def find_active(session: AsyncSession, spec: PackageSpec) -> TaskCollection | None:
+    """A collection of the same package, extras and Python that has not failed, and that asked
+    for (or installed) the same version; for no version, one that asked for none."""
+    query = select(TaskCollection).where(
+        TaskCollection.package_name == spec.name,
+        TaskCollection.package_extras == (spec.extras or ""),
+        TaskCollection.python_version == spec.python_version,
+        TaskCollection.state != FAILED,
+    )
+    if spec.version is None:
+        query = query.where(TaskCollection.requested_version == "")
+    else:
+        query = query.where(
+            or_(
+                TaskCollection.requested_version == spec.version,
+                TaskCollection.package_version == spec.version,
+            )
+        )
+    return (await session.execute(query.order_by(TaskCollection.id).limit(1))).scalar_one_or_none()
+
+
+async def emit_changed(session: AsyncSession, subjects: Subjects, row: TaskCollection) -> None:
+    await add_to_outbox(
+        session,
+        outbox,
+        subjects.collection_event(row.id),
+        collection_events_pb2.CollectionChanged(collection=views.collection_view(row)),
+    )
+
+
+async def create(
+    session: AsyncSession, subjects: Subjects, spec: PackageSpec, user_id: int
+) -> TaskCollection:
+    """Record a PENDING collection and its command. A concurrent request for the same package
+    waits at the unique index, then raises ``CollectionRace``."""
+    existing = await find_active(session, spec)
+    if existing is not None:
+        raise already_exists(existing)
+    row = TaskCollection(
+        user_id=user_id,
+        package_name=spec.name,
+        requested_version=spec.version or "",
+        package_extras=spec.extras or "",
+        python_version=spec.python_version,
+        pins=spec.pins,
+        wheel_path=spec.wheel_path,
+        origin=spec.origin,
+        package_version=spec.version if spec.wheel_path else None,
+    )
+    session.add(row)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        if violated_constraint(exc) != ACTIVE_INDEX:
+            raise
+        raise CollectionRace() from None
+    await session.refresh(row)
+    await add_to_outbox(
+        session,
+        outbox,
+        subjects.collection_submit,
+        collection_events_pb2.CollectionSubmitted(collection_id=row.id),
+    )
+    await emit_changed(session, subjects, row)
+    return row
+
+
+async def get(session: AsyncSession, collection_id: int, *, lock: bool = False) -> TaskCollection:
+    query = select(TaskCollection).where(TaskCollection.id == collection_id)
+    if lock:
+        query = query.with_for_update()
+    row = (await session.execute(query)).scalar_one_or_none()
+    if row is None:
+        raise NotFound(
+            f"Collection {collection_id} not found",
+            metadata={"collection_id": str(collection_id)},
+        )
+    return row
+
+
+async def list_page(
+    session: AsyncSession, *, before_id: int | None, limit: int
+) -> Sequence[TaskCollection]:
+    query = select(TaskCollection)
+    if before_id is not None:
+        query = query.where(TaskCollection.id < before_id)
+    return (
+        (await session.execute(query.order_by(TaskCollection.id.desc()).limit(limit)))
+        .scalars()
+        .all()
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _touch(row: TaskCollection) -> None:
+    row.version += 1
+    row.updated_at = func.now()
+
+
+async def _flush(session: AsyncSession, row: TaskCollection) -> None:
+    await session.flush()
+    await session.refresh(row)
+
+
+async def claim(
+    session: AsyncSession, subjects: Subjects, row: TaskCollection, owner: str, lease: float
+) -> bool:
+    """Take the lease (the row is locked): PENDING, or INSTALLING with an expired lease or
+    our own. An ended collection, or one another live collector holds, is not claimed."""
+    if row.state in ENDED:
+        return False
+    held = (
+        row.state == INSTALLING
+        and row.lease_owner not in (None, owner)
+        and row.lease_expires_at is not None
+        and row.lease_expires_at > _now()
+    )
+    if held:
+        return False
+    if row.lease_owner != owner:
+        row.attempts += 1
+    row.state = INSTALLING
+    row.lease_owner = owner
+    row.lease_expires_at = _now() + timedelta(seconds=lease)
+    _touch(row)
+    await _flush(session, row)
+    await emit_changed(session, subjects, row)
+    return True
+
+
+def check_lease(row: TaskCollection, owner: str) -> None:
+    if row.state != INSTALLING or row.lease_owner != owner:
+        raise FailedPrecondition(
+            f"collection {row.id} is not held by {owner}",
+            reason="LEASE_LOST",
+            metadata={"collection_id": str(row.id)},
+        )
+
+
+async def report(
+    session: AsyncSession,
+    subjects: Subjects,
+    row: TaskCollection,
+    owner: str,
+    lease: float,
+    *,
+    log: str,
+    env_dir: str | None,
+    package_version: str | None,
+) -> None:
+    check_lease(row, owner)
+    row.lease_expires_at = _now() + timedelta(seconds=lease)
+    changed = bool(log) or env_dir is not None or package_version is not None
+    if log:
+        row.log = row.log + log
+    if env_dir is not None:
+        row.env_dir = env_dir
+    if package_version is not None:
+        row.package_version = package_version
+    if changed:
+        _touch(row)
+    await _flush(session, row)
+    if changed:
+        await emit_changed(session, subjects, row)
+
+
+async def fail(
+    session: AsyncSession, subjects: Subjects, row: TaskCollection, *, log: str, error: str
+) -> None:
+    await session.refresh(row)  # after a rolled-back savepoint its attributes are expired
+    row.state = FAILED
+    row.log = row.log + log
+    row.error = error
+    row.lease_owner = None
+    row.lease_expires_at = None
+    _touch(row)
+    await _flush(session, row)
+    await emit_changed(session, subjects, row)
+
+
+async def succeed(
+    session: AsyncSession,
+    subjects: Subjects,
+    row: TaskCollection,
+    *,
+    log: str,
+    package_version: str,
+    env_dir: str,
+    freeze: str,
+    tasks: list[dict[str, Any]],
+) -> None:
+    """Register every task (no owner) in one savepoint and end OK; a source already in use
+    ends the collection FAILED instead, with no task registered."""
+    try:
+        async with session.begin_nested():
+            created = []
+            for fields in tasks:
+                task = Task(owner=None, version=package_version, **fields)
+                await write_unique(session, task)
+                created.append(task)
+    except DomainError as exc:
+        await fail(
+            session,
+            subjects,
+            row,
+            log=log,
+            error=f"Cannot register the package's tasks: {exc.message}",
+        )
+        return
+    row.state = OK
+    row.log = row.log + log
+    row.package_version = package_version
+    row.env_dir = env_dir
+    row.freeze = freeze
+    row.task_ids = [t.id for t in created]
+    row.lease_owner = None
+    row.lease_expires_at = None
+    _touch(row)
+    await _flush(session, row)
+    await emit_changed(session, subjects, row)
