@@ -32,6 +32,8 @@ from test_images_jobs_api import make_dataset, make_task
 from test_listeners_and_streams import listed_services
 
 from fractal.internal.v1 import job_execution_service_pb2 as ipb
+from fractal.internal.v1 import task_registration_service_pb2 as rpb
+from fractal.internal.v1 import task_registration_service_pb2_grpc
 from fractal.v2 import (
     auth_service_pb2,
     dataset_service_pb2,
@@ -41,6 +43,7 @@ from fractal.v2 import (
     job_service_pb2,
     project_pb2,
     project_service_pb2,
+    task_collection_service_pb2,
     task_service_pb2,
     user_pb2,
     user_service_pb2,
@@ -78,6 +81,27 @@ class World:
     finish_job_id: int  # finished by FinishJob
     # Where the runner's listener of the test keeps job folders (DownloadJobFolder reads there).
     job_folders: Path | None = None
+    # A service token's metadata (the collector's claim before its other internal calls).
+    service_md: tuple[tuple[str, str], ...] = ()
+
+    async def collection(self, *, claimed: bool = False) -> int:
+        """A new PENDING collection of the owner (claimed by "authz" if asked); nothing
+        consumes the runnerless api's commands, so it stays so."""
+        made = await self.owner.collections.CollectPip(
+            task_collection_service_pb2.CollectPipRequest(package=_unique("pkg")),
+            metadata=self.owner.md,
+        )
+        if claimed:
+            assert self.owner.internal_channel is not None
+            await task_registration_service_pb2_grpc.TaskRegistrationServiceStub(
+                self.owner.internal_channel
+            ).ClaimCollection(
+                rpb.ClaimCollectionRequest(
+                    collection_id=made.collection.id, owner="authz", lease_seconds=60
+                ),
+                metadata=self.service_md,
+            )
+        return made.collection.id
 
     async def job_folder(self) -> int:
         """``job_id``, after giving it a folder on the runner's storage."""
@@ -285,6 +309,34 @@ async def _download(w: World) -> Message:
     )
 
 
+async def _get_collection(w: World) -> Message:
+    return task_collection_service_pb2.GetCollectionRequest(
+        collection_id=await w.collection(), with_log=True
+    )
+
+
+async def _watch_collection(w: World) -> Message:
+    return task_collection_service_pb2.WatchCollectionRequest(collection_id=await w.collection())
+
+
+async def _claim_collection(w: World) -> Message:
+    return rpb.ClaimCollectionRequest(
+        collection_id=await w.collection(), owner="authz", lease_seconds=60
+    )
+
+
+async def _report_collection(w: World) -> Message:
+    return rpb.ReportCollectionProgressRequest(
+        collection_id=await w.collection(claimed=True), owner="authz", lease_seconds=60, log="x\n"
+    )
+
+
+async def _finish_collection(w: World) -> Message:
+    return rpb.FinishCollectionRequest(
+        collection_id=await w.collection(claimed=True), owner="authz", error="given up"
+    )
+
+
 def _const(make: Callable[[World], Message]) -> Build:
     async def build(w: World) -> Message:
         return make(w)
@@ -294,6 +346,7 @@ def _const(make: Callable[[World], Message]) -> Build:
 
 U, V, S, INT, P = Access.USER, Access.VERIFIED, Access.SUPERUSER, Access.INTERNAL, Access.PUBLIC
 v2, internal = "/fractal.v2.", "/fractal.internal.v1.JobExecutionService/"
+registration = "/fractal.internal.v1.TaskRegistrationService/"
 TABLE: dict[str, Row] = {
     f"{v2}AuthService/Login": row(P)(_login),
     f"{v2}AuthService/GetCurrentUser": row(U)(
@@ -448,6 +501,17 @@ TABLE: dict[str, Row] = {
         _const(lambda w: job_service_pb2.WatchJobRequest(project_id=w.project_id, job_id=w.job_id))
     ),
     f"{v2}JobService/DownloadJobFolder": row(U, scoped=True)(_download),
+    f"{v2}TaskCollectionService/CollectPip": row(V)(
+        _const(lambda w: task_collection_service_pb2.CollectPipRequest(package=_unique("pkg")))
+    ),
+    f"{v2}TaskCollectionService/GetCollection": row(U)(_get_collection),
+    f"{v2}TaskCollectionService/WatchCollection": row(U)(_watch_collection),
+    f"{v2}TaskCollectionService/ListCollections": row(U)(
+        _const(lambda w: task_collection_service_pb2.ListCollectionsRequest())
+    ),
+    f"{registration}ClaimCollection": row(INT)(_claim_collection),
+    f"{registration}ReportCollectionProgress": row(INT)(_report_collection),
+    f"{registration}FinishCollection": row(INT)(_finish_collection),
     f"{internal}GetJobSpec": row(INT)(
         _const(lambda w: ipb.GetJobSpecRequest(job_id=w.spec_job_id))
     ),
@@ -684,6 +748,7 @@ async def test_authorization_matrix(
 
     world, tokens = await build_world(admin)
     world.job_folders = runner_listener.base_dir
+    world.service_md = service_md
     callers = Callers(key_env, tokens, service_md, world.owner_id)
     wrong = []
     count = 0

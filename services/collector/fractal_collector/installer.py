@@ -4,10 +4,15 @@ never a shell; stdout and stderr go to the collection's log as they come."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import shlex
+import signal
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,16 @@ def command_env(uv_cache_dir: str | None) -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): SIGKILL when the collector dies, so that an installer
+    of a dead collector does not go on writing into a folder its successor rebuilds."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
 async def run(
     argv: Sequence[str],
     log: Callable[[str], None],
@@ -52,6 +67,7 @@ async def run(
         env=env,
         cwd=cwd,
         start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     assert process.stdout is not None
     if stdin is not None:
