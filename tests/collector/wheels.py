@@ -21,9 +21,11 @@ ns = parser.parse_args()
 args = json.load(open(ns.args_json))
 out = {}
 if "zarr_urls" in args and __file__.endswith("_init.py"):
-    out = {"parallelization_list": [{"zarr_url": u, "init_arg": "x"} for u in args["zarr_urls"]]}
+    items = [{"zarr_url": u, "init_args": {"a": 1}} for u in args["zarr_urls"]]
+    out = {"parallelization_list": items}
 elif "zarr_url" in args:
-    out = {"image_list_updates": [{"zarr_url": args["zarr_url"], "types": {"%s": True}}]}
+    update = {"zarr_url": args["zarr_url"], "types": {"%s": True}}
+    out = {"image_list_updates": [update]}
 json.dump(out, open(ns.out_json, "w"))
 """
 
@@ -150,6 +152,7 @@ def build_fixtures(folder: Path, tag: str) -> dict[str, Path]:
             manifest=good_manifest(),
             scripts=("create.py", "treat.py"),
         ),
+        "run": task_package(folder, f"fractal-tasks-run-{tag}", "1.0.0", manifest=good_manifest()),
         "race": task_package(
             folder, f"fractal-tasks-race-{tag}", "1.0.0", manifest=good_manifest()
         ),

@@ -4,15 +4,14 @@ never a shell; stdout and stderr go to the collection's log as they come."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import shlex
-import signal
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-PR_SET_PDEATHSIG = 1
+SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
 
 
 @dataclass(frozen=True)
@@ -37,14 +36,14 @@ def command_env(uv_cache_dir: str | None) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec (Linux): SIGKILL when the collector dies, so that an installer
-    of a dead collector does not go on writing into a folder its successor rebuilds."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+def _with_parent_death_signal(argv: Sequence[str]) -> list[str]:
+    """``argv`` run so that it gets SIGKILL when the collector dies (util-linux ``setpriv``,
+    when the machine has it): an installer of a dead collector must not go on writing into
+    a folder its successor rebuilds. (Not a ``preexec_fn``: forking a process with gRPC's
+    threads and running Python in the child can crash it.)"""
+    if SETPRIV is None:
+        return list(argv)
+    return [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
 
 
 async def run(
@@ -60,14 +59,13 @@ async def run(
     raises ``CommandFailed`` when ``check``."""
     log("$ " + shlex.join(a if len(a) <= 200 else a[:20] + "…" for a in argv) + "\n")
     process = await asyncio.create_subprocess_exec(
-        *argv,
+        *_with_parent_death_signal(argv),
         stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=env,
         cwd=cwd,
         start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     assert process.stdout is not None
     if stdin is not None:

@@ -22,12 +22,15 @@ async def _serve(settings: CollectorSettings) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fractal-collector", description=__doc__)
-    parser.add_argument("command", choices=["serve"])
-    parser.parse_args(argv)
+    # ``migrate`` is accepted like the other services' (make run migrates each service): the
+    # collector has no schema, so there is nothing to do.
+    parser.add_argument("command", choices=["migrate", "serve"])
+    args = parser.parse_args(argv)
     try:
         settings = load_settings(CollectorSettings)
         configure_logging(settings.log_level)
-        asyncio.run(_serve(settings))
+        if args.command == "serve":
+            asyncio.run(_serve(settings))
     except SettingsError as exc:
         print(f"fractal-collector: {exc}", file=sys.stderr)
         return 2
