@@ -153,6 +153,9 @@ def build_fixtures(folder: Path, tag: str) -> dict[str, Path]:
             scripts=("create.py", "treat.py"),
         ),
         "run": task_package(folder, f"fractal-tasks-run-{tag}", "1.0.0", manifest=good_manifest()),
+        "life": task_package(
+            folder, f"fractal-tasks-life-{tag}", "1.0.0", manifest=good_manifest()
+        ),
         "race": task_package(
             folder, f"fractal-tasks-race-{tag}", "1.0.0", manifest=good_manifest()
         ),

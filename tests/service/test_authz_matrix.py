@@ -83,6 +83,62 @@ class World:
     job_folders: Path | None = None
     # A service token's metadata (the collector's claim before its other internal calls).
     service_md: tuple[tuple[str, str], ...] = ()
+    # The superuser (lifecycle activities need one to start).
+    admin: ApiClient | None = None
+
+    def registration(self) -> task_registration_service_pb2_grpc.TaskRegistrationServiceStub:
+        assert self.owner.internal_channel is not None
+        return task_registration_service_pb2_grpc.TaskRegistrationServiceStub(
+            self.owner.internal_channel
+        )
+
+    async def collected(self, *, active: bool = True) -> int:
+        """A collection ended OK by playing the collector (deactivated too if not ``active``)."""
+        package = _unique("pkg")
+        made = await self.owner.collections.CollectPip(
+            task_collection_service_pb2.CollectPipRequest(package=package, package_version="1.0"),
+            metadata=self.owner.md,
+        )
+        collection = made.collection
+        await self._play_collector(
+            collection.id,
+            success=rpb.CollectionSuccess(
+                package_version="1.0",
+                env_dir=f"/envs/{package}",
+                freeze=f"{package}==1.0\n",
+                tasks=[
+                    rpb.CollectedTask(
+                        name="t",
+                        source=f"pip_remote:{collection.package_name.replace('-', '_')}:1.0::"
+                        f"py{collection.python_version}:t",
+                        command_non_parallel="/bin/true",
+                    )
+                ],
+            ),
+        )
+        if not active:
+            assert self.admin is not None
+            started = await self.admin.collections.DeactivateCollection(
+                task_collection_service_pb2.DeactivateCollectionRequest(
+                    collection_id=collection.id
+                ),
+                metadata=self.admin.md,
+            )
+            await self._play_collector(started.activity.id, activity_done=True)
+        return collection.id
+
+    async def _play_collector(self, collection_id: int, **result: Any) -> None:
+        stub = self.registration()
+        await stub.ClaimCollection(
+            rpb.ClaimCollectionRequest(
+                collection_id=collection_id, owner="authz", lease_seconds=60
+            ),
+            metadata=self.service_md,
+        )
+        await stub.FinishCollection(
+            rpb.FinishCollectionRequest(collection_id=collection_id, owner="authz", **result),
+            metadata=self.service_md,
+        )
 
     async def collection(self, *, claimed: bool = False) -> int:
         """A new PENDING collection of the owner (claimed by "authz" if asked); nothing
@@ -337,6 +393,18 @@ async def _finish_collection(w: World) -> Message:
     )
 
 
+async def _deactivate(w: World) -> Message:
+    return task_collection_service_pb2.DeactivateCollectionRequest(
+        collection_id=await w.collected()
+    )
+
+
+async def _reactivate(w: World) -> Message:
+    return task_collection_service_pb2.ReactivateCollectionRequest(
+        collection_id=await w.collected(active=False)
+    )
+
+
 def _const(make: Callable[[World], Message]) -> Build:
     async def build(w: World) -> Message:
         return make(w)
@@ -509,6 +577,8 @@ TABLE: dict[str, Row] = {
     f"{v2}TaskCollectionService/ListCollections": row(U)(
         _const(lambda w: task_collection_service_pb2.ListCollectionsRequest())
     ),
+    f"{v2}TaskCollectionService/DeactivateCollection": row(S)(_deactivate),
+    f"{v2}TaskCollectionService/ReactivateCollection": row(S)(_reactivate),
     f"{registration}ClaimCollection": row(INT)(_claim_collection),
     f"{registration}ReportCollectionProgress": row(INT)(_report_collection),
     f"{registration}FinishCollection": row(INT)(_finish_collection),
@@ -749,6 +819,7 @@ async def test_authorization_matrix(
     world, tokens = await build_world(admin)
     world.job_folders = runner_listener.base_dir
     world.service_md = service_md
+    world.admin = admin
     callers = Callers(key_env, tokens, service_md, world.owner_id)
     wrong = []
     count = 0

@@ -168,10 +168,38 @@ def install(installer: Installer, env_dir: str, spec: PackageSpec, version: str)
     ]
 
 
+def install_frozen(installer: Installer, env_dir: str, frozen_file: str) -> list[str]:
+    """Reinstall exactly the frozen versions (a reactivation): no resolution, no new package."""
+    python = venv_python(env_dir)
+    if installer.kind == "uv":
+        return [
+            installer.uv,
+            "pip",
+            "install",
+            "--python",
+            python,
+            *installer.index.args(),
+            "--no-deps",
+            "-r",
+            frozen_file,
+        ]
+    return [
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        *installer.index.args(),
+        "--no-deps",
+        "-r",
+        frozen_file,
+    ]
+
+
 def freeze(installer: Installer, env_dir: str) -> list[str]:
     python = venv_python(env_dir)
     if installer.kind == "uv":
-        return [installer.uv, "pip", "freeze", "--python", python]
+        return [installer.uv, "pip", "freeze", "--quiet", "--python", python]
     return [python, "-m", "pip", "freeze", "--all", "--disable-pip-version-check"]
 
 

@@ -67,6 +67,8 @@ _RULES: dict[str, dict[str, Access]] = {
         "GetCollection": Access.USER,
         "WatchCollection": Access.USER,
         "ListCollections": Access.USER,
+        "DeactivateCollection": Access.SUPERUSER,
+        "ReactivateCollection": Access.SUPERUSER,
     },
     "fractal.internal.v1.JobExecutionService": {
         "GetJobSpec": Access.INTERNAL,

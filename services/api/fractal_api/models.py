@@ -302,6 +302,13 @@ class TaskCollection(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     version: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="1")
+    # collect, or a lifecycle activity on ``target_id``: deactivate, reactivate.
+    kind: Mapped[str] = mapped_column(Text, nullable=False, server_default="collect")
+    target_id: Mapped[int | None] = mapped_column(
+        ForeignKey("task_collections.id", ondelete="CASCADE"), index=True
+    )
+    # A collection's environment exists and its tasks may run.
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
     __table_args__ = (
@@ -312,7 +319,7 @@ class TaskCollection(Base):
             "package_extras",
             "python_version",
             unique=True,
-            postgresql_where=text("state <> 'failed'"),
+            postgresql_where=text("state <> 'failed' AND kind = 'collect'"),
         ),
     )
 

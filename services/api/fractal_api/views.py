@@ -196,6 +196,12 @@ COLLECTION_STATES = {
     "failed": task_collection_pb2.COLLECTION_STATE_FAILED,
 }
 
+COLLECTION_KINDS = {
+    "collect": task_collection_pb2.COLLECTION_KIND_COLLECT,
+    "deactivate": task_collection_pb2.COLLECTION_KIND_DEACTIVATE,
+    "reactivate": task_collection_pb2.COLLECTION_KIND_REACTIVATE,
+}
+
 
 def collection_view(
     row: models.TaskCollection, *, with_log: bool = False
@@ -211,6 +217,9 @@ def collection_view(
         created_at=timestamp(row.created_at),
         updated_at=timestamp(row.updated_at),
         user_id=row.user_id or 0,
+        kind=COLLECTION_KINDS[row.kind],
+        target_collection_id=row.target_id or 0,
+        active=row.active,
     )
     if row.requested_version:
         view.requested_version = row.requested_version

@@ -118,6 +118,9 @@ class Collection:
         self.id = row.id
         self.progress = ProgressReporter(api, row.id)
         self.folder: Path | None = Path(row.env_dir) if row.HasField("env_dir") else None
+        #: Whose environment folder this is (its marker): the collection's, for an activity
+        #: the collection it acts on.
+        self.marker_id = row.target_collection_id or row.id
 
     def say(self, text: str) -> None:
         self.progress.write(text if text.endswith("\n") else text + "\n")
@@ -137,10 +140,11 @@ class Collection:
         try:
             if self.attempt > 1:
                 self.say(f"Attempt {self.attempt}: an earlier collector stopped; starting again.")
-                await environment.remove(self.folder, self.id)
-            response = await self._install_and_register()
+                if self.row.kind != task_collection_pb2.COLLECTION_KIND_DEACTIVATE:
+                    await environment.remove(self.folder, self.marker_id)
+            response = await self.work()
             if response.collection.state == FAILED:
-                await environment.remove(self.folder, self.id)
+                await environment.remove(self.folder, self.marker_id)
             log.info(
                 "collection %s: %s",
                 self.id,
@@ -160,7 +164,7 @@ class Collection:
 
     async def _fail(self, error: str) -> None:
         self.say(f"ERROR: {error}")
-        removed = await environment.remove(self.folder, self.id)
+        removed = await environment.remove(self.folder, self.marker_id)
         if removed:
             self.say(f"Removed {self.folder}.")
         try:
@@ -195,7 +199,7 @@ class Collection:
             raise StepFailed(f"Cannot tell which version of {spec.name} would be installed")
         return version
 
-    async def _install_and_register(self) -> pb.FinishCollectionResponse:
+    async def work(self) -> pb.FinishCollectionResponse:
         config = self.config
         spec = _spec(self.row, config)
         interpreter = config.pythons[spec.python_version]
@@ -214,7 +218,7 @@ class Collection:
                 config.default_python,
             )
         )
-        environment.create(folder, self.id)
+        environment.create(folder, self.marker_id)
         self.folder = folder
         self.say(f"Environment folder: {folder}")
         await self.progress.flush(env_dir=str(folder), package_version=version)
@@ -260,6 +264,56 @@ class Collection:
         )
 
 
+class Deactivation(Collection):
+    """Remove a collected package's environment (its record keeps the frozen versions)."""
+
+    async def work(self) -> pb.FinishCollectionResponse:
+        folder = self.folder
+        self.say(f"Deactivating {self.row.package_name} {self.row.package_version}.")
+        if folder is not None and await asyncio.to_thread(folder.exists):
+            if not await environment.remove(folder, self.marker_id):
+                raise StepFailed(f"{folder} is not this package's environment; left alone")
+            self.say(f"Removed {folder}.")
+        else:
+            self.say("The environment folder is already gone.")
+        self.folder = None  # nothing of ours to remove if the finish fails
+        return await self._done()
+
+    async def _done(self) -> pb.FinishCollectionResponse:
+        return await self.api.finish(
+            pb.FinishCollectionRequest(
+                collection_id=self.id, log=await self.progress.final_text(), activity_done=True
+            )
+        )
+
+
+class Reactivation(Deactivation):
+    """Rebuild a deactivated package's environment, in its folder, from its frozen versions."""
+
+    async def work(self) -> pb.FinishCollectionResponse:
+        config = self.config
+        spec = _spec(self.row, config)
+        if self.folder is None or not self.row.HasField("freeze"):
+            raise StepFailed("the collection has no environment folder or frozen versions")
+        folder = self.folder
+        self.say(f"Reactivating {spec.name} {self.row.package_version} in {folder}.")
+        environment.create(folder, self.marker_id)
+        env_dir = str(folder)
+        frozen = folder / FREEZE_FILE
+        await asyncio.to_thread(frozen.write_text, self.row.freeze)
+        interpreter = config.pythons[spec.python_version]
+        for argv in commands.create_venv(config.installer, interpreter, env_dir):
+            await installer.run(argv, self.say, env=config.env)
+        await installer.run(
+            commands.install_frozen(config.installer, env_dir, str(frozen)),
+            self.say,
+            env=config.env,
+        )
+        installed = await probe(env_dir, spec.name, self.say, config.env)
+        await asyncio.to_thread(check_executables, installed)
+        return await self._done()
+
+
 async def handle(api: RegistrationClient, config: CollectorConfig, collection_id: int) -> None:
     """Handle one collection command: claim, then collect. An ended collection is left alone
     (the command was redelivered after it ended); one held by another live collector raises
@@ -270,4 +324,8 @@ async def handle(api: RegistrationClient, config: CollectorConfig, collection_id
         if claim.collection.state in ENDED:
             return
         raise CollectionBusy(f"collection {collection_id} is held by another collector")
-    await Collection(api, config, claim.collection, claim.attempt).run()
+    kind = {
+        task_collection_pb2.COLLECTION_KIND_DEACTIVATE: Deactivation,
+        task_collection_pb2.COLLECTION_KIND_REACTIVATE: Reactivation,
+    }.get(claim.collection.kind, Collection)
+    await kind(api, config, claim.collection, claim.attempt).run()

@@ -15,7 +15,7 @@ from fractal_api.views import collection_view
 from fractal_grpc.collection.naming import package_source
 from fractal_grpc.convert import struct_to_dict
 from fractal_grpc.db import transaction
-from fractal_grpc.grpckit.errors import Violations
+from fractal_grpc.grpckit.errors import InvalidArgument, Violations
 from fractal_grpc.images.filters import validate_keys
 from fractal_grpc.workflows import task_type
 
@@ -98,10 +98,18 @@ class TaskRegistrationServicer(rpc.TaskRegistrationServiceServicer):
             if row.state in collections.ENDED:
                 return pb.FinishCollectionResponse(collection=collection_view(row))
             collections.check_lease(row, request.owner)
-            if request.WhichOneof("result") == "error":
+            result = request.WhichOneof("result")
+            if result == "error":
                 await collections.fail(
                     session, self.ctx.subjects, row, log=request.log, error=request.error
                 )
+            elif result == "activity_done" or row.kind != collections.COLLECT:
+                if row.kind == collections.COLLECT or not request.activity_done:
+                    raise InvalidArgument(
+                        "a collection ends with success, an activity with activity_done",
+                        violations=[("result", "does not fit the record's kind")],
+                    )
+                await collections.activity_done(session, self.ctx.subjects, row, log=request.log)
             else:
                 success = request.success
                 prefix = package_source(

@@ -144,3 +144,24 @@ class TaskCollectionServicer(rpc.TaskCollectionServiceServicer):
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
+
+    async def _activity(self, collection_id: int, kind: str) -> Any:
+        async with transaction(self.ctx.sessions) as session:
+            target = await collections.get(session, collection_id, lock=True)
+            activity = await collections.start_activity(
+                session, self.ctx.subjects, target, kind, current_user().user_id or 0
+            )
+        self.ctx.outbox_written()
+        return collection_view(activity)
+
+    async def DeactivateCollection(
+        self, request: pb.DeactivateCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        activity = await self._activity(request.collection_id, collections.DEACTIVATE)
+        return pb.DeactivateCollectionResponse(activity=activity)
+
+    async def ReactivateCollection(
+        self, request: pb.ReactivateCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        activity = await self._activity(request.collection_id, collections.REACTIVATE)
+        return pb.ReactivateCollectionResponse(activity=activity)

@@ -22,6 +22,7 @@ from fractal_grpc.events.outbox import add_to_outbox
 from fractal_grpc.grpckit.errors import AlreadyExists, DomainError, FailedPrecondition, NotFound
 
 PENDING, INSTALLING, OK, FAILED = "pending", "installing", "OK", "failed"
+COLLECT, DEACTIVATE, REACTIVATE = "collect", "deactivate", "reactivate"
 ENDED = (OK, FAILED)
 ACTIVE_INDEX = "uq_task_collections_active"
 
@@ -50,6 +51,7 @@ async def find_active(session: AsyncSession, spec: PackageSpec) -> TaskCollectio
     """A collection of the same package, extras and Python that has not failed, and that asked
     for (or installed) the same version; for no version, one that asked for none."""
     query = select(TaskCollection).where(
+        TaskCollection.kind == COLLECT,
         TaskCollection.package_name == spec.name,
         TaskCollection.package_extras == (spec.extras or ""),
         TaskCollection.python_version == spec.python_version,
@@ -269,3 +271,103 @@ async def succeed(
     _touch(row)
     await _flush(session, row)
     await emit_changed(session, subjects, row)
+
+
+async def start_activity(
+    session: AsyncSession, subjects: Subjects, target: TaskCollection, kind: str, user_id: int
+) -> TaskCollection:
+    """Record a lifecycle activity on ``target`` (locked by the caller) and send its command.
+    Deactivating makes the package's tasks unrunnable at once; reactivating, only once done."""
+    if target.kind != COLLECT or target.state != OK:
+        raise FailedPrecondition(
+            f"Collection {target.id} is not a finished collection",
+            reason="COLLECTION_NOT_OK",
+            metadata={"collection_id": str(target.id)},
+        )
+    busy = (
+        await session.execute(
+            select(TaskCollection.id).where(
+                TaskCollection.target_id == target.id,
+                TaskCollection.state.in_((PENDING, INSTALLING)),
+            )
+        )
+    ).scalar_one_or_none()
+    if busy is not None:
+        raise FailedPrecondition(
+            f"Activity {busy} on collection {target.id} is in progress",
+            reason="ACTIVITY_IN_PROGRESS",
+            metadata={"collection_id": str(busy)},
+        )
+    if (kind == DEACTIVATE) != target.active:
+        raise FailedPrecondition(
+            f"Collection {target.id} is already {'active' if target.active else 'inactive'}",
+            reason="ALREADY_ACTIVE" if target.active else "ALREADY_INACTIVE",
+            metadata={"collection_id": str(target.id)},
+        )
+    if kind == DEACTIVATE:
+        target.active = False
+        _touch(target)
+    activity = TaskCollection(
+        kind=kind,
+        target_id=target.id,
+        user_id=user_id,
+        package_name=target.package_name,
+        requested_version=target.requested_version,
+        package_version=target.package_version,
+        package_extras=target.package_extras,
+        python_version=target.python_version,
+        pins=target.pins,
+        wheel_path=target.wheel_path,
+        origin=target.origin,
+        env_dir=target.env_dir,
+        freeze=target.freeze,
+    )
+    session.add(activity)
+    await session.flush()
+    await session.refresh(activity)
+    await session.refresh(target)
+    await add_to_outbox(
+        session,
+        outbox,
+        subjects.collection_submit,
+        collection_events_pb2.CollectionSubmitted(collection_id=activity.id),
+    )
+    await emit_changed(session, subjects, activity)
+    await emit_changed(session, subjects, target)
+    return activity
+
+
+async def activity_done(
+    session: AsyncSession, subjects: Subjects, row: TaskCollection, *, log: str
+) -> None:
+    """End an activity OK; a reactivation makes its collection's tasks runnable again."""
+    if row.kind == REACTIVATE and row.target_id is not None:
+        target = await get(session, row.target_id, lock=True)
+        target.active = True
+        _touch(target)
+        await _flush(session, target)
+        await emit_changed(session, subjects, target)
+    row.state = OK
+    row.log = row.log + log
+    row.lease_owner = None
+    row.lease_expires_at = None
+    _touch(row)
+    await _flush(session, row)
+    await emit_changed(session, subjects, row)
+
+
+async def inactive_packages(session: AsyncSession, task_ids: Sequence[int]) -> list[str]:
+    """The deactivated packages ("name version") that the given tasks belong to."""
+    if not task_ids:
+        return []
+    rows = await session.execute(
+        select(TaskCollection.package_name, TaskCollection.package_version)
+        .where(
+            TaskCollection.kind == COLLECT,
+            TaskCollection.state == OK,
+            TaskCollection.active.is_(False),
+            or_(*(TaskCollection.task_ids.contains([i]) for i in sorted(set(task_ids)))),
+        )
+        .order_by(TaskCollection.id)
+    )
+    return [f"{name} {version}" for name, version in rows]

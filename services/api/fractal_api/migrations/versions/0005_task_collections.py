@@ -3,8 +3,10 @@
 ``task_collections`` records what was asked (package, requested version, extras, Python, pins,
 wheel), where it is (state, the collector's lease, the attempts), and what came of it (the
 installed version, the environment folder, the log, the frozen versions, the error, the
-registered task ids). At most one collection that has not failed per (package, requested
-version, extras, Python): a partial unique index.
+registered task ids). Lifecycle activities (deactivate, reactivate) are rows too, of another
+``kind``, pointing at their collection (``target_id``); ``active`` says whether a collection's
+environment exists and its tasks may run. At most one collection that has not failed per
+(package, requested version, extras, Python): a partial unique index.
 
 Revision ID: 0005
 Revises: 0004
@@ -59,6 +61,9 @@ def upgrade() -> None:
         sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
         sa.Column("version", sa.BigInteger(), server_default="1", nullable=False),
+        sa.Column("kind", sa.Text(), server_default="collect", nullable=False),
+        sa.Column("target_id", sa.BigInteger(), nullable=True),
+        sa.Column("active", sa.Boolean(), server_default=sa.text("true"), nullable=False),
         _now("created_at"),
         _now("updated_at"),
         sa.ForeignKeyConstraint(
@@ -66,6 +71,12 @@ def upgrade() -> None:
             ["api.users.id"],
             name=op.f("fk_task_collections_user_id_users"),
             ondelete="SET NULL",
+        ),
+        sa.ForeignKeyConstraint(
+            ["target_id"],
+            ["api.task_collections.id"],
+            name=op.f("fk_task_collections_target_id_task_collections"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_task_collections")),
         schema="api",
@@ -76,10 +87,19 @@ def upgrade() -> None:
         ["package_name", "requested_version", "package_extras", "python_version"],
         unique=True,
         schema="api",
-        postgresql_where=sa.text("state <> 'failed'"),
+        postgresql_where=sa.text("state <> 'failed' AND kind = 'collect'"),
+    )
+    op.create_index(
+        op.f("ix_task_collections_target_id"),
+        "task_collections",
+        ["target_id"],
+        schema="api",
     )
 
 
 def downgrade() -> None:
+    op.drop_index(
+        op.f("ix_task_collections_target_id"), table_name="task_collections", schema="api"
+    )
     op.drop_index("uq_task_collections_active", table_name="task_collections", schema="api")
     op.drop_table("task_collections", schema="api")
