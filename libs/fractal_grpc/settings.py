@@ -170,6 +170,8 @@ class ApiSettings(CommonSettings, TasksPythonSettings):
     # Signs page tokens; the same on every replica. Unset: derived from the JWT private key.
     page_token_secret: str | None = Field(default=None, min_length=16)
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
+    # The largest wheel UploadAndCollect accepts.
+    collection_max_wheel_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
     @field_validator("runner_backend")
     @classmethod

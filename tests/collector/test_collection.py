@@ -5,13 +5,15 @@ cleanly), and the record says what happened."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shlex
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import grpc.aio
 import pytest
-from collections_api import ENDED, collect, collected, tasks_with_source
+from collections_api import ENDED, collect, collected, tasks_with_source, watch
 
 from conftest import CollectorWorld
 from fractal.v2 import task_collection_pb2 as cpb
@@ -169,8 +171,6 @@ async def test_concurrent_collections_of_one_package(
 
 
 async def collected_by_id(user: ApiClient, collection_id: int) -> tuple[cpb.TaskCollection, None]:
-    from collections_api import watch
-
     messages = await watch(user, collection_id)
     assert messages[-1].collection.state in ENDED
     got = await user.collections.GetCollection(
@@ -209,3 +209,58 @@ async def test_refused_requests_record_nothing(
         pb.ListCollectionsRequest(page_size=1), metadata=verified.md
     )
     assert [c.id for c in after.collections] == [c.id for c in before.collections]
+
+
+def _upload_messages(
+    content: bytes, filename: str, *, sha256: str | None = None, size: int | None = None
+) -> list[pb.UploadAndCollectRequest]:
+    header = pb.WheelUpload(
+        filename=filename,
+        sha256=sha256 or hashlib.sha256(content).hexdigest(),
+        size=size if size is not None else len(content),
+    )
+    parts = [content[i : i + 1000] for i in range(0, len(content), 1000)]
+    return [pb.UploadAndCollectRequest(header=header, chunk=parts[0])] + [
+        pb.UploadAndCollectRequest(chunk=part) for part in parts[1:]
+    ]
+
+
+async def _upload(
+    user: ApiClient, messages: list[pb.UploadAndCollectRequest]
+) -> cpb.TaskCollection:
+    async def requests() -> AsyncIterator[pb.UploadAndCollectRequest]:
+        for message in messages:
+            yield message
+
+    resp = await user.collections.UploadAndCollect(requests(), metadata=user.md)
+    return resp.collection
+
+
+async def test_an_uploaded_wheel(collector: CollectorWorld, verified: ApiClient) -> None:
+    wheel = collector.wheels["upload"]
+    content = wheel.read_bytes()
+    refusals = [
+        (_upload_messages(content, wheel.name, sha256="0" * 64), "header.sha256"),
+        (_upload_messages(content, wheel.name, size=len(content) + 1), "header.size"),
+        (_upload_messages(content, wheel.name, size=len(content) - 1), "chunk"),
+        (_upload_messages(content, wheel.name, size=10**12), "header.size"),
+        (_upload_messages(content, "not-a-wheel.whl"), "header.filename"),
+    ]
+    for messages, field in refusals:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _upload(verified, messages)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert error_details(err.value)[1] == [field]
+    made = await _upload(verified, _upload_messages(content, wheel.name))
+    assert made.uploaded_wheel == wheel.name and not made.HasField("wheel_path")
+    messages = await watch(verified, made.id)
+    final = messages[-1].collection
+    assert final.state == OK
+    name = f"fractal-tasks-upload-{collector.installer}"
+    assert final.source == f"pip_local:{name.replace('-', '_')}:2.1.0::py{PY}"
+    assert len(await tasks_with_source(verified, final.source + ":")) == 3
+    assert (Path(final.env_dir) / wheel.name).read_bytes() == content
+    # The same wheel again: ALREADY_EXISTS, as for a path.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _upload(verified, _upload_messages(content, wheel.name))
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS

@@ -156,6 +156,9 @@ def build_fixtures(folder: Path, tag: str) -> dict[str, Path]:
         "life": task_package(
             folder, f"fractal-tasks-life-{tag}", "1.0.0", manifest=good_manifest()
         ),
+        "upload": task_package(
+            folder, f"fractal-tasks-upload-{tag}", "2.1.0", manifest=good_manifest()
+        ),
         "race": task_package(
             folder, f"fractal-tasks-race-{tag}", "1.0.0", manifest=good_manifest()
         ),

@@ -405,6 +405,28 @@ async def _reactivate(w: World) -> Message:
     )
 
 
+def _upload_request() -> Message:
+    content = secrets.token_bytes(64)
+    return task_collection_service_pb2.UploadAndCollectRequest(
+        header=task_collection_service_pb2.WheelUpload(
+            filename=f"pkg_{secrets.token_hex(4)}-1.0-py3-none-any.whl",
+            sha256=hashlib.sha256(content).hexdigest(),
+            size=len(content),
+        ),
+        chunk=content,
+    )
+
+
+async def _read_wheel(w: World) -> Message:
+    request = _upload_request()
+
+    async def one() -> Any:
+        yield request
+
+    made = await w.owner.collections.UploadAndCollect(one(), metadata=w.owner.md)
+    return rpb.ReadCollectionWheelRequest(collection_id=made.collection.id)
+
+
 def _const(make: Callable[[World], Message]) -> Build:
     async def build(w: World) -> Message:
         return make(w)
@@ -572,6 +594,7 @@ TABLE: dict[str, Row] = {
     f"{v2}TaskCollectionService/CollectPip": row(V)(
         _const(lambda w: task_collection_service_pb2.CollectPipRequest(package=_unique("pkg")))
     ),
+    f"{v2}TaskCollectionService/UploadAndCollect": row(V)(_const(lambda w: _upload_request())),
     f"{v2}TaskCollectionService/GetCollection": row(U)(_get_collection),
     f"{v2}TaskCollectionService/WatchCollection": row(U)(_watch_collection),
     f"{v2}TaskCollectionService/ListCollections": row(U)(
@@ -580,6 +603,7 @@ TABLE: dict[str, Row] = {
     f"{v2}TaskCollectionService/DeactivateCollection": row(S)(_deactivate),
     f"{v2}TaskCollectionService/ReactivateCollection": row(S)(_reactivate),
     f"{registration}ClaimCollection": row(INT)(_claim_collection),
+    f"{registration}ReadCollectionWheel": row(INT)(_read_wheel),
     f"{registration}ReportCollectionProgress": row(INT)(_report_collection),
     f"{registration}FinishCollection": row(INT)(_finish_collection),
     f"{internal}GetJobSpec": row(INT)(

@@ -64,6 +64,7 @@ _RULES: dict[str, dict[str, Access]] = {
     },
     "fractal.v2.TaskCollectionService": {
         "CollectPip": Access.VERIFIED,
+        "UploadAndCollect": Access.VERIFIED,
         "GetCollection": Access.USER,
         "WatchCollection": Access.USER,
         "ListCollections": Access.USER,
@@ -80,6 +81,7 @@ _RULES: dict[str, dict[str, Access]] = {
         "ClaimCollection": Access.INTERNAL,
         "ReportCollectionProgress": Access.INTERNAL,
         "FinishCollection": Access.INTERNAL,
+        "ReadCollectionWheel": Access.INTERNAL,
     },
 }
 

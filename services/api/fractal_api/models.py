@@ -290,6 +290,8 @@ class TaskCollection(Base):
     python_version: Mapped[str] = mapped_column(Text, nullable=False)
     pins: Mapped[dict[str, str]] = mapped_column(JSONB, nullable=False, server_default="{}")
     wheel_path: Mapped[str | None] = mapped_column(Text)
+    # The file name of an uploaded wheel (its bytes: CollectionWheel).
+    uploaded_wheel: Mapped[str | None] = mapped_column(Text)
     origin: Mapped[str] = mapped_column(Text, nullable=False)
     env_dir: Mapped[str | None] = mapped_column(Text)
     log: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
@@ -305,7 +307,7 @@ class TaskCollection(Base):
     # collect, or a lifecycle activity on ``target_id``: deactivate, reactivate.
     kind: Mapped[str] = mapped_column(Text, nullable=False, server_default="collect")
     target_id: Mapped[int | None] = mapped_column(
-        ForeignKey("task_collections.id", ondelete="CASCADE"), index=True
+        ForeignKey("task_collections.id", ondelete="CASCADE")
     )
     # A collection's environment exists and its tasks may run.
     active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
@@ -321,7 +323,20 @@ class TaskCollection(Base):
             unique=True,
             postgresql_where=text("state <> 'failed' AND kind = 'collect'"),
         ),
+        Index("ix_task_collections_target_id", "target_id"),
     )
+
+
+class CollectionWheel(Base):
+    """A wheel uploaded for a collection, kept as long as it (reactivation reinstalls it)."""
+
+    __tablename__ = "collection_wheels"
+    collection_id: Mapped[int] = mapped_column(
+        ForeignKey("task_collections.id", ondelete="CASCADE"), primary_key=True
+    )
+    filename: Mapped[str] = mapped_column(Text, nullable=False)
+    sha256: Mapped[str] = mapped_column(Text, nullable=False)
+    content: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
 
 
 outbox = outbox_table(Base.metadata)

@@ -225,7 +225,7 @@ def collection_view(
         view.requested_version = row.requested_version
     if row.package_extras:
         view.package_extras = row.package_extras
-    for name in ("package_version", "wheel_path", "env_dir", "freeze", "error"):
+    for name in ("package_version", "wheel_path", "uploaded_wheel", "env_dir", "freeze", "error"):
         value = getattr(row, name)
         if value is not None:
             setattr(view, name, value)

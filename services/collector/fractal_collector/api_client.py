@@ -90,6 +90,24 @@ class RegistrationClient:
 
         return await self._call(f"FinishCollection({request.collection_id})", attempt)
 
+    async def read_wheel(self, collection_id: int) -> bytes:
+        """The wheel uploaded for a collection (the stream is restarted on retry)."""
+
+        async def attempt(deadline: float) -> bytes:
+            parts: list[bytes] = []
+            stream = self._stub.ReadCollectionWheel(
+                pb.ReadCollectionWheelRequest(collection_id=collection_id),
+                metadata=self._tokens.metadata(),
+                timeout=deadline,
+            )
+            async for resp in stream:
+                parts.append(resp.chunk)
+            return b"".join(parts)
+
+        return await self.policy.call(
+            f"ReadCollectionWheel({collection_id})", attempt, idempotent=True
+        )
+
     async def _call(self, what: str, attempt: Callable[[float], Awaitable[T]]) -> T:
         try:
             return await self.policy.call(what, attempt, idempotent=True)

@@ -7,6 +7,7 @@ saying which step and why, the log kept, and this collection's folder removed.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ log = logging.getLogger("fractal.collector")
 ENDED = (task_collection_pb2.COLLECTION_STATE_OK, task_collection_pb2.COLLECTION_STATE_FAILED)
 FAILED = task_collection_pb2.COLLECTION_STATE_FAILED
 FREEZE_FILE = "collection_freeze.txt"
+#: Stands for the environment folder in an uploaded wheel's path until the folder exists.
+UPLOAD_FOLDER = "/upload"
 
 
 class CollectionBusy(Exception):
@@ -56,11 +59,12 @@ def _tail(output: str, lines: int = 5) -> str:
 def _spec(row: task_collection_pb2.TaskCollection, config: CollectorConfig) -> PackageSpec:
     """The record checked again against the grammar (and the collector's interpreters)."""
     try:
+        wheel = row.wheel_path if row.HasField("wheel_path") else None
+        if row.HasField("uploaded_wheel"):  # placed in the environment folder later
+            wheel = f"{UPLOAD_FOLDER}/{row.uploaded_wheel}"
         return check_request(
-            row.wheel_path if row.HasField("wheel_path") else row.package_name,
-            row.requested_version
-            if row.HasField("requested_version") and not row.HasField("wheel_path")
-            else None,
+            wheel or row.package_name,
+            row.requested_version if row.HasField("requested_version") and not wheel else None,
             row.package_extras if row.HasField("package_extras") else None,
             row.python_version,
             dict(row.pinned_package_versions),
@@ -177,6 +181,17 @@ class Collection:
             log.warning("collection %s: lease lost before it could fail", self.id)
         log.info("collection %s: FAILED: %s", self.id, error.splitlines()[0])
 
+    async def _place_upload(self, spec: PackageSpec, folder: Path) -> PackageSpec:
+        """An uploaded wheel, fetched from api into the environment folder (its freeze names
+        it there, so a reactivation fetches it to the same place)."""
+        if not self.row.HasField("uploaded_wheel"):
+            return spec
+        content = await self.api.read_wheel(self.marker_id)
+        path = folder / self.row.uploaded_wheel
+        await asyncio.to_thread(path.write_bytes, content)
+        self.say(f"Uploaded wheel: {path} ({len(content)} bytes)")
+        return dataclasses.replace(spec, wheel_path=str(path))
+
     async def _resolve(self, spec: PackageSpec, interpreter: str) -> str:
         if spec.version is not None:
             return spec.version
@@ -221,6 +236,7 @@ class Collection:
         environment.create(folder, self.marker_id)
         self.folder = folder
         self.say(f"Environment folder: {folder}")
+        spec = await self._place_upload(spec, folder)
         await self.progress.flush(env_dir=str(folder), package_version=version)
         env_dir = str(folder)
         if spec.pins:
@@ -298,6 +314,7 @@ class Reactivation(Deactivation):
         folder = self.folder
         self.say(f"Reactivating {spec.name} {self.row.package_version} in {folder}.")
         environment.create(folder, self.marker_id)
+        await self._place_upload(spec, folder)
         env_dir = str(folder)
         frozen = folder / FREEZE_FILE
         await asyncio.to_thread(frozen.write_text, self.row.freeze)

@@ -3,6 +3,7 @@ collection registered in one transaction)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc.aio
@@ -18,6 +19,8 @@ from fractal_grpc.db import transaction
 from fractal_grpc.grpckit.errors import InvalidArgument, Violations
 from fractal_grpc.images.filters import validate_keys
 from fractal_grpc.workflows import task_type
+
+WHEEL_CHUNK_BYTES = 1024 * 1024
 
 
 def _task_fields(task: pb.CollectedTask, index: int, violations: Violations) -> dict[str, Any]:
@@ -138,3 +141,13 @@ class TaskRegistrationServicer(rpc.TaskRegistrationServiceServicer):
                 )
         self.ctx.outbox_written()
         return pb.FinishCollectionResponse(collection=collection_view(row))
+
+    async def ReadCollectionWheel(
+        self, request: pb.ReadCollectionWheelRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ReadCollectionWheelResponse]:
+        async with self.ctx.reads() as session:
+            row = await collections.get(session, request.collection_id)
+            wheel = await collections.wheel_of(session, row)
+        content = wheel.content
+        for start in range(0, len(content), WHEEL_CHUNK_BYTES):
+            yield pb.ReadCollectionWheelResponse(chunk=content[start : start + WHEEL_CHUNK_BYTES])

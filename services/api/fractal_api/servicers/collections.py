@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +17,7 @@ from fractal.v2 import task_collection_pb2
 from fractal.v2 import task_collection_service_pb2 as pb
 from fractal.v2 import task_collection_service_pb2_grpc as rpc
 from fractal_api.context import ApiContext
-from fractal_api.models import TaskCollection
+from fractal_api.models import CollectionWheel, TaskCollection
 from fractal_api.store import collections
 from fractal_api.views import collection_view
 from fractal_grpc.auth.principal import current_user
@@ -38,14 +39,12 @@ class TaskCollectionServicer(rpc.TaskCollectionServiceServicer):
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
 
-    async def CollectPip(
-        self, request: pb.CollectPipRequest, context: grpc.aio.ServicerContext
-    ) -> Any:
+    def _spec(self, package: str, version: str | None, request: Any, prefix: str = "") -> Any:
         settings = self.ctx.settings
         try:
-            spec = check_request(
-                request.package.strip(),
-                request.package_version if request.HasField("package_version") else None,
+            return check_request(
+                package,
+                version,
                 request.package_extras if request.HasField("package_extras") else None,
                 request.python_version if request.HasField("python_version") else None,
                 dict(request.pinned_package_versions),
@@ -53,11 +52,63 @@ class TaskCollectionServicer(rpc.TaskCollectionServiceServicer):
                 default_python=settings.tasks_python_default(),
             )
         except PackageError as exc:
-            raise invalid_field(exc.field, exc.message) from None
+            field = "filename" if prefix and exc.field == "package" else exc.field
+            raise invalid_field(prefix + field, exc.message) from None
+
+    async def CollectPip(
+        self, request: pb.CollectPipRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        spec = self._spec(
+            request.package.strip(),
+            request.package_version if request.HasField("package_version") else None,
+            request,
+        )
+        row = await self._record(spec)
+        return pb.CollectPipResponse(collection=collection_view(row))
+
+    async def UploadAndCollect(
+        self,
+        request_iterator: AsyncIterator[pb.UploadAndCollectRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> Any:
+        header: pb.WheelUpload | None = None
+        digest = hashlib.sha256()
+        chunks: list[bytes] = []
+        received = 0
+        limit = self.ctx.settings.collection_max_wheel_bytes
+        async for message in request_iterator:
+            if message.HasField("header"):
+                if header is not None:
+                    raise invalid_field("header", "only the first message carries it")
+                header = message.header
+                if header.size > limit:
+                    raise invalid_field("header.size", f"a wheel may have at most {limit} bytes")
+            elif header is None:
+                raise invalid_field("header", "the first message must carry it")
+            received += len(message.chunk)
+            if received > header.size:
+                raise invalid_field("chunk", f"more bytes than the declared {header.size}")
+            digest.update(message.chunk)
+            chunks.append(message.chunk)
+        if header is None:
+            raise invalid_field("header", "the first message must carry it")
+        if received != header.size:
+            raise invalid_field("header.size", f"declared {header.size} bytes, received {received}")
+        if digest.hexdigest() != header.sha256:
+            raise invalid_field("header.sha256", "does not match the bytes received")
+        # The file name goes through the wheel-path grammar (as if in a folder of its own).
+        spec = self._spec(f"/upload/{header.filename}", None, header, prefix="header.")
+        upload = CollectionWheel(
+            filename=header.filename, sha256=header.sha256, content=b"".join(chunks)
+        )
+        row = await self._record(spec, upload)
+        return pb.UploadAndCollectResponse(collection=collection_view(row))
+
+    async def _record(self, spec: Any, upload: CollectionWheel | None = None) -> TaskCollection:
         try:
             async with transaction(self.ctx.sessions) as session:
                 row = await collections.create(
-                    session, self.ctx.subjects, spec, current_user().user_id or 0
+                    session, self.ctx.subjects, spec, current_user().user_id or 0, upload=upload
                 )
         except collections.CollectionRace:
             async with self.ctx.reads() as session:
@@ -69,7 +120,7 @@ class TaskCollectionServicer(rpc.TaskCollectionServiceServicer):
                 ) from None
             raise collections.already_exists(existing) from None
         self.ctx.outbox_written()
-        return pb.CollectPipResponse(collection=collection_view(row))
+        return row
 
     async def GetCollection(
         self, request: pb.GetCollectionRequest, context: grpc.aio.ServicerContext

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal.events.v1 import collection_events_pb2
 from fractal_api import views
-from fractal_api.models import Task, TaskCollection, outbox
+from fractal_api.models import CollectionWheel, Task, TaskCollection, outbox
 from fractal_api.store import write_unique
 from fractal_api.store.conflicts import violated_constraint
 from fractal_grpc.collection.packages import PackageSpec
@@ -79,7 +79,12 @@ async def emit_changed(session: AsyncSession, subjects: Subjects, row: TaskColle
 
 
 async def create(
-    session: AsyncSession, subjects: Subjects, spec: PackageSpec, user_id: int
+    session: AsyncSession,
+    subjects: Subjects,
+    spec: PackageSpec,
+    user_id: int,
+    *,
+    upload: CollectionWheel | None = None,
 ) -> TaskCollection:
     """Record a PENDING collection and its command. A concurrent request for the same package
     waits at the unique index, then raises ``CollectionRace``."""
@@ -93,7 +98,8 @@ async def create(
         package_extras=spec.extras or "",
         python_version=spec.python_version,
         pins=spec.pins,
-        wheel_path=spec.wheel_path,
+        wheel_path=spec.wheel_path if upload is None else None,
+        uploaded_wheel=upload.filename if upload is not None else None,
         origin=spec.origin,
         package_version=spec.version if spec.wheel_path else None,
     )
@@ -104,6 +110,10 @@ async def create(
         if violated_constraint(exc) != ACTIVE_INDEX:
             raise
         raise CollectionRace() from None
+    if upload is not None:
+        upload.collection_id = row.id
+        session.add(upload)
+        await session.flush()
     await session.refresh(row)
     await add_to_outbox(
         session,
@@ -318,6 +328,7 @@ async def start_activity(
         python_version=target.python_version,
         pins=target.pins,
         wheel_path=target.wheel_path,
+        uploaded_wheel=target.uploaded_wheel,
         origin=target.origin,
         env_dir=target.env_dir,
         freeze=target.freeze,
@@ -371,3 +382,12 @@ async def inactive_packages(session: AsyncSession, task_ids: Sequence[int]) -> l
         .order_by(TaskCollection.id)
     )
     return [f"{name} {version}" for name, version in rows]
+
+
+async def wheel_of(session: AsyncSession, collection: TaskCollection) -> CollectionWheel:
+    """The uploaded wheel of a collection (or of the collection an activity acts on)."""
+    owner = collection.target_id if collection.kind != COLLECT else collection.id
+    wheel = await session.get(CollectionWheel, owner)
+    if wheel is None:
+        raise NotFound(f"Collection {collection.id} has no uploaded wheel")
+    return wheel

@@ -6,7 +6,8 @@ installed version, the environment folder, the log, the frozen versions, the err
 registered task ids). Lifecycle activities (deactivate, reactivate) are rows too, of another
 ``kind``, pointing at their collection (``target_id``); ``active`` says whether a collection's
 environment exists and its tasks may run. At most one collection that has not failed per
-(package, requested version, extras, Python): a partial unique index.
+(package, requested version, extras, Python): a partial unique index. ``collection_wheels``
+keeps the wheels uploaded for collections.
 
 Revision ID: 0005
 Revises: 0004
@@ -46,6 +47,7 @@ def upgrade() -> None:
             "pins", postgresql.JSONB(astext_type=sa.Text()), server_default="{}", nullable=False
         ),
         sa.Column("wheel_path", sa.Text(), nullable=True),
+        sa.Column("uploaded_wheel", sa.Text(), nullable=True),
         sa.Column("origin", sa.Text(), nullable=False),
         sa.Column("env_dir", sa.Text(), nullable=True),
         sa.Column("log", sa.Text(), server_default="", nullable=False),
@@ -90,16 +92,30 @@ def upgrade() -> None:
         postgresql_where=sa.text("state <> 'failed' AND kind = 'collect'"),
     )
     op.create_index(
-        op.f("ix_task_collections_target_id"),
+        "ix_task_collections_target_id",
         "task_collections",
         ["target_id"],
+        schema="api",
+    )
+    op.create_table(
+        "collection_wheels",
+        sa.Column("collection_id", sa.BigInteger(), nullable=False),
+        sa.Column("filename", sa.Text(), nullable=False),
+        sa.Column("sha256", sa.Text(), nullable=False),
+        sa.Column("content", sa.LargeBinary(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["collection_id"],
+            ["api.task_collections.id"],
+            name=op.f("fk_collection_wheels_collection_id_task_collections"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("collection_id", name=op.f("pk_collection_wheels")),
         schema="api",
     )
 
 
 def downgrade() -> None:
-    op.drop_index(
-        op.f("ix_task_collections_target_id"), table_name="task_collections", schema="api"
-    )
+    op.drop_table("collection_wheels", schema="api")
+    op.drop_index("ix_task_collections_target_id", table_name="task_collections", schema="api")
     op.drop_index("uq_task_collections_active", table_name="task_collections", schema="api")
     op.drop_table("task_collections", schema="api")
