@@ -26,7 +26,7 @@ import grpc.aio
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-from google.protobuf import descriptor_pool, field_mask_pb2, message_factory
+from google.protobuf import descriptor_pool, field_mask_pb2, message_factory, struct_pb2
 from google.protobuf.message import Message
 from test_images_jobs_api import make_dataset, make_task
 from test_listeners_and_streams import listed_services
@@ -427,6 +427,16 @@ async def _read_wheel(w: World) -> Message:
     return rpb.ReadCollectionWheelRequest(collection_id=made.collection.id)
 
 
+def _custom_request() -> Message:
+    manifest = struct_pb2.Struct()
+    manifest.update(
+        {"manifest_version": "2", "task_list": [{"name": "t", "executable_non_parallel": "t.py"}]}
+    )
+    return task_collection_service_pb2.CollectCustomRequest(
+        manifest=manifest, python_interpreter="/bin/python", package_root="/p", source=_unique("c")
+    )
+
+
 def _const(make: Callable[[World], Message]) -> Build:
     async def build(w: World) -> Message:
         return make(w)
@@ -595,6 +605,7 @@ TABLE: dict[str, Row] = {
         _const(lambda w: task_collection_service_pb2.CollectPipRequest(package=_unique("pkg")))
     ),
     f"{v2}TaskCollectionService/UploadAndCollect": row(V)(_const(lambda w: _upload_request())),
+    f"{v2}TaskCollectionService/CollectCustom": row(V)(_const(lambda w: _custom_request())),
     f"{v2}TaskCollectionService/GetCollection": row(U)(_get_collection),
     f"{v2}TaskCollectionService/WatchCollection": row(U)(_watch_collection),
     f"{v2}TaskCollectionService/ListCollections": row(U)(

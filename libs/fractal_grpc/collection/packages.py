@@ -88,6 +88,17 @@ def check_python_version(value: str, configured: dict[str, str]) -> str:
     return value
 
 
+def check_absolute_path(value: str, field: str) -> str:
+    """An absolute path of plain characters (it becomes part of task commands)."""
+    if not value.startswith("/"):
+        raise PackageError(field, "must be an absolute path")
+    if not _PATH_CHARS.match(value) or "/../" in value or value.endswith("/..") or "//" in value:
+        raise PackageError(
+            field, "may hold only letters, digits, '/' and '._+@=-' (no '..', no '//')"
+        )
+    return value.rstrip("/") or "/"
+
+
 @dataclass(frozen=True)
 class Wheel:
     path: str

@@ -65,6 +65,7 @@ _RULES: dict[str, dict[str, Access]] = {
     "fractal.v2.TaskCollectionService": {
         "CollectPip": Access.VERIFIED,
         "UploadAndCollect": Access.VERIFIED,
+        "CollectCustom": Access.VERIFIED,
         "GetCollection": Access.USER,
         "WatchCollection": Access.USER,
         "ListCollections": Access.USER,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -12,18 +13,23 @@ from typing import Any
 
 import grpc.aio
 
+import fractal_grpc.workflows as rules
 from fractal.events.v1 import collection_events_pb2
 from fractal.v2 import task_collection_pb2
 from fractal.v2 import task_collection_service_pb2 as pb
 from fractal.v2 import task_collection_service_pb2_grpc as rpc
+from fractal_api import validation
 from fractal_api.context import ApiContext
 from fractal_api.models import CollectionWheel, TaskCollection
-from fractal_api.store import collections
-from fractal_api.views import collection_view
+from fractal_api.store import collections, tasks
+from fractal_api.views import collection_view, task_view
 from fractal_grpc.auth.principal import current_user
-from fractal_grpc.collection.packages import PackageError, check_request
+from fractal_grpc.collection.manifest import ManifestError, parse_manifest
+from fractal_grpc.collection.packages import PackageError, check_absolute_path, check_request
+from fractal_grpc.collection.tasks import build_tasks
+from fractal_grpc.convert import struct_to_dict
 from fractal_grpc.db import transaction
-from fractal_grpc.grpckit.errors import FailedPrecondition, NotFound, invalid_field
+from fractal_grpc.grpckit.errors import FailedPrecondition, NotFound, Violations, invalid_field
 from fractal_grpc.pagination import decode_token, page_size, split_page
 
 log = logging.getLogger("fractal.api.collections")
@@ -103,6 +109,50 @@ class TaskCollectionServicer(rpc.TaskCollectionServiceServicer):
         )
         row = await self._record(spec, upload)
         return pb.UploadAndCollectResponse(collection=collection_view(row))
+
+    async def CollectCustom(
+        self, request: pb.CollectCustomRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        me = current_user()
+        violations = Violations()
+        paths = {}
+        for field in ("python_interpreter", "package_root"):
+            try:
+                paths[field] = check_absolute_path(getattr(request, field), field)
+            except PackageError as exc:
+                violations.add(exc.field, exc.message)
+        source = validation.name(request.source, "source", violations)
+        try:
+            manifest = parse_manifest(struct_to_dict(request.manifest))
+        except ManifestError as exc:
+            violations.add("manifest", str(exc))
+        violations.raise_if_any()
+        owner = me.username or me.slurm_user
+        if not owner:
+            raise FailedPrecondition(
+                "Cannot add new tasks because current user does not have `username` or "
+                "`slurm_user` attributes.",
+                reason="TASK_OWNER_UNKNOWN",
+            )
+        drafts = build_tasks(
+            manifest,
+            python=paths["python_interpreter"],
+            package_root=paths["package_root"],
+            source=f"{owner}:{source}",
+            version=request.version if request.HasField("version") else "",
+        )
+        async with transaction(self.ctx.sessions) as session:
+            created = [
+                await tasks.create(
+                    session,
+                    owner=owner,
+                    type=rules.task_type(d.command_non_parallel, d.command_parallel),
+                    **{k: v for k, v in dataclasses.asdict(d).items() if k != "version"},
+                    version=d.version or None,
+                )
+                for d in drafts
+            ]
+        return pb.CollectCustomResponse(tasks=[task_view(t) for t in created])
 
     async def _record(self, spec: Any, upload: CollectionWheel | None = None) -> TaskCollection:
         try:
