@@ -9,7 +9,12 @@ import pytest
 
 from fractal_grpc.collection import commands, naming
 from fractal_grpc.collection.manifest import ManifestError, parse_manifest
-from fractal_grpc.collection.packages import PackageError, PackageSpec, check_request
+from fractal_grpc.collection.packages import (
+    PackageError,
+    PackageSpec,
+    check_absolute_path,
+    check_request,
+)
 from fractal_grpc.collection.tasks import build_tasks
 
 PYTHONS = {"3.11": "/usr/bin/python3.11", "3.12": "/opt/py312/bin/python3"}
@@ -269,3 +274,25 @@ def test_commands_quote_nothing_and_carry_pins() -> None:
 )
 def test_resolved_version(kind: str, output: str, version: str | None) -> None:
     assert commands.resolved_version(kind, output, "pkg") == version
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        ("/opt/env/bin/python", "/opt/env/bin/python"),
+        ("/opt/pkg/", "/opt/pkg"),
+        ("relative/python", None),
+        ("/opt/x y", None),
+        ("/opt/../etc", None),
+        ("/opt/..", None),
+        ("/opt//x", None),
+        ("/opt/$(id)", None),
+        ("/opt/a;b", None),
+    ],
+)
+def test_absolute_paths(value: str, kept: str | None) -> None:
+    if kept is None:
+        with pytest.raises(PackageError):
+            check_absolute_path(value, "f")
+    else:
+        assert check_absolute_path(value, "f") == kept
