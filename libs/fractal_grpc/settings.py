@@ -288,8 +288,6 @@ class CollectorSettings(CommonSettings, TasksPythonSettings):
     collector_no_index: bool = False
     # How long a collector's claim on a collection lasts without renewal (renewed every third).
     collector_lease_seconds: float = Field(default=30.0, gt=0, le=3600)
-    # Collections installed at once by one collector.
-    collector_max_collections: int = Field(default=2, ge=1)
     service_private_key_file: Path | None = None
     service_private_key: str | None = None
 

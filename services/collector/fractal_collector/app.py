@@ -6,7 +6,8 @@ mid-installation leaves it unacked, so JetStream redelivers it (after ``ack_wait
 lease), and the next collector claims the collection once the dead one's lease has expired,
 removes the dead attempt's folder, and starts again. While a live collector holds it, a
 redelivered command is handed back (nak) to come again later. So two collectors never install
-one collection at once, and none is left INSTALLING."""
+one collection at once, and none is left INSTALLING. One collector installs one collection at
+a time (installers are busy processes already); more at once: more replicas."""
 
 from __future__ import annotations
 
