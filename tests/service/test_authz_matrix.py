@@ -437,6 +437,12 @@ def _custom_request() -> Message:
     )
 
 
+async def _delete_collection(w: World) -> Message:
+    return task_collection_service_pb2.DeleteCollectionRequest(
+        collection_id=await w.collected(active=False)
+    )
+
+
 def _const(make: Callable[[World], Message]) -> Build:
     async def build(w: World) -> Message:
         return make(w)
@@ -613,6 +619,7 @@ TABLE: dict[str, Row] = {
     ),
     f"{v2}TaskCollectionService/DeactivateCollection": row(S)(_deactivate),
     f"{v2}TaskCollectionService/ReactivateCollection": row(S)(_reactivate),
+    f"{v2}TaskCollectionService/DeleteCollection": row(S)(_delete_collection),
     f"{registration}ClaimCollection": row(INT)(_claim_collection),
     f"{registration}ReadCollectionWheel": row(INT)(_read_wheel),
     f"{registration}ReportCollectionProgress": row(INT)(_report_collection),

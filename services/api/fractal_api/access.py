@@ -71,6 +71,7 @@ _RULES: dict[str, dict[str, Access]] = {
         "ListCollections": Access.USER,
         "DeactivateCollection": Access.SUPERUSER,
         "ReactivateCollection": Access.SUPERUSER,
+        "DeleteCollection": Access.SUPERUSER,
     },
     "fractal.internal.v1.JobExecutionService": {
         "GetJobSpec": Access.INTERNAL,

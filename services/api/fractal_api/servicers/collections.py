@@ -266,3 +266,11 @@ class TaskCollectionServicer(rpc.TaskCollectionServiceServicer):
     ) -> Any:
         activity = await self._activity(request.collection_id, collections.REACTIVATE)
         return pb.ReactivateCollectionResponse(activity=activity)
+
+    async def DeleteCollection(
+        self, request: pb.DeleteCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async with transaction(self.ctx.sessions) as session:
+            row = await collections.get(session, request.collection_id, lock=True)
+            await collections.delete_collection(session, row)
+        return pb.DeleteCollectionResponse()

@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal.events.v1 import collection_events_pb2
 from fractal_api import views
-from fractal_api.models import CollectionWheel, Task, TaskCollection, outbox
+from fractal_api.models import CollectionWheel, Task, TaskCollection, WorkflowTask, outbox
 from fractal_api.store import write_unique
 from fractal_api.store.conflicts import violated_constraint
 from fractal_grpc.collection.packages import PackageSpec
@@ -391,3 +391,57 @@ async def wheel_of(session: AsyncSession, collection: TaskCollection) -> Collect
     if wheel is None:
         raise NotFound(f"Collection {collection.id} has no uploaded wheel")
     return wheel
+
+
+async def delete_collection(session: AsyncSession, row: TaskCollection) -> None:
+    """Delete a FAILED or deactivated collection (``row`` locked) with its tasks; its
+    activities and uploaded wheel go with it (foreign keys). Refused, with nothing deleted,
+    while it is active or busy, or while a workflow uses one of its tasks."""
+    if row.kind != COLLECT:
+        raise FailedPrecondition(
+            f"Record {row.id} is an activity, not a collection", reason="NOT_A_COLLECTION"
+        )
+    if row.state != FAILED and (row.state != OK or row.active):
+        raise FailedPrecondition(
+            f"Collection {row.id} must be deactivated (or have failed) before it is deleted",
+            reason="COLLECTION_ACTIVE",
+            metadata={"collection_id": str(row.id)},
+        )
+    busy = (
+        await session.execute(
+            select(TaskCollection.id).where(
+                TaskCollection.target_id == row.id,
+                TaskCollection.state.in_((PENDING, INSTALLING)),
+            )
+        )
+    ).scalar_one_or_none()
+    if busy is not None:
+        raise FailedPrecondition(
+            f"Activity {busy} on collection {row.id} is in progress",
+            reason="ACTIVITY_IN_PROGRESS",
+            metadata={"collection_id": str(busy)},
+        )
+    if row.task_ids:
+        # Row locks on the tasks wait out (then block) a workflow task being added with one.
+        await session.execute(select(Task.id).where(Task.id.in_(row.task_ids)).with_for_update())
+        used = (
+            (
+                await session.execute(
+                    select(WorkflowTask.workflow_id)
+                    .where(WorkflowTask.task_id.in_(row.task_ids))
+                    .distinct()
+                    .order_by(WorkflowTask.workflow_id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if used:
+            ids = ",".join(str(w) for w in used)
+            raise FailedPrecondition(
+                f"Cannot delete collection {row.id}: its tasks are used by workflow(s) {ids}",
+                reason="TASK_IN_USE",
+                metadata={"workflow_ids": ids},
+            )
+        await session.execute(delete(Task).where(Task.id.in_(row.task_ids)))
+    await session.execute(delete(TaskCollection).where(TaskCollection.id == row.id))
