@@ -14,9 +14,9 @@ STAMP := $(VENV)/.installed
 UV := $(VENV)/bin/uv
 # Every third-party package, pinned (make lock); our own packages are installed from here.
 LOCK := requirements.lock
-PACKAGES := libs libs/devstack libs/cli services/api services/runner
+PACKAGES := libs libs/devstack libs/cli services/api services/runner services/collector
 LOCK_FLAGS := --universal --python-version 3.11 --quiet --custom-compile-command "make lock" \
-	$(foreach name,fractal-grpc-libs fractal-devstack fractal-cli fractal-api fractal-runner,--no-emit-package $(name))
+	$(foreach name,fractal-grpc-libs fractal-devstack fractal-cli fractal-api fractal-runner fractal-collector,--no-emit-package $(name))
 
 .PHONY: run test lint protos install lock bench clean test-unit test-service test-e2e cluster test-tools
 

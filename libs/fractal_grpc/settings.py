@@ -6,6 +6,7 @@ A bad value stops the service at start with a message that names the variable.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Self, TypeVar
 
@@ -124,7 +125,61 @@ def _read_key(value: str | None, path: Path | None, name: str) -> str:
     raise SettingsError(f"FRACTAL_{name} or FRACTAL_{name}_FILE must be set")
 
 
-class ApiSettings(CommonSettings):
+#: The Python versions task environments may use (reference §9, FRACTAL_TASKS_PYTHON_3_X).
+TASKS_PYTHON_VERSIONS = ("3.9", "3.10", "3.11", "3.12", "3.13")
+
+
+class TasksPythonSettings(BaseSettings):
+    """The interpreters task environments are created with (api checks requests against them;
+    the collector uses them). Reference §9: when no default version is set, the default is the
+    service's own Python and it is the only one available."""
+
+    model_config = SettingsConfigDict(env_prefix="FRACTAL_", extra="ignore")
+
+    tasks_python_default_version: str | None = None
+    tasks_python_3_9: str | None = None
+    tasks_python_3_10: str | None = None
+    tasks_python_3_11: str | None = None
+    tasks_python_3_12: str | None = None
+    tasks_python_3_13: str | None = None
+
+    @model_validator(mode="after")
+    def _default_python(self) -> Self:
+        default = self.tasks_python_default_version
+        if default is not None:
+            if default not in TASKS_PYTHON_VERSIONS:
+                raise ValueError(
+                    "FRACTAL_TASKS_PYTHON_DEFAULT_VERSION must be one of "
+                    + ", ".join(TASKS_PYTHON_VERSIONS)
+                )
+            if self.tasks_pythons().get(default) is None:
+                raise ValueError(
+                    f"FRACTAL_TASKS_PYTHON_{default.replace('.', '_')} must be set "
+                    f"(FRACTAL_TASKS_PYTHON_DEFAULT_VERSION is {default})"
+                )
+        for version, path in self.tasks_pythons().items():
+            if not path.startswith("/"):
+                raise ValueError(
+                    f"FRACTAL_TASKS_PYTHON_{version.replace('.', '_')} must be an absolute path"
+                )
+        return self
+
+    def tasks_pythons(self) -> dict[str, str]:
+        """Python version -> interpreter path, of the configured versions."""
+        if self.tasks_python_default_version is None:
+            return {f"{sys.version_info.major}.{sys.version_info.minor}": sys.executable}
+        found = {
+            v: getattr(self, f"tasks_python_{v.replace('.', '_')}") for v in TASKS_PYTHON_VERSIONS
+        }
+        return {v: path for v, path in found.items() if path}
+
+    def tasks_python_default(self) -> str:
+        return self.tasks_python_default_version or (
+            f"{sys.version_info.major}.{sys.version_info.minor}"
+        )
+
+
+class ApiSettings(CommonSettings, TasksPythonSettings):
     """Settings of the api service."""
 
     api_address: str = "127.0.0.1:50051"
@@ -150,6 +205,8 @@ class ApiSettings(CommonSettings):
     # Signs page tokens; the same on every replica. Unset: derived from the JWT private key.
     page_token_secret: str | None = Field(default=None, min_length=16)
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
+    # The largest wheel UploadAndCollect accepts.
+    collection_max_wheel_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
     @field_validator("runner_backend")
     @classmethod
@@ -272,6 +329,56 @@ class RunnerSettings(CommonSettings):
         if not (self.jwt_public_key or self.jwt_public_key_file):
             return None
         return _read_key(self.jwt_public_key, self.jwt_public_key_file, "JWT_PUBLIC_KEY")
+
+
+COLLECTOR_INSTALLERS = ("uv", "pip")
+
+
+class CollectorSettings(CommonSettings, TasksPythonSettings):
+    """Settings of the collector service."""
+
+    # The collector's own listener: health and reflection.
+    collector_address: str = "127.0.0.1:50054"
+    # api's internal listener (FRACTAL_API_INTERNAL_ADDRESS).
+    api_url: str = "127.0.0.1:50053"
+    # Task environments live in {FRACTAL_TASKS_DIR}/.fractal/ (reference §8.2).
+    tasks_dir: Path = Path(".state/tasks")
+    # uv (default; its cache is shared by every collection) or pip (the reference's steps).
+    collector_installer: str = "uv"
+    # The uv executable; unset: the one installed beside the collector's Python, else PATH.
+    collector_uv: str | None = None
+    # uv's cache folder (UV_CACHE_DIR); unset: uv's default.
+    collector_uv_cache_dir: Path | None = None
+    # pip is upgraded to at most this version in a pip-made environment (reference 2.3.7).
+    pip_max_version: str = Field(default="24.0", pattern=r"^[0-9]+(\.[0-9]+){0,2}$")
+    # Where packages come from (both installers): another index, local folders, or no index.
+    collector_index_url: str | None = None
+    collector_find_links: str = ""  # comma-separated folders or URLs
+    collector_no_index: bool = False
+    # How long a collector's claim on a collection lasts without renewal (renewed every third).
+    collector_lease_seconds: float = Field(default=30.0, gt=0, le=3600)
+    service_private_key_file: Path | None = None
+    service_private_key: str | None = None
+
+    @field_validator("collector_installer")
+    @classmethod
+    def _installer(cls, value: str) -> str:
+        if value not in COLLECTOR_INSTALLERS:
+            raise ValueError(f"must be one of {', '.join(COLLECTOR_INSTALLERS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _absolute_tasks_dir(self) -> Self:
+        self.tasks_dir = self.tasks_dir.absolute()
+        return self
+
+    def find_links(self) -> tuple[str, ...]:
+        return tuple(part.strip() for part in self.collector_find_links.split(",") if part.strip())
+
+    def service_private_key_pem(self) -> str:
+        return _read_key(
+            self.service_private_key, self.service_private_key_file, "SERVICE_PRIVATE_KEY"
+        )
 
 
 S = TypeVar("S", bound=BaseSettings)

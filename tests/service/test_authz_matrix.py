@@ -26,12 +26,14 @@ import grpc.aio
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-from google.protobuf import descriptor_pool, field_mask_pb2, message_factory
+from google.protobuf import descriptor_pool, field_mask_pb2, message_factory, struct_pb2
 from google.protobuf.message import Message
 from test_images_jobs_api import make_dataset, make_task
 from test_listeners_and_streams import listed_services
 
 from fractal.internal.v1 import job_execution_service_pb2 as ipb
+from fractal.internal.v1 import task_registration_service_pb2 as rpb
+from fractal.internal.v1 import task_registration_service_pb2_grpc
 from fractal.v2 import (
     admin_service_pb2,
     auth_service_pb2,
@@ -42,6 +44,7 @@ from fractal.v2 import (
     job_service_pb2,
     project_pb2,
     project_service_pb2,
+    task_collection_service_pb2,
     task_service_pb2,
     user_pb2,
     user_service_pb2,
@@ -79,6 +82,83 @@ class World:
     finish_job_id: int  # finished by FinishJob
     # Where the runner's listener of the test keeps job folders (DownloadJobFolder reads there).
     job_folders: Path | None = None
+    # A service token's metadata (the collector's claim before its other internal calls).
+    service_md: tuple[tuple[str, str], ...] = ()
+    # The superuser (lifecycle activities need one to start).
+    admin: ApiClient | None = None
+
+    def registration(self) -> task_registration_service_pb2_grpc.TaskRegistrationServiceStub:
+        assert self.owner.internal_channel is not None
+        return task_registration_service_pb2_grpc.TaskRegistrationServiceStub(
+            self.owner.internal_channel
+        )
+
+    async def collected(self, *, active: bool = True) -> int:
+        """A collection ended OK by playing the collector (deactivated too if not ``active``)."""
+        package = _unique("pkg")
+        made = await self.owner.collections.CollectPip(
+            task_collection_service_pb2.CollectPipRequest(package=package, package_version="1.0"),
+            metadata=self.owner.md,
+        )
+        collection = made.collection
+        await self._play_collector(
+            collection.id,
+            success=rpb.CollectionSuccess(
+                package_version="1.0",
+                env_dir=f"/envs/{package}",
+                freeze=f"{package}==1.0\n",
+                tasks=[
+                    rpb.CollectedTask(
+                        name="t",
+                        source=f"pip_remote:{collection.package_name.replace('-', '_')}:1.0::"
+                        f"py{collection.python_version}:t",
+                        command_non_parallel="/bin/true",
+                    )
+                ],
+            ),
+        )
+        if not active:
+            assert self.admin is not None
+            started = await self.admin.collections.DeactivateCollection(
+                task_collection_service_pb2.DeactivateCollectionRequest(
+                    collection_id=collection.id
+                ),
+                metadata=self.admin.md,
+            )
+            await self._play_collector(started.activity.id, activity_done=True)
+        return collection.id
+
+    async def _play_collector(self, collection_id: int, **result: Any) -> None:
+        stub = self.registration()
+        await stub.ClaimCollection(
+            rpb.ClaimCollectionRequest(
+                collection_id=collection_id, owner="authz", lease_seconds=60
+            ),
+            metadata=self.service_md,
+        )
+        await stub.FinishCollection(
+            rpb.FinishCollectionRequest(collection_id=collection_id, owner="authz", **result),
+            metadata=self.service_md,
+        )
+
+    async def collection(self, *, claimed: bool = False) -> int:
+        """A new PENDING collection of the owner (claimed by "authz" if asked); nothing
+        consumes the runnerless api's commands, so it stays so."""
+        made = await self.owner.collections.CollectPip(
+            task_collection_service_pb2.CollectPipRequest(package=_unique("pkg")),
+            metadata=self.owner.md,
+        )
+        if claimed:
+            assert self.owner.internal_channel is not None
+            await task_registration_service_pb2_grpc.TaskRegistrationServiceStub(
+                self.owner.internal_channel
+            ).ClaimCollection(
+                rpb.ClaimCollectionRequest(
+                    collection_id=made.collection.id, owner="authz", lease_seconds=60
+                ),
+                metadata=self.service_md,
+            )
+        return made.collection.id
 
     async def job_folder(self) -> int:
         """``job_id``, after giving it a folder on the runner's storage."""
@@ -294,6 +374,84 @@ async def _admin_download(w: World) -> Message:
     return admin_service_pb2.DownloadAnyJobFolderRequest(job_id=await w.job_folder())
 
 
+async def _get_collection(w: World) -> Message:
+    return task_collection_service_pb2.GetCollectionRequest(
+        collection_id=await w.collection(), with_log=True
+    )
+
+
+async def _watch_collection(w: World) -> Message:
+    return task_collection_service_pb2.WatchCollectionRequest(collection_id=await w.collection())
+
+
+async def _claim_collection(w: World) -> Message:
+    return rpb.ClaimCollectionRequest(
+        collection_id=await w.collection(), owner="authz", lease_seconds=60
+    )
+
+
+async def _report_collection(w: World) -> Message:
+    return rpb.ReportCollectionProgressRequest(
+        collection_id=await w.collection(claimed=True), owner="authz", lease_seconds=60, log="x\n"
+    )
+
+
+async def _finish_collection(w: World) -> Message:
+    return rpb.FinishCollectionRequest(
+        collection_id=await w.collection(claimed=True), owner="authz", error="given up"
+    )
+
+
+async def _deactivate(w: World) -> Message:
+    return task_collection_service_pb2.DeactivateCollectionRequest(
+        collection_id=await w.collected()
+    )
+
+
+async def _reactivate(w: World) -> Message:
+    return task_collection_service_pb2.ReactivateCollectionRequest(
+        collection_id=await w.collected(active=False)
+    )
+
+
+def _upload_request() -> Message:
+    content = secrets.token_bytes(64)
+    return task_collection_service_pb2.UploadAndCollectRequest(
+        header=task_collection_service_pb2.WheelUpload(
+            filename=f"pkg_{secrets.token_hex(4)}-1.0-py3-none-any.whl",
+            sha256=hashlib.sha256(content).hexdigest(),
+            size=len(content),
+        ),
+        chunk=content,
+    )
+
+
+async def _read_wheel(w: World) -> Message:
+    request = _upload_request()
+
+    async def one() -> Any:
+        yield request
+
+    made = await w.owner.collections.UploadAndCollect(one(), metadata=w.owner.md)
+    return rpb.ReadCollectionWheelRequest(collection_id=made.collection.id)
+
+
+def _custom_request() -> Message:
+    manifest = struct_pb2.Struct()
+    manifest.update(
+        {"manifest_version": "2", "task_list": [{"name": "t", "executable_non_parallel": "t.py"}]}
+    )
+    return task_collection_service_pb2.CollectCustomRequest(
+        manifest=manifest, python_interpreter="/bin/python", package_root="/p", source=_unique("c")
+    )
+
+
+async def _delete_collection(w: World) -> Message:
+    return task_collection_service_pb2.DeleteCollectionRequest(
+        collection_id=await w.collected(active=False)
+    )
+
+
 def _const(make: Callable[[World], Message]) -> Build:
     async def build(w: World) -> Message:
         return make(w)
@@ -303,6 +461,7 @@ def _const(make: Callable[[World], Message]) -> Build:
 
 U, V, S, INT, P = Access.USER, Access.VERIFIED, Access.SUPERUSER, Access.INTERNAL, Access.PUBLIC
 v2, internal = "/fractal.v2.", "/fractal.internal.v1.JobExecutionService/"
+registration = "/fractal.internal.v1.TaskRegistrationService/"
 TABLE: dict[str, Row] = {
     f"{v2}AuthService/Login": row(P)(_login),
     f"{v2}AuthService/GetCurrentUser": row(U)(
@@ -492,6 +651,23 @@ TABLE: dict[str, Row] = {
     f"{v2}AdminService/GetSettings": row(S)(
         _const(lambda w: admin_service_pb2.GetSettingsRequest())
     ),
+    f"{v2}TaskCollectionService/CollectPip": row(V)(
+        _const(lambda w: task_collection_service_pb2.CollectPipRequest(package=_unique("pkg")))
+    ),
+    f"{v2}TaskCollectionService/UploadAndCollect": row(V)(_const(lambda w: _upload_request())),
+    f"{v2}TaskCollectionService/CollectCustom": row(V)(_const(lambda w: _custom_request())),
+    f"{v2}TaskCollectionService/GetCollection": row(U)(_get_collection),
+    f"{v2}TaskCollectionService/WatchCollection": row(U)(_watch_collection),
+    f"{v2}TaskCollectionService/ListCollections": row(U)(
+        _const(lambda w: task_collection_service_pb2.ListCollectionsRequest())
+    ),
+    f"{v2}TaskCollectionService/DeactivateCollection": row(S)(_deactivate),
+    f"{v2}TaskCollectionService/ReactivateCollection": row(S)(_reactivate),
+    f"{v2}TaskCollectionService/DeleteCollection": row(S)(_delete_collection),
+    f"{registration}ClaimCollection": row(INT)(_claim_collection),
+    f"{registration}ReadCollectionWheel": row(INT)(_read_wheel),
+    f"{registration}ReportCollectionProgress": row(INT)(_report_collection),
+    f"{registration}FinishCollection": row(INT)(_finish_collection),
     f"{internal}GetJobSpec": row(INT)(
         _const(lambda w: ipb.GetJobSpecRequest(job_id=w.spec_job_id))
     ),
@@ -735,6 +911,8 @@ async def test_authorization_matrix(
 
     world, tokens = await build_world(admin)
     world.job_folders = runner_listener.base_dir
+    world.service_md = service_md
+    world.admin = admin
     callers = Callers(key_env, tokens, service_md, world.owner_id)
     wrong = []
     count = 0

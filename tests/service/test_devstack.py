@@ -227,7 +227,7 @@ with open(os.path.join(os.environ["FAKE_OUT_DIR"], name + ".json"), "w") as hand
 if os.environ.get("FAKE_SERVE_FAIL") == name:
     print("serve exploded", flush=True)
     sys.exit(3)
-address = os.environ["FRACTAL_API_ADDRESS" if name == "api" else "FRACTAL_RUNNER_ADDRESS"]
+address = os.environ[f"FRACTAL_{name.upper()}_ADDRESS"]
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
 health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
 server.add_insecure_port(address)
@@ -247,7 +247,7 @@ server.wait_for_termination()
 def fake_bin(tmp_path: Path) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in ("fractal-api", "fractal-runner"):
+    for name in ("fractal-api", "fractal-runner", "fractal-collector"):
         script = bin_dir / name
         script.write_text(f"#!{sys.executable}\n{FAKE_SERVICE}")
         script.chmod(0o755)
@@ -370,7 +370,13 @@ async def test_cli_run_starts_and_stops_the_stack(
     proc.send_signal(signal.SIGINT)
     code, output = _finish(proc)
     assert code == 0, output
-    order = ["Stopping runner", "Stopping api", "Stopping NATS", "Stopping PostgreSQL"]
+    order = [
+        "Stopping collector",
+        "Stopping runner",
+        "Stopping api",
+        "Stopping NATS",
+        "Stopping PostgreSQL",
+    ]
     positions = [output.index(step) for step in order]
     assert positions == sorted(positions), output
     _assert_all_stopped(state, tmp_path / "out")

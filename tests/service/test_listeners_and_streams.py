@@ -43,8 +43,12 @@ PUBLIC = {
     "fractal.v2.WorkflowService",
     "fractal.v2.JobService",
     "fractal.v2.AdminService",
+    "fractal.v2.TaskCollectionService",
 }
-INTERNAL = {"fractal.internal.v1.JobExecutionService"}
+INTERNAL = {
+    "fractal.internal.v1.JobExecutionService",
+    "fractal.internal.v1.TaskRegistrationService",
+}
 
 
 async def listed_services(address: str) -> set[str]:

@@ -32,6 +32,7 @@ PACKAGES = {
     "libs/cli/pyproject.toml": ["libs/cli/fractal_cli"],
     "services/api/pyproject.toml": ["services/api/fractal_api"],
     "services/runner/pyproject.toml": ["services/runner/fractal_runner"],
+    "services/collector/pyproject.toml": ["services/collector/fractal_collector"],
 }
 # Declared, used, but never imported (with what uses them).
 NOT_IMPORTED = {

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from fractal_api.submit_rules import check_user_for_backend, pick_slurm_account, user_working_dir
+from fractal_api.submit_rules import (
+    check_tasks_runnable,
+    check_user_for_backend,
+    pick_slurm_account,
+    user_working_dir,
+)
 from fractal_grpc.grpckit.errors import FailedPrecondition, InvalidArgument
 from fractal_grpc.settings import ApiSettings, RunnerSettings
 
@@ -89,3 +94,17 @@ def test_runner_slurm_settings_are_required(tmp_path):
             slurm_ssh_private_key_path="/k",
             slurm_ssh_working_base_dir="rel",
         )
+
+
+
+@pytest.mark.parametrize(
+    ("inactive", "named"),
+    [([], None), (["pkg 1.0"], "pkg 1.0"), (["a 1", "b 2"], "a 1, b 2")],
+)
+def test_tasks_of_deactivated_packages_are_refused(inactive, named):
+    if named is None:
+        check_tasks_runnable(inactive)
+        return
+    with pytest.raises(FailedPrecondition) as err:
+        check_tasks_runnable(inactive)
+    assert named in err.value.message and err.value.reason == "TASK_PACKAGE_INACTIVE"

@@ -2,11 +2,12 @@
 
 ``fractal-dev run`` starts, unless the environment already points elsewhere, an embedded
 PostgreSQL and NATS, creates development keys, migrates and starts ``fractal-api`` and
-``fractal-runner``, and says "ready" once the runner has reached the api and NATS (its health
-answers SERVING). Then it supervises (``fractal_devstack.supervisor``): a component that dies
-is restarted with backoff; the task processes of a runner that died are killed first. Ctrl-C
-(or SIGTERM) stops exactly what it started, in reverse order. ``fractal-dev postgres`` and
-``fractal-dev nats`` run one component alone.
+``fractal-runner`` (then ``fractal-collector``, task collection), and says "ready" once the
+runner has reached the api and NATS (its health answers SERVING). Then it supervises
+(``fractal_devstack.supervisor``): a component that dies is restarted with backoff; the task
+processes of a runner that died are killed first. Ctrl-C (or SIGTERM) stops exactly what it
+started, in reverse order. ``fractal-dev postgres`` and ``fractal-dev nats`` run one component
+alone.
 """
 
 from __future__ import annotations
@@ -347,6 +348,9 @@ class DevStack:
         # Prometheus metrics of each service, on free ports (several runs can share a machine).
         _set_default(env, "FRACTAL_API_METRICS_ADDRESS", lambda: f"{LOOPBACK}:{free_port()}")
         _set_default(env, "FRACTAL_RUNNER_METRICS_ADDRESS", lambda: f"{LOOPBACK}:{free_port()}")
+        # The collector's health listener, and where it keeps task environments.
+        _set_default(env, "FRACTAL_COLLECTOR_ADDRESS", lambda: f"{LOOPBACK}:{free_port()}")
+        _set_default(env, "FRACTAL_TASKS_DIR", lambda: str(self.state_dir / "tasks"))
         _set_default(env, "FRACTAL_DEFAULT_ADMIN_EMAIL", lambda: "admin@fractal.xy")
         _set_default(env, "FRACTAL_DEFAULT_ADMIN_PASSWORD", lambda: "1234")
         _set_default(env, "FRACTAL_NATS_PREFIX", lambda: "fractal")
@@ -372,7 +376,20 @@ class DevStack:
             after_stop=self._kill_task_processes,
             say=self.say,
         )
-        for child, variable in ((api, "FRACTAL_API_ADDRESS"), (runner, "FRACTAL_RUNNER_ADDRESS")):
+        collector = ChildService(
+            "collector",
+            self._executable("fractal-collector"),
+            env["FRACTAL_COLLECTOR_ADDRESS"],
+            self.logs_dir,
+            startup_timeout=self.startup_timeout,
+            grace=self.grace,
+            say=self.say,
+        )
+        for child, variable in (
+            (api, "FRACTAL_API_ADDRESS"),
+            (runner, "FRACTAL_RUNNER_ADDRESS"),
+            (collector, "FRACTAL_COLLECTOR_ADDRESS"),
+        ):
             host, port = split_address(child.address)
             if not port_is_free(host, port):
                 hint = " (use --api-port)" if child is api else ""
@@ -381,14 +398,15 @@ class DevStack:
                     "is another fractal-dev running?"
                 )
 
-        for child in (api, runner):
+        for child in (api, runner, collector):
             self.say(f"Migrating {child.name}…")
             child.migrate(env)
         waiting = {
             api: "",
             runner: f" (ready once it has reached the api at {env['FRACTAL_API_URL']} and NATS)",
+            collector: "",
         }
-        for child in (api, runner):
+        for child in (api, runner, collector):
             self.say(f"Starting {child.name} on {child.address}…{waiting[child]}")
             self._on_close(child.name, child.stop)
             self.children.append(child)

@@ -18,6 +18,7 @@ from fractal.v2 import (
     image_service_pb2_grpc,
     job_service_pb2_grpc,
     project_service_pb2_grpc,
+    task_collection_service_pb2_grpc,
     task_service_pb2_grpc,
     user_pb2,
     user_service_pb2,
@@ -93,6 +94,10 @@ class FractalClient:
     def admin(self) -> admin_service_pb2_grpc.AdminServiceStub:
         """AdminService (superusers only)."""
         return admin_service_pb2_grpc.AdminServiceStub(self.channel)
+
+    @property
+    def collections(self) -> task_collection_service_pb2_grpc.TaskCollectionServiceStub:
+        return task_collection_service_pb2_grpc.TaskCollectionServiceStub(self.channel)
 
     @property
     def internal(self) -> job_execution_service_pb2_grpc.JobExecutionServiceStub:

@@ -54,6 +54,13 @@ class Subjects:
         return f"{self.prefix}.evt.job.{job_id}"
 
     @property
+    def collection_submit(self) -> str:
+        return f"{self.prefix}.cmd.collection.submit"
+
+    def collection_event(self, collection_id: int) -> str:
+        return f"{self.prefix}.evt.collection.{collection_id}"
+
+    @property
     def runner_released(self) -> str:
         """Core NATS only (outside the streams): a runner released runs on its way out."""
         return f"{self.prefix}.runner.released"

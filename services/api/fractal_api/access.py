@@ -77,12 +77,29 @@ _RULES: dict[str, dict[str, Access]] = {
         "QueryTasks": Access.SUPERUSER,
         "GetSettings": Access.SUPERUSER,
     },
+    "fractal.v2.TaskCollectionService": {
+        "CollectPip": Access.VERIFIED,
+        "UploadAndCollect": Access.VERIFIED,
+        "CollectCustom": Access.VERIFIED,
+        "GetCollection": Access.USER,
+        "WatchCollection": Access.USER,
+        "ListCollections": Access.USER,
+        "DeactivateCollection": Access.SUPERUSER,
+        "ReactivateCollection": Access.SUPERUSER,
+        "DeleteCollection": Access.SUPERUSER,
+    },
     "fractal.internal.v1.JobExecutionService": {
         "GetJobSpec": Access.INTERNAL,
         "StreamTaskInputs": Access.INTERNAL,
         "ApplyTaskResult": Access.INTERNAL,
         "ReportTaskProgress": Access.INTERNAL,
         "FinishJob": Access.INTERNAL,
+    },
+    "fractal.internal.v1.TaskRegistrationService": {
+        "ClaimCollection": Access.INTERNAL,
+        "ReportCollectionProgress": Access.INTERNAL,
+        "FinishCollection": Access.INTERNAL,
+        "ReadCollectionWheel": Access.INTERNAL,
     },
 }
 

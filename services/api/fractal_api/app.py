@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 
 from fractal.internal.v1 import job_execution_service_pb2_grpc as internal_rpc
+from fractal.internal.v1 import task_registration_service_pb2_grpc as registration_rpc
 from fractal.v2 import (
     admin_service_pb2_grpc,
     auth_service_pb2_grpc,
@@ -14,6 +15,7 @@ from fractal.v2 import (
     image_service_pb2_grpc,
     job_service_pb2_grpc,
     project_service_pb2_grpc,
+    task_collection_service_pb2_grpc,
     task_service_pb2_grpc,
     user_service_pb2_grpc,
     workflow_service_pb2_grpc,
@@ -23,6 +25,8 @@ from fractal_api.context import ApiContext
 from fractal_api.models import outbox
 from fractal_api.servicers.admin import AdminServicer
 from fractal_api.servicers.auth import AuthServicer, UserServicer
+from fractal_api.servicers.collection_registration import TaskRegistrationServicer
+from fractal_api.servicers.collections import TaskCollectionServicer
 from fractal_api.servicers.images import ImageServicer
 from fractal_api.servicers.internal import JobExecutionServicer
 from fractal_api.servicers.jobs import JobServicer
@@ -131,7 +135,15 @@ class ApiApp:
                 admin_service_pb2_grpc.add_AdminServiceServicer_to_server,
                 AdminServicer(ctx, self.jobs.folders),
             ),
+            (
+                task_collection_service_pb2_grpc.add_TaskCollectionServiceServicer_to_server,
+                TaskCollectionServicer(ctx),
+            ),
             (internal_rpc.add_JobExecutionServiceServicer_to_server, JobExecutionServicer(ctx)),
+            (
+                registration_rpc.add_TaskRegistrationServiceServicer_to_server,
+                TaskRegistrationServicer(ctx),
+            ),
         ]
         for (register, servicer), name in zip(registrations, SERVICES, strict=True):
             server = self.internal_server if name in INTERNAL_SERVICES else self.server

@@ -276,4 +276,73 @@ class RequestRecord(Base):
     __table_args__ = (PrimaryKeyConstraint("user_id", "method", "request_id"),)
 
 
+class TaskCollection(Base):
+    """One collection of a task package (reference ``CollectionStateV2``, with typed columns).
+
+    At most one collection that has not FAILED per (package, requested version, extras,
+    Python): a partial unique index, so two concurrent requests cannot both be recorded. The
+    collector working on it holds a lease (``lease_owner`` until ``lease_expires_at``)."""
+
+    __tablename__ = "task_collections"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    state: Mapped[str] = mapped_column(Text, nullable=False, server_default="pending")
+    package_name: Mapped[str] = mapped_column(Text, nullable=False)
+    # '' when not given (the newest version of the index).
+    requested_version: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
+    package_version: Mapped[str | None] = mapped_column(Text)
+    # '' when none.
+    package_extras: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
+    python_version: Mapped[str] = mapped_column(Text, nullable=False)
+    pins: Mapped[dict[str, str]] = mapped_column(JSONB, nullable=False, server_default="{}")
+    wheel_path: Mapped[str | None] = mapped_column(Text)
+    # The file name of an uploaded wheel (its bytes: CollectionWheel).
+    uploaded_wheel: Mapped[str | None] = mapped_column(Text)
+    origin: Mapped[str] = mapped_column(Text, nullable=False)
+    env_dir: Mapped[str | None] = mapped_column(Text)
+    log: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
+    freeze: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    task_ids: Mapped[list[int]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'[]'::jsonb")
+    )
+    lease_owner: Mapped[str | None] = mapped_column(Text)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="1")
+    # collect, or a lifecycle activity on ``target_id``: deactivate, reactivate.
+    kind: Mapped[str] = mapped_column(Text, nullable=False, server_default="collect")
+    target_id: Mapped[int | None] = mapped_column(
+        ForeignKey("task_collections.id", ondelete="CASCADE")
+    )
+    # A collection's environment exists and its tasks may run.
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+    __table_args__ = (
+        Index(
+            "uq_task_collections_active",
+            "package_name",
+            "requested_version",
+            "package_extras",
+            "python_version",
+            unique=True,
+            postgresql_where=text("state <> 'failed' AND kind = 'collect'"),
+        ),
+        Index("ix_task_collections_target_id", "target_id"),
+    )
+
+
+class CollectionWheel(Base):
+    """A wheel uploaded for a collection, kept as long as it (reactivation reinstalls it)."""
+
+    __tablename__ = "collection_wheels"
+    collection_id: Mapped[int] = mapped_column(
+        ForeignKey("task_collections.id", ondelete="CASCADE"), primary_key=True
+    )
+    filename: Mapped[str] = mapped_column(Text, nullable=False)
+    sha256: Mapped[str] = mapped_column(Text, nullable=False)
+    content: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
 outbox = outbox_table(Base.metadata)

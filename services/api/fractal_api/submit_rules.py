@@ -10,7 +10,25 @@ from collections.abc import Sequence
 
 from fractal_grpc.grpckit.errors import FailedPrecondition, InvalidArgument
 
-__all__ = ["check_user_for_backend", "pick_slurm_account", "user_working_dir"]
+__all__ = [
+    "check_tasks_runnable",
+    "check_user_for_backend",
+    "pick_slurm_account",
+    "user_working_dir",
+]
+
+
+def check_tasks_runnable(inactive_packages: Sequence[str]) -> None:
+    """A job may not use a task of a deactivated package (its environment is gone):
+    FAILED_PRECONDITION naming the packages, to be reactivated first."""
+    if inactive_packages:
+        names = ", ".join(inactive_packages)
+        raise FailedPrecondition(
+            f"The workflow uses tasks of deactivated task package(s): {names}; "
+            "reactivate them first",
+            reason="TASK_PACKAGE_INACTIVE",
+            metadata={"packages": names},
+        )
 
 
 def check_user_for_backend(backend: str, slurm_user: str | None, cache_dir: str | None) -> None:

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fractal.v2 import job_pb2, project_pb2, task_pb2, user_pb2, workflow_pb2, workflow_service_pb2
+from fractal.v2 import (
+    job_pb2,
+    project_pb2,
+    task_collection_pb2,
+    task_pb2,
+    user_pb2,
+    workflow_pb2,
+    workflow_service_pb2,
+)
 from fractal_api import models
+from fractal_grpc.collection.naming import package_source
 from fractal_grpc.convert import dict_to_struct, fill_filters, timestamp
 
 TASK_TYPES = {
@@ -219,3 +228,56 @@ def workflow_export_view(
         dict_to_struct(wftask.meta_parallel, item.meta_parallel)
         fill_filters(item.input_filters, wftask.input_filters)
     return msg
+
+
+COLLECTION_STATES = {
+    "pending": task_collection_pb2.COLLECTION_STATE_PENDING,
+    "installing": task_collection_pb2.COLLECTION_STATE_INSTALLING,
+    "OK": task_collection_pb2.COLLECTION_STATE_OK,
+    "failed": task_collection_pb2.COLLECTION_STATE_FAILED,
+}
+
+COLLECTION_KINDS = {
+    "collect": task_collection_pb2.COLLECTION_KIND_COLLECT,
+    "deactivate": task_collection_pb2.COLLECTION_KIND_DEACTIVATE,
+    "reactivate": task_collection_pb2.COLLECTION_KIND_REACTIVATE,
+}
+
+
+def collection_view(
+    row: models.TaskCollection, *, with_log: bool = False
+) -> task_collection_pb2.TaskCollection:
+    view = task_collection_pb2.TaskCollection(
+        id=row.id,
+        state=COLLECTION_STATES[row.state],
+        package_name=row.package_name,
+        python_version=row.python_version,
+        pinned_package_versions=row.pins,
+        task_ids=row.task_ids,
+        version=row.version,
+        created_at=timestamp(row.created_at),
+        updated_at=timestamp(row.updated_at),
+        user_id=row.user_id or 0,
+        kind=COLLECTION_KINDS[row.kind],
+        target_collection_id=row.target_id or 0,
+        active=row.active,
+    )
+    if row.requested_version:
+        view.requested_version = row.requested_version
+    if row.package_extras:
+        view.package_extras = row.package_extras
+    for name in ("package_version", "wheel_path", "uploaded_wheel", "env_dir", "freeze", "error"):
+        value = getattr(row, name)
+        if value is not None:
+            setattr(view, name, value)
+    if row.package_version is not None:
+        view.source = package_source(
+            row.origin,
+            row.package_name,
+            row.package_version,
+            row.package_extras or None,
+            row.python_version,
+        )
+    if with_log:
+        view.log = row.log
+    return view

@@ -17,8 +17,13 @@ from fractal.v2 import job_service_pb2_grpc as rpc
 from fractal_api.context import ApiContext
 from fractal_api.models import Job
 from fractal_api.runner_folders import RunnerFolders
-from fractal_api.store import jobs, projects, requests, workflows
-from fractal_api.submit_rules import check_user_for_backend, pick_slurm_account, user_working_dir
+from fractal_api.store import collections, jobs, projects, requests, workflows
+from fractal_api.submit_rules import (
+    check_tasks_runnable,
+    check_user_for_backend,
+    pick_slurm_account,
+    user_working_dir,
+)
 from fractal_api.views import job_view
 from fractal_grpc.auth.principal import current_user
 from fractal_grpc.db import transaction
@@ -103,6 +108,11 @@ class JobServicer(rpc.JobServiceServicer):
                         f"Workflow {workflow.id} has empty task_list", reason="WORKFLOW_EMPTY"
                     )
                 first, last = _indices(request, len(wftasks))
+                check_tasks_runnable(
+                    await collections.inactive_packages(
+                        session, [task.id for _, task in wftasks[first : last + 1]]
+                    )
+                )
                 check_user_for_backend(settings.runner_backend, me.slurm_user, me.cache_dir)
                 slurm_account = pick_slurm_account(
                     request.slurm_account if request.HasField("slurm_account") else None,

@@ -1,0 +1,1 @@
+"""The task-collection service: task packages into environments, their tasks registered."""

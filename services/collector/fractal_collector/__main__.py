@@ -1,0 +1,5 @@
+import sys
+
+from fractal_collector.main import main
+
+sys.exit(main())

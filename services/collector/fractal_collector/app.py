@@ -1,0 +1,118 @@
+"""The collector process: collection commands from NATS, one channel to api's internal
+listener, and a gRPC server with health and reflection.
+
+A command is acked once its collection has ended (or was found ended): a collector that dies
+mid-installation leaves it unacked, so JetStream redelivers it (after ``ack_wait``, twice the
+lease), and the next collector claims the collection once the dead one's lease has expired,
+removes the dead attempt's folder, and starts again. While a live collector holds it, a
+redelivered command is handed back (nak) to come again later. So two collectors never install
+one collection at once, and none is left INSTALLING. One collector installs one collection at
+a time (installers are busy processes already); more at once: more replicas."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+from fractal.events.v1 import collection_events_pb2
+from fractal_collector.api_client import RegistrationClient
+from fractal_collector.collect import CollectorConfig, handle
+from fractal_collector.installer import command_env
+from fractal_grpc.auth.tokens import ServiceTokenSource
+from fractal_grpc.client import open_channel
+from fractal_grpc.collection import commands
+from fractal_grpc.events.bus import EventBus, Subjects
+from fractal_grpc.grpckit.server import GrpcServer
+from fractal_grpc.settings import CollectorSettings, SettingsError
+
+log = logging.getLogger("fractal.collector")
+
+SUBMIT_DURABLE = "collector-submit"
+
+
+def find_uv(configured: str | None) -> str:
+    """The uv executable: the configured one, the one beside this Python, or PATH's."""
+    if configured:
+        return configured
+    beside = Path(sys.executable).parent / "uv"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("uv")
+    if found is None:
+        raise SettingsError("FRACTAL_COLLECTOR_UV: uv is not installed; set its path")
+    return found
+
+
+def collector_config(settings: CollectorSettings) -> CollectorConfig:
+    installer = commands.Installer(
+        kind=settings.collector_installer,
+        uv=find_uv(settings.collector_uv) if settings.collector_installer == "uv" else "uv",
+        pip_max_version=settings.pip_max_version,
+        index=commands.IndexOptions(
+            index_url=settings.collector_index_url,
+            find_links=settings.find_links(),
+            no_index=settings.collector_no_index,
+        ),
+    )
+    cache = settings.collector_uv_cache_dir
+    return CollectorConfig(
+        tasks_dir=settings.tasks_dir,
+        pythons=settings.tasks_pythons(),
+        default_python=settings.tasks_python_default(),
+        installer=installer,
+        env=command_env(str(cache) if cache else None),
+    )
+
+
+class CollectorApp:
+    def __init__(self, settings: CollectorSettings) -> None:
+        self.settings = settings
+        self.config = collector_config(settings)
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.subjects = Subjects(settings.nats_prefix)
+        self.tokens = ServiceTokenSource(settings.service_private_key_pem(), service="collector")
+        self.server = GrpcServer(settings.collector_address)
+        self.channel = open_channel(
+            settings.api_url, [], max_message_bytes=settings.api_max_message_bytes
+        )
+        self.api = RegistrationClient(
+            self.channel,
+            self.tokens,
+            owner=self.owner,
+            lease_seconds=settings.collector_lease_seconds,
+        )
+        self.bus: EventBus | None = None
+
+    async def start(self) -> int:
+        log.info(
+            "collector %s: environments in %s, installer %s",
+            self.owner,
+            self.settings.tasks_dir,
+            self.config.installer.kind,
+        )
+        self.bus = await EventBus.connect(
+            self.settings.nats_url, self.subjects, name="fractal-collector"
+        )
+        self.bus.consume(
+            self.subjects.collection_submit,
+            SUBMIT_DURABLE,
+            self._on_submit,
+            ack_wait=2 * self.settings.collector_lease_seconds,
+        )
+        return await self.server.start()
+
+    async def _on_submit(self, data: bytes) -> None:
+        command = collection_events_pb2.CollectionSubmitted.FromString(data)
+        log.info("collection %s: submitted", command.collection_id)
+        await handle(self.api, self.config, command.collection_id)
+
+    async def stop(self) -> None:
+        if self.bus is not None:
+            await self.bus.close()
+        await self.server.stop(self.settings.grace_seconds)
+        await self.channel.close()
