@@ -96,7 +96,6 @@ def test_runner_slurm_settings_are_required(tmp_path):
         )
 
 
-
 @pytest.mark.parametrize(
     ("inactive", "named"),
     [([], None), (["pkg 1.0"], "pkg 1.0"), (["a 1", "b 2"], "a 1, b 2")],
