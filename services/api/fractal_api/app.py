@@ -158,6 +158,7 @@ class ApiApp:
     async def start(self) -> int:
         s = self.settings
         self.ctx.pg = await make_raw_pool(s.database_url, size=s.database_pool_size)
+        self.ctx.statistics.pool = self.ctx.pg
         async with transaction(self.sessions) as session:
             await users.ensure_first_superuser(
                 session,

@@ -11,7 +11,7 @@ import grpc.aio
 from fractal.v2 import image_service_pb2 as pb
 from fractal.v2 import image_service_pb2_grpc as rpc
 from fractal_api import validation
-from fractal_api.context import BULK_ROWS, ApiContext
+from fractal_api.context import ApiContext
 from fractal_api.store import images, projects
 from fractal_api.store.facets import FacetEdit
 from fractal_grpc.auth.principal import current_user
@@ -127,8 +127,7 @@ class ImageServicer(rpc.ImageServiceServicer):
                     if r.zarr_url in known
                 ][:100],
             ) from None
-        if added >= BULK_ROWS:
-            self.ctx.images_bulk_written()
+        self.ctx.statistics.rows_written(added)
         return pb.AddImagesResponse(added_count=added)
 
     async def QueryImages(

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from fractal.v2 import dataset_service_pb2 as dpb
 from fractal_api import validation
-from fractal_api.context import BULK_ROWS, ApiContext
+from fractal_api.context import ApiContext
 from fractal_api.models import Dataset
 from fractal_api.servicers.images import checked_images
 from fractal_api.store import datasets, images, projects, requests
@@ -109,6 +109,5 @@ async def import_(
                 session, request.project_id, earlier, user_id
             ),
         )
-    if len(records) >= BULK_ROWS:
-        ctx.images_bulk_written()
+    ctx.statistics.rows_written(len(records))
     return dpb.ImportDatasetResponse(dataset=dataset_view(dataset))
