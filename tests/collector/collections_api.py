@@ -47,11 +47,18 @@ async def collected(
 
 
 async def tasks_with_source(user: ApiClient, prefix: str) -> list[Any]:
+    """The tasks whose source starts with ``prefix``, with both args schemas."""
     found = []
     token = ""
     while True:
         page = await user.tasks.ListTasks(
-            task_service_pb2.ListTasksRequest(page_size=1000, page_token=token), metadata=user.md
+            task_service_pb2.ListTasksRequest(
+                page_size=1000,
+                page_token=token,
+                args_schema_parallel=True,
+                args_schema_non_parallel=True,
+            ),
+            metadata=user.md,
         )
         found += [t for t in page.tasks if t.source.startswith(prefix)]
         token = page.next_page_token
