@@ -146,6 +146,7 @@ def test_grpcurl_lists_services_and_logs_in(stack: Any) -> None:
     assert internal.returncode == 0, internal.stderr
     assert set(internal.stdout.split()) == {
         "fractal.internal.v1.JobExecutionService",
+        "fractal.internal.v1.TaskRegistrationService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }
