@@ -4,8 +4,10 @@ ran through them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,9 +156,19 @@ async def test_metrics_show_the_rpcs_the_jobs_and_the_task_calls(
     assert failed.status == job_pb2.JOB_STATUS_FAILED
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
-    api, runner = scrape(api_metrics), scrape(runner_metrics)
     handled = "fractal_grpc_server_handled_total"
     jobs = {"grpc_service": "fractal.v2.JobService"}
+    # A call is counted when its handler has returned, which the client may see a moment
+    # after its answer: scrape until the last call of the test (the NOT_FOUND) is in.
+    deadline = time.monotonic() + 10
+    while True:
+        api, runner = scrape(api_metrics), scrape(runner_metrics)
+        counted = grown(
+            api_before, api, handled, **jobs, grpc_method="GetJob", grpc_code="NOT_FOUND"
+        )
+        if counted or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
     internal = {"grpc_service": "fractal.internal.v1.JobExecutionService"}
     # The public RPCs, by method and code, streams included.
     assert grown(api_before, api, handled, **jobs, grpc_method="SubmitJob", grpc_code="OK") == 2
