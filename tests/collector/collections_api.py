@@ -51,7 +51,14 @@ async def tasks_with_source(user: ApiClient, prefix: str) -> list[Any]:
     token = ""
     while True:
         page = await user.tasks.ListTasks(
-            task_service_pb2.ListTasksRequest(page_size=1000, page_token=token), metadata=user.md
+            # With the args schemas (ListTasks leaves them out unless asked).
+            task_service_pb2.ListTasksRequest(
+                page_size=1000,
+                page_token=token,
+                args_schema_parallel=True,
+                args_schema_non_parallel=True,
+            ),
+            metadata=user.md,
         )
         found += [t for t in page.tasks if t.source.startswith(prefix)]
         token = page.next_page_token
