@@ -83,6 +83,7 @@ def service_env(
         # Metrics endpoints on random ports too (several services share this process).
         "FRACTAL_API_METRICS_ADDRESS": "127.0.0.1:0",
         "FRACTAL_RUNNER_METRICS_ADDRESS": "127.0.0.1:0",
+        "FRACTAL_COLLECTOR_METRICS_ADDRESS": "127.0.0.1:0",
     }
 
 

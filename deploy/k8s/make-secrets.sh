@@ -6,12 +6,13 @@
 #
 #   FRACTAL_DATABASE_URL      PostgreSQL URL for both services (required unless database.env exists)
 #   FRACTAL_ADMIN_EMAIL       first superuser (default admin@fractal.xy); its password is random
-#   FRACTAL_SSH_KEY           private key the runner logs in to the SLURM login node with (slurm_ssh);
+#   FRACTAL_SSH_KEY           private key the runner (and the collector) log in to the SLURM login node
+#                             with (slurm_ssh);
 #                             without it a new ed25519 key pair is made and its public key printed
 #   FRACTAL_SSH_KNOWN_HOSTS   known_hosts with the login node's host key (default: empty)
 #
 # Two Ed25519 key pairs are generated with openssl: user tokens (jwt-*.pem: api signs and
-# verifies) and service tokens (service-*.pem: the runner signs, api verifies).
+# verifies) and service tokens (service-*.pem: the runner and the collector sign, api verifies).
 set -euo pipefail
 
 overlay=${1:?usage: make-secrets.sh <overlay directory>}

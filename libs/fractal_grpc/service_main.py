@@ -36,8 +36,8 @@ def service_main(
     prog: str,
     description: str | None,
     settings_class: type[S],
-    schema: str,
-    migrations: Path,
+    schema: str = "",
+    migrations: Path | None = None,
     build: Callable[[S], Service],
     argv: Sequence[str] | None = None,
 ) -> int:
@@ -49,7 +49,8 @@ def service_main(
         logs.configure(
             settings.log_level, settings.log_format, service=prog.removeprefix("fractal-")
         )
-        upgrade(migrations, settings.database_url, schema)
+        if migrations is not None:  # a service without a schema (the collector): nothing to do
+            upgrade(migrations, settings.database_url, schema)
         if args.command == "serve":
             asyncio.run(_serve(build, settings))
     except SettingsError as exc:

@@ -357,8 +357,15 @@ class CollectorSettings(CommonSettings, TasksPythonSettings):
     collector_no_index: bool = False
     # How long a collector's claim on a collection lasts without renewal (renewed every third).
     collector_lease_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # Prometheus metrics over HTTP; empty: no endpoint.
+    collector_metrics_address: str = DEFAULT_METRICS_ADDRESSES["collector"]
     service_private_key_file: Path | None = None
     service_private_key: str | None = None
+
+    @field_validator("collector_metrics_address")
+    @classmethod
+    def _metrics(cls, value: str) -> str:
+        return _metrics_address(value)
 
     @field_validator("collector_installer")
     @classmethod

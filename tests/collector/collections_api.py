@@ -47,11 +47,11 @@ async def collected(
 
 
 async def tasks_with_source(user: ApiClient, prefix: str) -> list[Any]:
-    """The tasks whose source starts with ``prefix``, with both args schemas."""
     found = []
     token = ""
     while True:
         page = await user.tasks.ListTasks(
+            # With the args schemas (ListTasks leaves them out unless asked).
             task_service_pb2.ListTasksRequest(
                 page_size=1000,
                 page_token=token,

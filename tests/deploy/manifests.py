@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from fractal_grpc.settings import ApiSettings, RunnerSettings
+from fractal_grpc.settings import ApiSettings, CollectorSettings, RunnerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
@@ -32,7 +32,13 @@ BIN = Path(sys.executable).parent
 DATABASE_URL = "postgresql://fractal:secret@fractal-pg-rw.databases:5432/fractal"
 
 # Which settings class reads a container's environment, by the image the container runs.
-SETTINGS_OF_IMAGE = {"fractal-api": ApiSettings, "fractal-runner": RunnerSettings}
+SETTINGS_OF_IMAGE = {
+    "fractal-api": ApiSettings,
+    "fractal-runner": RunnerSettings,
+    "fractal-collector": CollectorSettings,
+}
+# The images whose services use PostgreSQL (the collector keeps nothing: api has the records).
+USES_DATABASE = {"fractal-api", "fractal-runner"}
 
 Obj = dict[str, Any]
 

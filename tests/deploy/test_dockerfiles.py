@@ -122,12 +122,18 @@ def config_ports(env_file: str) -> set[int]:
         "FRACTAL_API_METRICS_ADDRESS",
         "FRACTAL_RUNNER_ADDRESS",
         "FRACTAL_RUNNER_METRICS_ADDRESS",
+        "FRACTAL_COLLECTOR_ADDRESS",
+        "FRACTAL_COLLECTOR_METRICS_ADDRESS",
     )
     return {port_of(v) for k, v in pairs.items() if k in listen}
 
 
 def test_there_is_one_dockerfile_per_service() -> None:
-    assert [p.name for p in DOCKERFILES] == ["api.Dockerfile", "runner.Dockerfile"]
+    assert [p.name for p in DOCKERFILES] == [
+        "api.Dockerfile",
+        "collector.Dockerfile",
+        "runner.Dockerfile",
+    ]
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
@@ -199,6 +205,7 @@ def test_images_match_the_manifests_and_open_the_configured_ports() -> None:
     assert set(entrypoints) == set(SETTINGS_OF_IMAGE)
     assert entrypoints["fractal-api"] == config_ports("api.env")
     assert entrypoints["fractal-runner"] == config_ports("runner.env")
+    assert entrypoints["fractal-collector"] == config_ports("collector.env")
 
 
 def test_the_runner_comes_with_slurm_tools_or_with_ssh_only() -> None:
@@ -211,3 +218,20 @@ def test_the_runner_comes_with_slurm_tools_or_with_ssh_only() -> None:
     assert list(stages)[-1] == "slurm-ssh"
     api = parse(DOCKER / "api.Dockerfile")
     assert not any(apt_packages(s) for s in images(api))
+
+
+def test_the_collector_comes_with_uv_and_ssh_only_for_slurm_ssh() -> None:
+    stages = {s.name: s for s in parse(DOCKER / "collector.Dockerfile")}
+    assert {"runtime", "slurm-ssh", "local"} <= set(stages)
+    assert apt_packages(stages["slurm-ssh"]) == {"openssh-client"}
+    assert not apt_packages(stages["runtime"]) and not apt_packages(stages["local"])
+    # `docker build` without --target builds the last stage: no SSH client.
+    assert list(stages)[-1] == "local"
+    # uv, the default installer, comes with the collector's package (the lock pins it), so the
+    # venv the image copies has it beside its Python, where the collector looks first.
+    assert "./services/collector" in pip_installed_paths(stages["build"])
+    collector = tomllib.loads((REPO / "services/collector/pyproject.toml").read_text())
+    assert any(
+        dep.split(">")[0].split("=")[0] == "uv" for dep in collector["project"]["dependencies"]
+    )
+    assert "/opt/fractal/bin" in (inherited(list(stages.values()), stages["local"], "ENV") or "")

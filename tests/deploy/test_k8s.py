@@ -15,6 +15,7 @@ from manifests import (
     DATABASE_URL,
     OVERLAYS,
     SETTINGS_OF_IMAGE,
+    USES_DATABASE,
     Obj,
     Rendered,
     containers,
@@ -81,7 +82,11 @@ def test_every_object_validates_against_the_kubernetes_schemas(
 
 def test_one_deployment_service_and_budget_per_service(overlay: tuple[str, Rendered]) -> None:
     _, rendered = overlay
-    assert set(rendered.by_kind["Deployment"]) == {"fractal-api", "fractal-runner"}
+    assert set(rendered.by_kind["Deployment"]) == {
+        "fractal-api",
+        "fractal-runner",
+        "fractal-collector",
+    }
     pods = rendered.pods()
     for name, deployment in rendered.by_kind["Deployment"].items():
         assert matches(deployment["spec"]["selector"], pods[name])
@@ -104,8 +109,9 @@ def test_production_runs_several_replicas(overlay: tuple[str, Rendered]) -> None
     replicas = {n: d["spec"]["replicas"] for n, d in rendered.by_kind["Deployment"].items()}
     if name == "production":
         assert replicas["fractal-runner"] >= 2 and replicas["fractal-api"] >= 2
+        assert replicas["fractal-collector"] >= 2
     else:
-        assert replicas == {"fractal-api": 1, "fractal-runner": 1}
+        assert replicas == {"fractal-api": 1, "fractal-runner": 1, "fractal-collector": 1}
 
 
 def test_containers_run_a_command_of_their_service_with_limits_and_no_root(
@@ -179,9 +185,13 @@ def test_every_setting_is_real_and_valid_and_every_file_mounted(
         for container in containers(template):
             with monkeypatch.context() as m:
                 settings = load_container_settings(rendered, template, container, tmp_path, m)
-            assert settings.database_url == DATABASE_URL.replace(
-                "postgresql://", "postgresql+asyncpg://"
-            )
+            env = rendered.environment(container)
+            if image_name(container) in USES_DATABASE:
+                assert settings.database_url == DATABASE_URL.replace(
+                    "postgresql://", "postgresql+asyncpg://"
+                )
+            else:  # no database credentials where they are not used
+                assert "FRACTAL_DATABASE_URL" not in env, container["name"]
 
 
 def test_an_unknown_setting_fails_the_check(
@@ -235,6 +245,28 @@ def test_the_mounted_keys_pair_across_api_and_runner(
     api_files = file_mounts(rendered, api_template, api_template["spec"]["containers"][0])
     assert service_private not in api_files.values()
     assert not any(path.startswith("/etc/fractal/ssh") for path in api_files)
+
+    # The collector: its service tokens verify on api's internal listener; it holds no user-token
+    # key and no api key at all, but the SSH identity of slurm_ssh sites, like the runner.
+    with monkeypatch.context() as m:
+        collector, collector_c = deployment_settings(rendered, "fractal-collector", tmp_path, m)
+        collector_token = ServiceTokenSource(
+            collector.service_private_key_pem(), service="collector"
+        ).token()
+    assert TokenVerifier(service_public, audience=INTERNAL_AUDIENCE).verify(collector_token)
+    collector_template = rendered.get("Deployment", "fractal-collector")["spec"]["template"]
+    collector_files = file_mounts(rendered, collector_template, collector_c)
+    assert jwt_private not in collector_files.values()
+    runner_ssh = {
+        p: c
+        for p, c in file_mounts(rendered, runner_template, runner_container).items()
+        if p.startswith("/etc/fractal/ssh/")
+    }
+    assert (
+        runner_ssh
+        and {p: c for p, c in collector_files.items() if p.startswith("/etc/fractal/ssh/")}
+        == runner_ssh
+    )
 
 
 def test_the_runner_files_are_read_by_the_runner(
@@ -326,6 +358,32 @@ def test_probes_and_services_use_the_ports_the_services_open(
         assert annotations["prometheus.io/scrape"] == "true"
         assert annotations["prometheus.io/port"] == str(port)
 
+    # The collector: health on its listener, metrics beside it.
+    with monkeypatch.context() as m:
+        collector, collector_c = deployment_settings(rendered, "fractal-collector", tmp_path, m)
+    collector_health = port_of(collector.collector_address)
+    collector_metrics = port_of(collector.collector_metrics_address)
+    assert host_of(collector.collector_address) == "0.0.0.0"
+    assert host_of(collector.collector_metrics_address) == "0.0.0.0"
+    assert collector_metrics == port_of(DEFAULT_METRICS_ADDRESSES["collector"])
+    assert {p["containerPort"] for p in collector_c["ports"]} == {
+        collector_health,
+        collector_metrics,
+    }
+    assert _probe_ports(collector_c) == {collector_health}
+    assert _service_targets(rendered, "fractal-collector", collector_c) == {collector_health}
+    (named,) = [p for p in collector_c["ports"] if p["name"] == "metrics"]
+    assert named["containerPort"] == collector_metrics
+    assert _service_targets(rendered, "fractal-collector-metrics", collector_c) == {
+        collector_metrics
+    }
+    template = rendered.get("Deployment", "fractal-collector")["spec"]["template"]
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == str(collector_metrics)
+    # The collector reaches api's internal listener through the internal Service.
+    service = rendered.get("Service", host_of(collector.api_url).split(".")[0])
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == port_of(collector.api_url)]
+    assert _target_port(service, port, api_c) == internal
+
     # api reaches the runner's listener through the runner's Service.
     service = rendered.get("Service", host_of(api.runner_url).split(".")[0])
     (port,) = [p for p in service["spec"]["ports"] if p["port"] == port_of(api.runner_url)]
@@ -389,6 +447,8 @@ def test_network_policies_allow_only_the_flows_of_the_design(
         internal = port_of(rendered.environment(api_c)["FRACTAL_API_INTERNAL_ADDRESS"])
     with monkeypatch.context() as m:
         runner, _ = deployment_settings(rendered, "fractal-runner", tmp_path, m)
+    with monkeypatch.context() as m:
+        collector, _ = deployment_settings(rendered, "fractal-collector", tmp_path, m)
     public = port_of(api.api_address)
     runner_port = port_of(api.runner_url)
     database = port_of(api.database_url)
@@ -400,11 +460,16 @@ def test_network_policies_allow_only_the_flows_of_the_design(
         "fractal-api": {
             ("*", public, "TCP"),
             ("fractal-runner", internal, "TCP"),
+            ("fractal-collector", internal, "TCP"),
             ("prometheus", port_of(api.api_metrics_address), "TCP"),
         },
         "fractal-runner": {
             ("fractal-api", runner_port, "TCP"),
             ("prometheus", port_of(runner.runner_metrics_address), "TCP"),
+        },
+        # Nothing calls the collector; Prometheus scrapes it.
+        "fractal-collector": {
+            ("prometheus", port_of(collector.collector_metrics_address), "TCP"),
         },
         "fractal-migrate": set(),
     }
@@ -412,6 +477,14 @@ def test_network_policies_allow_only_the_flows_of_the_design(
         "fractal-api": outside | {("fractal-runner", runner_port, "TCP")},
         # The runner: api's internal listener, and SSH to a slurm_ssh login node.
         "fractal-runner": outside | {("fractal-api", internal, "TCP"), ("*", 22, "TCP")},
+        # The collector: api's internal listener, NATS, and the package index over HTTPS; no
+        # database.
+        "fractal-collector": dns
+        | {
+            ("fractal-api", port_of(collector.api_url), "TCP"),
+            ("*", port_of(collector.nats_url), "TCP"),
+            ("*", 443, "TCP"),
+        },
         "fractal-migrate": dns | {("*", database, "TCP")},
     }
     assert set(rendered.pods()) == set(expected_ingress)

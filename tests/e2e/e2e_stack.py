@@ -25,6 +25,7 @@ BIN = Path(sys.executable).parent
 HEALTH_ADDRESSES = {
     "api": ("FRACTAL_API_ADDRESS", "FRACTAL_API_INTERNAL_ADDRESS"),
     "runner": ("FRACTAL_RUNNER_ADDRESS",),
+    "collector": ("FRACTAL_COLLECTOR_ADDRESS",),
 }
 
 
@@ -42,6 +43,9 @@ def listener_env() -> dict[str, str]:
         "FRACTAL_RUNNER_URL": runner,
         "FRACTAL_API_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
         "FRACTAL_RUNNER_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+        # The collector (started only by the tests that need one): its health listener.
+        "FRACTAL_COLLECTOR_ADDRESS": f"127.0.0.1:{free_port()}",
+        "FRACTAL_COLLECTOR_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
     }
 
 
@@ -130,7 +134,7 @@ def wait_serving(name: str, address: str, proc: subprocess.Popen[bytes], logs: P
 
 
 def start(stack: Stack, name: str) -> None:
-    """Start service ``name`` ("api" or "runner") and wait until it is healthy."""
+    """Start service ``name`` ("api", "runner" or "collector") and wait until it is healthy."""
     stack.processes[name] = start_service(name, stack.env, stack.logs)
     for variable in HEALTH_ADDRESSES[name]:
         wait_serving(name, stack.env[variable], stack.processes[name], stack.logs)

@@ -348,6 +348,7 @@ class DevStack:
         # Prometheus metrics of each service, on free ports (several runs can share a machine).
         _set_default(env, "FRACTAL_API_METRICS_ADDRESS", lambda: f"{LOOPBACK}:{free_port()}")
         _set_default(env, "FRACTAL_RUNNER_METRICS_ADDRESS", lambda: f"{LOOPBACK}:{free_port()}")
+        _set_default(env, "FRACTAL_COLLECTOR_METRICS_ADDRESS", lambda: f"{LOOPBACK}:{free_port()}")
         # The collector's health listener, and where it keeps task environments.
         _set_default(env, "FRACTAL_COLLECTOR_ADDRESS", lambda: f"{LOOPBACK}:{free_port()}")
         _set_default(env, "FRACTAL_TASKS_DIR", lambda: str(self.state_dir / "tasks"))
@@ -456,7 +457,8 @@ class DevStack:
             f"  API        {api}  (gRPC, plaintext)",
             f"  Runner     {env['FRACTAL_RUNNER_ADDRESS']}",
             f"  Metrics    http://{env['FRACTAL_API_METRICS_ADDRESS']}/metrics (api), "
-            f"http://{env['FRACTAL_RUNNER_METRICS_ADDRESS']}/metrics (runner)",
+            f"http://{env['FRACTAL_RUNNER_METRICS_ADDRESS']}/metrics (runner), "
+            f"http://{env['FRACTAL_COLLECTOR_METRICS_ADDRESS']}/metrics (collector)",
             f"  Admin      {email} / {password}",
             f"  Login      {grpcurl}",
             f"  Database   {env['FRACTAL_DATABASE_URL']}",

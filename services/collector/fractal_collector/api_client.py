@@ -13,6 +13,7 @@ import grpc.aio
 
 from fractal.internal.v1 import task_registration_service_pb2 as pb
 from fractal.internal.v1 import task_registration_service_pb2_grpc as rpc
+from fractal.v2 import task_collection_pb2
 from fractal_grpc.auth.tokens import ServiceTokenSource
 from fractal_grpc.retry import RetryPolicy
 
@@ -32,12 +33,15 @@ class RegistrationClient:
         owner: str,
         lease_seconds: float,
         policy: RetryPolicy | None = None,
+        on_finished: Callable[[task_collection_pb2.CollectionState.ValueType], None] | None = None,
     ) -> None:
         self._stub = rpc.TaskRegistrationServiceStub(channel)
         self._tokens = tokens
         self.owner = owner
         self.lease_seconds = lease_seconds
         self.policy = policy or RetryPolicy()
+        #: Told the final state of each collection api accepted as ended (metrics).
+        self.on_finished = on_finished
 
     async def claim(self, collection_id: int) -> pb.ClaimCollectionResponse:
         request = pb.ClaimCollectionRequest(
@@ -88,7 +92,10 @@ class RegistrationClient:
             )
             return resp
 
-        return await self._call(f"FinishCollection({request.collection_id})", attempt)
+        response = await self._call(f"FinishCollection({request.collection_id})", attempt)
+        if self.on_finished is not None:
+            self.on_finished(response.collection.state)
+        return response
 
     async def read_wheel(self, collection_id: int) -> bytes:
         """The wheel uploaded for a collection (the stream is restarted on retry)."""

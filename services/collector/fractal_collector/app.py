@@ -23,11 +23,15 @@ from fractal.events.v1 import collection_events_pb2
 from fractal_collector.api_client import RegistrationClient
 from fractal_collector.collect import CollectorConfig, handle
 from fractal_collector.installer import command_env
+from fractal_collector.metrics import CollectorMetrics
 from fractal_grpc.auth.tokens import ServiceTokenSource
 from fractal_grpc.client import open_channel
 from fractal_grpc.collection import commands
 from fractal_grpc.events.bus import EventBus, Subjects
+from fractal_grpc.grpckit.interceptors import ErrorInterceptor
 from fractal_grpc.grpckit.server import GrpcServer
+from fractal_grpc.grpckit.tracing import Tracing
+from fractal_grpc.observability import Observability
 from fractal_grpc.settings import CollectorSettings, SettingsError
 
 log = logging.getLogger("fractal.collector")
@@ -48,7 +52,9 @@ def find_uv(configured: str | None) -> str:
     return found
 
 
-def collector_config(settings: CollectorSettings) -> CollectorConfig:
+def collector_config(
+    settings: CollectorSettings, metrics: CollectorMetrics | None = None
+) -> CollectorConfig:
     installer = commands.Installer(
         kind=settings.collector_installer,
         uv=find_uv(settings.collector_uv) if settings.collector_installer == "uv" else "uv",
@@ -66,25 +72,41 @@ def collector_config(settings: CollectorSettings) -> CollectorConfig:
         default_python=settings.tasks_python_default(),
         installer=installer,
         env=command_env(str(cache) if cache else None),
+        on_installer=metrics.installer_ran if metrics is not None else None,
     )
 
 
 class CollectorApp:
-    def __init__(self, settings: CollectorSettings) -> None:
+    def __init__(self, settings: CollectorSettings, *, tracing: Tracing | None = None) -> None:
         self.settings = settings
-        self.config = collector_config(settings)
+        self.obs = Observability.of(
+            settings,
+            "collector",
+            settings.collector_metrics_address,
+            variable="FRACTAL_COLLECTOR_METRICS_ADDRESS",
+            tracing=tracing,
+        )
+        self.metrics = CollectorMetrics(self.obs.metrics.registry, settings.collector_installer)
+        self.config = collector_config(settings, self.metrics)
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.subjects = Subjects(settings.nats_prefix)
         self.tokens = ServiceTokenSource(settings.service_private_key_pem(), service="collector")
-        self.server = GrpcServer(settings.collector_address)
+        # Health and reflection only; counted, traced and logged like every listener.
+        self.server = GrpcServer(
+            settings.collector_address, [*self.obs.server_interceptors(), ErrorInterceptor()]
+        )
         self.channel = open_channel(
-            settings.api_url, [], max_message_bytes=settings.api_max_message_bytes
+            settings.api_url,
+            [],
+            max_message_bytes=settings.api_max_message_bytes,
+            interceptors=self.obs.client_interceptors(),
         )
         self.api = RegistrationClient(
             self.channel,
             self.tokens,
             owner=self.owner,
             lease_seconds=settings.collector_lease_seconds,
+            on_finished=self.metrics.collection_finished,
         )
         self.bus: EventBus | None = None
 
@@ -95,8 +117,13 @@ class CollectorApp:
             self.settings.tasks_dir,
             self.config.installer.kind,
         )
+        self.obs.start()
         self.bus = await EventBus.connect(
-            self.settings.nats_url, self.subjects, name="fractal-collector"
+            self.settings.nats_url,
+            self.subjects,
+            name="fractal-collector",
+            metrics=self.obs.metrics,
+            tracing=self.obs.tracing,
         )
         self.bus.consume(
             self.subjects.collection_submit,
@@ -116,3 +143,4 @@ class CollectorApp:
             await self.bus.close()
         await self.server.stop(self.settings.grace_seconds)
         await self.channel.close()
+        self.obs.stop()

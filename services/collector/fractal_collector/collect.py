@@ -10,6 +10,8 @@ import asyncio
 import dataclasses
 import logging
 import tempfile
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +52,25 @@ class CollectorConfig:
     default_python: str
     installer: commands.Installer
     env: dict[str, str]
+    #: Told each installer command's wall time (metrics), failed ones included.
+    on_installer: Callable[[float], None] | None = None
+
+
+async def _install(
+    config: CollectorConfig,
+    argv: Sequence[str],
+    log: Callable[[str], None],
+    *,
+    env: dict[str, str],
+    stdin: str | None = None,
+) -> installer.Result:
+    """An installer command (``installer.run``), timed."""
+    started = time.monotonic()
+    try:
+        return await installer.run(argv, log, env=env, stdin=stdin)
+    finally:
+        if config.on_installer is not None:
+            config.on_installer(time.monotonic() - started)
 
 
 def _tail(output: str, lines: int = 5) -> str:
@@ -199,7 +220,8 @@ class Collection:
         with tempfile.TemporaryDirectory(prefix="fractal-resolve-") as dest:
             argv = commands.resolve_version(self.config.installer, interpreter, spec, dest)
             try:
-                result = await installer.run(
+                result = await _install(
+                    self.config,
                     argv,
                     self.say,
                     env=self.config.env,
@@ -243,12 +265,15 @@ class Collection:
             pins = folder / commands.CONSTRAINTS_FILE
             await asyncio.to_thread(pins.write_text, commands.constraints(spec))
         for argv in commands.create_venv(config.installer, interpreter, env_dir):
-            await installer.run(argv, self.say, env=config.env)
-        await installer.run(
-            commands.install(config.installer, env_dir, spec, version), self.say, env=config.env
+            await _install(config, argv, self.say, env=config.env)
+        await _install(
+            config,
+            commands.install(config.installer, env_dir, spec, version),
+            self.say,
+            env=config.env,
         )
-        frozen = await installer.run(
-            commands.freeze(config.installer, env_dir), lambda _: None, env=config.env
+        frozen = await _install(
+            config, commands.freeze(config.installer, env_dir), lambda _: None, env=config.env
         )
         await asyncio.to_thread((folder / FREEZE_FILE).write_text, frozen.output)
         installed = await probe(env_dir, spec.name, self.say, config.env)
@@ -320,8 +345,9 @@ class Reactivation(Deactivation):
         await asyncio.to_thread(frozen.write_text, self.row.freeze)
         interpreter = config.pythons[spec.python_version]
         for argv in commands.create_venv(config.installer, interpreter, env_dir):
-            await installer.run(argv, self.say, env=config.env)
-        await installer.run(
+            await _install(config, argv, self.say, env=config.env)
+        await _install(
+            config,
             commands.install_frozen(config.installer, env_dir, str(frozen)),
             self.say,
             env=config.env,
