@@ -90,7 +90,7 @@ protos: $(VENV)/bin/python
 $(BUF):
 	npm install --prefix .tools --no-save --silent @bufbuild/buf
 
-## lint: buf lint (STANDARD), ruff and mypy on our own code.
+## lint: buf lint (STANDARD and COMMENTS), ruff and mypy on our own code.
 lint: $(STAMP) $(BUF)
 	$(BUF) lint protos
 	$(VENV)/bin/ruff check libs/fractal_grpc libs/devstack libs/cli services tests bench
