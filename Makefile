@@ -84,13 +84,16 @@ protos: $(VENV)/bin/python
 		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
 		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 		$(PROTO_FILES)
+	# Our files with their comments, for server reflection (grpckit/reflection_docs.py).
+	$(PY) -m grpc_tools.protoc -I protos -I $(VENDORED_PROTOS) --include_source_info \
+		--descriptor_set_out=$(GEN_DIR)/fractal/descriptors.binpb $(PROTO_FILES)
 	find $(GEN_DIR)/fractal $(GEN_DIR)/buf -type d -exec touch {}/__init__.py \;
 	cp $(SERVICE_CONFIG) $(GEN_DIR)/fractal/service_config.json
 
 $(BUF):
 	npm install --prefix .tools --no-save --silent @bufbuild/buf
 
-## lint: buf lint (STANDARD), ruff and mypy on our own code.
+## lint: buf lint (STANDARD and COMMENTS), ruff and mypy on our own code.
 lint: $(STAMP) $(BUF)
 	$(BUF) lint protos
 	$(VENV)/bin/ruff check libs/fractal_grpc libs/devstack libs/cli services tests bench

@@ -14,6 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from fractal_grpc.grpckit.reflection_docs import documented_pool
+
 log = logging.getLogger("fractal.grpc")
 
 # grpc's own default; each service sets the limit that fits its largest legitimate message.
@@ -75,7 +77,9 @@ class GrpcServer:
         """Listen; health answers SERVING, or NOT_SERVING until :meth:`set_serving` when
         ``serving`` is false (a service that is up but cannot do its work yet)."""
         names = [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
-        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], self.server)
+        reflection.enable_server_reflection(
+            [*names, reflection.SERVICE_NAME], self.server, pool=documented_pool()
+        )
         self.port = self.server.add_insecure_port(self.address)
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {self.address}")
