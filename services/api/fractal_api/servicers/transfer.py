@@ -12,9 +12,10 @@ from fractal_api.models import Dataset
 from fractal_api.servicers.images import checked_images
 from fractal_api.store import datasets, images, projects, requests
 from fractal_api.views import dataset_view
-from fractal_grpc.convert import fill_filters, fill_image
+from fractal_grpc.convert import fill_filters
 from fractal_grpc.db import transaction
 from fractal_grpc.grpckit.errors import InvalidArgument, Violations, invalid_field
+from fractal_grpc.images.wire import ImageEncoder
 
 EXPORT_BATCH = 10_000
 MAX_IMPORT_IMAGES = 1_000_000
@@ -37,15 +38,17 @@ async def export(
             name=dataset.name, zarr_dir=dataset.zarr_dir, image_count=dataset.image_count
         )
         fill_filters(first.filters, dataset.filters)
-        pending: dpb.ExportDatasetResponse | None = first
-        async for rows in images.all_in_batches(session, dataset.id, EXPORT_BATCH):
-            message = pending or dpb.ExportDatasetResponse()
-            pending = None
-            for row in rows:
-                fill_image(message.images.add(), row._mapping)
-            yield message
-        if pending is not None:  # no images
-            yield pending
+        # Each message parsed from bytes written by the encoder (the header's, then the
+        # images'): several times the rate of filling images one by one.
+        header: bytes | None = first.SerializeToString()
+        encoder = ImageEncoder(dpb.ExportDatasetResponse.IMAGES_FIELD_NUMBER)
+        async for rows in images.rows_in_batches(session, dataset.id, EXPORT_BATCH):
+            blob = encoder.encode(rows)
+            if header is not None:
+                blob, header = header + blob, None
+            yield dpb.ExportDatasetResponse.FromString(blob)
+        if header is not None:  # no images
+            yield first
 
 
 async def _gathered(stream: AsyncIterator[dpb.ImportDatasetRequest]) -> dpb.ImportDatasetRequest:

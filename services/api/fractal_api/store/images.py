@@ -324,16 +324,20 @@ async def facets(
     return attributes, list(types)
 
 
-async def all_in_batches(
+async def rows_in_batches(
     session: AsyncSession, dataset_id: int, batch: int
-) -> AsyncIterator[Sequence[Any]]:
-    """Every image of the dataset in list order, ``batch`` rows at a time (a server-side
-    cursor: the list is never all in memory)."""
-    result = await session.stream(
-        select(Image.zarr_url, Image.origin, Image.attributes, Image.types)
-        .where(Image.dataset_id == dataset_id)
-        .order_by(Image.position)
-        .execution_options(yield_per=batch)
+) -> AsyncIterator[list[tuple[str, str | None, str, str]]]:
+    """Every image of the dataset in list order, ``batch`` rows at a time, as (zarr_url,
+    origin, attributes JSON text, types JSON text), read in the session's transaction (its
+    snapshot) through a server-side cursor: the list is never all in memory. Straight from
+    asyncpg, JSON left as text, for :class:`fractal_grpc.images.wire.ImageEncoder`."""
+    connection = await session.connection()
+    raw = (await connection.get_raw_connection()).driver_connection
+    assert raw is not None
+    cursor = await raw.cursor(
+        "SELECT zarr_url, origin, attributes::text, types::text FROM api.images"
+        " WHERE dataset_id = $1 ORDER BY position",
+        dataset_id,
     )
-    async for rows in result.partitions(batch):
-        yield rows
+    while records := await cursor.fetch(batch):
+        yield [tuple(record) for record in records]
