@@ -11,12 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_helpers import Cli
+from cli_helpers import ADMIN, Cli
 from e2e_stack import Stack, start_service, wait_serving
 from test_cli_e2e import new_user
 
+from fractal.v2 import task_collection_pb2 as cpb
 from fractal_cli import exits
 from fractal_devstack.embedded import free_port
+from fractal_grpc.client import ConflictError, Credential, NotFoundError, SyncClient
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "collector"))
 
@@ -133,3 +135,47 @@ def test_collect_watch_of_a_failing_package_exits_6_with_the_error(
     )
     record = as_json.json()
     assert record["state"] == "COLLECTION_STATE_FAILED" and "manifest" in record["error"].lower()
+
+
+def test_the_client_follows_and_manages_collections(cli_stack: Stack, wheels_dir: Path) -> None:
+    """SyncClient: collect, watch (the streamed log is the whole log, once), list, deactivate,
+    reactivate, delete; a custom collection."""
+    name = f"fractal-tasks-cli-life-{TAG}"
+    task_package(wheels_dir, name, "1.0.0", manifest=good_manifest())
+    with SyncClient(cli_stack.api_address, credential=Credential(*ADMIN)) as root:
+        first = root.collect_pip(name)
+        messages = list(root.watch_collection(first.id))
+        final = messages[-1].collection
+        assert final.state == cpb.COLLECTION_STATE_OK and final.active
+        versions = [m.collection.version for m in messages]
+        assert versions == sorted(set(versions))
+        whole = root.get_collection(first.id, with_log=True)
+        assert "".join(m.new_log for m in messages) == whole.log
+        listed = root.list_collections(page_size=1000)
+        assert first.id in [c.id for c in listed.collections]
+        # Active: it cannot be deleted.
+        with pytest.raises(ConflictError):
+            root.delete_collection(first.id)
+        off = root.deactivate_collection(first.id)
+        assert off.kind == cpb.COLLECTION_KIND_DEACTIVATE and off.target_collection_id == first.id
+        assert list(root.watch_collection(off.id))[-1].collection.state == cpb.COLLECTION_STATE_OK
+        assert not root.get_collection(first.id).active
+        on = root.reactivate_collection(first.id)
+        assert list(root.watch_collection(on.id))[-1].collection.state == cpb.COLLECTION_STATE_OK
+        assert root.get_collection(first.id).active
+        off = root.deactivate_collection(first.id)
+        list(root.watch_collection(off.id))
+        root.delete_collection(first.id)
+        with pytest.raises(NotFoundError):
+            root.get_collection(first.id)
+        with pytest.raises(NotFoundError):
+            root.get_task(final.task_ids[0])
+        # A custom collection: the tasks of a manifest, owned by the caller.
+        custom = root.collect_custom(
+            good_manifest(), sys.executable, str(wheels_dir), f"custom-{TAG}", version="9"
+        )
+        assert [t.name for t in custom] == ["Create Things", "Treat Image", "Compound Step"]
+        me = root.get_current_user()
+        owner = me.username or me.slurm_user
+        assert {t.source.rsplit(":", 1)[0] for t in custom} == {f"{owner}:custom-{TAG}"}
+        assert all(t.owner == owner for t in custom)
