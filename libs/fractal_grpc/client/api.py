@@ -2,7 +2,7 @@
 
 The plumbing (channel, deadlines, token refresh, errors) is ``BaseClient`` (``base.py``); the
 superusers' AdminService methods are in ``admin.py``, TaskCollectionService's in
-``collections.py``, and the other services' here.
+``task_collections.py``, and the other services' here.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ from fractal_grpc.client.base import (
     _struct,
     new_request_id,
 )
-from fractal_grpc.client.collections import CollectionMethods
 from fractal_grpc.client.errors import FractalError, from_rpc_error
+from fractal_grpc.client.task_collections import CollectionMethods
 from fractal_grpc.convert import fill_image
 
 __all__ = [

@@ -1,5 +1,5 @@
 """``BaseClient``: the plumbing of ``Client`` (channel, token, deadlines, errors), shared by
-the modules that hold its methods (``api.py``, ``admin.py``, ``collections.py``).
+the modules that hold its methods (``api.py``, ``admin.py``, ``task_collections.py``).
 
 Every call has a deadline (``timeout`` per call, else the client's default), carries the
 caller's token, and raises a ``FractalError`` subclass with the status code and details. Retries
