@@ -4,21 +4,23 @@ no index, no network."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cli_helpers import ADMIN, Cli
-from e2e_stack import Stack, start_service, wait_serving
+from e2e_stack import Stack, kill, start, start_service, wait_serving
 from test_cli_e2e import new_user
 
 from fractal.v2 import task_collection_pb2 as cpb
 from fractal_cli import exits
 from fractal_devstack.embedded import free_port
-from fractal_grpc.client import ConflictError, Credential, NotFoundError, SyncClient
+from fractal_grpc.client import Client, ConflictError, Credential, NotFoundError, SyncClient
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "collector"))
 
@@ -179,3 +181,33 @@ def test_the_client_follows_and_manages_collections(cli_stack: Stack, wheels_dir
         owner = me.username or me.slurm_user
         assert {t.source.rsplit(":", 1)[0] for t in custom} == {f"{owner}:custom-{TAG}"}
         assert all(t.owner == owner for t in custom)
+
+
+async def test_watch_collection_goes_on_across_an_api_restart(
+    cli_stack: Stack, wheels_dir: Path
+) -> None:
+    """api killed after the first message: the watch is reopened, no version is yielded twice,
+    and the log text streamed is the collection's whole log, each part once."""
+    name = f"fractal-tasks-cli-restart-{TAG}"
+    task_package(wheels_dir, name, "1.0.0", manifest=good_manifest())
+    async with Client(cli_stack.api_address, credential=Credential(*ADMIN)) as c:
+        first = await c.collect_pip(name)
+        stream = c.watch_collection(first.id)
+        messages = [await anext(stream)]
+        # Still running when api dies: what follows comes from a reopened watch.
+        assert messages[0].collection.state in (
+            cpb.COLLECTION_STATE_PENDING,
+            cpb.COLLECTION_STATE_INSTALLING,
+        )
+        kill(cli_stack, "api", signal.SIGKILL)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(start, cli_stack, "api")
+        messages += [m async for m in stream]
+        whole = await c.get_collection(first.id, with_log=True)
+    assert messages[-1].collection.state in (
+        cpb.COLLECTION_STATE_OK,
+        cpb.COLLECTION_STATE_FAILED,
+    )
+    versions = [m.collection.version for m in messages]
+    assert versions == sorted(set(versions)), versions
+    assert "".join(m.new_log for m in messages) == whole.log
