@@ -227,9 +227,9 @@ def test_exit_codes_tell_failures_apart(cli: Cli, tmp_path: Path) -> None:
         "--address", "127.0.0.1:1", "--timeout", "2", "project", "list", check=exits.SERVER
     )
     assert "DEADLINE_EXCEEDED" in result.stderr or "UNAVAILABLE" in result.stderr
-    # Task collection: a clear message until the service exists.
-    result = user("task", "collect", "fractal-tasks-core", check=exits.SERVER)
-    assert "not available yet" in result.stderr
+    # Task collection: a package name outside the grammar is refused, naming the field.
+    result = user("task", "collect", "not a package!", check=exits.USAGE)
+    assert "package" in result.stderr
 
 
 def test_shell_completion(cli: Cli) -> None:

@@ -3,6 +3,7 @@ captured while the job runs and after it ended."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import shlex
 import shutil
@@ -88,16 +89,27 @@ def test_submit_watch_draws_a_progress_bar_per_task(cli: Cli, tmp_path: Path, tm
     lines = final.splitlines()
     job_line = next(line for line in lines if line.startswith("job ") and "submitted" in line)
     job_id = job_line.split()[1]
-    # At the end: the phase, a full bar per task with its calls, the final state.
+    # At the end: the phase, a full bar per task with its real calls (one per image), the
+    # final state.
     assert f"job {job_id}: done" in final
     for name in ("first", "second"):
         row = next(line for line in lines if f"{name}-{suffix}" in line)
-        assert "━" in row and "1/1" in row and "done" in row, row
+        assert "━" in row and "3/3" in row and "done" in row, row
     assert f"job {job_id} done" in final
-    # While it ran, the second task was still waiting when the first was on screen.
+    # While it ran: the job showed as running, the first task as running while the second was
+    # still pending, and no task ever counted more calls than the dataset has images.
     during = [s for s in screens if f"first-{suffix}" in s and "EXIT=" not in s]
     assert during, "the display never showed the tasks while the job ran"
+    assert any(f"job {job_id}: running" in s for s in during), during[-1]
+
+    def row_of(screen: str, name: str) -> str:
+        return next(line for line in screen.splitlines() if f"{name}-{suffix}" in line)
+
     assert any(
-        "pending" in next(line for line in s.splitlines() if f"second-{suffix}" in line)
-        for s in during
-    ), during[-1]
+        "running" in row_of(s, "first") and "pending" in row_of(s, "second") for s in during
+    ), during
+    for s in screens:
+        for name in ("first", "second"):
+            if f"{name}-{suffix}" in s:
+                counts = re.findall(r"(\d+)/(\d+)", row_of(s, name))
+                assert all(int(d) <= int(t) == 3 for d, t in counts), row_of(s, name)

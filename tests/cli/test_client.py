@@ -19,11 +19,13 @@ from e2e_stack import Stack, kill, start
 
 import fractal.v2
 from fractal.v2 import (
+    admin_service_pb2,
     auth_service_pb2,
     dataset_service_pb2,
     image_service_pb2,
     job_service_pb2,
     project_service_pb2,
+    task_collection_service_pb2,
     task_service_pb2,
     user_service_pb2,
     workflow_service_pb2,
@@ -43,6 +45,8 @@ from fractal_grpc.client import (
 
 MOCK = Path(__file__).parents[1] / "fractal_tasks_mock" / "fractal_tasks_mock"
 PUBLIC_MODULES = [
+    admin_service_pb2,
+    task_collection_service_pb2,
     auth_service_pb2,
     user_service_pb2,
     project_service_pb2,

@@ -16,7 +16,7 @@ NOT_FOUND = 3
 PERMISSION = 4
 #: The server could not be reached or failed.
 SERVER = 5
-#: The job that was watched ended FAILED.
+#: The job (or task collection) that was watched ended FAILED.
 JOB_FAILED = 6
 
 _BY_CODE = {

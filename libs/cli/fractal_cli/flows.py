@@ -10,12 +10,12 @@ import typer
 from google.protobuf import json_format
 
 from fractal.v2 import task_pb2, workflow_pb2, workflow_service_pb2
-from fractal_cli import exits
+from fractal_cli import collect
 from fractal_cli.core import json_object, pages, session
 from fractal_cli.output import Column, to_dict
 from fractal_grpc.convert import filters_to_dict, struct_dict
 
-task_app = typer.Typer(help="Tasks: create, list, edit (collection: not here yet).")
+task_app = typer.Typer(help="Tasks: create, list, edit; collect task packages.")
 workflow_app = typer.Typer(help="Workflows of a project and their tasks; import/export.")
 
 TASK_TYPES = {
@@ -148,34 +148,50 @@ def task_delete(ctx: typer.Context, task_id: int) -> None:
     session(ctx).out.done(f"task {task_id} deleted", {"deleted": {"task_id": task_id}})
 
 
-# TASK COLLECTION: `fractal task collect PACKAGE [--watch]` and `fractal task check-collection
-# ID` belong to TaskCollectionService (another branch). Once its stubs exist, add
-# `collect_task`/`get_task_collection`/`watch_task_collection` to fractal_grpc.client.api.Client
-# (and SyncClient) and replace the two bodies below; the commands and options are already the
-# reference's.
 @task_app.command("collect")
 def task_collect(
     ctx: typer.Context,
-    package: str,
+    package: Annotated[
+        str, typer.Argument(help="a package name of the index, or the path of a wheel file")
+    ],
     package_version: Annotated[str | None, typer.Option()] = None,
-    python_version: Annotated[str | None, typer.Option()] = None,
-    package_extras: Annotated[str | None, typer.Option()] = None,
-    watch: Annotated[bool, typer.Option(help="stream the collection log")] = False,
+    python_version: Annotated[str | None, typer.Option(help='"3.X"; default: the server\'s')] = (
+        None
+    ),
+    package_extras: Annotated[str | None, typer.Option(help="comma-separated")] = None,
+    pinned_dependency: Annotated[
+        list[str] | None, typer.Option(help="NAME=VERSION, repeatable")
+    ] = None,
+    watch: Annotated[bool, typer.Option(help="follow it to its end, streaming the log")] = False,
 ) -> None:
-    """Collect the tasks of a Python package (not available on this server yet)."""
-    session(ctx).out.fail("task collection is not available yet (TaskCollectionService)")
-    raise typer.Exit(exits.SERVER)
+    """Collect the tasks of a Python package into an environment of its own.
+
+    A wheel file that exists on this machine is uploaded; anything else is sent as is (a name
+    of the server's index, or a wheel path on the server's machine)."""
+    collect.collect(
+        session(ctx),
+        package,
+        package_version=package_version,
+        python_version=python_version,
+        package_extras=package_extras,
+        pins=collect.parse_pins(pinned_dependency or []),
+        watch=watch,
+    )
 
 
 @task_app.command("check-collection")
 def task_check_collection(
     ctx: typer.Context,
-    state_id: int,
+    state_id: Annotated[int, typer.Argument(help="the collection's id")],
     include_logs: Annotated[bool, typer.Option()] = False,
+    watch: Annotated[bool, typer.Option(help="follow it to its end, streaming the log")] = False,
 ) -> None:
-    """The state of a task collection (not available on this server yet)."""
-    session(ctx).out.fail("task collection is not available yet (TaskCollectionService)")
-    raise typer.Exit(exits.SERVER)
+    """The state of a task collection (with --watch: until it ends)."""
+    s = session(ctx)
+    if watch:
+        collect.follow(s, s.client().get_collection(state_id))
+        return
+    collect.check(s, state_id, include_logs=include_logs)
 
 
 # -- workflows --------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Exit codes (``fractal_cli.exits``): 0 ok, 1 refused (exists, in use, precondition), 2 usage
 (the command line or the request is invalid), 3 not found, 4 not logged in or not allowed,
-5 server unreachable or failing, 6 the watched job failed.
+5 server unreachable or failing, 6 the watched job or collection failed.
 """
 
 from __future__ import annotations
