@@ -72,6 +72,13 @@ def test_every_generated_file_is_served_with_its_comments() -> None:
     assert "fractal/v2/task_collection_service.proto" in registered
     assert all(documented[name].source_code_info.location for name in registered)
     assert documented_pool() is not None
+    # Served without protoc's lowerCamelCase json names: grpcurl keeps the proto field names
+    # (`access_token`), which the README's walk-through and the reference's JSON use.
+    assert _field(_documented_set(), "CollectPipRequest", "package_version").json_name == (
+        "packageVersion"
+    )
+    served = documented["fractal/v2/task_collection_service.proto"]
+    assert not any(f.HasField("json_name") for m in served.message_type for f in m.field)
 
 
 def _field(files: descriptor_pb2.FileDescriptorSet, message: str, field: str) -> Message:

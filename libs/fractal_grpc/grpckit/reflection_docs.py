@@ -106,8 +106,21 @@ def load_documented(data: bytes, pool: Any = None) -> dict[str, descriptor_pb2.F
         if _shape(registered) != _shape(proto):
             log.warning("%s differs from its stub: served without comments", proto.name)
             continue
+        _drop_json_names(proto)
         documented[proto.name] = proto
     return documented
+
+
+def _drop_json_names(msg: Message) -> None:
+    """Clear every field's ``json_name``, as in the runtime's copy: grpcurl then reads and
+    prints the proto field names (``access_token``, as the reference's JSON), not protoc's
+    lowerCamelCase names (``accessToken``)."""
+    for field, value in msg.ListFields():
+        if field.name == "json_name":
+            msg.ClearField(field.name)
+        elif field.message_type is not None:
+            for item in value if field.is_repeated else [value]:
+                _drop_json_names(item)
 
 
 def documented_pool() -> DocumentedPool | None:
