@@ -7,8 +7,6 @@ superusers' AdminService methods are in ``admin.py``, TaskCollectionService's in
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -58,7 +56,7 @@ from fractal_grpc.client.base import (
     _struct,
     new_request_id,
 )
-from fractal_grpc.client.errors import FractalError, from_rpc_error
+from fractal_grpc.client.errors import from_rpc_error
 from fractal_grpc.client.task_collections import CollectionMethods
 from fractal_grpc.convert import fill_image
 
@@ -1006,33 +1004,21 @@ class Client(AdminMethods, CollectionMethods, BaseClient):
         """
         last_version = -1
         merged: job_pb2.Job | None = None
-        lost_since: float | None = None
-        while True:
-            try:
-                async for resp in self._stream(
-                    self._jobs.WatchJob,
-                    "/fractal.v2.JobService/WatchJob",
-                    job_service_pb2.WatchJobRequest(project_id=project_id, job_id=job_id),
-                    timeout,
-                ):
-                    lost_since = None
-                    job = resp.job
-                    if job.version <= last_version:
-                        continue
-                    last_version = job.version
-                    merged = merge_job(merged, job)
-                    yield merged
-                    if merged.status in (job_pb2.JOB_STATUS_DONE, job_pb2.JOB_STATUS_FAILED):
-                        return
+        async for _, resp in self._reopened(
+            self._jobs.WatchJob,
+            "/fractal.v2.JobService/WatchJob",
+            job_service_pb2.WatchJobRequest(project_id=project_id, job_id=job_id),
+            timeout,
+            resume_seconds,
+        ):
+            job = resp.job
+            if job.version <= last_version:
+                continue
+            last_version = job.version
+            merged = merge_job(merged, job)
+            yield merged
+            if merged.status in (job_pb2.JOB_STATUS_DONE, job_pb2.JOB_STATUS_FAILED):
                 return
-            except FractalError as error:
-                if error.code != grpc.StatusCode.UNAVAILABLE:
-                    raise
-                now = time.monotonic()
-                lost_since = lost_since or now
-                if now - lost_since > resume_seconds:
-                    raise
-                await asyncio.sleep(0.5)
 
     async def download_job_folder(
         self, project_id: int, job_id: int, *, timeout: float | None = TRANSFER_TIMEOUT

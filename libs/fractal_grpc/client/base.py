@@ -253,3 +253,32 @@ class BaseClient:
                 raise error from None
             finally:
                 call.cancel()
+
+    async def _reopened(
+        self,
+        method: Callable[..., Any],
+        name: str,
+        request: message.Message,
+        timeout: float | None,
+        resume_seconds: float,
+    ) -> AsyncIterator[tuple[bool, Any]]:
+        """A watch stream's responses, each with whether it is the first of its connection: a
+        watch is a read, so when its connection is lost (UNAVAILABLE, e.g. api restarted) it
+        is opened again, for up to ``resume_seconds`` without an answer."""
+        lost_since: float | None = None
+        while True:
+            first = True
+            try:
+                async for resp in self._stream(method, name, request, timeout):
+                    lost_since = None
+                    yield first, resp
+                    first = False
+                return
+            except FractalError as error:
+                if error.code != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                now = time.monotonic()
+                lost_since = lost_since or now
+                if now - lost_since > resume_seconds:
+                    raise
+                await asyncio.sleep(0.5)

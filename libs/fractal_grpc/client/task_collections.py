@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from fractal_grpc.client.base import (
     StructLike,
     _struct,
 )
-from fractal_grpc.client.errors import FractalError, from_rpc_error
+from fractal_grpc.client.errors import from_rpc_error
 
 #: The bytes per message of an upload (the server takes at most 4 MiB).
 UPLOAD_CHUNK_BYTES = 1024 * 1024
@@ -187,40 +186,25 @@ class CollectionMethods(BaseClient):
         """
         last_version = -1
         log_seen = 0
-        lost_since: float | None = None
-        while True:
-            first = True
-            try:
-                async for resp in self._stream(
-                    self._collections.WatchCollection,
-                    "/fractal.v2.TaskCollectionService/WatchCollection",
-                    task_collection_service_pb2.WatchCollectionRequest(collection_id=collection_id),
-                    timeout,
-                ):
-                    lost_since = None
-                    new_log = resp.new_log
-                    if first:
-                        # The whole log so far: keep only what was not yielded yet.
-                        new_log = new_log[log_seen:]
-                        first = False
-                    if resp.collection.version <= last_version and not new_log:
-                        continue
-                    last_version = max(last_version, resp.collection.version)
-                    log_seen += len(new_log)
-                    out = task_collection_service_pb2.WatchCollectionResponse(new_log=new_log)
-                    out.collection.CopyFrom(resp.collection)
-                    yield out
-                    if resp.collection.state in ENDED:
-                        return
+        async for first, resp in self._reopened(
+            self._collections.WatchCollection,
+            "/fractal.v2.TaskCollectionService/WatchCollection",
+            task_collection_service_pb2.WatchCollectionRequest(collection_id=collection_id),
+            timeout,
+            resume_seconds,
+        ):
+            # The first message of a connection carries the whole log so far: keep only what
+            # was not yielded yet.
+            new_log = resp.new_log[log_seen:] if first else resp.new_log
+            if resp.collection.version <= last_version and not new_log:
+                continue
+            last_version = max(last_version, resp.collection.version)
+            log_seen += len(new_log)
+            out = task_collection_service_pb2.WatchCollectionResponse(new_log=new_log)
+            out.collection.CopyFrom(resp.collection)
+            yield out
+            if resp.collection.state in ENDED:
                 return
-            except FractalError as error:
-                if error.code != grpc.StatusCode.UNAVAILABLE:
-                    raise
-                now = time.monotonic()
-                lost_since = lost_since or now
-                if now - lost_since > resume_seconds:
-                    raise
-                await asyncio.sleep(0.5)
 
     async def list_collections(
         self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
