@@ -26,6 +26,7 @@ from fractal.v2 import (
     workflow_service_pb2,
 )
 from fractal_grpc.convert import attributes_to_python
+from golden import GOLDEN_TYPE_FILTERS, golden_images
 from helpers import ApiClient
 
 MOCK = Path(__file__).resolve().parents[1] / "fractal_tasks_mock" / "fractal_tasks_mock"
@@ -165,3 +166,41 @@ def squeue_tags() -> str:
         text=True,
         check=True,
     ).stdout
+
+
+async def run_golden_scenario(world: World, backend_name: str) -> job_pb2.Job:
+    """The walking skeleton's golden scenario (compound create, illumination correction, MIP)
+    through the runner on SLURM: DONE, with the golden images and type filters."""
+    create = await world.task(
+        "create_ome_zarr_compound",
+        command_non_parallel=mock("create_ome_zarr_compound_init.py"),
+        command_parallel=mock("create_ome_zarr_compound_compute.py"),
+    )
+    illumination = await world.task(
+        "illumination_correction",
+        command_parallel=mock("illumination_correction.py"),
+        input_types={"illumination_correction": False},
+        output_types={"illumination_correction": True},
+    )
+    mip = await world.task(
+        "MIP_compound",
+        command_non_parallel=mock("MIP_compound_init.py"),
+        command_parallel=mock("MIP_compound_compute.py"),
+        input_types={"3D": True},
+        output_types={"3D": False},
+    )
+    await world.add(create, args_non_parallel={"image_dir": "/tmp/images"})
+    await world.add(illumination, args_parallel={"overwrite_input": True})
+    await world.add(mip)
+    job = await world.wait((await world.submit()).id)
+    assert job.status == job_pb2.JOB_STATUS_DONE, job.log
+    assert f"fractal-runner backend: {backend_name}" in job.log
+    assert await world.images() == golden_images(world.zarr_dir)
+    ds = await world.client.datasets.GetDataset(
+        dataset_service_pb2.GetDatasetRequest(
+            project_id=world.project_id, dataset_id=world.dataset_id
+        ),
+        metadata=world.client.md,
+    )
+    assert dict(ds.dataset.filters.types) == GOLDEN_TYPE_FILTERS
+    return job

@@ -23,14 +23,13 @@ from pathlib import Path
 
 import pytest
 from slurm_cluster_env import RUNNER_SOURCE, WORKER_PYTHON
-from slurm_world import JOB_TIMEOUT, World, mock, new_world, sacct_tagged
+from slurm_world import JOB_TIMEOUT, World, mock, new_world, run_golden_scenario, sacct_tagged
 
 from fault.tcp_proxy import TcpProxy
-from fractal.v2 import dataset_service_pb2, image_pb2, image_service_pb2, job_pb2
+from fractal.v2 import image_pb2, image_service_pb2, job_pb2
 from fractal_grpc.settings import RunnerSettings
 from fractal_runner.app import RunnerApp
 from fractal_runner.slurm.backend import SlurmSshBackend
-from golden import GOLDEN_TYPE_FILTERS, golden_images
 from helpers import ApiClient, admin_of
 from world import RunningApi, delete_streams_async, running_api
 
@@ -146,38 +145,7 @@ async def test_golden_scenario_on_slurm_ssh(world: World, ssh_runner: RunnerApp)
     backend = _backend(ssh_runner)
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
     sbatch_before = backend.calls.count("sbatch")
-    create = await world.task(
-        "create_ome_zarr_compound",
-        command_non_parallel=mock("create_ome_zarr_compound_init.py"),
-        command_parallel=mock("create_ome_zarr_compound_compute.py"),
-    )
-    illumination = await world.task(
-        "illumination_correction",
-        command_parallel=mock("illumination_correction.py"),
-        input_types={"illumination_correction": False},
-        output_types={"illumination_correction": True},
-    )
-    mip = await world.task(
-        "MIP_compound",
-        command_non_parallel=mock("MIP_compound_init.py"),
-        command_parallel=mock("MIP_compound_compute.py"),
-        input_types={"3D": True},
-        output_types={"3D": False},
-    )
-    await world.add(create, args_non_parallel={"image_dir": "/tmp/images"})
-    await world.add(illumination, args_parallel={"overwrite_input": True})
-    await world.add(mip)
-    job = await world.wait((await world.submit()).id)
-    assert job.status == job_pb2.JOB_STATUS_DONE, job.log
-    assert "fractal-runner backend: slurm_ssh" in job.log
-    assert await world.images() == golden_images(world.zarr_dir)
-    ds = await world.client.datasets.GetDataset(
-        dataset_service_pb2.GetDatasetRequest(
-            project_id=world.project_id, dataset_id=world.dataset_id
-        ),
-        metadata=world.client.md,
-    )
-    assert dict(ds.dataset.filters.types) == GOLDEN_TYPE_FILTERS
+    job = await run_golden_scenario(world, "slurm_ssh")
     # The same 8 SLURM jobs as on slurm_sudo, as the SSH user; the task files came back.
     assert backend.calls.count("sbatch") - sbatch_before == 8
     assert backend.records is not None

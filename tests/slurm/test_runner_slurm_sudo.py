@@ -14,16 +14,23 @@ from pathlib import Path
 import grpc
 import pytest
 from slurm_cluster_env import CLUSTER_USER, WORKER_PYTHON
-from slurm_world import JOB_TIMEOUT, World, mock, new_world, sacct_tagged, set_user, squeue_tags
+from slurm_world import (
+    JOB_TIMEOUT,
+    World,
+    mock,
+    new_world,
+    run_golden_scenario,
+    sacct_tagged,
+    set_user,
+    squeue_tags,
+)
 
 from fractal.v2 import (
-    dataset_service_pb2,
     job_pb2,
     job_service_pb2,
 )
 from fractal_grpc.settings import RunnerSettings, SettingsError
 from fractal_runner.app import RunnerApp
-from golden import GOLDEN_TYPE_FILTERS, golden_images
 from helpers import ApiClient
 
 
@@ -40,38 +47,7 @@ async def test_golden_scenario_on_slurm_sudo(world: World, slurm_runner: RunnerA
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
     assert slurm_runner.slurm is not None
     sbatch_before = slurm_runner.slurm.calls.count("sbatch", user=CLUSTER_USER)
-    create = await world.task(
-        "create_ome_zarr_compound",
-        command_non_parallel=mock("create_ome_zarr_compound_init.py"),
-        command_parallel=mock("create_ome_zarr_compound_compute.py"),
-    )
-    illumination = await world.task(
-        "illumination_correction",
-        command_parallel=mock("illumination_correction.py"),
-        input_types={"illumination_correction": False},
-        output_types={"illumination_correction": True},
-    )
-    mip = await world.task(
-        "MIP_compound",
-        command_non_parallel=mock("MIP_compound_init.py"),
-        command_parallel=mock("MIP_compound_compute.py"),
-        input_types={"3D": True},
-        output_types={"3D": False},
-    )
-    await world.add(create, args_non_parallel={"image_dir": "/tmp/images"})
-    await world.add(illumination, args_parallel={"overwrite_input": True})
-    await world.add(mip)
-    job = await world.wait((await world.submit()).id)
-    assert job.status == job_pb2.JOB_STATUS_DONE, job.log
-    assert "fractal-runner backend: slurm_sudo" in job.log
-    assert await world.images() == golden_images(world.zarr_dir)
-    ds = await world.client.datasets.GetDataset(
-        dataset_service_pb2.GetDatasetRequest(
-            project_id=world.project_id, dataset_id=world.dataset_id
-        ),
-        metadata=world.client.md,
-    )
-    assert dict(ds.dataset.filters.types) == GOLDEN_TYPE_FILTERS
+    job = await run_golden_scenario(world, "slurm_sudo")
     # Ran on SLURM as the cluster user, tagged with the job; calls recorded for resume.
     assert slurm_runner.slurm.records is not None
     tag = slurm_runner.slurm.records.tag_prefix(job.id)
