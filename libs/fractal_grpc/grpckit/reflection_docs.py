@@ -24,26 +24,25 @@ log = logging.getLogger("fractal.grpc")
 
 DESCRIPTOR_SET_FILE = "descriptors.binpb"
 _IGNORED = frozenset({"options", "json_name", "source_code_info"})
+_JSON_NAMES = frozenset({"json_name"})
 
 
 def _shape(proto: descriptor_pb2.FileDescriptorProto) -> bytes:
     """``proto`` without what may differ between protoc's output and the runtime's copy."""
     copy = descriptor_pb2.FileDescriptorProto()
     copy.CopyFrom(proto)
-    _strip(copy)
+    _strip(copy, _IGNORED)
     return copy.SerializeToString(deterministic=True)
 
 
-def _strip(msg: Message) -> None:
+def _strip(msg: Message, names: frozenset[str]) -> None:
+    """Clear the fields called one of ``names`` in ``msg`` and every message inside it."""
     for field, value in msg.ListFields():
-        if field.name in _IGNORED:
+        if field.name in names:
             msg.ClearField(field.name)
         elif field.message_type is not None:
-            if field.is_repeated:
-                for item in value:
-                    _strip(item)
-            else:
-                _strip(value)
+            for item in value if field.is_repeated else [value]:
+                _strip(item, names)
 
 
 class _DocumentedFile:
@@ -106,21 +105,11 @@ def load_documented(data: bytes, pool: Any = None) -> dict[str, descriptor_pb2.F
         if _shape(registered) != _shape(proto):
             log.warning("%s differs from its stub: served without comments", proto.name)
             continue
-        _drop_json_names(proto)
+        # Without protoc's lowerCamelCase json names, as in the runtime's copy: grpcurl then
+        # reads and prints the proto field names (``access_token``, as the reference's JSON).
+        _strip(proto, _JSON_NAMES)
         documented[proto.name] = proto
     return documented
-
-
-def _drop_json_names(msg: Message) -> None:
-    """Clear every field's ``json_name``, as in the runtime's copy: grpcurl then reads and
-    prints the proto field names (``access_token``, as the reference's JSON), not protoc's
-    lowerCamelCase names (``accessToken``)."""
-    for field, value in msg.ListFields():
-        if field.name == "json_name":
-            msg.ClearField(field.name)
-        elif field.message_type is not None:
-            for item in value if field.is_repeated else [value]:
-                _drop_json_names(item)
 
 
 def documented_pool() -> DocumentedPool | None:
