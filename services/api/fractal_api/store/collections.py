@@ -283,6 +283,24 @@ async def succeed(
     await emit_changed(session, subjects, row)
 
 
+async def _refuse_if_busy(session: AsyncSession, collection_id: int) -> None:
+    """FAILED_PRECONDITION while an activity on the collection is pending or installing."""
+    busy = (
+        await session.execute(
+            select(TaskCollection.id).where(
+                TaskCollection.target_id == collection_id,
+                TaskCollection.state.in_((PENDING, INSTALLING)),
+            )
+        )
+    ).scalar_one_or_none()
+    if busy is not None:
+        raise FailedPrecondition(
+            f"Activity {busy} on collection {collection_id} is in progress",
+            reason="ACTIVITY_IN_PROGRESS",
+            metadata={"collection_id": str(busy)},
+        )
+
+
 async def start_activity(
     session: AsyncSession, subjects: Subjects, target: TaskCollection, kind: str, user_id: int
 ) -> TaskCollection:
@@ -294,20 +312,7 @@ async def start_activity(
             reason="COLLECTION_NOT_OK",
             metadata={"collection_id": str(target.id)},
         )
-    busy = (
-        await session.execute(
-            select(TaskCollection.id).where(
-                TaskCollection.target_id == target.id,
-                TaskCollection.state.in_((PENDING, INSTALLING)),
-            )
-        )
-    ).scalar_one_or_none()
-    if busy is not None:
-        raise FailedPrecondition(
-            f"Activity {busy} on collection {target.id} is in progress",
-            reason="ACTIVITY_IN_PROGRESS",
-            metadata={"collection_id": str(busy)},
-        )
+    await _refuse_if_busy(session, target.id)
     if (kind == DEACTIVATE) != target.active:
         raise FailedPrecondition(
             f"Collection {target.id} is already {'active' if target.active else 'inactive'}",
@@ -407,20 +412,7 @@ async def delete_collection(session: AsyncSession, row: TaskCollection) -> None:
             reason="COLLECTION_ACTIVE",
             metadata={"collection_id": str(row.id)},
         )
-    busy = (
-        await session.execute(
-            select(TaskCollection.id).where(
-                TaskCollection.target_id == row.id,
-                TaskCollection.state.in_((PENDING, INSTALLING)),
-            )
-        )
-    ).scalar_one_or_none()
-    if busy is not None:
-        raise FailedPrecondition(
-            f"Activity {busy} on collection {row.id} is in progress",
-            reason="ACTIVITY_IN_PROGRESS",
-            metadata={"collection_id": str(busy)},
-        )
+    await _refuse_if_busy(session, row.id)
     if row.task_ids:
         # Row locks on the tasks wait out (then block) a workflow task being added with one.
         await session.execute(select(Task.id).where(Task.id.in_(row.task_ids)).with_for_update())
