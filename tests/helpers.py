@@ -15,7 +15,7 @@ from grpc_status import rpc_status
 
 from fractal.v2 import project_pb2, project_service_pb2
 from fractal_grpc.client import FractalClient
-from fractal_grpc.convert import python_to_value
+from fractal_grpc.convert import attributes_to_python, python_to_value
 from world import RunningApi
 
 
@@ -24,6 +24,19 @@ def scalar(value: object) -> struct_pb2.Value:
     target = struct_pb2.Value()
     python_to_value(value, target)  # type: ignore[arg-type]
     return target
+
+
+def images_by_url(images: Any) -> dict[str, dict[str, Any]]:
+    """Images as the reference writes them, by zarr_url: origin (None when unset),
+    attributes as plain values, types."""
+    return {
+        image.zarr_url: {
+            "origin": image.origin if image.HasField("origin") else None,
+            "attributes": attributes_to_python(image.attributes),
+            "types": dict(image.types),
+        }
+        for image in images
+    }
 
 
 def plain(values: Any) -> list[object]:

@@ -34,7 +34,7 @@ from fractal.v2 import (
 )
 from fractal_devstack.embedded import free_port
 from fractal_grpc.auth.tokens import ServiceTokenSource
-from fractal_grpc.convert import attributes_to_python, filters_to_dict
+from fractal_grpc.convert import filters_to_dict
 from fractal_grpc.db import make_engine, make_sessionmaker, transaction
 from fractal_grpc.retry import RetryPolicy
 from fractal_grpc.settings import RunnerSettings
@@ -47,7 +47,7 @@ from fractal_runner.readiness import API_SERVICE, api_problem
 from fractal_runner.run_store import RunStore
 from fractal_runner.scheduler import JobScheduler
 from golden import GOLDEN_TYPE_FILTERS, golden_images
-from helpers import ApiClient, history_status
+from helpers import ApiClient, history_status, images_by_url
 from waiting import is_gone, wait_for_file, wait_until, wait_until_async
 
 MOCK = Path(__file__).resolve().parents[1] / "fractal_tasks_mock" / "fractal_tasks_mock"
@@ -221,14 +221,7 @@ class World:
             ),
             metadata=self.client.md,
         )
-        return {
-            image.zarr_url: {
-                "origin": image.origin if image.HasField("origin") else None,
-                "attributes": attributes_to_python(image.attributes),
-                "types": dict(image.types),
-            }
-            for image in resp.images
-        }
+        return images_by_url(resp.images)
 
     async def dataset(self) -> Any:
         resp = await self.client.datasets.GetDataset(

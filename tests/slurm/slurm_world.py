@@ -25,9 +25,8 @@ from fractal.v2 import (
     user_service_pb2,
     workflow_service_pb2,
 )
-from fractal_grpc.convert import attributes_to_python
 from golden import GOLDEN_TYPE_FILTERS, golden_images
-from helpers import ApiClient
+from helpers import ApiClient, images_by_url
 
 MOCK = Path(__file__).resolve().parents[1] / "fractal_tasks_mock" / "fractal_tasks_mock"
 JOB_TIMEOUT = 120.0
@@ -122,14 +121,7 @@ class World:
             ),
             metadata=self.client.md,
         )
-        return {
-            image.zarr_url: {
-                "origin": image.origin if image.HasField("origin") else None,
-                "attributes": attributes_to_python(image.attributes),
-                "types": dict(image.types),
-            }
-            for image in resp.images
-        }
+        return images_by_url(resp.images)
 
 
 async def new_world(client: ApiClient, zarr_dir: str) -> World:
