@@ -75,15 +75,14 @@ def read_log_tail(path: Path, max_bytes: int) -> tuple[str, bool]:
 
 def zip_folder(folder: Path, out: IO[bytes]) -> None:
     """Write a zip of ``folder`` to ``out``: every file and subfolder (empty ones too), with
-    paths relative to the folder. Symlinks are not followed."""
+    paths relative to the folder, each entry stamped with its own modification time (so the
+    same folder always gives the same archive). Symlinks are not followed."""
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(folder.rglob("*")):
             relative = path.relative_to(folder).as_posix()
             if path.is_symlink():
                 continue
-            if path.is_dir():
-                archive.writestr(relative + "/", b"")
-            elif path.is_file():
+            if path.is_dir() or path.is_file():
                 archive.write(path, relative)
 
 
