@@ -349,8 +349,13 @@ class CollectorSettings(CommonSettings, TasksPythonSettings):
     collector_uv: str | None = None
     # uv's cache folder (UV_CACHE_DIR); unset: uv's default.
     collector_uv_cache_dir: Path | None = None
-    # pip is upgraded to at most this version in a pip-made environment (reference 2.3.7).
-    pip_max_version: str = Field(default="24.0", pattern=r"^[0-9]+(\.[0-9]+){0,2}$")
+    # pip is upgraded to at most this version in a pip-made environment (reference 2.3.7,
+    # under the reference's name FRACTAL_MAX_PIP_VERSION).
+    pip_max_version: str = Field(
+        default="24.0",
+        pattern=r"^[0-9]+(\.[0-9]+){0,2}$",
+        validation_alias="FRACTAL_MAX_PIP_VERSION",
+    )
     # Where packages come from (both installers): another index, local folders, or no index.
     collector_index_url: str | None = None
     collector_find_links: str = ""  # comma-separated folders or URLs
@@ -399,6 +404,8 @@ def load_settings(cls: type[S]) -> S:
         prefix = str(cls.model_config.get("env_prefix", ""))
         lines = []
         for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"]) or "?"
-            lines.append(f"{prefix}{field.upper()}: {err['msg']}")
+            field = (".".join(str(p) for p in err["loc"]) or "?").upper()
+            # A field read under an alias (the reference's name) reports the whole name.
+            name = field if field.startswith(prefix.upper()) else f"{prefix}{field}"
+            lines.append(f"{name}: {err['msg']}")
         raise SettingsError("invalid settings: " + "; ".join(lines)) from None

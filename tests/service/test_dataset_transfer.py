@@ -109,6 +109,18 @@ async def test_import_is_all_or_nothing_and_idempotent(user: ApiClient, admin: A
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await imported(nul)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Departure (reference §3.2 import checks only the prefix): as in AddImages, a zarr_url
+    # repeated across the stream, or equal to zarr_dir, is refused and nothing is created.
+    for name, extra, field in (
+        ("twice", image("/zarr/s/a"), "images[1].zarr_url"),
+        ("itself", image("/zarr/s"), "images[1].zarr_url"),
+    ):
+        messages = import_messages(pid, exported, name, 1)
+        messages.append(dpb.ImportDatasetRequest(images=[extra]))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await imported(messages)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_details(err.value)[1] == [field]
     # A header field in a later message.
     late = import_messages(pid, exported, "late", 1)
     late.append(dpb.ImportDatasetRequest(name="x"))

@@ -414,6 +414,17 @@ async def test_export_then_import_round_trips_and_resolves_by_source(user: ApiCl
         assert err.code() == Code.INVALID_ARGUMENT
         assert field in error_details(err)[1]
         exported.task_list[0].args_non_parallel.Clear()
+    # Parallel args for a non-parallel task: refused too (the reference's import skips the
+    # POST-wftask type checks and stores them: a departure).
+    exported.task_list[1].task_source = task.source
+    exported.task_list[0].args_parallel.update({"a": 1})
+    err = await refused(
+        user.workflows.ImportWorkflow(
+            wpb.ImportWorkflowRequest(project_id=pid, workflow=exported), metadata=user.md
+        )
+    )
+    assert err.code() == Code.INVALID_ARGUMENT
+    assert error_details(err)[1] == ["workflow.task_list[0].args_parallel"]
     listed = await user.workflows.ListWorkflows(
         wpb.ListWorkflowsRequest(project_id=pid), metadata=user.md
     )

@@ -31,8 +31,8 @@ def test_mask_paths(paths: list[str], ok: bool) -> None:
     ("current", "new", "needed"),
     [("p", "p", False), ("p", "q", True), ("p", "P", True)],
 )
-def test_project_rename_needed(current: str, new: str, needed: bool) -> None:
-    assert rules.project_rename_needed(current, new) is needed
+def test_rename_needed(current: str, new: str, needed: bool) -> None:
+    assert rules.rename_needed(current, new) is needed
 
 
 @pytest.mark.parametrize(

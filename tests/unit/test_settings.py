@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from fractal_grpc.settings import ApiSettings, RunnerSettings, SettingsError, load_settings
+from fractal_grpc.settings import (
+    ApiSettings,
+    CollectorSettings,
+    RunnerSettings,
+    SettingsError,
+    load_settings,
+)
 
 
 def test_defaults_and_url_normalisation(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,3 +73,14 @@ def test_service_refuses_to_start_with_a_clear_message() -> None:
     assert proc.returncode == 2
     assert "FRACTAL_API_SUBMIT_RATE_LIMIT" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_pip_cap_has_the_reference_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reference §9: FRACTAL_MAX_PIP_VERSION caps the pip upgrade of a new task environment.
+    assert load_settings(CollectorSettings).pip_max_version == "24.0"
+    monkeypatch.setenv("FRACTAL_MAX_PIP_VERSION", "23.3.1")
+    assert load_settings(CollectorSettings).pip_max_version == "23.3.1"
+    monkeypatch.setenv("FRACTAL_MAX_PIP_VERSION", "latest")
+    with pytest.raises(SettingsError) as err:
+        load_settings(CollectorSettings)
+    assert str(err.value).startswith("invalid settings: FRACTAL_MAX_PIP_VERSION: ")

@@ -4,6 +4,7 @@
 - *Update masks* (AIP-134): a mask names at least one field; each field once.
 - *Project name*: unique per user (the database decides, see ``store/conflicts.py``); the
   project's own current name is no change (the reference refuses it with 422: a departure).
+  Workflow renames follow the same rule (``rename_needed``).
 - *zarr_dir immutability*: a dataset's zarr_dir may change only while it has no images (its
   images live under it). Re-sending the current value changes nothing and is accepted (the
   reference refuses any zarr_dir in the body of a dataset with images: a departure).
@@ -40,8 +41,9 @@ def mask_paths(paths: Sequence[str], field: str = "update_mask") -> list[str]:
     return list(paths)
 
 
-def project_rename_needed(current: str, new: str) -> bool:
-    """Whether renaming to ``new`` changes anything (the own current name does not)."""
+def rename_needed(current: str, new: str) -> bool:
+    """Whether renaming a project or a workflow to ``new`` changes anything (its own current
+    name does not, where the reference answers 422)."""
     return current != new
 
 

@@ -16,6 +16,7 @@ from fractal_api.store import jobs, projects, requests, tasks, workflows
 from fractal_api.views import TASK_STATES, workflow_export_view, workflow_task_view, workflow_view
 from fractal_grpc.auth.principal import current_user
 from fractal_grpc.convert import struct_to_dict
+from fractal_grpc.data.rules import rename_needed
 from fractal_grpc.db import transaction
 from fractal_grpc.grpckit.errors import FailedPrecondition, Violations
 from fractal_grpc.images.filters import validate_keys
@@ -208,8 +209,7 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
                 violations.raise_if_any()
                 workflows.reorder(listing, given)
                 await session.flush()
-            # Re-sending the current name is no change (the reference refuses it: a departure).
-            if name is not None and name != workflow.name:
+            if name is not None and rename_needed(workflow.name, name):
                 await workflows.rename(session, workflow, name)
             listing = (await workflows.task_list(session, [workflow.id]))[workflow.id]
         return pb.UpdateWorkflowResponse(workflow=workflow_view(workflow, listing))

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from fractal_api.models import Dataset, Job, Project, ProjectMember, Workflow
 from fractal_api.store import write_unique
 from fractal_api.store.conflicts import conflict, violated_constraint
-from fractal_grpc.data.rules import project_rename_needed
+from fractal_grpc.data.rules import rename_needed
 from fractal_grpc.grpckit.errors import InvalidArgument, NotFound
 
 
@@ -147,7 +147,7 @@ async def lock(session: AsyncSession, project_id: int) -> None:
 async def rename(session: AsyncSession, project: Project, name: str) -> Project:
     """Rename ``project``; the rename cascades into the memberships' copy of the name, whose
     unique (user_id, project_name) refuses a name another project of a member already has."""
-    if not project_rename_needed(project.name, name):
+    if not rename_needed(project.name, name):
         return project
     try:
         async with session.begin_nested():
