@@ -29,7 +29,7 @@ FILE = parse_slurm_config(
     }
 )
 CONFIG = with_job_settings(
-    task_slurm_config(FILE, {"time": "10", "constraint": "avx"}, task_name="create zarr"),
+    task_slurm_config(FILE, {"time": "10", "constraint": "avx", "gres": "gpu:1", "gpus": "2"}, task_name="create zarr"),
     slurm_account="lab",
     worker_init="source /opt/env.sh",
 )
@@ -64,6 +64,8 @@ EXPECTED = """\
 #SBATCH --mem=200M
 #SBATCH --job-name=create_zarr
 #SBATCH --constraint=avx
+#SBATCH --gres=gpu:1
+#SBATCH --gpus=2
 #SBATCH --time=10
 #SBATCH --account=lab
 #SBATCH --comment=fractal:run=7
