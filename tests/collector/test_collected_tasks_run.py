@@ -12,8 +12,8 @@ import grpc
 import grpc.aio
 import pytest
 from collections_api import collected, tasks_with_source, watch
+from collector_world import CollectorWorld
 
-from conftest import CollectorWorld
 from fractal.v2 import (
     dataset_service_pb2,
     image_pb2,

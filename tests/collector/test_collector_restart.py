@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from collections_api import collect, tasks_with_source, watch
+from collector_world import collector_env
 from wheels import good_manifest, task_package
 
-from conftest import collector_env
 from fractal.v2 import task_collection_pb2 as cpb
 from fractal.v2 import task_collection_service_pb2 as pb
 from helpers import ApiClient
