@@ -14,6 +14,7 @@ import json
 import pwd
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from collections_api import collected, tasks_with_source, watch
+from collections_api import collect, collected, tasks_with_source, watch
 from collector_world import collector_env
+from test_collector_restart import Collectors
 from wheels import build_fixtures
 
 from fractal.v2 import (
@@ -401,3 +403,100 @@ async def test_the_remote_host_keeps_to_its_folders_and_stops_leftovers(
         assert await host.remove_folder(neighbour, 8) and not Path(neighbour).exists()
     finally:
         await connection.close()
+
+
+SLOW_FIRST_TIME = """#!/bin/sh
+# The first run sleeps in a process that names the environment (the collector is killed
+# meanwhile); every later run is the real Python.
+if [ ! -e "{marker}" ]; then
+  touch "{marker}"
+  {python} -c "import time; time.sleep(300)" "$@"
+fi
+exec {python} "$@"
+"""
+
+
+async def test_killed_mid_remote_installation_then_completed(
+    service_env: dict[str, str], nats_prefix: str, ssh_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Kill the collector while its installer runs on the host: the next collector kills that
+    leftover installer, rebuilds the remote folder and ends the collection OK."""
+    slow = ssh_dirs["data"] / "slow-python"
+    marker = ssh_dirs["data"] / "slowed"
+    slow.write_text(SLOW_FIRST_TIME.format(marker=marker, python=REMOTE_PYTHON))
+    slow.chmod(0o755)
+    wheel = build_fixtures(ssh_dirs["wheels"], "sshkill")["race"]
+    wheel.chmod(0o644)
+    tasks_dir = ssh_dirs["tasks"] / "kill"
+    prefix = f"{nats_prefix}q"
+    ssh = {f"FRACTAL_{k.upper()}": str(v) for k, v in _ssh_settings(ssh_dirs).items()}
+    try:
+        async with running_api(service_env, nats_prefix=prefix, runner_backend="slurm_ssh") as api:
+            env = collector_env(
+                service_env,
+                ssh_dirs["local"] / "unused",
+                ssh_dirs["wheels"],
+                "pip",
+                **ssh,
+                FRACTAL_NATS_PREFIX=prefix,
+                FRACTAL_API_URL=api.internal_address,
+                FRACTAL_COLLECTOR_LEASE_SECONDS="2",
+                FRACTAL_SLURM_SSH_TASKS_DIR=str(tasks_dir),
+                FRACTAL_TASKS_PYTHON_DEFAULT_VERSION=PY,
+                FRACTAL_TASKS_PYTHON_3_11=str(slow),
+            )
+            group = Collectors(env, tmp_path)
+            try:
+                async with admin_of(api) as admin:
+                    user = await admin.new_user(verified=True)
+                    await _kill_and_complete(user, group, wheel, tasks_dir)
+            finally:
+                group.close()
+    finally:
+        await delete_streams_async(prefix)
+
+
+def _sleepers(folder: str) -> list[int]:
+    """The SSH user's processes whose command line names ``folder``'s environment."""
+    found = subprocess.run(
+        ["pgrep", "-u", SSH_USER, "-f", "--", f"{folder}/venv"], capture_output=True, text=True
+    )
+    return [int(pid) for pid in found.stdout.split()]
+
+
+async def _kill_and_complete(
+    user: ApiClient, group: Collectors, wheel: Path, tasks_dir: Path
+) -> None:
+    first = group.start()
+    made = await collect(user, str(wheel))
+
+    async def get() -> cpb.TaskCollection:
+        got = await user.collections.GetCollection(
+            pb.GetCollectionRequest(collection_id=made.id, with_log=True), metadata=user.md
+        )
+        return got.collection
+
+    deadline = asyncio.get_running_loop().time() + 90
+    while True:
+        row = await get()
+        if row.HasField("env_dir") and _sleepers(row.env_dir):
+            break
+        assert asyncio.get_running_loop().time() < deadline, row.log
+        await asyncio.sleep(0.3)
+    folder = row.env_dir
+    left = _sleepers(folder)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    await asyncio.sleep(1.0)
+    assert _sleepers(folder) == left  # the remote installer outlives its collector
+
+    group.start()
+    messages = await watch(user, made.id, timeout=180)
+    final = await get()
+    assert messages[-1].collection.state == cpb.COLLECTION_STATE_OK, final.log
+    assert "Attempt 2" in final.log
+    assert _sleepers(folder) == []  # killed by the second attempt, not left to finish
+    assert final.env_dir == folder
+    assert sorted(p.name for p in (tasks_dir / ".fractal").iterdir()) == [Path(folder).name]
+    assert (Path(folder) / "venv" / "bin" / "python").exists()
+    assert len(await tasks_with_source(user, final.source + ":")) == 3
