@@ -165,16 +165,19 @@ class Collection:
             await self.progress.stop()
 
     async def _steps(self) -> None:
+        host = self.config.host
+        installs = self.row.kind != task_collection_pb2.COLLECTION_KIND_DEACTIVATE
         try:
             if self.attempt > 1:
                 self.say(f"Attempt {self.attempt}: an earlier collector stopped; starting again.")
-                if self.row.kind != task_collection_pb2.COLLECTION_KIND_DEACTIVATE:
-                    await self.config.host.stop_leftovers(self.folder)
-                    await self.config.host.remove_folder(self.folder, self.marker_id)
-            self.installer = await self.config.host.installer(self.config.installer, self.say)
+                if installs:  # what the dead attempt left: its installers, then its folder
+                    await host.stop_leftovers(self.folder)
+                    await host.remove_folder(self.folder, self.marker_id)
+            if installs:
+                self.installer = await host.installer(self.config.installer, self.say)
             response = await self.work()
             if response.collection.state == FAILED:
-                await self.config.host.remove_folder(self.folder, self.marker_id)
+                await host.remove_folder(self.folder, self.marker_id)
             log.info(
                 "collection %s: %s",
                 self.id,
