@@ -24,19 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from collections_api import collect, collected, tasks_with_source, watch
+from collections_api import (
+    activity_ends_ok,
+    collect,
+    collected,
+    images_of,
+    one_image_workflow,
+    run_job,
+    tasks_with_source,
+    watch,
+    with_log,
+)
 from collector_world import collector_env
 from test_collector_restart import Collectors
 from wheels import build_fixtures
 
-from fractal.v2 import (
-    dataset_service_pb2,
-    image_pb2,
-    image_service_pb2,
-    job_pb2,
-    job_service_pb2,
-    workflow_service_pb2,
-)
+from fractal.v2 import job_pb2
 from fractal.v2 import task_collection_pb2 as cpb
 from fractal.v2 import task_collection_service_pb2 as pb
 from helpers import ApiClient, admin_of
@@ -246,33 +249,6 @@ async def test_a_failure_removes_the_remote_folder(
     assert await tasks_with_source(user, final.source) == []
 
 
-async def _run_job(user: ApiClient, project_id: int, workflow_id: int, dataset_id: int) -> Any:
-    job = await user.jobs.SubmitJob(
-        job_service_pb2.SubmitJobRequest(
-            project_id=project_id, workflow_id=workflow_id, dataset_id=dataset_id
-        ),
-        metadata=user.md,
-    )
-
-    async def ended() -> job_pb2.Job:
-        stream = user.jobs.WatchJob(
-            job_service_pb2.WatchJobRequest(project_id=project_id, job_id=job.job.id),
-            metadata=user.md,
-        )
-        async for resp in stream:
-            if resp.job.status in (job_pb2.JOB_STATUS_DONE, job_pb2.JOB_STATUS_FAILED):
-                return resp.job
-        raise AssertionError("the job watch ended early")
-
-    return await asyncio.wait_for(ended(), JOB_TIMEOUT)
-
-
-async def _activity_ok(user: ApiClient, activity: cpb.TaskCollection) -> None:
-    messages = await watch(user, activity.id)
-    final = messages[-1].collection
-    assert final.state == cpb.COLLECTION_STATE_OK, "".join(m.new_log for m in messages)
-
-
 @pytest.mark.parametrize("ssh_collector", ["uv"], indirect=True)
 async def test_a_task_collected_over_ssh_runs_on_the_cluster_and_its_lifecycle(
     ssh_collector: SshWorld,
@@ -289,54 +265,29 @@ async def test_a_task_collected_over_ssh_runs_on_the_cluster_and_its_lifecycle(
         env / "venv" / "bin" / "python"
     )
 
-    project = await user.new_project()
-    zarr_dir = str(ssh_dirs["data"] / "zarr")
-    ds = await user.datasets.CreateDataset(
-        dataset_service_pb2.CreateDatasetRequest(
-            project_id=project.id, name="plate", zarr_dir=zarr_dir
-        ),
-        metadata=user.md,
+    submit = await one_image_workflow(
+        user,
+        str(ssh_dirs["data"] / "zarr"),
+        [tasks["Create Things"].id, tasks["Treat Image"].id],
     )
-    url = f"{zarr_dir}/plate.zarr/A/01/0"
-    await user.images.AddImages(
-        image_service_pb2.AddImagesRequest(
-            project_id=project.id, dataset_id=ds.dataset.id, images=[image_pb2.Image(zarr_url=url)]
-        ),
-        metadata=user.md,
-    )
-    wf = await user.workflows.CreateWorkflow(
-        workflow_service_pb2.CreateWorkflowRequest(project_id=project.id, name="over-ssh"),
-        metadata=user.md,
-    )
-    for name in ("Create Things", "Treat Image"):
-        await user.workflows.CreateWorkflowTask(
-            workflow_service_pb2.CreateWorkflowTaskRequest(
-                project_id=project.id, workflow_id=wf.workflow.id, task_id=tasks[name].id
-            ),
-            metadata=user.md,
-        )
-    job = await _run_job(user, project.id, wf.workflow.id, ds.dataset.id)
+    job = await run_job(user, submit, JOB_TIMEOUT)
     assert job.status == job_pb2.JOB_STATUS_DONE, job.log
-    images = await user.images.QueryImages(
-        image_service_pb2.QueryImagesRequest(project_id=project.id, dataset_id=ds.dataset.id),
-        metadata=user.md,
-    )
-    (image,) = images.images
+    (image,) = await images_of(user, submit)
     assert {"treat": True, "treated": True}.items() <= dict(image.types).items()
 
     # Deactivated: the remote environment goes, the record keeps the frozen versions.
     deactivation = await ssh_admin.collections.DeactivateCollection(
         pb.DeactivateCollectionRequest(collection_id=final.id), metadata=ssh_admin.md
     )
-    await _activity_ok(ssh_admin, deactivation.activity)
+    await activity_ends_ok(ssh_admin, deactivation.activity)
     assert not env.exists()
     # Reactivated: rebuilt on the host from the frozen versions (the wheel uploaded again).
     reactivation = await ssh_admin.collections.ReactivateCollection(
         pb.ReactivateCollectionRequest(collection_id=final.id), metadata=ssh_admin.md
     )
-    await _activity_ok(ssh_admin, reactivation.activity)
+    await activity_ends_ok(ssh_admin, reactivation.activity)
     assert (env / "venv" / "bin" / "python").exists() and env.stat().st_uid == _ssh_uid()
-    job = await _run_job(user, project.id, wf.workflow.id, ds.dataset.id)
+    job = await run_job(user, submit, JOB_TIMEOUT)
     assert job.status == job_pb2.JOB_STATUS_DONE, job.log
 
 
@@ -471,10 +422,7 @@ async def _kill_and_complete(
     made = await collect(user, str(wheel))
 
     async def get() -> cpb.TaskCollection:
-        got = await user.collections.GetCollection(
-            pb.GetCollectionRequest(collection_id=made.id, with_log=True), metadata=user.md
-        )
-        return got.collection
+        return await with_log(user, made.id)
 
     deadline = asyncio.get_running_loop().time() + 90
     while True:
