@@ -298,7 +298,7 @@ async def test_the_remote_host_keeps_to_its_folders_and_stops_leftovers(
     the tasks folder and only when marked as the collection's; a second attempt kills what a
     dead collector left running in that environment, and nothing else."""
     from fractal_collector.environment import FolderExists
-    from fractal_collector.hosts import SshHost
+    from fractal_collector.hosts import HostFileError, SshHost
     from fractal_grpc.collection import remote
     from fractal_grpc.ssh import SshConnection, SshTarget
 
@@ -315,7 +315,7 @@ async def test_the_remote_host_keeps_to_its_folders_and_stops_leftovers(
     host = SshHost(connection, tasks_dir=str(root), command_seconds=60)
     folder, neighbour = f"{root}/.fractal/pkg1.0", f"{root}/.fractal/pkg1.01"
     try:
-        with pytest.raises(FolderExists):
+        with pytest.raises(HostFileError):
             await host.create_folder(str(ssh_dirs["tasks"] / "outside"), 7)
         assert not (ssh_dirs["tasks"] / "outside").exists()
         await host.create_folder(folder, 7)

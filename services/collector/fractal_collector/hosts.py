@@ -230,9 +230,7 @@ class SshHost:
 
     def _check_folder(self, folder: str) -> None:
         if not remote.inside(self.tasks_dir, folder):
-            raise environment.FolderExists(
-                f"{folder} is not inside the remote tasks folder {self.tasks_dir}"
-            )
+            raise HostFileError(f"{folder} is not inside the remote tasks folder {self.tasks_dir}")
 
     async def create_folder(self, folder: str, marker_id: int) -> None:
         self._check_folder(folder)
