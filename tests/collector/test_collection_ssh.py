@@ -65,6 +65,8 @@ class SshWorld:
     tasks_dir: Path
     wheels: dict[str, Path]
     api: RunningApi
+    #: The collector's metrics registry.
+    registry: Any
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +192,7 @@ async def ssh_collector(
     app = CollectorApp(CollectorSettings(**kwargs))
     await app.start()
     try:
-        yield SshWorld(case, tasks_dir, wheels, ssh_api)
+        yield SshWorld(case, tasks_dir, wheels, ssh_api, app.obs.metrics.registry)
     finally:
         await app.stop()
 
@@ -225,6 +227,12 @@ async def test_a_package_collected_on_the_login_node(
         assert f"{UV} venv" in final.log and "venv and pip" not in final.log
     else:
         assert "venv and pip" in final.log and f"{REMOTE_PYTHON} -m venv" in final.log
+    # The installer-time metric names the installer that ran on the host.
+    ran = "uv" if ssh_collector.case == "uv" else "pip"
+    count = ssh_collector.registry.get_sample_value(
+        "fractal_collector_installer_seconds_count", {"installer": ran}
+    )
+    assert count is not None and count >= 3
     source = f"pip_remote:{name.replace('-', '_')}:0.2.0::py{PY}"
     tasks = {t.name: t for t in await tasks_with_source(user, source + ":")}
     assert sorted(tasks) == ["Compound Step", "Create Things", "Treat Image"]

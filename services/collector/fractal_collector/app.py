@@ -109,7 +109,7 @@ class CollectorApp:
             variable="FRACTAL_COLLECTOR_METRICS_ADDRESS",
             tracing=tracing,
         )
-        self.metrics = CollectorMetrics(self.obs.metrics.registry, settings.collector_installer)
+        self.metrics = CollectorMetrics(self.obs.metrics.registry)
         #: The shared connection to the login node (slurm_ssh), opened at the first command.
         self.ssh = SshConnection(target_of(settings)) if settings.over_ssh else None
         self.config = collector_config(settings, self.metrics, self.ssh)

@@ -54,24 +54,9 @@ class CollectorConfig:
     installer: commands.Installer
     #: Where the environments are made (this machine, or the login node over SSH).
     host: Host
-    #: Told each installer command's wall time (metrics), failed ones included.
-    on_installer: Callable[[float], None] | None = None
-
-
-async def _install(
-    config: CollectorConfig,
-    argv: Sequence[str],
-    log: Callable[[str], None],
-    *,
-    stdin: str | None = None,
-) -> installer.Result:
-    """An installer command on the collection's host, timed."""
-    started = time.monotonic()
-    try:
-        return await config.host.run(argv, log, stdin=stdin)
-    finally:
-        if config.on_installer is not None:
-            config.on_installer(time.monotonic() - started)
+    #: Told each installer command's installer (uv, pip) and wall time (metrics), failed ones
+    #: included.
+    on_installer: Callable[[str, float], None] | None = None
 
 
 def _tail(output: str, lines: int = 5) -> str:
@@ -152,6 +137,20 @@ class Collection:
 
     def say(self, text: str) -> None:
         self.progress.write(text if text.endswith("\n") else text + "\n")
+
+    async def _install(
+        self, argv: Sequence[str], *, quiet: bool = False, stdin: str | None = None
+    ) -> installer.Result:
+        """An installer command on the collection's host, timed; its output in the log
+        unless ``quiet``."""
+        started = time.monotonic()
+        try:
+            return await self.config.host.run(
+                argv, (lambda _: None) if quiet else self.say, stdin=stdin
+            )
+        finally:
+            if self.config.on_installer is not None:
+                self.config.on_installer(self.installer.kind, time.monotonic() - started)
 
     async def run(self) -> None:
         work = asyncio.create_task(self._steps())
@@ -241,11 +240,8 @@ class Collection:
         async with self.config.host.temp_dir() as dest:
             argv = commands.resolve_version(self.installer, interpreter, spec, dest)
             try:
-                result = await _install(
-                    self.config,
-                    argv,
-                    self.say,
-                    stdin=commands.resolve_input(self.installer, spec),
+                result = await self._install(
+                    argv, stdin=commands.resolve_input(self.installer, spec)
                 )
             except installer.CommandFailed as exc:
                 raise StepFailed(
@@ -284,9 +280,9 @@ class Collection:
             pins = str(PurePosixPath(folder) / commands.CONSTRAINTS_FILE)
             await host.write_file(pins, commands.constraints(spec).encode())
         for argv in commands.create_venv(self.installer, interpreter, env_dir):
-            await _install(config, argv, self.say)
-        await _install(config, commands.install(self.installer, env_dir, spec, version), self.say)
-        frozen = await _install(config, commands.freeze(self.installer, env_dir), lambda _: None)
+            await self._install(argv)
+        await self._install(commands.install(self.installer, env_dir, spec, version))
+        frozen = await self._install(commands.freeze(self.installer, env_dir), quiet=True)
         await host.write_file(str(PurePosixPath(folder) / FREEZE_FILE), frozen.output.encode())
         installed = await probe(host, env_dir, spec.name, self.say)
         await check_executables(host, installed)
@@ -358,8 +354,8 @@ class Reactivation(Deactivation):
         await host.write_file(frozen, self.row.freeze.encode())
         interpreter = config.pythons[spec.python_version]
         for argv in commands.create_venv(self.installer, interpreter, env_dir):
-            await _install(config, argv, self.say)
-        await _install(config, commands.install_frozen(self.installer, env_dir, frozen), self.say)
+            await self._install(argv)
+        await self._install(commands.install_frozen(self.installer, env_dir, frozen))
         installed = await probe(host, env_dir, spec.name, self.say)
         await check_executables(host, installed)
         return await self._done()
