@@ -233,7 +233,30 @@ class ApiSettings(CommonSettings, TasksPythonSettings):
         return _read_key(self.jwt_public_key, self.jwt_public_key_file, "JWT_PUBLIC_KEY")
 
 
-class RunnerSettings(CommonSettings):
+class SlurmSshSettings(BaseSettings):
+    """The cluster's login node of ``slurm_ssh`` (reference §7.6): the runner's and the
+    collector's (one service user; the same FRACTAL_SLURM_SSH_* variables for both)."""
+
+    model_config = SettingsConfigDict(env_prefix="FRACTAL_", extra="ignore")
+
+    slurm_ssh_host: str | None = None
+    slurm_ssh_port: int = Field(default=22, ge=1, le=65535)
+    slurm_ssh_user: str | None = None
+    slurm_ssh_private_key_path: Path | None = None
+    # known_hosts with the login node's host key; unset: any host key is accepted.
+    slurm_ssh_known_hosts: Path | None = None
+
+    def missing_ssh_settings(self, *extra: str) -> list[str]:
+        """The FRACTAL_SLURM_SSH_* variables slurm_ssh needs that are unset."""
+        names = ("host", "user", "private_key_path", *extra)
+        return [
+            f"FRACTAL_SLURM_SSH_{n.upper()}"
+            for n in names
+            if getattr(self, f"slurm_ssh_{n}") is None
+        ]
+
+
+class RunnerSettings(CommonSettings, SlurmSshSettings):
     """Settings of the runner service."""
 
     runner_address: str = "127.0.0.1:50052"
@@ -274,13 +297,6 @@ class RunnerSettings(CommonSettings):
     # Goes into the tag (--comment) of every SLURM job, so that deployments sharing a cluster
     # never take each other's jobs for their own; default: FRACTAL_NATS_PREFIX.
     runner_deployment_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
-    # --- slurm_ssh: the cluster's login node, one service user (reference §7.6) ---
-    slurm_ssh_host: str | None = None
-    slurm_ssh_port: int = Field(default=22, ge=1, le=65535)
-    slurm_ssh_user: str | None = None
-    slurm_ssh_private_key_path: Path | None = None
-    # known_hosts with the login node's host key; unset: any host key is accepted.
-    slurm_ssh_known_hosts: Path | None = None
     # The remote base of the job folders ({base}/{job folder name}), the service user's.
     slurm_ssh_working_base_dir: Path | None = None
 
@@ -311,9 +327,8 @@ class RunnerSettings(CommonSettings):
         if self.slurm_worker_python is None:
             raise ValueError(f"FRACTAL_SLURM_WORKER_PYTHON is required by {self.runner_backend}")
         if self.runner_backend == "slurm_ssh":
-            for name in ("host", "user", "private_key_path", "working_base_dir"):
-                if getattr(self, f"slurm_ssh_{name}") is None:
-                    raise ValueError(f"FRACTAL_SLURM_SSH_{name.upper()} is required by slurm_ssh")
+            for name in self.missing_ssh_settings("working_base_dir"):
+                raise ValueError(f"{name} is required by slurm_ssh")
             assert self.slurm_ssh_working_base_dir is not None
             if not self.slurm_ssh_working_base_dir.is_absolute():
                 raise ValueError("FRACTAL_SLURM_SSH_WORKING_BASE_DIR must be an absolute path")
@@ -334,8 +349,10 @@ class RunnerSettings(CommonSettings):
 COLLECTOR_INSTALLERS = ("uv", "pip")
 
 
-class CollectorSettings(CommonSettings, TasksPythonSettings):
-    """Settings of the collector service."""
+class CollectorSettings(CommonSettings, TasksPythonSettings, SlurmSshSettings):
+    """Settings of the collector service. With FRACTAL_RUNNER_BACKEND slurm_ssh it collects on
+    the cluster's login node over SSH (the runner's FRACTAL_SLURM_SSH_* settings, and
+    FRACTAL_SLURM_SSH_TASKS_DIR), the FRACTAL_TASKS_PYTHON_* paths being the remote host's."""
 
     # The collector's own listener: health and reflection.
     collector_address: str = "127.0.0.1:50054"
@@ -366,6 +383,21 @@ class CollectorSettings(CommonSettings, TasksPythonSettings):
     collector_metrics_address: str = DEFAULT_METRICS_ADDRESSES["collector"]
     service_private_key_file: Path | None = None
     service_private_key: str | None = None
+    # The deployment's backend (the runner's setting): slurm_ssh collects over SSH.
+    runner_backend: str = "local"
+    # slurm_ssh: the remote base of the task environments ({base}/.fractal/…), the SSH user's;
+    # the only folder the collector ever removes anything from on the remote host.
+    slurm_ssh_tasks_dir: Path | None = None
+    # slurm_ssh: the uv executable on the remote host (a path, or a name on its PATH); when it
+    # is not there, environments are made with venv and pip (the reference's way).
+    collector_ssh_uv: str = Field(default="uv", pattern=r"^[A-Za-z0-9_./+-]+$")
+    # slurm_ssh: the longest one remote installer command may take.
+    collector_ssh_command_seconds: float = Field(default=1800.0, gt=0)
+
+    @field_validator("runner_backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        return _runner_backend(value, RUNNER_BACKENDS)
 
     @field_validator("collector_metrics_address")
     @classmethod
@@ -382,7 +414,18 @@ class CollectorSettings(CommonSettings, TasksPythonSettings):
     @model_validator(mode="after")
     def _absolute_tasks_dir(self) -> Self:
         self.tasks_dir = self.tasks_dir.absolute()
+        if self.runner_backend == "slurm_ssh":
+            for name in self.missing_ssh_settings("tasks_dir"):
+                raise ValueError(f"{name} is required by slurm_ssh")
+            tasks = self.slurm_ssh_tasks_dir
+            if tasks is None or not tasks.is_absolute() or ".." in tasks.parts:
+                raise ValueError("FRACTAL_SLURM_SSH_TASKS_DIR must be an absolute path")
         return self
+
+    @property
+    def over_ssh(self) -> bool:
+        """Collections run on the remote host (the slurm_ssh backend)."""
+        return self.runner_backend == "slurm_ssh"
 
     def find_links(self) -> tuple[str, ...]:
         return tuple(part.strip() for part in self.collector_find_links.split(",") if part.strip())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,34 +12,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from collector_world import CollectorWorld, collector_env  # noqa: E402
 from wheels import build_fixtures  # noqa: E402
 
 from helpers import ApiClient  # noqa: E402
 from world import RunningApi  # noqa: E402
-
-
-@dataclass
-class CollectorWorld:
-    installer: str
-    tasks_dir: Path
-    wheels: dict[str, Path]
-    wheels_dir: Path
-
-
-def collector_env(
-    service_env: dict[str, str], tasks_dir: Path, wheels_dir: Path, installer: str, **extra: str
-) -> dict[str, str]:
-    """The FRACTAL_* environment of a collector of the tests."""
-    return {
-        **service_env,
-        "FRACTAL_COLLECTOR_ADDRESS": "127.0.0.1:0",
-        "FRACTAL_TASKS_DIR": str(tasks_dir),
-        "FRACTAL_COLLECTOR_INSTALLER": installer,
-        "FRACTAL_COLLECTOR_NO_INDEX": "true",
-        "FRACTAL_COLLECTOR_FIND_LINKS": str(wheels_dir),
-        "FRACTAL_COLLECTOR_LEASE_SECONDS": "3",
-        **extra,
-    }
 
 
 @pytest.fixture(scope="module", params=["uv", "pip"])

@@ -4,24 +4,23 @@ in the package's own environment, and their outputs reach the image list."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import grpc.aio
 import pytest
-from collections_api import collected, tasks_with_source, watch
-
-from conftest import CollectorWorld
-from fractal.v2 import (
-    dataset_service_pb2,
-    image_pb2,
-    image_service_pb2,
-    job_pb2,
-    job_service_pb2,
-    workflow_service_pb2,
+from collections_api import (
+    activity_ends_ok,
+    collected,
+    images_of,
+    one_image_workflow,
+    run_job,
+    tasks_with_source,
 )
+from collector_world import CollectorWorld
+
+from fractal.v2 import job_pb2
 from fractal.v2 import task_collection_pb2 as cpb
 from fractal.v2 import task_collection_service_pb2 as pb
 from helpers import ApiClient, error_details
@@ -47,22 +46,6 @@ async def runner(service_env: dict[str, str], api_internal_address: str) -> Asyn
         await app.stop()
 
 
-async def _wait(user: ApiClient, project_id: int, job_id: int) -> job_pb2.Job:
-    async def watch() -> job_pb2.Job:
-        stream = user.jobs.WatchJob(
-            job_service_pb2.WatchJobRequest(project_id=project_id, job_id=job_id),
-            metadata=user.md,
-        )
-        last = None
-        async for resp in stream:
-            last = resp.job
-            if last.status in (job_pb2.JOB_STATUS_DONE, job_pb2.JOB_STATUS_FAILED):
-                return last
-        raise AssertionError(f"watch ended early: {last}")
-
-    return await asyncio.wait_for(watch(), JOB_TIMEOUT)
-
-
 @pytest.mark.parametrize("collector", ["uv"], indirect=True)
 async def test_a_collected_package_runs_in_a_workflow(
     collector: CollectorWorld, verified: ApiClient, runner: None, tmp_path: Path
@@ -71,54 +54,16 @@ async def test_a_collected_package_runs_in_a_workflow(
     assert final.state == cpb.COLLECTION_STATE_OK, final.log
     tasks = {t.name: t.id for t in await tasks_with_source(verified, final.source + ":")}
 
-    project = await verified.new_project()
-    zarr_dir = str(tmp_path / "zarr")
-    ds = await verified.datasets.CreateDataset(
-        dataset_service_pb2.CreateDatasetRequest(
-            project_id=project.id, name="plate", zarr_dir=zarr_dir
-        ),
-        metadata=verified.md,
+    names = ("Create Things", "Treat Image", "Compound Step")
+    submit = await one_image_workflow(
+        verified, str(tmp_path / "zarr"), [tasks[name] for name in names]
     )
-    url = f"{zarr_dir}/plate.zarr/A/01/0"
-    await verified.images.AddImages(
-        image_service_pb2.AddImagesRequest(
-            project_id=project.id, dataset_id=ds.dataset.id, images=[image_pb2.Image(zarr_url=url)]
-        ),
-        metadata=verified.md,
-    )
-    wf = await verified.workflows.CreateWorkflow(
-        workflow_service_pb2.CreateWorkflowRequest(project_id=project.id, name="collected"),
-        metadata=verified.md,
-    )
-    for name in ("Create Things", "Treat Image", "Compound Step"):
-        await verified.workflows.CreateWorkflowTask(
-            workflow_service_pb2.CreateWorkflowTaskRequest(
-                project_id=project.id, workflow_id=wf.workflow.id, task_id=tasks[name]
-            ),
-            metadata=verified.md,
-        )
-    job = await verified.jobs.SubmitJob(
-        job_service_pb2.SubmitJobRequest(
-            project_id=project.id, workflow_id=wf.workflow.id, dataset_id=ds.dataset.id
-        ),
-        metadata=verified.md,
-    )
-    ended = await _wait(verified, project.id, job.job.id)
+    ended = await run_job(verified, submit, JOB_TIMEOUT)
     assert ended.status == job_pb2.JOB_STATUS_DONE, ended.log
-    images = await verified.images.QueryImages(
-        image_service_pb2.QueryImagesRequest(project_id=project.id, dataset_id=ds.dataset.id),
-        metadata=verified.md,
-    )
-    (image,) = images.images
+    (image,) = await images_of(verified, submit)
     # Set by the parallel task's script, by its manifest's output types, and by the compound
     # task's parallel part (which needed "treated" as an input type).
     assert {"treat": True, "treated": True, "step": True}.items() <= dict(image.types).items()
-
-
-async def _activity_ends_ok(user: ApiClient, activity: cpb.TaskCollection) -> None:
-    messages = await watch(user, activity.id)
-    final = messages[-1].collection
-    assert final.state == cpb.COLLECTION_STATE_OK, "".join(m.new_log for m in messages)
 
 
 @pytest.mark.parametrize("collector", ["uv"], indirect=True)
@@ -132,30 +77,10 @@ async def test_deactivate_refuses_submits_until_reactivated(
         for t in await tasks_with_source(verified, final.source + ":")
         if t.name == "Create Things"
     ]
-    project = await verified.new_project()
-    ds = await verified.datasets.CreateDataset(
-        dataset_service_pb2.CreateDatasetRequest(
-            project_id=project.id, name="d", zarr_dir=str(tmp_path / "zarr")
-        ),
-        metadata=verified.md,
-    )
-    wf = await verified.workflows.CreateWorkflow(
-        workflow_service_pb2.CreateWorkflowRequest(project_id=project.id, name="life"),
-        metadata=verified.md,
-    )
-    await verified.workflows.CreateWorkflowTask(
-        workflow_service_pb2.CreateWorkflowTaskRequest(
-            project_id=project.id, workflow_id=wf.workflow.id, task_id=create.id
-        ),
-        metadata=verified.md,
-    )
-    submit = job_service_pb2.SubmitJobRequest(
-        project_id=project.id, workflow_id=wf.workflow.id, dataset_id=ds.dataset.id
-    )
+    submit = await one_image_workflow(verified, str(tmp_path / "zarr"), [create.id])
 
     async def run() -> job_pb2.Job:
-        job = await verified.jobs.SubmitJob(submit, metadata=verified.md)
-        return await _wait(verified, project.id, job.job.id)
+        return await run_job(verified, submit, JOB_TIMEOUT)
 
     assert (await run()).status == job_pb2.JOB_STATUS_DONE
 
@@ -177,7 +102,7 @@ async def test_deactivate_refuses_submits_until_reactivated(
     assert final.package_name in (err.value.details() or "")
     info, _ = error_details(err.value)
     assert info is not None and info.reason == "TASK_PACKAGE_INACTIVE"
-    await _activity_ends_ok(admin, activity)
+    await activity_ends_ok(admin, activity)
     target = (
         await verified.collections.GetCollection(
             pb.GetCollectionRequest(collection_id=final.id), metadata=verified.md
@@ -197,7 +122,7 @@ async def test_deactivate_refuses_submits_until_reactivated(
         pb.ReactivateCollectionRequest(collection_id=final.id), metadata=admin.md
     )
     assert reactivation.activity.kind == cpb.COLLECTION_KIND_REACTIVATE
-    await _activity_ends_ok(admin, reactivation.activity)
+    await activity_ends_ok(admin, reactivation.activity)
     target = (
         await verified.collections.GetCollection(
             pb.GetCollectionRequest(collection_id=final.id), metadata=verified.md

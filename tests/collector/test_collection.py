@@ -14,8 +14,8 @@ import grpc
 import grpc.aio
 import pytest
 from collections_api import ENDED, collect, collected, tasks_with_source, watch
+from collector_world import CollectorWorld
 
-from conftest import CollectorWorld
 from fractal.v2 import task_collection_pb2 as cpb
 from fractal.v2 import task_collection_service_pb2 as pb
 from fractal.v2 import task_pb2

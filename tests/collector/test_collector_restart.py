@@ -14,12 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from collections_api import collect, tasks_with_source, watch
+from collections_api import collect, tasks_with_source, watch, with_log
+from collector_world import collector_env
 from wheels import good_manifest, task_package
 
-from conftest import collector_env
 from fractal.v2 import task_collection_pb2 as cpb
-from fractal.v2 import task_collection_service_pb2 as pb
 from helpers import ApiClient
 from world import RunningApi
 
@@ -98,10 +97,7 @@ async def test_killed_mid_installation_then_completed(
     made = await collect(verified, str(wheel))
 
     async def get() -> cpb.TaskCollection:
-        got = await verified.collections.GetCollection(
-            pb.GetCollectionRequest(collection_id=made.id, with_log=True), metadata=verified.md
-        )
-        return got.collection
+        return await with_log(verified, made.id)
 
     async def installing_in_its_folder() -> bool:
         row = await get()

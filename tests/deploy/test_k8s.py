@@ -477,13 +477,14 @@ def test_network_policies_allow_only_the_flows_of_the_design(
         "fractal-api": outside | {("fractal-runner", runner_port, "TCP")},
         # The runner: api's internal listener, and SSH to a slurm_ssh login node.
         "fractal-runner": outside | {("fractal-api", internal, "TCP"), ("*", 22, "TCP")},
-        # The collector: api's internal listener, NATS, and the package index over HTTPS; no
-        # database.
+        # The collector: api's internal listener, NATS, the package index over HTTPS, and SSH
+        # to a slurm_ssh login node (where it makes the environments); no database.
         "fractal-collector": dns
         | {
             ("fractal-api", port_of(collector.api_url), "TCP"),
             ("*", port_of(collector.nats_url), "TCP"),
             ("*", 443, "TCP"),
+            ("*", 22, "TCP"),
         },
         "fractal-migrate": dns | {("*", database, "TCP")},
     }

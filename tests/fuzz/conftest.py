@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 import grpc.aio
 import pytest
-from rpcs import Rpc, list_rpcs
+from fuzz_world import FuzzWorld, Principal
+from rpcs import list_rpcs
 
 from fractal.v2 import auth_service_pb2 as auth_pb2
 from fractal.v2 import (
@@ -32,29 +32,6 @@ from world import (
     drop_database,
     running_api,
 )
-
-Metadata = tuple[tuple[str, str], ...]
-
-
-@dataclass
-class Principal:
-    name: str
-    metadata: Metadata
-    # Real ids for the id fields of a request (``project_id`` …), so a request gets past the
-    # lookups to the checks behind them.
-    ids: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class FuzzWorld:
-    rpcs: list[Rpc]
-    principals: list[Principal]
-    db: asyncpg.Connection
-    count_sql: str
-
-    async def row_counts(self) -> tuple[int, ...]:
-        """The number of rows of every api table (but the outbox, which the relay drains)."""
-        return tuple(await self.db.fetchrow(self.count_sql))
 
 
 async def _count_sql(db: asyncpg.Connection) -> str:

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 
 import grpc
 import grpc.aio
+from fuzz_world import FuzzWorld, Principal
 from hostile import fill, hostile_requests, message_strategy
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from rpcs import Rpc
-
-from conftest import FuzzWorld, Principal
 
 FORBIDDEN_CODES = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 MAX_MESSAGE_CHARS = 600

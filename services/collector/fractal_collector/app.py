@@ -22,6 +22,7 @@ from pathlib import Path
 from fractal.events.v1 import collection_events_pb2
 from fractal_collector.api_client import RegistrationClient
 from fractal_collector.collect import CollectorConfig, handle
+from fractal_collector.hosts import Host, LocalHost, SshHost
 from fractal_collector.installer import command_env
 from fractal_collector.metrics import CollectorMetrics
 from fractal_grpc.auth.tokens import ServiceTokenSource
@@ -33,6 +34,7 @@ from fractal_grpc.grpckit.server import GrpcServer
 from fractal_grpc.grpckit.tracing import Tracing
 from fractal_grpc.observability import Observability
 from fractal_grpc.settings import CollectorSettings, SettingsError
+from fractal_grpc.ssh import SshConnection, target_of
 
 log = logging.getLogger("fractal.collector")
 
@@ -52,12 +54,23 @@ def find_uv(configured: str | None) -> str:
     return found
 
 
+def _uv(settings: CollectorSettings) -> str:
+    """The uv to run: over SSH the remote one (looked for there), else this machine's."""
+    if settings.over_ssh:
+        return settings.collector_ssh_uv
+    return find_uv(settings.collector_uv) if settings.collector_installer == "uv" else "uv"
+
+
 def collector_config(
-    settings: CollectorSettings, metrics: CollectorMetrics | None = None
+    settings: CollectorSettings,
+    metrics: CollectorMetrics | None = None,
+    connection: SshConnection | None = None,
 ) -> CollectorConfig:
+    """What a collection needs; with slurm_ssh its host is the login node (over
+    ``connection``, the service's one shared connection)."""
     installer = commands.Installer(
         kind=settings.collector_installer,
-        uv=find_uv(settings.collector_uv) if settings.collector_installer == "uv" else "uv",
+        uv=_uv(settings),
         pip_max_version=settings.pip_max_version,
         index=commands.IndexOptions(
             index_url=settings.collector_index_url,
@@ -66,12 +79,22 @@ def collector_config(
         ),
     )
     cache = settings.collector_uv_cache_dir
+    host: Host = LocalHost(command_env(str(cache) if cache else None))
+    tasks_dir = settings.tasks_dir
+    if settings.over_ssh:
+        assert settings.slurm_ssh_tasks_dir is not None  # checked by CollectorSettings
+        tasks_dir = settings.slurm_ssh_tasks_dir
+        host = SshHost(
+            connection or SshConnection(target_of(settings)),
+            tasks_dir=str(tasks_dir),
+            command_seconds=settings.collector_ssh_command_seconds,
+        )
     return CollectorConfig(
-        tasks_dir=settings.tasks_dir,
+        tasks_dir=tasks_dir,
         pythons=settings.tasks_pythons(),
         default_python=settings.tasks_python_default(),
         installer=installer,
-        env=command_env(str(cache) if cache else None),
+        host=host,
         on_installer=metrics.installer_ran if metrics is not None else None,
     )
 
@@ -86,8 +109,10 @@ class CollectorApp:
             variable="FRACTAL_COLLECTOR_METRICS_ADDRESS",
             tracing=tracing,
         )
-        self.metrics = CollectorMetrics(self.obs.metrics.registry, settings.collector_installer)
-        self.config = collector_config(settings, self.metrics)
+        self.metrics = CollectorMetrics(self.obs.metrics.registry)
+        #: The shared connection to the login node (slurm_ssh), opened at the first command.
+        self.ssh = SshConnection(target_of(settings)) if settings.over_ssh else None
+        self.config = collector_config(settings, self.metrics, self.ssh)
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.subjects = Subjects(settings.nats_prefix)
         self.tokens = ServiceTokenSource(settings.service_private_key_pem(), service="collector")
@@ -111,10 +136,12 @@ class CollectorApp:
         self.bus: EventBus | None = None
 
     async def start(self) -> int:
+        where = f" on {self.config.host.label}" if self.config.host.remote else ""
         log.info(
-            "collector %s: environments in %s, installer %s",
+            "collector %s: environments in %s%s, installer %s",
             self.owner,
-            self.settings.tasks_dir,
+            self.config.tasks_dir,
+            where,
             self.config.installer.kind,
         )
         self.obs.start()
@@ -143,4 +170,6 @@ class CollectorApp:
             await self.bus.close()
         await self.server.stop(self.settings.grace_seconds)
         await self.channel.close()
+        if self.ssh is not None:
+            await self.ssh.close()
         self.obs.stop()

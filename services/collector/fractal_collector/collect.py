@@ -2,18 +2,18 @@
 resolve the version, create the environment folder, the environment, install the package with
 its extras and pins, freeze, find the installed package and its manifest, validate it, build
 the tasks and register them in one call. Any failure ends the collection FAILED with a message
-saying which step and why, the log kept, and this collection's folder removed."""
+saying which step and why, the log kept, and this collection's folder removed. The steps run
+on the collection's host (``hosts``): this machine, or the login node over SSH."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from google.protobuf.struct_pb2 import Struct
 
@@ -21,6 +21,7 @@ from fractal.internal.v1 import task_registration_service_pb2 as pb
 from fractal.v2 import task_collection_pb2
 from fractal_collector import environment, installer
 from fractal_collector.api_client import LeaseLost, RegistrationClient
+from fractal_collector.hosts import Host, HostFileError, HostLost
 from fractal_collector.package_probe import PackageProblem, check_executables, probe
 from fractal_collector.progress import ProgressReporter
 from fractal_grpc.collection import commands, naming
@@ -51,26 +52,11 @@ class CollectorConfig:
     pythons: dict[str, str]
     default_python: str
     installer: commands.Installer
-    env: dict[str, str]
-    #: Told each installer command's wall time (metrics), failed ones included.
-    on_installer: Callable[[float], None] | None = None
-
-
-async def _install(
-    config: CollectorConfig,
-    argv: Sequence[str],
-    log: Callable[[str], None],
-    *,
-    env: dict[str, str],
-    stdin: str | None = None,
-) -> installer.Result:
-    """An installer command (``installer.run``), timed."""
-    started = time.monotonic()
-    try:
-        return await installer.run(argv, log, env=env, stdin=stdin)
-    finally:
-        if config.on_installer is not None:
-            config.on_installer(time.monotonic() - started)
+    #: Where the environments are made (this machine, or the login node over SSH).
+    host: Host
+    #: Told each installer command's installer (uv, pip) and wall time (metrics), failed ones
+    #: included.
+    on_installer: Callable[[str, float], None] | None = None
 
 
 def _tail(output: str, lines: int = 5) -> str:
@@ -142,13 +128,29 @@ class Collection:
         self.attempt = attempt
         self.id = row.id
         self.progress = ProgressReporter(api, row.id)
-        self.folder: Path | None = Path(row.env_dir) if row.HasField("env_dir") else None
+        self.folder: str | None = row.env_dir if row.HasField("env_dir") else None
+        #: The installer of this collection (``Host.installer``: over SSH, uv only if there).
+        self.installer = config.installer
         #: Whose environment folder this is (its marker): the collection's, for an activity
         #: the collection it acts on.
         self.marker_id = row.target_collection_id or row.id
 
     def say(self, text: str) -> None:
         self.progress.write(text if text.endswith("\n") else text + "\n")
+
+    async def _install(
+        self, argv: Sequence[str], *, quiet: bool = False, stdin: str | None = None
+    ) -> installer.Result:
+        """An installer command on the collection's host, timed; its output in the log
+        unless ``quiet``."""
+        started = time.monotonic()
+        try:
+            return await self.config.host.run(
+                argv, (lambda _: None) if quiet else self.say, stdin=stdin
+            )
+        finally:
+            if self.config.on_installer is not None:
+                self.config.on_installer(self.installer.kind, time.monotonic() - started)
 
     async def run(self) -> None:
         work = asyncio.create_task(self._steps())
@@ -162,14 +164,19 @@ class Collection:
             await self.progress.stop()
 
     async def _steps(self) -> None:
+        host = self.config.host
+        installs = self.row.kind != task_collection_pb2.COLLECTION_KIND_DEACTIVATE
         try:
             if self.attempt > 1:
                 self.say(f"Attempt {self.attempt}: an earlier collector stopped; starting again.")
-                if self.row.kind != task_collection_pb2.COLLECTION_KIND_DEACTIVATE:
-                    await environment.remove(self.folder, self.marker_id)
+                if installs:  # what the dead attempt left: its installers, then its folder
+                    await host.stop_leftovers(self.folder)
+                    await host.remove_folder(self.folder, self.marker_id)
+            if installs:
+                self.installer = await host.installer(self.config.installer, self.say)
             response = await self.work()
             if response.collection.state == FAILED:
-                await environment.remove(self.folder, self.marker_id)
+                await host.remove_folder(self.folder, self.marker_id)
             log.info(
                 "collection %s: %s",
                 self.id,
@@ -177,8 +184,10 @@ class Collection:
             )
         except LeaseLost:
             log.warning("collection %s: lease lost; left to its new holder", self.id)
-        except (StepFailed, PackageProblem, environment.FolderExists) as exc:
+        except (StepFailed, PackageProblem, environment.FolderExists, HostFileError) as exc:
             await self._fail(str(exc))
+        except HostLost as exc:
+            await self._fail(f"The connection to the host was lost: {exc}")
         except installer.CommandFailed as exc:
             await self._fail(f"{exc}\n{_tail(exc.result.output)}")
         except asyncio.CancelledError:
@@ -189,7 +198,7 @@ class Collection:
 
     async def _fail(self, error: str) -> None:
         self.say(f"ERROR: {error}")
-        removed = await environment.remove(self.folder, self.marker_id)
+        removed = await self.config.host.remove_folder(self.folder, self.marker_id)
         if removed:
             self.say(f"Removed {self.folder}.")
         try:
@@ -202,30 +211,37 @@ class Collection:
             log.warning("collection %s: lease lost before it could fail", self.id)
         log.info("collection %s: FAILED: %s", self.id, error.splitlines()[0])
 
-    async def _place_upload(self, spec: PackageSpec, folder: Path) -> PackageSpec:
+    async def _place_upload(self, spec: PackageSpec, folder: str) -> PackageSpec:
         """An uploaded wheel, fetched from api into the environment folder (its freeze names
-        it there, so a reactivation fetches it to the same place)."""
-        if not self.row.HasField("uploaded_wheel"):
+        it there, so a reactivation fetches it to the same place); over SSH, a wheel given by
+        its path on this machine is copied there too (reference 2.3 took it for a remote path)."""
+        if self.row.HasField("uploaded_wheel"):
+            content = await self.api.read_wheel(self.marker_id)
+            name = self.row.uploaded_wheel
+        elif spec.wheel_path is not None and self.config.host.remote:
+            try:
+                content = await asyncio.to_thread(Path(spec.wheel_path).read_bytes)
+            except OSError as exc:
+                raise StepFailed(
+                    f"cannot read the wheel {spec.wheel_path}: {exc.strerror or exc}"
+                ) from None
+            name = PurePosixPath(spec.wheel_path).name
+        else:
             return spec
-        content = await self.api.read_wheel(self.marker_id)
-        path = folder / self.row.uploaded_wheel
-        await asyncio.to_thread(path.write_bytes, content)
+        path = str(PurePosixPath(folder) / name)
+        await self.config.host.write_file(path, content)
         self.say(f"Uploaded wheel: {path} ({len(content)} bytes)")
-        return dataclasses.replace(spec, wheel_path=str(path))
+        return dataclasses.replace(spec, wheel_path=path)
 
     async def _resolve(self, spec: PackageSpec, interpreter: str) -> str:
         if spec.version is not None:
             return spec.version
-        kind = self.config.installer.kind
-        with tempfile.TemporaryDirectory(prefix="fractal-resolve-") as dest:
-            argv = commands.resolve_version(self.config.installer, interpreter, spec, dest)
+        kind = self.installer.kind
+        async with self.config.host.temp_dir() as dest:
+            argv = commands.resolve_version(self.installer, interpreter, spec, dest)
             try:
-                result = await _install(
-                    self.config,
-                    argv,
-                    self.say,
-                    env=self.config.env,
-                    stdin=commands.resolve_input(self.config.installer, spec),
+                result = await self._install(
+                    argv, stdin=commands.resolve_input(self.installer, spec)
                 )
             except installer.CommandFailed as exc:
                 raise StepFailed(
@@ -240,44 +256,36 @@ class Collection:
         config = self.config
         spec = _spec(self.row, config)
         interpreter = config.pythons[spec.python_version]
+        host = config.host
         what = spec.wheel_path or commands.requirement(spec)
+        where = f" on {host.label}" if host.label else ""
         self.say(
-            f"Collecting {what} for Python {spec.python_version} with {config.installer.kind}."
+            f"Collecting {what} for Python {spec.python_version} with {self.installer.kind}{where}."
         )
         version = await self._resolve(spec, interpreter)
-        folder = Path(
-            naming.env_folder(
-                str(config.tasks_dir),
-                spec.name,
-                version,
-                spec.extras,
-                spec.python_version,
-                config.default_python,
-            )
+        folder = naming.env_folder(
+            str(config.tasks_dir),
+            spec.name,
+            version,
+            spec.extras,
+            spec.python_version,
+            config.default_python,
         )
-        environment.create(folder, self.marker_id)
-        self.folder = folder
+        await host.create_folder(folder, self.marker_id)
+        self.folder = env_dir = folder
         self.say(f"Environment folder: {folder}")
         spec = await self._place_upload(spec, folder)
-        await self.progress.flush(env_dir=str(folder), package_version=version)
-        env_dir = str(folder)
+        await self.progress.flush(env_dir=folder, package_version=version)
         if spec.pins:
-            pins = folder / commands.CONSTRAINTS_FILE
-            await asyncio.to_thread(pins.write_text, commands.constraints(spec))
-        for argv in commands.create_venv(config.installer, interpreter, env_dir):
-            await _install(config, argv, self.say, env=config.env)
-        await _install(
-            config,
-            commands.install(config.installer, env_dir, spec, version),
-            self.say,
-            env=config.env,
-        )
-        frozen = await _install(
-            config, commands.freeze(config.installer, env_dir), lambda _: None, env=config.env
-        )
-        await asyncio.to_thread((folder / FREEZE_FILE).write_text, frozen.output)
-        installed = await probe(env_dir, spec.name, self.say, config.env)
-        await asyncio.to_thread(check_executables, installed)
+            pins = str(PurePosixPath(folder) / commands.CONSTRAINTS_FILE)
+            await host.write_file(pins, commands.constraints(spec).encode())
+        for argv in commands.create_venv(self.installer, interpreter, env_dir):
+            await self._install(argv)
+        await self._install(commands.install(self.installer, env_dir, spec, version))
+        frozen = await self._install(commands.freeze(self.installer, env_dir), quiet=True)
+        await host.write_file(str(PurePosixPath(folder) / FREEZE_FILE), frozen.output.encode())
+        installed = await probe(host, env_dir, spec.name, self.say)
+        await check_executables(host, installed)
         if installed.version != version and spec.wheel_path is None:
             raise StepFailed(f"{spec.name} {installed.version} was installed instead of {version}")
         source = naming.package_source(
@@ -310,9 +318,10 @@ class Deactivation(Collection):
 
     async def work(self) -> pb.FinishCollectionResponse:
         folder = self.folder
+        host = self.config.host
         self.say(f"Deactivating {self.row.package_name} {self.row.package_version}.")
-        if folder is not None and await asyncio.to_thread(folder.exists):
-            if not await environment.remove(folder, self.marker_id):
+        if folder is not None and await host.exists(folder):
+            if not await host.remove_folder(folder, self.marker_id):
                 raise StepFailed(f"{folder} is not this package's environment; left alone")
             self.say(f"Removed {folder}.")
         else:
@@ -336,24 +345,19 @@ class Reactivation(Deactivation):
         spec = _spec(self.row, config)
         if self.folder is None or not self.row.HasField("freeze"):
             raise StepFailed("the collection has no environment folder or frozen versions")
-        folder = self.folder
+        folder = env_dir = self.folder
+        host = config.host
         self.say(f"Reactivating {spec.name} {self.row.package_version} in {folder}.")
-        environment.create(folder, self.marker_id)
+        await host.create_folder(folder, self.marker_id)
         await self._place_upload(spec, folder)
-        env_dir = str(folder)
-        frozen = folder / FREEZE_FILE
-        await asyncio.to_thread(frozen.write_text, self.row.freeze)
+        frozen = str(PurePosixPath(folder) / FREEZE_FILE)
+        await host.write_file(frozen, self.row.freeze.encode())
         interpreter = config.pythons[spec.python_version]
-        for argv in commands.create_venv(config.installer, interpreter, env_dir):
-            await _install(config, argv, self.say, env=config.env)
-        await _install(
-            config,
-            commands.install_frozen(config.installer, env_dir, str(frozen)),
-            self.say,
-            env=config.env,
-        )
-        installed = await probe(env_dir, spec.name, self.say, config.env)
-        await asyncio.to_thread(check_executables, installed)
+        for argv in commands.create_venv(self.installer, interpreter, env_dir):
+            await self._install(argv)
+        await self._install(commands.install_frozen(self.installer, env_dir, frozen))
+        installed = await probe(host, env_dir, spec.name, self.say)
+        await check_executables(host, installed)
         return await self._done()
 
 

@@ -46,6 +46,12 @@ def _with_parent_death_signal(argv: Sequence[str]) -> list[str]:
     return [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
 
 
+def echo(argv: Sequence[str], where: str = "") -> str:
+    """The log line of a command about to run (long arguments shortened), with its host."""
+    line = shlex.join(a if len(a) <= 200 else a[:20] + "…" for a in argv)
+    return f"{where}$ {line}\n"
+
+
 async def run(
     argv: Sequence[str],
     log: Callable[[str], None],
@@ -57,7 +63,7 @@ async def run(
 ) -> Result:
     """Run ``argv``; each output line goes to ``log`` (and into the result). A non-zero exit
     raises ``CommandFailed`` when ``check``."""
-    log("$ " + shlex.join(a if len(a) <= 200 else a[:20] + "…" for a in argv) + "\n")
+    log(echo(argv))
     process = await asyncio.create_subprocess_exec(
         *_with_parent_death_signal(argv),
         stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,

@@ -18,8 +18,7 @@ INSTALLER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 class CollectorMetrics:
-    def __init__(self, registry: CollectorRegistry, installer: str) -> None:
-        self.installer = installer
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.collections_finished = Counter(
             "fractal_collector_collections_finished",
             "Collections ended by this collector, by final state.",
@@ -38,5 +37,7 @@ class CollectorMetrics:
         name = task_collection_pb2.CollectionState.Name(state)
         self.collections_finished.labels(name.removeprefix("COLLECTION_STATE_").lower()).inc()
 
-    def installer_ran(self, seconds: float) -> None:
-        self.installer_seconds.labels(self.installer).observe(seconds)
+    def installer_ran(self, installer: str, seconds: float) -> None:
+        """One installer command's wall time, labelled by the installer that ran it (over SSH
+        pip, when uv is configured but not on the host)."""
+        self.installer_seconds.labels(installer).observe(seconds)

@@ -1,16 +1,15 @@
 """What got installed: the distribution's name and version and its manifest's path, asked of
-the environment's own Python (``fractal_grpc.collection.commands.PROBE``), then the manifest
-read and validated."""
+the environment's own Python (``fractal_grpc.collection.commands.PROBE``) on the collection's
+host, then the manifest read and validated."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePosixPath
 
-from fractal_collector import installer
+from fractal_collector.hosts import Host, HostFileError
 from fractal_grpc.collection import commands
 from fractal_grpc.collection.manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest
 from fractal_grpc.collection.packages import normalize_name
@@ -24,14 +23,12 @@ class PackageProblem(Exception):
 class Installed:
     name: str
     version: str
-    package_root: Path
+    package_root: PurePosixPath
     manifest: Manifest
 
 
-async def probe(
-    env_dir: str, name: str, log: Callable[[str], None], env: dict[str, str]
-) -> Installed:
-    result = await installer.run(commands.probe(env_dir, name), log, env=env, check=False)
+async def probe(host: Host, env_dir: str, name: str, log: Callable[[str], None]) -> Installed:
+    result = await host.run(commands.probe(env_dir, name), log, check=False)
     if result.returncode != 0:
         raise PackageProblem(f"package {name} is not installed in the environment")
     try:
@@ -42,10 +39,12 @@ async def probe(
         raise PackageProblem(f"the environment holds {found['name']}, not {name}")
     if not found["manifest"]:
         raise PackageProblem(f"package {name} {found['version']} has no {MANIFEST_FILE}")
-    path = Path(found["manifest"])
+    path = PurePosixPath(found["manifest"])
     try:
-        data = json.loads(await asyncio.to_thread(path.read_text))
-    except (OSError, ValueError) as exc:
+        data = json.loads(await host.read_text(str(path)))
+    except HostFileError as exc:
+        raise PackageProblem(f"invalid manifest {MANIFEST_FILE}: not readable ({exc})") from None
+    except ValueError as exc:
         raise PackageProblem(
             f"invalid manifest {MANIFEST_FILE}: not readable JSON ({exc})"
         ) from None
@@ -56,14 +55,17 @@ async def probe(
     return Installed(found["name"], found["version"], path.parent, manifest)
 
 
-def check_executables(installed: Installed) -> None:
+async def check_executables(host: Host, installed: Installed) -> None:
     """Every executable the manifest names exists in the installed package."""
     root = installed.package_root
-    manifest = installed.manifest
-    for task in manifest.task_list:
-        for executable in task.executables():
-            if not (root / executable).is_file():
-                raise PackageProblem(
-                    f"task {task.name!r}: executable {executable} is missing from the package "
-                    f"({root / executable})"
-                )
+    wanted = {
+        str(root / executable): (task.name, executable)
+        for task in installed.manifest.task_list
+        for executable in task.executables()
+    }
+    missing = await host.missing_files(list(wanted))
+    if missing:
+        task, executable = wanted[missing[0]]
+        raise PackageProblem(
+            f"task {task!r}: executable {executable} is missing from the package ({missing[0]})"
+        )

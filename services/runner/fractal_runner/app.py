@@ -32,6 +32,7 @@ from fractal_grpc.events.bus import EventBus, Subjects
 from fractal_grpc.grpckit.tracing import Tracing
 from fractal_grpc.observability import Observability
 from fractal_grpc.settings import RunnerSettings, SettingsError
+from fractal_grpc.ssh import target_of
 from fractal_runner import job_folders
 from fractal_runner.api_client import JobExecutionClient, open_channel
 from fractal_runner.leases import Instance, LeaseConfig
@@ -42,7 +43,6 @@ from fractal_runner.scheduler import JobScheduler
 from fractal_runner.slurm.backend import SlurmSshBackend, SlurmSudoBackend
 from fractal_runner.slurm.errors import SlurmConfigError
 from fractal_runner.slurm.job_records import SlurmJobRecords
-from fractal_runner.slurm.ssh_connection import SshTarget
 from fractal_runner.taskproc import LocalExecutor
 from fractal_runner.taskproc.ledger import LEDGER_FOLDER
 
@@ -244,15 +244,7 @@ def _slurm_backend(
     }
     if settings.runner_backend == "slurm_sudo":
         return SlurmSudoBackend(**options)
-    assert settings.slurm_ssh_host is not None and settings.slurm_ssh_user is not None
     assert settings.slurm_ssh_working_base_dir is not None
-    target = SshTarget(
-        host=settings.slurm_ssh_host,
-        user=settings.slurm_ssh_user,
-        port=settings.slurm_ssh_port,
-        key_file=settings.slurm_ssh_private_key_path,
-        known_hosts=settings.slurm_ssh_known_hosts,
-    )
     return SlurmSshBackend(
-        target=target, remote_base_dir=settings.slurm_ssh_working_base_dir, **options
+        target=target_of(settings), remote_base_dir=settings.slurm_ssh_working_base_dir, **options
     )

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from fractal.internal.v1 import job_execution_service_pb2 as pb
+from fractal_grpc.ssh.connection import SshConnection, SshTarget
 from fractal_runner.slurm.config_file import load_slurm_config_file
 from fractal_runner.slurm.job_records import SlurmJobRecords
 from fractal_runner.slurm.poller import DEFAULT_LOST_AFTER_SECONDS, SlurmPoller
 from fractal_runner.slurm.scheduler import SchedulerCalls, SlurmCommands
 from fractal_runner.slurm.ssh_commands import SshSlurmCommands
-from fractal_runner.slurm.ssh_connection import SshConnection, SshTarget
 from fractal_runner.slurm.sudo_executor import SlurmSudoExecutor
 from fractal_runner.taskproc.calls import JobExecutionError, JobStopped, TaskCall
 from fractal_runner.taskproc.ledger import ProcessLedger

@@ -5,7 +5,7 @@
 ``put_archive`` to unpack one archive of job files remotely. Every call is counted and logged as
 for sudo.
 
-A lost connection (:class:`~fractal_runner.slurm.ssh_connection.SshConnectionLost`):
+A lost connection (:class:`~fractal_grpc.ssh.connection.SshConnectionLost`):
 - a command that changes nothing, or that can be repeated with the same effect (squeue, sacct,
   mkdir -p, tar, scancel, the version check), is retried on a new connection a few times, with
   a growing pause;
@@ -28,6 +28,7 @@ import shlex
 import time
 from collections.abc import Mapping, Sequence
 
+from fractal_grpc.ssh.connection import SshConnection, SshConnectionLost
 from fractal_runner.slurm.scheduler import (
     CommandResult,
     SchedulerCallFailed,
@@ -35,7 +36,6 @@ from fractal_runner.slurm.scheduler import (
     SlurmCommands,
 )
 from fractal_runner.slurm.script import WORKER_MODULE
-from fractal_runner.slurm.ssh_connection import SshConnection, SshConnectionLost
 from fractal_runner.slurm.worker import STRICT_VERSIONS, versions
 
 __all__ = ["SshSlurmCommands", "WorkerVersionMismatch"]

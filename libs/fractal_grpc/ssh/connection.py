@@ -1,4 +1,5 @@
-"""One shared, reconnecting SSH connection per (host, user) for the ``slurm_ssh`` backend.
+"""One shared, reconnecting SSH connection per (host, user): the runner's ``slurm_ssh`` backend
+and the collector over SSH use it.
 
 The connection is a fabric ``Connection``; each command runs on a channel of its own over the
 connection's transport (paramiko's transport multiplexes channels, so concurrent commands do not
@@ -7,9 +8,10 @@ never across a command: a slow ``sacct`` does not hold up an ``sbatch``.
 
 A command whose connection breaks (refused, reset, closed by a restarted sshd, timed out) raises
 :class:`SshConnectionLost`; the next command opens a new connection. What to do about a lost
-command is the caller's choice (:mod:`~fractal_runner.slurm.ssh_commands`: retry the ones that
-change nothing, report the others). ``generation`` counts the connections opened, so a caller can
-do something once per connection (the worker's version check).
+command is the caller's choice (the runner's ``fractal_runner.slurm.ssh_commands``: retry the
+ones that change nothing, report the others; the collector's ``fractal_collector.hosts``).
+``generation`` counts the connections opened, so a caller can do something once per connection
+(the worker's version check).
 
 Blocking paramiko calls run in threads (``asyncio.to_thread``), never on the event loop.
 """
