@@ -29,7 +29,11 @@ FILE = parse_slurm_config(
     }
 )
 CONFIG = with_job_settings(
-    task_slurm_config(FILE, {"time": "10", "constraint": "avx", "gres": "gpu:1", "gpus": "2"}, task_name="create zarr"),
+    task_slurm_config(
+        FILE,
+        {"time": "10", "constraint": "avx", "gres": "gpu:1", "gpus": "2"},
+        task_name="create zarr",
+    ),
     slurm_account="lab",
     worker_init="source /opt/env.sh",
 )
