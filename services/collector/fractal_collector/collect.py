@@ -35,6 +35,8 @@ FAILED = task_collection_pb2.COLLECTION_STATE_FAILED
 FREEZE_FILE = "collection_freeze.txt"
 #: Stands for the environment folder in an uploaded wheel's path until the folder exists.
 UPLOAD_FOLDER = "/upload"
+#: Starts the log line after each installer command that says how long it took.
+INSTALLER_TIME_PREFIX = "# installer: "
 
 
 class CollectionBusy(Exception):
@@ -63,14 +65,19 @@ async def _install(
     *,
     env: dict[str, str],
     stdin: str | None = None,
+    timing: Callable[[str], None] | None = None,
 ) -> installer.Result:
-    """An installer command (``installer.run``), timed."""
+    """An installer command (``installer.run``), timed: its wall time goes to the metrics and,
+    as a line ``# installer: 1.234 s``, to ``timing`` (default: ``log``), so a collection's
+    log tells the installer's share of its time."""
     started = time.monotonic()
     try:
         return await installer.run(argv, log, env=env, stdin=stdin)
     finally:
+        elapsed = time.monotonic() - started
+        (timing or log)(f"{INSTALLER_TIME_PREFIX}{elapsed:.3f} s\n")
         if config.on_installer is not None:
-            config.on_installer(time.monotonic() - started)
+            config.on_installer(elapsed)
 
 
 def _tail(output: str, lines: int = 5) -> str:
@@ -273,7 +280,11 @@ class Collection:
             env=config.env,
         )
         frozen = await _install(
-            config, commands.freeze(config.installer, env_dir), lambda _: None, env=config.env
+            config,
+            commands.freeze(config.installer, env_dir),
+            lambda _: None,
+            env=config.env,
+            timing=self.say,
         )
         await asyncio.to_thread((folder / FREEZE_FILE).write_text, frozen.output)
         installed = await probe(env_dir, spec.name, self.say, config.env)
