@@ -33,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -405,6 +406,11 @@ def summary(results: list[Measurement]) -> dict[str, Any]:
     return {"best": table, "goals": goals}
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # a second signal does not stop the clean-up
+    raise KeyboardInterrupt
+
+
 def real_interpreter(name: str) -> str:
     """The interpreter ``name`` on PATH runs (not a pyenv shim or other wrapper script)."""
     found = shutil.which(name) or sys.executable
@@ -443,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     args.python = args.python or real_interpreter(f"python{args.python_version}")
     started_at = datetime.now(UTC)
     info = machine_info()
+    # SIGTERM (and SIGINT, which a background job ignores otherwise) end the run with its
+    # clean-up and a report of what was measured so far.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _interrupted)
     run = Acceptance(args)
     status, problem = 0, None
     try:
@@ -451,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     except AcceptanceFailed as exc:
         status, problem = 1, str(exc)
         say(f"FAILED: {exc}")
+    except KeyboardInterrupt:
+        status, problem = 130, "interrupted"
+        say("interrupted; cleaning up")
     finally:
         for p in run.stack.close():
             say(f"clean-up: {p}")
