@@ -26,7 +26,7 @@ from fractal.events.v1 import collection_events_pb2  # noqa: E402
 from fractal.v2 import task_collection_service_pb2 as pb  # noqa: E402
 from fractal_grpc.client import AlreadyExistsError, Client, Credential  # noqa: E402
 from fractal_grpc.events.bus import Subjects  # noqa: E402
-from helpers import ApiClient, error_details  # noqa: E402
+from helpers import ApiClient, RequestRecorder, error_details  # noqa: E402
 
 RACERS = 8
 
@@ -244,7 +244,7 @@ async def test_a_malformed_request_id_is_refused(user: ApiClient, bad: str) -> N
 async def test_the_client_sends_a_request_id_and_a_retry_with_it_replays(
     user: ApiClient, api_address: str, tmp_path: Path, database_url: str, nats_prefix: str
 ) -> None:
-    recorder = _Recorder()
+    recorder = RequestRecorder()
     package = _package()
     async with Client(
         api_address, credential=Credential(user.email, "secret-pw"), interceptors=[recorder]
@@ -267,14 +267,3 @@ async def test_the_client_sends_a_request_id_and_a_retry_with_it_replays(
         await client.upload_and_collect(path)
         with pytest.raises(AlreadyExistsError):
             await client.upload_and_collect(path)
-
-
-class _Recorder(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    """Keeps every unary request the client sends."""
-
-    def __init__(self) -> None:
-        self.requests: list[Any] = []
-
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        self.requests.append(request)
-        return await continuation(details, request)
