@@ -18,7 +18,7 @@ PACKAGES := libs libs/devstack libs/cli services/api services/runner services/co
 LOCK_FLAGS := --universal --python-version 3.11 --quiet --custom-compile-command "make lock" \
 	$(foreach name,fractal-grpc-libs fractal-devstack fractal-cli fractal-api fractal-runner fractal-collector,--no-emit-package $(name))
 
-.PHONY: run test lint protos install lock bench clean test-unit test-service test-e2e cluster test-tools
+.PHONY: run test lint protos install lock bench acceptance-collect clean test-unit test-service test-e2e cluster test-tools
 
 ## run: the whole suite on embedded PostgreSQL and NATS (or FRACTAL_DATABASE_URL / FRACTAL_NATS_URL).
 run: $(STAMP)
@@ -114,6 +114,11 @@ bench: $(STAMP)
 	@command -v h2load >/dev/null || $$([ "$$(id -u)" = 0 ] || echo sudo) sh -c 'apt-get install -y nghttp2-client || { apt-get update && apt-get install -y nghttp2-client; }' \
 		|| echo "bench: h2load not installed (apt-get install nghttp2-client, as root); the h2load rows are skipped" >&2
 	$(PY) -m bench.run $(if $(QUICK),--quick)
+
+# Collects the published fractal-tasks-core through api + collector (uv, pip) and by a plain
+# venv + pip, cold and warm caches; downloads some hundred MB. Not part of `make test`.
+acceptance-collect: $(STAMP)
+	$(PY) -m bench.acceptance_collect $(if $(ROUNDS),--rounds $(ROUNDS))
 
 clean:
 	rm -rf $(VENV) .tools $(GEN_DIR)/fractal .state

@@ -101,3 +101,14 @@ def error_details(
             detail.Unpack(bad)
             fields.extend(v.field for v in bad.field_violations)
     return info, fields
+
+
+class RequestRecorder(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Keeps every unary request the client sends."""
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.requests.append(request)
+        return await continuation(details, request)

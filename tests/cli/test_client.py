@@ -42,6 +42,7 @@ from fractal_grpc.client import (
     retried_methods,
     service_config,
 )
+from helpers import RequestRecorder
 
 MOCK = Path(__file__).parents[1] / "fractal_tasks_mock" / "fractal_tasks_mock"
 PUBLIC_MODULES = [
@@ -120,17 +121,6 @@ def test_the_service_config_retries_only_reads_and_request_id_creates() -> None:
     for entry in service_config()["methodConfig"]:
         if "retryPolicy" in entry:
             assert entry["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
-
-
-class RequestRecorder(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    """Keeps every unary request the client sends."""
-
-    def __init__(self) -> None:
-        self.requests: list[Any] = []
-
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        self.requests.append(request)
-        return await continuation(details, request)
 
 
 async def admin(stack: Stack, **kw: Any) -> Client:

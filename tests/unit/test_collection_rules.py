@@ -191,6 +191,15 @@ def test_a_good_manifest_gives_each_type() -> None:
         ({"manifest_version": "2", "task_list": [_task(input_types={"a": 1})]}, "input_types"),
         ({"manifest_version": "2", "task_list": [_task(docs_link="ftp://x")]}, "docs_link"),
         ({"manifest_version": "2", "task_list": [_task(bogus=1)]}, "unknown field"),
+        ({"manifest_version": "2", "task_list": [_task(type="parallel")]}, "does not match"),
+        ({"manifest_version": "2", "task_list": [_task(type="converter_x")]}, "does not match"),
+        (
+            {
+                "manifest_version": "2",
+                "task_list": [_task(executable_parallel="p.py", type="converter_non_parallel")],
+            },
+            "does not match",
+        ),
         ({"manifest_version": "2", "task_list": [_task(), _task()]}, "same task source"),
         (
             {"manifest_version": "2", "task_list": [_task(name="A b"), _task(name="a_b")]},
@@ -209,6 +218,27 @@ def test_a_good_manifest_gives_each_type() -> None:
 def test_refused_manifests(manifest: Any, message: str) -> None:
     with pytest.raises(ManifestError, match=message):
         parse_manifest(manifest)
+
+
+@pytest.mark.parametrize(
+    ("fields", "kind"),
+    [
+        ({"type": "non_parallel"}, "non_parallel"),
+        ({"type": "converter_non_parallel"}, "non_parallel"),
+        ({"executable_parallel": "p.py", "type": "compound"}, "compound"),
+        ({"executable_parallel": "p.py", "type": "converter_compound"}, "compound"),
+        (
+            {"executable_non_parallel": None, "executable_parallel": "p.py", "type": "parallel"},
+            "parallel",
+        ),
+    ],
+)
+def test_a_declared_type_that_matches_the_executables_is_accepted(
+    fields: dict[str, Any], kind: str
+) -> None:
+    """Manifests made by fractal-task-tools (fractal-tasks-core 2.x) say each task's type."""
+    manifest = parse_manifest({"manifest_version": "2", "task_list": [_task(**fields)]})
+    assert [t.type for t in manifest.task_list] == [kind]
 
 
 def test_tasks_built_from_a_manifest() -> None:

@@ -27,6 +27,7 @@ from fractal_grpc.client.base import (
     BaseClient,
     StructLike,
     _struct,
+    new_request_id,
 )
 from fractal_grpc.client.errors import from_rpc_error
 
@@ -80,13 +81,17 @@ class CollectionMethods(BaseClient):
         package_extras: str | None = None,
         python_version: str | None = None,
         pinned_package_versions: Mapping[str, str] | None = None,
+        request_id: str | None = None,
         timeout: float | None = None,
     ) -> task_collection_pb2.TaskCollection:
         """Collect ``package`` (an index name, or a wheel's absolute path on the server's
         machine); returns the PENDING collection. Already collected: AlreadyExistsError with
-        ``metadata["collection_id"]``."""
+        ``metadata["collection_id"]``. A retry (by gRPC on UNAVAILABLE, or by the caller with
+        the same ``request_id``) returns the same collection and collects nothing again."""
         req = task_collection_service_pb2.CollectPipRequest(
-            package=package, pinned_package_versions=dict(pinned_package_versions or {})
+            package=package,
+            pinned_package_versions=dict(pinned_package_versions or {}),
+            request_id=request_id or new_request_id(),
         )
         if package_version is not None:
             req.package_version = package_version
@@ -109,13 +114,16 @@ class CollectionMethods(BaseClient):
         package_extras: str | None = None,
         python_version: str | None = None,
         pinned_package_versions: Mapping[str, str] | None = None,
+        request_id: str | None = None,
         timeout: float | None = TRANSFER_TIMEOUT,
     ) -> task_collection_pb2.TaskCollection:
         """Send a local wheel file to the server and collect it; returns the PENDING
-        collection. Never resent (a client stream): on UNAVAILABLE, look for the collection
-        with ``list_collections`` before sending again."""
+        collection. Never resent by gRPC (a client stream): on UNAVAILABLE, send it again with
+        the same ``request_id`` (the header carries it), which returns the collection the
+        first upload recorded, if it got that far, and records it otherwise."""
         path = Path(wheel)
         header = await asyncio.to_thread(_wheel_header, path)
+        header.request_id = request_id or new_request_id()
         header.pinned_package_versions.update(dict(pinned_package_versions or {}))
         if package_extras is not None:
             header.package_extras = package_extras
@@ -139,11 +147,16 @@ class CollectionMethods(BaseClient):
         source: str,
         *,
         version: str | None = None,
+        request_id: str | None = None,
         timeout: float | None = None,
     ) -> list[task_pb2.Task]:
-        """Register the tasks of a package already installed (owned by the caller)."""
+        """Register the tasks of a package already installed (owned by the caller). A retry
+        with the same ``request_id`` returns the tasks the first call registered."""
         req = task_collection_service_pb2.CollectCustomRequest(
-            python_interpreter=python_interpreter, package_root=package_root, source=source
+            python_interpreter=python_interpreter,
+            package_root=package_root,
+            source=source,
+            request_id=request_id or new_request_id(),
         )
         _struct(req.manifest, manifest)
         req.manifest.SetInParent()

@@ -29,6 +29,16 @@ _TASK_KEYS = {
     "modality",
     "tags",
     "authors",
+    "type",
+}
+#: A task's declared ``type`` (manifests of fractal-task-tools packages carry it): a converter
+#: is a task that makes images rather than reading them, of the base type its executables give.
+_DECLARED_TYPES = {
+    "non_parallel": "non_parallel",
+    "parallel": "parallel",
+    "compound": "compound",
+    "converter_non_parallel": "non_parallel",
+    "converter_compound": "compound",
 }
 
 
@@ -136,6 +146,12 @@ def _task(raw: Any, index: int) -> ManifestTask:
     if not values["executable_non_parallel"] and not values["executable_parallel"]:
         raise ManifestError(
             f"{where}: needs executable_non_parallel or executable_parallel (or both)"
+        )
+    task_type = ManifestTask(**values).type
+    declared = raw.get("type")
+    if declared is not None and _DECLARED_TYPES.get(declared) != task_type:
+        raise ManifestError(
+            f"{where}.type: {declared!r} does not match its executables (a {task_type} task)"
         )
     values["input_types"] = _types(raw.get("input_types"), f"{where}.input_types")
     values["output_types"] = _types(raw.get("output_types"), f"{where}.output_types")

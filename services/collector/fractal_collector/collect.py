@@ -46,6 +46,9 @@ class StepFailed(Exception):
     """A step failed in a way the collection's error explains."""
 
 
+#: Starts the log line after each installer command that says how long it took.
+INSTALLER_TIME_PREFIX = "# installer: "
+
 @dataclass(frozen=True)
 class CollectorConfig:
     tasks_dir: Path
@@ -142,15 +145,19 @@ class Collection:
         self, argv: Sequence[str], *, quiet: bool = False, stdin: str | None = None
     ) -> installer.Result:
         """An installer command on the collection's host, timed; its output in the log
-        unless ``quiet``."""
+        unless ``quiet``. Its wall time goes to the metrics and, as a line
+        ``# installer: 1.234 s``, to the log (quiet or not), so a collection's log tells the
+        installer's share of its time."""
         started = time.monotonic()
         try:
             return await self.config.host.run(
                 argv, (lambda _: None) if quiet else self.say, stdin=stdin
             )
         finally:
+            elapsed = time.monotonic() - started
+            self.say(f"{INSTALLER_TIME_PREFIX}{elapsed:.3f} s\n")
             if self.config.on_installer is not None:
-                self.config.on_installer(self.installer.kind, time.monotonic() - started)
+                self.config.on_installer(self.installer.kind, elapsed)
 
     async def run(self) -> None:
         work = asyncio.create_task(self._steps())

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc.aio
+from google.protobuf.message import Message
+from sqlalchemy.ext.asyncio import AsyncSession
 
 import fractal_grpc.workflows as rules
 from fractal.events.v1 import collection_events_pb2
@@ -20,8 +22,8 @@ from fractal.v2 import task_collection_service_pb2 as pb
 from fractal.v2 import task_collection_service_pb2_grpc as rpc
 from fractal_api import validation
 from fractal_api.context import ApiContext
-from fractal_api.models import CollectionWheel, TaskCollection
-from fractal_api.store import collections, tasks
+from fractal_api.models import CollectionWheel, Task, TaskCollection
+from fractal_api.store import collections, requests, tasks
 from fractal_api.views import collection_view, task_view
 from fractal_grpc.auth.principal import current_user
 from fractal_grpc.collection.manifest import ManifestError, parse_manifest
@@ -69,7 +71,7 @@ class TaskCollectionServicer(rpc.TaskCollectionServiceServicer):
             request.package_version if request.HasField("package_version") else None,
             request,
         )
-        row = await self._record(spec)
+        row = await self._record(spec, request)
         return pb.CollectPipResponse(collection=collection_view(row))
 
     async def UploadAndCollect(
@@ -107,7 +109,7 @@ class TaskCollectionServicer(rpc.TaskCollectionServiceServicer):
         upload = CollectionWheel(
             filename=header.filename, sha256=header.sha256, content=b"".join(chunks)
         )
-        row = await self._record(spec, upload)
+        row = await self._record(spec, header, upload, method="UploadAndCollect", prefix="header.")
         return pb.UploadAndCollectResponse(collection=collection_view(row))
 
     async def CollectCustom(
@@ -141,8 +143,9 @@ class TaskCollectionServicer(rpc.TaskCollectionServiceServicer):
             source=f"{owner}:{source}",
             version=request.version if request.HasField("version") else "",
         )
-        async with transaction(self.ctx.sessions) as session:
-            created = [
+
+        async def create(session: AsyncSession) -> list[Task]:
+            return [
                 await tasks.create(
                     session,
                     owner=owner,
@@ -152,13 +155,44 @@ class TaskCollectionServicer(rpc.TaskCollectionServiceServicer):
                 )
                 for d in drafts
             ]
+
+        async with transaction(self.ctx.sessions) as session:
+            # A retry replays the tasks of the first call: the same request makes the same
+            # sources (the key's request hash says it is the same request).
+            created = await requests.once(
+                session,
+                me.user_id or 0,
+                request,
+                create=lambda: create(session),
+                replay=lambda _: tasks.by_sources(session, [d.source for d in drafts]),
+                resource_id=lambda made: made[0].id,
+            )
         return pb.CollectCustomResponse(tasks=[task_view(t) for t in created])
 
-    async def _record(self, spec: Any, upload: CollectionWheel | None = None) -> TaskCollection:
+    async def _record(
+        self,
+        spec: Any,
+        request: Message,
+        upload: CollectionWheel | None = None,
+        *,
+        method: str | None = None,
+        prefix: str = "",
+    ) -> TaskCollection:
+        """Record the collection and its command once per request_id (``requests.once``: a
+        retry replays the collection the key first recorded, and sends nothing)."""
+        user_id = current_user().user_id or 0
         try:
             async with transaction(self.ctx.sessions) as session:
-                row = await collections.create(
-                    session, self.ctx.subjects, spec, current_user().user_id or 0, upload=upload
+                row = await requests.once(
+                    session,
+                    user_id,
+                    request,
+                    create=lambda: collections.create(
+                        session, self.ctx.subjects, spec, user_id, upload=upload
+                    ),
+                    replay=lambda earlier: collections.get(session, earlier),
+                    method=method,
+                    field=prefix + "request_id",
                 )
         except collections.CollectionRace:
             async with self.ctx.reads() as session:

@@ -62,23 +62,28 @@ async def once(
     create: Callable[[], Awaitable[T]],
     replay: Callable[[int], Awaitable[T]],
     resource_id: Callable[[T], int] = attrgetter("id"),
+    method: str | None = None,
+    field: str = "request_id",
 ) -> T:
     """``create()`` the first time a request_id is used; ``replay(id)`` of the object it created
-    every later time. Without a request_id, just ``create()``."""
+    every later time. Without a request_id, just ``create()``. ``method`` scopes the key when
+    ``request`` is a part of the RPC's request (default: ``method_of(request)``), and ``field``
+    is the key's path in the RPC's request, for errors."""
     key: str = getattr(request, "request_id", "")
     if not key:
         return await create()
     if len(key) > MAX_LENGTH:
-        raise invalid_field("request_id", f"must have at most {MAX_LENGTH} characters")
+        raise invalid_field(field, f"must have at most {MAX_LENGTH} characters")
     digest = request_hash(request)
+    method = method or method_of(request)
     where = (
         RequestRecord.user_id == user_id,
-        RequestRecord.method == method_of(request),
+        RequestRecord.method == method,
         RequestRecord.request_id == key,
     )
     claimed = await session.scalar(
         insert(RequestRecord)
-        .values(user_id=user_id, method=method_of(request), request_id=key, request_hash=digest)
+        .values(user_id=user_id, method=method, request_id=key, request_hash=digest)
         .on_conflict_do_nothing()
         .returning(RequestRecord.user_id)
     )
@@ -90,7 +95,7 @@ async def once(
             )
         ).one()
         if earlier.request_hash is not None and earlier.request_hash != digest:
-            raise _reused(key)
+            raise _reused(field)
         return await replay(earlier.resource_id)
     result = await create()
     await session.execute(
@@ -99,11 +104,10 @@ async def once(
     return result
 
 
-def _reused(key: str) -> FailedPrecondition:
+def _reused(field: str) -> FailedPrecondition:
     return FailedPrecondition(
-        "request_id was already used for a different request; use a new request_id for a new "
-        "request",
+        f"{field} was already used for a different request; use a new request_id for a new request",
         reason="REQUEST_ID_REUSED",
-        violations=[("request_id", "already used for a different request")],
-        metadata={"field": "request_id"},
+        violations=[(field, "already used for a different request")],
+        metadata={"field": field},
     )
