@@ -49,6 +49,7 @@ class StepFailed(Exception):
 #: Starts the log line after each installer command that says how long it took.
 INSTALLER_TIME_PREFIX = "# installer: "
 
+
 @dataclass(frozen=True)
 class CollectorConfig:
     tasks_dir: Path
