@@ -97,7 +97,9 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
                     )
                 )
             page, token = split_page(rows, size, query, lambda w: {"after": w.id})
-            listing = await workflows.task_list(session, [w.id for w in page])
+            listing = await workflows.task_list(
+                session, [w.id for w in page], with_schemas=request.include_args_schemas
+            )
         return pb.ListWorkflowsResponse(
             workflows=[
                 workflow_view(w, listing[w.id], with_schemas=request.include_args_schemas)

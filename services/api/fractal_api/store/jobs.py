@@ -10,8 +10,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, select
+from sqlalchemy import ColumnElement, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from fractal.events.v1 import job_events_pb2
 from fractal_api import views
@@ -301,17 +302,45 @@ async def list_page(
     before_id: int | None,
     limit: int,
     workflow_id: int = 0,
+    with_log: bool = False,
 ) -> list[Job]:
+    """A page of the jobs of the user's projects (or of one project, or of one workflow),
+    newest first. The rows come without their task snapshots (a list never shows them) and,
+    unless ``with_log``, without their logs; reading either raises instead of loading it.
+
+    The ids are chosen first, from the ``(project_id, id)`` index: up to ``limit`` per member
+    project, read backwards from ``before_id``, then the newest ``limit`` of those. The cost
+    follows the page size and the number of the user's projects, not the number of jobs in the
+    table (a scan of the primary key filtered by membership reads every job newer than the page,
+    everybody's)."""
     member_projects = select(ProjectMember.project_id).where(ProjectMember.user_id == user_id)
-    conditions: list[ColumnElement[bool]] = [Job.project_id.in_(member_projects)]
     if project_id:
-        conditions.append(Job.project_id == project_id)
+        member_projects = member_projects.where(ProjectMember.project_id == project_id)
+    members = member_projects.subquery("members")
+    conditions: list[ColumnElement[bool]] = [Job.project_id == members.c.project_id]
     if workflow_id:
         conditions.append(Job.workflow_id == workflow_id)
     if before_id is not None:
         conditions.append(Job.id < before_id)
+    per_project = (
+        select(Job.id)
+        .where(*conditions)
+        .order_by(Job.id.desc())
+        .limit(limit)
+        .lateral("per_project")
+    )
+    newest = (
+        select(per_project.c.id)
+        .select_from(members)
+        .join(per_project, true())
+        .order_by(per_project.c.id.desc())
+        .limit(limit)
+    )
+    deferred = [defer(Job.tasks_snapshot, raiseload=True)]
+    if not with_log:
+        deferred.append(defer(Job.log, raiseload=True))
     result = await session.execute(
-        select(Job).where(and_(*conditions)).order_by(Job.id.desc()).limit(limit)
+        select(Job).where(Job.id.in_(newest)).order_by(Job.id.desc()).options(*deferred)
     )
     return list(result.scalars())
 
