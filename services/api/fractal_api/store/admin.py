@@ -12,6 +12,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Job, Project, ProjectMember, Task, User, Workflow, WorkflowTask
+from fractal_api.store import jobs
 from fractal_grpc.admin.jobs import JobFilter
 from fractal_grpc.admin.tasks import TaskQuery, kind_owner_filter
 from fractal_grpc.grpckit.errors import NotFound
@@ -65,13 +66,24 @@ def _job_conditions(flt: JobFilter) -> list[ColumnElement[bool]]:
 
 
 async def list_jobs(
-    session: AsyncSession, flt: JobFilter, *, before_id: int | None, limit: int
+    session: AsyncSession,
+    flt: JobFilter,
+    *,
+    before_id: int | None,
+    limit: int,
+    with_log: bool = False,
 ) -> Sequence[Job]:
+    """A page of the jobs matching ``flt``, newest first; as ``jobs.list_page``, the rows come
+    without their task snapshots and, unless ``with_log``, without their logs."""
     conditions = _job_conditions(flt)
     if before_id is not None:
         conditions.append(Job.id < before_id)
     result = await session.execute(
-        select(Job).where(*conditions).order_by(Job.id.desc()).limit(limit)
+        select(Job)
+        .where(*conditions)
+        .order_by(Job.id.desc())
+        .limit(limit)
+        .options(*jobs.list_options(with_log=with_log))
     )
     return result.scalars().all()
 

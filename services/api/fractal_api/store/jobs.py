@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
+from sqlalchemy.sql.base import ExecutableOption
 
 from fractal.events.v1 import job_events_pb2
 from fractal_api import views
@@ -336,13 +337,22 @@ async def list_page(
         .order_by(per_project.c.id.desc())
         .limit(limit)
     )
-    deferred = [defer(Job.tasks_snapshot, raiseload=True)]
-    if not with_log:
-        deferred.append(defer(Job.log, raiseload=True))
     result = await session.execute(
-        select(Job).where(Job.id.in_(newest)).order_by(Job.id.desc()).options(*deferred)
+        select(Job)
+        .where(Job.id.in_(newest))
+        .order_by(Job.id.desc())
+        .options(*list_options(with_log=with_log))
     )
     return list(result.scalars())
+
+
+def list_options(*, with_log: bool) -> list[ExecutableOption]:
+    """Loader options of a job list: no task snapshot (no list shows it) and no log unless
+    ``with_log``; reading a left-out column raises instead of loading it."""
+    options: list[ExecutableOption] = [defer(Job.tasks_snapshot, raiseload=True)]
+    if not with_log:
+        options.append(defer(Job.log, raiseload=True))
+    return options
 
 
 async def submitted_for(session: AsyncSession, dataset_id: int, workflow_id: int) -> list[Job]:
