@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, any_, func
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,3 +28,10 @@ async def write_unique(session: AsyncSession, row: Base) -> None:
             raise
         raise error from None
     await session.refresh(row)
+
+
+def any_of(ids: Select[Any]) -> ColumnElement[Any]:
+    """``= ANY(ARRAY(ids))`` for a query of a few ids (a page's): PostgreSQL computes the array
+    once and looks each id up by key. ``IN (ids)`` or a join with it may instead be planned as a
+    hash against a scan of the whole table, whose cost then grows with the table."""
+    return any_(func.array(ids.scalar_subquery()))

@@ -28,7 +28,7 @@ from fractal_api.models import (
     WorkflowTask,
     outbox,
 )
-from fractal_api.store import write_unique
+from fractal_api.store import any_of, write_unique
 from fractal_grpc.events.bus import Subjects
 from fractal_grpc.events.outbox import add_to_outbox
 from fractal_grpc.grpckit.errors import FailedPrecondition, NotFound, ResourceExhausted
@@ -339,7 +339,7 @@ async def list_page(
     )
     result = await session.execute(
         select(Job)
-        .where(Job.id.in_(newest))
+        .where(Job.id == any_of(newest))
         .order_by(Job.id.desc())
         .options(*list_options(with_log=with_log))
     )

@@ -8,7 +8,7 @@ from sqlalchemy import and_, delete, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Job, ProjectMember, Task, Workflow, WorkflowTask
-from fractal_api.store import write_unique
+from fractal_api.store import any_of, write_unique
 from fractal_api.store.tasks import without_schemas
 from fractal_grpc.grpckit.errors import InvalidArgument, NotFound
 
@@ -78,7 +78,7 @@ async def list_page_for_user(
         .limit(limit)
     )
     result = await session.execute(
-        select(Workflow).where(Workflow.id.in_(first)).order_by(Workflow.id)
+        select(Workflow).where(Workflow.id == any_of(first)).order_by(Workflow.id)
     )
     return result.scalars().all()
 
