@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, true
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlalchemy.sql.base import ExecutableOption
@@ -28,7 +28,7 @@ from fractal_api.models import (
     WorkflowTask,
     outbox,
 )
-from fractal_api.store import any_of, write_unique
+from fractal_api.store import any_of, ids_across_projects, write_unique
 from fractal_grpc.events.bus import Subjects
 from fractal_grpc.events.outbox import add_to_outbox
 from fractal_grpc.grpckit.errors import FailedPrecondition, NotFound, ResourceExhausted
@@ -309,11 +309,7 @@ async def list_page(
     newest first. The rows come without their task snapshots (a list never shows them) and,
     unless ``with_log``, without their logs; reading either raises instead of loading it.
 
-    The ids are chosen first, from the ``(project_id, id)`` index: up to ``limit`` per member
-    project, read backwards from ``before_id``, then the newest ``limit`` of those. The cost
-    follows the page size and the number of the user's projects, not the number of jobs in the
-    table (a scan of the primary key filtered by membership reads every job newer than the page,
-    everybody's)."""
+    The ids come first (``ids_across_projects``), then the rows by key (``any_of``)."""
     member_projects = select(ProjectMember.project_id).where(ProjectMember.user_id == user_id)
     if project_id:
         member_projects = member_projects.where(ProjectMember.project_id == project_id)
@@ -323,20 +319,7 @@ async def list_page(
         conditions.append(Job.workflow_id == workflow_id)
     if before_id is not None:
         conditions.append(Job.id < before_id)
-    per_project = (
-        select(Job.id)
-        .where(*conditions)
-        .order_by(Job.id.desc())
-        .limit(limit)
-        .lateral("per_project")
-    )
-    newest = (
-        select(per_project.c.id)
-        .select_from(members)
-        .join(per_project, true())
-        .order_by(per_project.c.id.desc())
-        .limit(limit)
-    )
+    newest = ids_across_projects(members, Job.id, conditions, descending=True, limit=limit)
     result = await session.execute(
         select(Job)
         .where(Job.id == any_of(newest))

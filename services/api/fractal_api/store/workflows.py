@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import and_, delete, select, true, update
+from sqlalchemy import and_, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Job, ProjectMember, Task, Workflow, WorkflowTask
-from fractal_api.store import any_of, write_unique
+from fractal_api.store import any_of, ids_across_projects, write_unique
 from fractal_api.store.tasks import without_schemas
 from fractal_grpc.grpckit.errors import InvalidArgument, NotFound
 
@@ -57,26 +57,12 @@ async def list_page_for_user(
 ) -> Sequence[Workflow]:
     """A page of the workflows of every project ``user_id`` is a member of, by id.
 
-    Up to ``limit`` ids per member project are read from the ``(project_id, id)`` index, then
-    the first ``limit`` of those: the cost follows the page size and the user's projects, not
-    the number of workflows in the table."""
+    The ids come first (``ids_across_projects``), then the rows by key (``any_of``)."""
     members = (
         select(ProjectMember.project_id).where(ProjectMember.user_id == user_id).subquery("members")
     )
-    per_project = (
-        select(Workflow.id)
-        .where(Workflow.project_id == members.c.project_id, Workflow.id > after_id)
-        .order_by(Workflow.id)
-        .limit(limit)
-        .lateral("per_project")
-    )
-    first = (
-        select(per_project.c.id)
-        .select_from(members)
-        .join(per_project, true())
-        .order_by(per_project.c.id)
-        .limit(limit)
-    )
+    bounds = [Workflow.project_id == members.c.project_id, Workflow.id > after_id]
+    first = ids_across_projects(members, Workflow.id, bounds, descending=False, limit=limit)
     result = await session.execute(
         select(Workflow).where(Workflow.id == any_of(first)).order_by(Workflow.id)
     )
