@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -36,7 +37,7 @@ from bench.client import ApiClient
 from bench.interleave import ratio, turn_order
 from bench.jobs_bench import TASK_COMMAND, RefJobs, run_job, setup_workflow
 from bench.reference import RefClient
-from bench.stats import percentile, summary_ms
+from bench.stats import percentile, process_cpu, summary_ms
 from fractal.v2 import job_service_pb2, task_service_pb2, workflow_service_pb2
 
 PAGE_SIZE = 100
@@ -253,16 +254,19 @@ def ref_path(kind: str, project_id: int) -> str:
 
 
 class ServerClock:
-    """The api's own time per RPC, from its Prometheus histogram
-    ``fractal_grpc_server_handling_seconds`` (sum and count by method): read before and after
-    a pass, the difference is the time the server spent on the pass's calls, from the call's
-    arrival in the interceptor to its status, without the client and the network."""
+    """The api's own time per RPC, read before and after a pass: from its Prometheus histogram
+    ``fractal_grpc_server_handling_seconds`` (sum and count by method), the time from the
+    call's arrival in the interceptor to its status, without the client and the network; and
+    the CPU seconds of the api process, which leave out the waits for a core on a loaded
+    machine (and include the api's little background work)."""
 
-    def __init__(self, metrics_url: str) -> None:
+    def __init__(self, metrics_url: str, api_pid: int | None = None) -> None:
         self.url = metrics_url
+        self.api_pid = api_pid
 
-    def read(self, method: str) -> tuple[float, int]:
-        """(seconds, calls) so far of ``method``'s OK calls."""
+    def read(self, method: str) -> tuple[float, int, float]:
+        """(seconds, calls) so far of ``method``'s OK calls, and the api's CPU seconds."""
+        cpu = process_cpu(self.api_pid) if self.api_pid else math.nan
         with urllib.request.urlopen(self.url, timeout=10) as response:
             text = response.read().decode()
         seconds, calls = 0.0, 0
@@ -274,7 +278,7 @@ class ServerClock:
                 seconds += float(value)
             elif name.startswith("fractal_grpc_server_handling_seconds_count"):
                 calls += int(float(value))
-        return seconds, calls
+        return seconds, calls, cpu
 
 
 async def _our_pass(page: Page, latencies: list[float]) -> int:
@@ -317,6 +321,7 @@ class Series:
     our_lat: list[float] = field(default_factory=list)
     server_seconds: float = 0.0
     server_calls: int = 0
+    server_cpu: float = 0.0
     ref_lat: list[float] = field(default_factory=list)
     our_total: int = 0
     ref_total: int = 0
@@ -328,9 +333,10 @@ class Series:
         self.our_total = await _our_pass(self.page, self.our_lat)
         self.passes += 1
         if clock is not None and before is not None:
-            seconds, calls = await asyncio.to_thread(clock.read, RPC_NAMES[self.kind])
+            seconds, calls, cpu = await asyncio.to_thread(clock.read, RPC_NAMES[self.kind])
             self.server_seconds += seconds - before[0]
             self.server_calls += calls - before[1]
+            self.server_cpu += cpu - before[2]
 
     async def reference(self, client: RefClient) -> None:
         self.ref_total, self.ref_bytes = await asyncio.to_thread(
@@ -349,6 +355,9 @@ class Series:
         }
         if self.server_calls:
             ours["server_mean_ms"] = round(self.server_seconds / self.server_calls * 1000, 3)
+            if not math.isnan(self.server_cpu):
+                per_page = self.server_cpu / self.server_calls * 1000
+                ours["server_cpu_ms_per_page"] = round(per_page, 3)
         out: dict[str, Any] = {
             "kind": self.kind,
             "rows": self.rows,
@@ -415,13 +424,14 @@ async def bench_lists(
     rounds: Mapping[int, int],
     budget: float,
     metrics_url: str | None = None,
+    api_pid: int | None = None,
 ) -> dict[str, Any]:
     """Jobs and workflows: a project of ``sizes[0]`` rows and one of ``sizes[1]`` (the same
     user), both seeded first, then read in interleaved turns, so that the machine's load at any
     moment falls on both sizes alike. Tasks (one catalogue for everybody, so its two sizes
     cannot exist at once): grown to the first size and read, then to the second and read."""
     small, large = sizes
-    clock = ServerClock(metrics_url) if metrics_url else None
+    clock = ServerClock(metrics_url, api_pid) if metrics_url else None
     systems = [("ours", ours)] + ([("reference", reference[1])] if reference else [])
     ref_client = reference[0] if reference else None
     seeded: dict[str, dict[str, float]] = {}
@@ -480,6 +490,8 @@ def _said(entry: dict[str, Any]) -> dict[str, Any]:
     )
     if "server_mean_ms" in ours:
         text += f", server {ours['server_mean_ms']:.1f} ms/page"
+    if "server_cpu_ms_per_page" in ours:
+        text += f" ({ours['server_cpu_ms_per_page']:.1f} ms CPU)"
     ref = entry.get("reference")
     if ref:
         text += (

@@ -425,6 +425,7 @@ class Runner:
             rounds=dict(zip(c.list_sizes, c.list_rounds, strict=True)),
             budget=c.list_budget,
             metrics_url=self.stack.api_metrics_url,
+            api_pid=self.stack.pid("api"),
         )
         return {**result, "reference": None if reference else self.reference_problem}
 
