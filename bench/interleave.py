@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
-def turn_order(names: Sequence[str], round_index: int) -> list[str]:
+def turn_order(names: Sequence[T], round_index: int) -> list[T]:
     """``names`` rotated left by ``round_index``: every name goes first equally often."""
     if not names:
         return []

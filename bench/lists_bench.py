@@ -1,24 +1,34 @@
-"""ListJobs, ListWorkflows and ListTasks of a user who has 1,000, then 10,000 of each, and the
-reference's unpaginated equivalents (GET /api/v2/job/, /api/v2/workflow/, /api/v2/task/).
+"""ListJobs, ListWorkflows and ListTasks at 1,000 and 10,000 rows, and the reference's
+unpaginated equivalents (GET /api/v2/project/{id}/job/, /api/v2/project/{id}/workflow/,
+/api/v2/task/).
 
-The rows: one job, one workflow (with one workflow task) and one task are made through each
-system's API (the job is run to the end), then copied in SQL in that system's database
-(``clone_sql``: every column as in the original, names and sources made unique) until the user
-has N of each. Both systems get the same rows: a job with its three dumps and its log, a
-workflow whose one task is embedded by the reference's answer, a task without args schemas.
+The rows: in each system one user has two projects; in each, one job, one workflow (with one
+workflow task) and one task are made through the API (the job is run to the end), then copied
+in SQL (``clone_sql``: every column as in the original, names and sources made unique) until
+the first project has 1,000 jobs and workflows and the second 10,000. Both systems get the same
+rows: a job with its three dumps and its log, a workflow whose one task is embedded by the
+reference's answer, a task without args schemas.
 
-Ours: pages of 100 read through the whole list (first page, then each next token), every page
-call timed; the total must be N. The reference: the whole list in one call, timed. The two take
-turns (bench/interleave.py): one pass through our list, one call of the reference, and again.
+Jobs and workflows: the 1,000 and the 10,000 project exist together and are read in turns
+(bench/interleave.py, the order rotating each round): one pass through each of our two lists
+(pages of 100, first page then each next token, every call timed) and one reference call of
+each, so the machine's load at any moment falls on both sizes. The task catalogue is one for
+everybody, so it is grown to 1,000 and read, then grown to 10,000 and read.
+
+Besides the client's time, the api's own time per page (``server_mean_ms``) comes from its
+Prometheus histogram, read before and after each pass: what the server spent from the call's
+arrival to its status, without the client, the channel and the scheduling of this process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -27,7 +37,7 @@ from bench.client import ApiClient
 from bench.interleave import ratio, turn_order
 from bench.jobs_bench import TASK_COMMAND, RefJobs, run_job, setup_workflow
 from bench.reference import RefClient
-from bench.stats import percentile, summary_ms
+from bench.stats import percentile, process_cpu, summary_ms
 from fractal.v2 import job_service_pb2, task_service_pb2, workflow_service_pb2
 
 PAGE_SIZE = 100
@@ -101,49 +111,62 @@ class Seed:
     workflow_task_id: int
     task_id: int
     project_id: int
-    copies: int = 0  # rows of each kind besides the originals
+    # rows of each kind besides the originals
+    copies: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
 
-    async def grow(self, rows: int) -> float:
-        """Copy until there are ``rows`` of each kind; returns the seconds it took."""
-        extra = rows - 1 - self.copies
-        if extra <= 0:
+    async def grow(self, rows: int, kinds: Sequence[str] = KINDS) -> float:
+        """Copy until there are ``rows`` of each of ``kinds`` (jobs, workflows with their one
+        workflow task, tasks) in this seed; returns the seconds it took."""
+        extra = {kind: rows - 1 - self.copies[kind] for kind in kinds}
+        extra = {kind: n for kind, n in extra.items() if n > 0}
+        if not extra:
             return 0.0
         t0 = time.perf_counter()
         t = self.tables
         conn = await asyncpg.connect(self.url)
         try:
             async with conn.transaction():
-                jobs = await _columns(conn, t.jobs)
-                await conn.execute(clone_sql(t.jobs, jobs, {}), extra, self.job_id)
-                tasks = await _columns(conn, t.tasks)
-                base = self.copies
-                src = _quote(t.task_source)
-                overrides = {t.task_source: f"src.{src} || '-copy-' || (g + {base})"}
-                await conn.execute(clone_sql(t.tasks, tasks, overrides), extra, self.task_id)
-                last = await conn.fetchval(f"SELECT max(id) FROM {t.workflows}")
-                workflows = await _columns(conn, t.workflows)
-                overrides = {"name": f"src.name || '-copy-' || (g + {base})"}
-                await conn.execute(
-                    clone_sql(t.workflows, workflows, overrides), extra, self.workflow_id
-                )
-                wftasks = await _columns(conn, t.workflow_tasks)
-                parents = f"SELECT id FROM {t.workflows} WHERE project_id = $2 AND id > $3"
-                await conn.execute(
-                    clone_children_sql(t.workflow_tasks, wftasks, "workflow_id", parents),
-                    self.workflow_task_id,
-                    self.project_id,
-                    last,
-                )
+                if "jobs" in extra:
+                    jobs = await _columns(conn, t.jobs)
+                    await conn.execute(clone_sql(t.jobs, jobs, {}), extra["jobs"], self.job_id)
+                if "tasks" in extra:
+                    tasks = await _columns(conn, t.tasks)
+                    src = _quote(t.task_source)
+                    base = self.copies["tasks"]
+                    overrides = {t.task_source: f"src.{src} || '-copy-' || (g + {base})"}
+                    await conn.execute(
+                        clone_sql(t.tasks, tasks, overrides), extra["tasks"], self.task_id
+                    )
+                if "workflows" in extra:
+                    await self._grow_workflows(conn, extra["workflows"])
             await conn.execute(f"ANALYZE {t.jobs}, {t.workflows}, {t.workflow_tasks}, {t.tasks}")
         finally:
             await conn.close()
-        self.copies += extra
+        for kind, n in extra.items():
+            self.copies[kind] += n
         return time.perf_counter() - t0
 
+    async def _grow_workflows(self, conn: asyncpg.Connection, extra: int) -> None:
+        t = self.tables
+        last = await conn.fetchval(f"SELECT max(id) FROM {t.workflows}")
+        workflows = await _columns(conn, t.workflows)
+        overrides = {"name": f"src.name || '-copy-' || (g + {self.copies['workflows']})"}
+        await conn.execute(clone_sql(t.workflows, workflows, overrides), extra, self.workflow_id)
+        wftasks = await _columns(conn, t.workflow_tasks)
+        parents = f"SELECT id FROM {t.workflows} WHERE project_id = $2 AND id > $3"
+        await conn.execute(
+            clone_children_sql(t.workflow_tasks, wftasks, "workflow_id", parents),
+            self.workflow_task_id,
+            self.project_id,
+            last,
+        )
 
-async def seed_ours(client: ApiClient, database_url: str, zarr_root: str) -> Seed:
+
+async def seed_ours(
+    client: ApiClient, database_url: str, zarr_root: str, name: str = "bench-lists"
+) -> Seed:
     """A project with one workflow (one task) and one job run to the end, through the API."""
-    project_id = await client.new_project("bench-lists")
+    project_id = await client.new_project(name)
     workflow_id = await setup_workflow(client, project_id, 1, TASK_COMMAND)
     await run_job(client, project_id, workflow_id, zarr_root, 1)
     conn = await asyncpg.connect(database_url)
@@ -161,9 +184,11 @@ async def seed_ours(client: ApiClient, database_url: str, zarr_root: str) -> See
     )
 
 
-async def seed_reference(client: RefClient, database_url: str, zarr_root: str) -> Seed:
+async def seed_reference(
+    client: RefClient, database_url: str, zarr_root: str, name: str = "bench-lists"
+) -> Seed:
     """The same through the reference's REST API."""
-    project_id = client.new_project("bench-lists")
+    project_id = client.new_project(name)
     jobs = RefJobs(client, project_id, zarr_root, concurrency=1)
     await jobs.run(1, (TASK_COMMAND, 1))
     workflow_id = jobs.workflows[(TASK_COMMAND, 1)]
@@ -187,9 +212,14 @@ Page = Callable[[str], Awaitable[tuple[int, str]]]
 
 
 def our_pages(client: ApiClient, project_id: int) -> dict[str, Page]:
+    """Our three lists as a project of ``project_id`` sees them: its jobs, its workflows, and
+    the task catalogue (which is everybody's)."""
+
     async def jobs(token: str) -> tuple[int, str]:
         r = await client.jobs.ListJobs(
-            job_service_pb2.ListJobsRequest(page_size=PAGE_SIZE, page_token=token),
+            job_service_pb2.ListJobsRequest(
+                project_id=project_id, page_size=PAGE_SIZE, page_token=token
+            ),
             metadata=client.md,
         )
         return len(r.jobs), r.next_page_token
@@ -213,7 +243,42 @@ def our_pages(client: ApiClient, project_id: int) -> dict[str, Page]:
     return {"jobs": jobs, "workflows": workflows, "tasks": tasks}
 
 
-REF_PATHS = {"jobs": "/api/v2/job/", "workflows": "/api/v2/workflow/", "tasks": "/api/v2/task/"}
+RPC_NAMES = {"jobs": "ListJobs", "workflows": "ListWorkflows", "tasks": "ListTasks"}
+
+
+def ref_path(kind: str, project_id: int) -> str:
+    """The reference's unpaginated list of a project (the task catalogue for tasks)."""
+    if kind == "tasks":
+        return "/api/v2/task/"
+    return f"/api/v2/project/{project_id}/{kind[:-1]}/"
+
+
+class ServerClock:
+    """The api's own time per RPC, read before and after a pass: from its Prometheus histogram
+    ``fractal_grpc_server_handling_seconds`` (sum and count by method), the time from the
+    call's arrival in the interceptor to its status, without the client and the network; and
+    the CPU seconds of the api process, which leave out the waits for a core on a loaded
+    machine (and include the api's little background work)."""
+
+    def __init__(self, metrics_url: str, api_pid: int | None = None) -> None:
+        self.url = metrics_url
+        self.api_pid = api_pid
+
+    def read(self, method: str) -> tuple[float, int, float]:
+        """(seconds, calls) so far of ``method``'s OK calls, and the api's CPU seconds."""
+        cpu = process_cpu(self.api_pid) if self.api_pid else math.nan
+        with urllib.request.urlopen(self.url, timeout=10) as response:
+            text = response.read().decode()
+        seconds, calls = 0.0, 0
+        for line in text.splitlines():
+            if f'grpc_method="{method}"' not in line or 'grpc_code="OK"' not in line:
+                continue
+            name, _, value = line.rpartition(" ")
+            if name.startswith("fractal_grpc_server_handling_seconds_sum"):
+                seconds += float(value)
+            elif name.startswith("fractal_grpc_server_handling_seconds_count"):
+                calls += int(float(value))
+        return seconds, calls, cpu
 
 
 async def _our_pass(page: Page, latencies: list[float]) -> int:
@@ -245,85 +310,188 @@ def _json_list(body: bytes) -> list[Any]:
     return value
 
 
+@dataclass
+class Series:
+    """One list at one size, on both systems: what the turns collected."""
+
+    kind: str
+    rows: int
+    page: Page
+    ref_path: str
+    our_lat: list[float] = field(default_factory=list)
+    server_seconds: float = 0.0
+    server_calls: int = 0
+    server_cpu: float = 0.0
+    ref_lat: list[float] = field(default_factory=list)
+    our_total: int = 0
+    ref_total: int = 0
+    ref_bytes: int = 0
+    passes: int = 0
+
+    async def ours(self, clock: ServerClock | None) -> None:
+        before = await asyncio.to_thread(clock.read, RPC_NAMES[self.kind]) if clock else None
+        self.our_total = await _our_pass(self.page, self.our_lat)
+        self.passes += 1
+        if clock is not None and before is not None:
+            seconds, calls, cpu = await asyncio.to_thread(clock.read, RPC_NAMES[self.kind])
+            self.server_seconds += seconds - before[0]
+            self.server_calls += calls - before[1]
+            self.server_cpu += cpu - before[2]
+
+    async def reference(self, client: RefClient) -> None:
+        self.ref_total, self.ref_bytes = await asyncio.to_thread(
+            _ref_call, client, self.ref_path, self.ref_lat
+        )
+
+    def entry(self, scope: str, conditions: str) -> dict[str, Any]:
+        if self.our_total < self.rows:
+            raise RuntimeError(f"our {self.kind} list had {self.our_total}, expected {self.rows}")
+        ours: dict[str, Any] = {
+            "items": self.our_total,
+            "page_size": PAGE_SIZE,
+            "per_page": summary_ms(self.our_lat),
+            "p95_ms": round(_p95(self.our_lat) * 1000, 3),
+            "whole_list_ms": round(sum(self.our_lat) / max(self.passes, 1) * 1000, 1),
+        }
+        if self.server_calls:
+            ours["server_mean_ms"] = round(self.server_seconds / self.server_calls * 1000, 3)
+            if not math.isnan(self.server_cpu):
+                per_page = self.server_cpu / self.server_calls * 1000
+                ours["server_cpu_ms_per_page"] = round(per_page, 3)
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "rows": self.rows,
+            "scope": scope,
+            "conditions": conditions,
+            "rounds": self.passes,
+            "ours": ours,
+        }
+        if self.ref_lat:
+            if self.ref_total < self.rows:
+                raise RuntimeError(f"reference {self.kind}: {self.ref_total}, not {self.rows}")
+            out["reference"] = {
+                "items": self.ref_total,
+                "bytes": self.ref_bytes,
+                "path": self.ref_path,
+                "per_call": summary_ms(self.ref_lat),
+                "p95_ms": round(_p95(self.ref_lat) * 1000, 3),
+            }
+            out["reference_call_over_our_page"] = ratio(
+                out["reference"]["per_call"]["p50_ms"], ours["per_page"]["p50_ms"]
+            )
+        return out
+
+
+async def _turns(
+    series: Sequence[Series],
+    ref_client: RefClient | None,
+    clock: ServerClock | None,
+    rounds: int,
+    budget: float,
+) -> None:
+    """``rounds`` rounds (fewer when ``budget`` seconds run out) of one pass through each of
+    our lists and one reference call of each, in an order that rotates every round."""
+    steps: list[tuple[Series, bool]] = [(s, False) for s in series]
+    if ref_client is not None:
+        steps += [(s, True) for s in series]
+    deadline = time.perf_counter() + budget
+    for index in range(rounds):
+        for step in turn_order(steps, index):
+            item, is_ref = step
+            if is_ref:
+                assert ref_client is not None
+                await item.reference(ref_client)
+            else:
+                await item.ours(clock)
+        if time.perf_counter() > deadline:
+            break
+
+
+@dataclass(frozen=True)
+class Sides:
+    """One system's two projects: ``small`` grown to the first size, ``large`` to the second."""
+
+    small: Seed
+    large: Seed
+
+
 async def bench_lists(
     client: ApiClient,
-    ours: Seed,
-    reference: tuple[RefClient, Seed] | None,
+    ours: Sides,
+    reference: tuple[RefClient, Sides] | None,
     *,
     sizes: Sequence[int],
     rounds: Mapping[int, int],
     budget: float,
+    metrics_url: str | None = None,
+    api_pid: int | None = None,
 ) -> dict[str, Any]:
-    """For each size: grow both systems to that many rows of each kind, then, kind by kind,
-    ``rounds[size]`` turns of (a pass through our pages, one reference GET)."""
-    pages = our_pages(client, ours.project_id)
+    """Jobs and workflows: a project of ``sizes[0]`` rows and one of ``sizes[1]`` (the same
+    user), both seeded first, then read in interleaved turns, so that the machine's load at any
+    moment falls on both sizes alike. Tasks (one catalogue for everybody, so its two sizes
+    cannot exist at once): grown to the first size and read, then to the second and read."""
+    small, large = sizes
+    clock = ServerClock(metrics_url, api_pid) if metrics_url else None
+    systems = [("ours", ours)] + ([("reference", reference[1])] if reference else [])
+    ref_client = reference[0] if reference else None
+    seeded: dict[str, dict[str, float]] = {}
+    for name, sides in systems:
+        seeded[name] = {
+            "small": round(await sides.small.grow(small, TASKS_TOO), 2),
+            "large": round(await sides.large.grow(large, ("jobs", "workflows")), 2),
+        }
+    n_rounds = max(rounds.values())
+    conditions = f"{small:,} and {large:,} read in alternating turns"
     out: list[dict[str, Any]] = []
-    for size in sizes:
-        seeded = {"ours": round(await ours.grow(size), 2)}
-        if reference is not None:
-            seeded["reference"] = round(await reference[1].grow(size), 2)
-        for kind in KINDS:
-            our_lat: list[float] = []
-            ref_lat: list[float] = []
-            our_total = ref_total = ref_bytes = 0
-            sides = ["ours", "reference"] if reference is not None else ["ours"]
-            deadline = time.perf_counter() + budget
-            done = 0
-            for index in range(rounds[size]):
-                for side in turn_order(sides, index):
-                    if side == "ours":
-                        our_total = await _our_pass(pages[kind], our_lat)
-                    else:
-                        assert reference is not None
-                        ref_total, ref_bytes = await asyncio.to_thread(
-                            _ref_call, reference[0], REF_PATHS[kind], ref_lat
-                        )
-                done += 1
-                if time.perf_counter() > deadline:
-                    break
-            if our_total < size:
-                raise RuntimeError(f"our {kind} list had {our_total} items, expected {size}")
-            entry: dict[str, Any] = {
-                "kind": kind,
-                "rows": size,
-                "rounds": done,
-                "ours": {
-                    "items": our_total,
-                    "page_size": PAGE_SIZE,
-                    "per_page": summary_ms(our_lat),
-                    "p95_ms": round(_p95(our_lat) * 1000, 3),
-                    "whole_list_ms": round(sum(our_lat) / done * 1000, 1),
-                },
-            }
-            if reference is not None:
-                if ref_total < size:
-                    raise RuntimeError(f"reference {kind}: {ref_total} items, expected {size}")
-                entry["reference"] = {
-                    "items": ref_total,
-                    "bytes": ref_bytes,
-                    "path": REF_PATHS[kind],
-                    "per_call": summary_ms(ref_lat),
-                    "p95_ms": round(_p95(ref_lat) * 1000, 3),
-                }
-                entry["reference_call_over_our_page"] = ratio(
-                    entry["reference"]["per_call"]["p50_ms"], entry["ours"]["per_page"]["p50_ms"]
-                )
-            _say(entry)
-            out.append(entry)
-        out[-1]["seed_seconds"] = seeded
-    return {"page_size": PAGE_SIZE, "sizes": list(sizes), "lists": out}
+    for kind in ("jobs", "workflows"):
+        series = [
+            Series(
+                kind,
+                size,
+                our_pages(client, seed.project_id)[kind],
+                ref_path(kind, ref_seed.project_id) if reference else "",
+            )
+            for size, seed, ref_seed in _pairs(sizes, ours, reference)
+        ]
+        await _turns(series, ref_client, clock, n_rounds, budget)
+        for item in series:
+            out.append(_said(item.entry("per project", conditions)))
+    for size, grow in ((small, False), (large, True)):
+        if grow:
+            for name, sides in systems:
+                # The small project's tasks stay: the large one's make up the rest.
+                extra = round(await sides.large.grow(large - small, ("tasks",)), 2)
+                seeded[name]["tasks_to_large"] = extra
+        series = [Series("tasks", size, our_pages(client, 0)["tasks"], ref_path("tasks", 0))]
+        await _turns(series, ref_client, clock, rounds[size], budget)
+        out.append(_said(series[0].entry("catalogue", "alone (one catalogue for everybody)")))
+    return {"page_size": PAGE_SIZE, "sizes": list(sizes), "lists": out, "seed_seconds": seeded}
+
+
+TASKS_TOO = ("jobs", "workflows", "tasks")
+
+
+def _pairs(
+    sizes: Sequence[int], ours: Sides, reference: tuple[RefClient, Sides] | None
+) -> list[tuple[int, Seed, Seed]]:
+    ref = reference[1] if reference else ours
+    return [(sizes[0], ours.small, ref.small), (sizes[1], ours.large, ref.large)]
 
 
 def _p95(seconds: Sequence[float]) -> float:
     return percentile(list(seconds), 95)
 
 
-def _say(entry: Mapping[str, Any]) -> None:
+def _said(entry: dict[str, Any]) -> dict[str, Any]:
     ours = entry["ours"]
     text = (
         f"  List{entry['kind'].title()} {entry['rows']:,} rows: page of {PAGE_SIZE} p50 "
         f"{ours['per_page']['p50_ms']:.1f} ms, p95 {ours['p95_ms']:.1f} ms"
     )
+    if "server_mean_ms" in ours:
+        text += f", server {ours['server_mean_ms']:.1f} ms/page"
+    if "server_cpu_ms_per_page" in ours:
+        text += f" ({ours['server_cpu_ms_per_page']:.1f} ms CPU)"
     ref = entry.get("reference")
     if ref:
         text += (
@@ -331,3 +499,4 @@ def _say(entry: Mapping[str, Any]) -> None:
             f"p50 {ref['per_call']['p50_ms']:.0f} ms"
         )
     print(text, flush=True)
+    return entry

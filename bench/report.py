@@ -329,9 +329,10 @@ def _lists_rows(sections: Results, ref_missing: str) -> list[Row]:
             faster = times(entry.get("reference_call_over_our_page"))
         rows.append(
             Row(
-                f"List{entry['kind'].title()}, {entry['rows']:,} per user (ours: a page of "
-                f"{ours['page_size']}; reference: GET {_ref_path(entry)})",
-                f"{p50:.1f} ms p50, {ours['p95_ms']:.1f} ms p95",
+                f"List{entry['kind'].title()}, {entry['rows']:,} {entry.get('scope', 'per user')} "
+                f"(ours: a page of {ours['page_size']}; reference: GET {_ref_path(entry)})",
+                f"{p50:.1f} ms p50, {ours['p95_ms']:.1f} ms p95"
+                + (f", server {ours['server_mean_ms']:.1f} ms" if "server_mean_ms" in ours else ""),
                 ref_text,
                 faster,
                 "< 10 ms p50",

@@ -404,13 +404,19 @@ class Runner:
     async def lists(self, user: ApiClient) -> dict[str, Any]:
         c = self.config
         await asyncio.to_thread(self.stack.start_runner)
-        ours = await lists_bench.seed_ours(user, self.stack.plain_database_url, self.zarr_root)
+        db, zarr = self.stack.plain_database_url, self.zarr_root
+        ours = lists_bench.Sides(
+            await lists_bench.seed_ours(user, db, zarr, "bench-lists-small"),
+            await lists_bench.seed_ours(user, db, zarr, "bench-lists-large"),
+        )
         reference = None
         if self.ref_user is not None and self.stack.reference is not None:
-            seed = await lists_bench.seed_reference(
-                self.ref_user, self.stack.reference.db_url(), self.zarr_root
+            ref_db = self.stack.reference.db_url()
+            sides = lists_bench.Sides(
+                await lists_bench.seed_reference(self.ref_user, ref_db, zarr, "bench-lists-small"),
+                await lists_bench.seed_reference(self.ref_user, ref_db, zarr, "bench-lists-large"),
             )
-            reference = (self.ref_user, seed)
+            reference = (self.ref_user, sides)
         result = await lists_bench.bench_lists(
             user,
             ours,
@@ -418,6 +424,8 @@ class Runner:
             sizes=c.list_sizes,
             rounds=dict(zip(c.list_sizes, c.list_rounds, strict=True)),
             budget=c.list_budget,
+            metrics_url=self.stack.api_metrics_url,
+            api_pid=self.stack.pid("api"),
         )
         return {**result, "reference": None if reference else self.reference_problem}
 

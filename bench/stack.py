@@ -66,6 +66,9 @@ class BenchStack:
         # api's internal listener, which the runner calls.
         self.api_internal_address = f"{LOOPBACK}:{free_port()}"
         self.runner_address = f"{LOOPBACK}:{free_port()}"
+        # Metrics endpoints of their own (the defaults may be taken by another stack).
+        self.api_metrics_address = f"{LOOPBACK}:{free_port()}"
+        self.runner_metrics_address = f"{LOOPBACK}:{free_port()}"
         self.children: list[ChildService] = []
         self.api: ChildService | None = None
         self.runner: ChildService | None = None
@@ -83,6 +86,11 @@ class BenchStack:
     def plain_database_url(self) -> str:
         """This run's database, as asyncpg takes it."""
         return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{self.db_name}"
+
+    @property
+    def api_metrics_url(self) -> str:
+        """The api's Prometheus endpoint."""
+        return f"http://{self.api_metrics_address}/metrics"
 
     @property
     def jobs_dir(self) -> Path:
@@ -110,6 +118,8 @@ class BenchStack:
             "FRACTAL_API_INTERNAL_ADDRESS": self.api_internal_address,
             "FRACTAL_API_URL": self.api_internal_address,
             "FRACTAL_RUNNER_ADDRESS": self.runner_address,
+            "FRACTAL_API_METRICS_ADDRESS": self.api_metrics_address,
+            "FRACTAL_RUNNER_METRICS_ADDRESS": self.runner_metrics_address,
             "FRACTAL_RUNNER_WORKING_BASE_DIR": str(self.jobs_dir),
             "FRACTAL_API_SUBMIT_RATE_LIMIT": "0",
             "FRACTAL_DEFAULT_ADMIN_EMAIL": ADMIN_EMAIL,

@@ -39,7 +39,8 @@ def summary_ms(seconds: Sequence[float]) -> dict[str, float | int]:
     }
 
 
-def _process_cpu(pid: int) -> float:
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of the process so far; NaN when it is gone."""
     try:
         times = psutil.Process(pid).cpu_times()
     except psutil.Error:
@@ -73,7 +74,7 @@ class CpuMeter:
         self._wall = time.perf_counter()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         self._self = usage.ru_utime + usage.ru_stime
-        self._services = {name: _process_cpu(pid) for name, pid in self.pids.items()}
+        self._services = {name: process_cpu(pid) for name, pid in self.pids.items()}
         self._pg = _postgres_cpu()
         self._machine = _busy_seconds()
 
@@ -83,7 +84,7 @@ class CpuMeter:
         result = {"client": (usage.ru_utime + usage.ru_stime - self._self) / wall}
         for name, pid in self.pids.items():
             before = (self._services or {}).get(name, math.nan)
-            result[name] = (_process_cpu(pid) - before) / wall
+            result[name] = (process_cpu(pid) - before) / wall
         # Approximate: a backend that exits during the window takes its CPU time with it.
         result["postgres"] = max(0.0, _postgres_cpu() - self._pg) / wall
         result["machine"] = (_busy_seconds() - self._machine) / wall

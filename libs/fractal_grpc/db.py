@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
+import orjson
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -32,7 +33,16 @@ def schema_metadata(schema: str) -> MetaData:
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     # No pre-ping: it costs a round trip on every checkout. A connection broken by a database
     # restart fails its statement once, SQLAlchemy invalidates the pool, and the next call works.
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    # JSONB columns are decoded with orjson: about five times faster than json.loads, which
+    # shows in every list of rows with JSON columns (job dumps, workflow-task args). Integers
+    # beyond 64 bits come back as floats (the protobuf Values they end up in are doubles).
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_recycle=1800,
+        json_deserializer=orjson.loads,
+    )
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -69,8 +69,10 @@ async def test_admin_methods_see_and_handle_another_users_job(
         assert [p.id for p in projects.projects] == [project.id]
         only = await root.list_all_projects(project_id=project.id)
         assert [p.name for p in only.projects] == [project.name]
-        jobs = await root.list_all_jobs(project_id=project.id, skip_logs=True)
+        jobs = await root.list_all_jobs(project_id=project.id)
         assert [j.id for j in jobs.jobs] == [job.id] and jobs.jobs[0].log == ""
+        logged = await root.list_all_jobs(project_id=project.id, include_logs=True)
+        assert [j.id for j in logged.jobs] == [job.id] and logged.jobs[0].log
         none = await root.list_all_jobs(project_id=project.id, status=job_pb2.JOB_STATUS_FAILED)
         assert list(none.jobs) == []
         assert (await root.get_any_job(job.id)).status == job_pb2.JOB_STATUS_DONE

@@ -39,9 +39,9 @@ async def compound_task(client: ApiClient) -> int:
     return resp.task.id
 
 
-async def workflow_with(client: ApiClient, project_id: int, task_id: int) -> int:
+async def workflow_with(client: ApiClient, project_id: int, task_id: int, name: str = "wf") -> int:
     wf = await client.workflows.CreateWorkflow(
-        workflow_service_pb2.CreateWorkflowRequest(project_id=project_id, name="wf"),
+        workflow_service_pb2.CreateWorkflowRequest(project_id=project_id, name=name),
         metadata=client.md,
     )
     await client.workflows.CreateWorkflowTask(
@@ -53,11 +53,17 @@ async def workflow_with(client: ApiClient, project_id: int, task_id: int) -> int
     return wf.workflow.id
 
 
-async def all_workflows(client: ApiClient, **kw: object) -> list[workflow_service_pb2.Workflow]:
+async def all_workflows(
+    client: ApiClient, page_size: int = 1, **kw: object
+) -> list[workflow_service_pb2.Workflow]:
     found, token = [], ""
     while True:
         page = await client.workflows.ListWorkflows(
-            workflow_service_pb2.ListWorkflowsRequest(page_size=1, page_token=token, **kw),  # type: ignore[arg-type]
+            workflow_service_pb2.ListWorkflowsRequest(
+                page_size=page_size,
+                page_token=token,
+                **kw,  # type: ignore[arg-type]
+            ),
             metadata=client.md,
         )
         found += list(page.workflows)
@@ -152,3 +158,59 @@ async def test_list_jobs_without_logs_unless_asked(
         job_service_pb2.ListJobsRequest(project_id=pid, include_logs=True), metadata=user.md
     )
     assert [(j.id, j.log) for j in full.jobs] == [(job.job.id, "the log")]
+
+
+async def test_lists_across_projects_merge_their_pages_in_order(
+    runnerless_admin: ApiClient,
+) -> None:
+    """Jobs and workflows made in turns in two projects (and a stranger's, in between): read
+    across the caller's projects with pages of 1, 2 and 3, each comes once, in the list's
+    order (jobs newest first, workflows by id), however the pages cut the two projects."""
+    user = await runnerless_admin.new_user()
+    stranger = await runnerless_admin.new_user()
+    task_id = await compound_task(user)
+    projects = [(await user.new_project()).id for _ in range(2)]
+    other = (await stranger.new_project()).id
+    flows: dict[int, list[int]] = {pid: [] for pid in projects}
+    jobs: dict[int, list[int]] = {pid: [] for pid in projects}
+    for i in range(4):
+        for pid in projects:
+            wid = await workflow_with(user, pid, task_id, f"wf{i}")
+            flows[pid].append(wid)
+            ds = await user.datasets.CreateDataset(
+                dataset_service_pb2.CreateDatasetRequest(
+                    project_id=pid, name=f"d{i}", zarr_dir=f"/zarr/m{i}"
+                ),
+                metadata=user.md,
+            )
+            job = await user.jobs.SubmitJob(
+                job_service_pb2.SubmitJobRequest(
+                    project_id=pid, workflow_id=wid, dataset_id=ds.dataset.id
+                ),
+                metadata=user.md,
+            )
+            jobs[pid].append(job.job.id)
+        await workflow_with(stranger, other, task_id, f"wf{i}")
+
+    async def job_ids(size: int, **kw: int) -> list[int]:
+        found, token = [], ""
+        while True:
+            page = await user.jobs.ListJobs(
+                job_service_pb2.ListJobsRequest(page_size=size, page_token=token, **kw),
+                metadata=user.md,
+            )
+            assert len(page.jobs) <= size
+            found += [j.id for j in page.jobs]
+            token = page.next_page_token
+            if not token:
+                return found
+
+    every_job = sorted(jobs[projects[0]] + jobs[projects[1]], reverse=True)
+    every_flow = sorted(flows[projects[0]] + flows[projects[1]])
+    for size in (1, 2, 3):
+        assert await job_ids(size) == every_job, size
+        assert await job_ids(size, project_id=projects[1]) == jobs[projects[1]][::-1], size
+        listed = await all_workflows(user, project_id=0, page_size=size)
+        assert [w.id for w in listed] == every_flow, size
+    one_flow = flows[projects[0]][2]
+    assert await job_ids(2, project_id=projects[0], workflow_id=one_flow) == [jobs[projects[0]][2]]

@@ -59,14 +59,15 @@ class AdminMethods(BaseClient):
         start_time_max: datetime | None = None,
         end_time_min: datetime | None = None,
         end_time_max: datetime | None = None,
-        skip_logs: bool = False,
+        include_logs: bool = False,
         page_size: int = 0,
         page_token: str = "",
         timeout: float | None = None,
     ) -> admin_service_pb2.ListAllJobsResponse:
-        """Every job matching all the given filters, newest first (times must be aware)."""
+        """Every job matching all the given filters, newest first (times must be aware); each
+        job's log only with ``include_logs``."""
         req = admin_service_pb2.ListAllJobsRequest(
-            status=status, skip_logs=skip_logs, page_size=page_size, page_token=page_token
+            status=status, include_logs=include_logs, page_size=page_size, page_token=page_token
         )
         for name, value in (
             ("job_id", job_id),

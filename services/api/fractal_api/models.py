@@ -180,7 +180,11 @@ class Workflow(Base):
     )
     name: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = _now()
-    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    __table_args__ = (
+        UniqueConstraint("project_id", "name"),
+        # ListWorkflows' keyset order within a project.
+        Index("ix_workflows_project_id_id", "project_id", "id"),
+    )
 
 
 class WorkflowTask(Base):
@@ -245,6 +249,9 @@ class Job(Base):
             postgresql_where=text("status = 'submitted'"),
         ),
         Index("ix_jobs_rate", "project_id", "workflow_id", "dataset_id", "start_timestamp"),
+        # ListJobs' keyset order (id descending) within a project and within a workflow.
+        Index("ix_jobs_project_id_id", "project_id", "id"),
+        Index("ix_jobs_workflow_id_id", "workflow_id", "id"),
     )
 
 

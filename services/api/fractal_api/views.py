@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fractal.v2 import (
@@ -122,15 +123,27 @@ def task_view(
 
 
 def workflow_task_view(
-    wftask: models.WorkflowTask, task: models.Task, *, with_schemas: bool = True
+    wftask: models.WorkflowTask,
+    task: models.Task,
+    *,
+    with_schemas: bool = True,
+    tasks_seen: dict[int, task_pb2.Task] | None = None,
 ) -> workflow_pb2.WorkflowTask:
+    """The workflow task with its task; ``tasks_seen`` (task id → message) keeps the task
+    messages already built for this answer, so a task used by many workflows of a page is
+    converted once."""
+    task_msg = tasks_seen.get(task.id) if tasks_seen is not None else None
+    if task_msg is None:
+        task_msg = task_view(task, with_schemas=with_schemas)
+        if tasks_seen is not None:
+            tasks_seen[task.id] = task_msg
     msg = workflow_pb2.WorkflowTask(
         id=wftask.id,
         workflow_id=wftask.workflow_id,
         order=wftask.order,
         task_id=wftask.task_id,
         task_type=TASK_TYPES[wftask.task_type],
-        task=task_view(task, with_schemas=with_schemas),
+        task=task_msg,
     )
     dict_to_struct(wftask.args_non_parallel, msg.args_non_parallel)
     dict_to_struct(wftask.args_parallel, msg.args_parallel)
@@ -145,14 +158,32 @@ def workflow_view(
     tasks: list[tuple[models.WorkflowTask, models.Task]],
     *,
     with_schemas: bool = True,
+    tasks_seen: dict[int, task_pb2.Task] | None = None,
 ) -> workflow_pb2.Workflow:
     return workflow_pb2.Workflow(
         id=workflow.id,
         project_id=workflow.project_id,
         name=workflow.name,
         create_time=timestamp(workflow.created_at),
-        task_list=[workflow_task_view(w, t, with_schemas=with_schemas) for w, t in tasks],
+        task_list=[
+            workflow_task_view(w, t, with_schemas=with_schemas, tasks_seen=tasks_seen)
+            for w, t in tasks
+        ],
     )
+
+
+def workflow_views(
+    workflows: Sequence[models.Workflow],
+    listing: dict[int, list[tuple[models.WorkflowTask, models.Task]]],
+    *,
+    with_schemas: bool,
+) -> list[workflow_pb2.Workflow]:
+    """A page of workflows, each task converted once for the whole page."""
+    seen: dict[int, task_pb2.Task] = {}
+    return [
+        workflow_view(w, listing[w.id], with_schemas=with_schemas, tasks_seen=seen)
+        for w in workflows
+    ]
 
 
 def job_view(

@@ -117,11 +117,15 @@ class AdminServicer(rpc.AdminServiceServicer):
         state = decode_token(request.page_token, query, ("before",))
         async with self.ctx.reads() as session:
             rows = await admin.list_jobs(
-                session, flt, before_id=state["before"] if state else None, limit=size + 1
+                session,
+                flt,
+                before_id=state["before"] if state else None,
+                limit=size + 1,
+                with_log=request.include_logs,
             )
         page, token = split_page(rows, size, query, lambda j: {"before": j.id})
         return pb.ListAllJobsResponse(
-            jobs=[job_view(j, with_log=not request.skip_logs) for j in page],
+            jobs=[job_view(j, with_log=request.include_logs) for j in page],
             next_page_token=token,
         )
 

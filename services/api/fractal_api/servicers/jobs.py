@@ -196,6 +196,7 @@ class JobServicer(rpc.JobServiceServicer):
                 before_id=state["before"] if state else None,
                 limit=size + 1,
                 workflow_id=request.workflow_id,
+                with_log=request.include_logs,
             )
         page, token = split_page(rows, size, query, lambda j: {"before": j.id})
         return pb.ListJobsResponse(

@@ -13,7 +13,13 @@ from fractal_api import validation
 from fractal_api.context import ApiContext
 from fractal_api.models import Task, Workflow, WorkflowTask
 from fractal_api.store import jobs, projects, requests, tasks, workflows
-from fractal_api.views import TASK_STATES, workflow_export_view, workflow_task_view, workflow_view
+from fractal_api.views import (
+    TASK_STATES,
+    workflow_export_view,
+    workflow_task_view,
+    workflow_view,
+    workflow_views,
+)
 from fractal_grpc.auth.principal import current_user
 from fractal_grpc.convert import struct_to_dict
 from fractal_grpc.data.rules import rename_needed
@@ -98,12 +104,11 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
                     )
                 )
             page, token = split_page(rows, size, query, lambda w: {"after": w.id})
-            listing = await workflows.task_list(session, [w.id for w in page])
+            listing = await workflows.task_list(
+                session, [w.id for w in page], with_schemas=request.include_args_schemas
+            )
         return pb.ListWorkflowsResponse(
-            workflows=[
-                workflow_view(w, listing[w.id], with_schemas=request.include_args_schemas)
-                for w in page
-            ],
+            workflows=workflow_views(page, listing, with_schemas=request.include_args_schemas),
             next_page_token=token,
         )
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, Subquery, any_, func, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from fractal_api.models import Base
 from fractal_api.store.conflicts import conflict, violated_constraint
@@ -25,3 +30,40 @@ async def write_unique(session: AsyncSession, row: Base) -> None:
             raise
         raise error from None
     await session.refresh(row)
+
+
+def any_of(ids: Select[Any]) -> ColumnElement[Any]:
+    """``= ANY(ARRAY(ids))`` for a query of a few ids (a page's): PostgreSQL computes the array
+    once and looks each id up by key. ``IN (ids)`` or a join with it may instead be planned as a
+    hash against a scan of the whole table, whose cost then grows with the table."""
+    return any_(func.array(ids.scalar_subquery()))
+
+
+def ids_across_projects(
+    members: Subquery,
+    id_column: InstrumentedAttribute[int],
+    where: Sequence[ColumnElement[bool]],
+    *,
+    descending: bool,
+    limit: int,
+) -> Select[Any]:
+    """The ids of a page of rows of several projects, in id order: up to ``limit`` per project
+    of ``members`` (a subquery of ``project_id``; ``where`` ties the rows to it and holds the
+    keyset bound), each read from a ``(project_id, id)`` index, then the first ``limit`` of
+    those. The cost follows the page size and the number of projects, not the table's rows (a
+    scan of the primary key filtered by membership reads everybody's rows up to the page)."""
+    per_project = (
+        select(id_column)
+        .where(*where)
+        .order_by(id_column.desc() if descending else id_column)
+        .limit(limit)
+        .lateral("per_project")
+    )
+    merged = per_project.c.id
+    return (
+        select(merged)
+        .select_from(members)
+        .join(per_project, true())
+        .order_by(merged.desc() if descending else merged)
+        .limit(limit)
+    )

@@ -12,6 +12,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Job, Project, ProjectMember, Task, User, Workflow, WorkflowTask
+from fractal_api.store import any_of, ids_across_projects, jobs
 from fractal_grpc.admin.jobs import JobFilter
 from fractal_grpc.admin.tasks import TaskQuery, kind_owner_filter
 from fractal_grpc.grpckit.errors import NotFound
@@ -41,6 +42,7 @@ async def list_projects(
 
 
 def _job_conditions(flt: JobFilter) -> list[ColumnElement[bool]]:
+    """The filters of ``flt`` but ``user_id`` (which ``list_jobs`` applies by project)."""
     conditions: list[ColumnElement[bool]] = []
     for column, value in (
         (Job.id, flt.job_id),
@@ -51,8 +53,6 @@ def _job_conditions(flt: JobFilter) -> list[ColumnElement[bool]]:
     ):
         if value is not None:
             conditions.append(column == value)
-    if flt.user_id is not None:
-        conditions.append(Job.project_id.in_(_member_of(flt.user_id)))
     if flt.start_min is not None:
         conditions.append(Job.start_timestamp >= flt.start_min)
     if flt.start_max is not None:
@@ -65,14 +65,29 @@ def _job_conditions(flt: JobFilter) -> list[ColumnElement[bool]]:
 
 
 async def list_jobs(
-    session: AsyncSession, flt: JobFilter, *, before_id: int | None, limit: int
+    session: AsyncSession,
+    flt: JobFilter,
+    *,
+    before_id: int | None,
+    limit: int,
+    with_log: bool = False,
 ) -> Sequence[Job]:
+    """A page of the jobs matching ``flt``, newest first; as ``jobs.list_page``, the rows come
+    without their task snapshots and, unless ``with_log``, without their logs."""
     conditions = _job_conditions(flt)
     if before_id is not None:
         conditions.append(Job.id < before_id)
-    result = await session.execute(
-        select(Job).where(*conditions).order_by(Job.id.desc()).limit(limit)
-    )
+    query = select(Job).order_by(Job.id.desc()).options(*jobs.list_options(with_log=with_log))
+    if flt.user_id is None:
+        query = query.where(*conditions).limit(limit)
+    else:
+        # The user's projects' jobs, each project read from its (project_id, id) index, as
+        # ListJobs does: not a scan of every job filtered by membership.
+        members = _member_of(flt.user_id).subquery("members")
+        scoped = [Job.project_id == members.c.project_id, *conditions]
+        ids = ids_across_projects(members, Job.id, scoped, descending=True, limit=limit)
+        query = query.where(Job.id == any_of(ids))
+    result = await session.execute(query)
     return result.scalars().all()
 
 

@@ -10,8 +10,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
+from sqlalchemy.sql.base import ExecutableOption
 
 from fractal.events.v1 import job_events_pb2
 from fractal_api import views
@@ -26,7 +28,7 @@ from fractal_api.models import (
     WorkflowTask,
     outbox,
 )
-from fractal_api.store import write_unique
+from fractal_api.store import any_of, ids_across_projects, write_unique
 from fractal_grpc.events.bus import Subjects
 from fractal_grpc.events.outbox import add_to_outbox
 from fractal_grpc.grpckit.errors import FailedPrecondition, NotFound, ResourceExhausted
@@ -301,19 +303,39 @@ async def list_page(
     before_id: int | None,
     limit: int,
     workflow_id: int = 0,
+    with_log: bool = False,
 ) -> list[Job]:
+    """A page of the jobs of the user's projects (or of one project, or of one workflow),
+    newest first. The rows come without their task snapshots (a list never shows them) and,
+    unless ``with_log``, without their logs; reading either raises instead of loading it.
+
+    The ids come first (``ids_across_projects``), then the rows by key (``any_of``)."""
     member_projects = select(ProjectMember.project_id).where(ProjectMember.user_id == user_id)
-    conditions: list[ColumnElement[bool]] = [Job.project_id.in_(member_projects)]
     if project_id:
-        conditions.append(Job.project_id == project_id)
+        member_projects = member_projects.where(ProjectMember.project_id == project_id)
+    members = member_projects.subquery("members")
+    conditions: list[ColumnElement[bool]] = [Job.project_id == members.c.project_id]
     if workflow_id:
         conditions.append(Job.workflow_id == workflow_id)
     if before_id is not None:
         conditions.append(Job.id < before_id)
+    newest = ids_across_projects(members, Job.id, conditions, descending=True, limit=limit)
     result = await session.execute(
-        select(Job).where(and_(*conditions)).order_by(Job.id.desc()).limit(limit)
+        select(Job)
+        .where(Job.id == any_of(newest))
+        .order_by(Job.id.desc())
+        .options(*list_options(with_log=with_log))
     )
     return list(result.scalars())
+
+
+def list_options(*, with_log: bool) -> list[ExecutableOption]:
+    """Loader options of a job list: no task snapshot (no list shows it) and no log unless
+    ``with_log``; reading a left-out column raises instead of loading it."""
+    options: list[ExecutableOption] = [defer(Job.tasks_snapshot, raiseload=True)]
+    if not with_log:
+        options.append(defer(Job.log, raiseload=True))
+    return options
 
 
 async def submitted_for(session: AsyncSession, dataset_id: int, workflow_id: int) -> list[Job]:

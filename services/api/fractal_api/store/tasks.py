@@ -7,6 +7,8 @@ from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
+from sqlalchemy.sql.base import ExecutableOption
 
 from fractal_api.models import Task
 from fractal_api.store import write_unique
@@ -33,9 +35,34 @@ async def create(session: AsyncSession, **fields: Any) -> Task:
     return task
 
 
-async def list_page(session: AsyncSession, *, after_id: int, limit: int) -> Sequence[Task]:
+def without_schemas(*, parallel: bool = True, non_parallel: bool = True) -> list[ExecutableOption]:
+    """Loader options leaving a task's args schemas (each can be large) out of the SELECT; a
+    later read of a left-out one raises instead of loading it."""
+    options: list[ExecutableOption] = []
+    if parallel:
+        options.append(defer(Task.args_schema_parallel, raiseload=True))
+    if non_parallel:
+        options.append(defer(Task.args_schema_non_parallel, raiseload=True))
+    return options
+
+
+async def list_page(
+    session: AsyncSession,
+    *,
+    after_id: int,
+    limit: int,
+    schema_parallel: bool = True,
+    schema_non_parallel: bool = True,
+) -> Sequence[Task]:
+    """A page of the catalogue by id; each args schema only when asked for."""
     result = await session.execute(
-        select(Task).where(Task.id > after_id).order_by(Task.id).limit(limit)
+        select(Task)
+        .where(Task.id > after_id)
+        .order_by(Task.id)
+        .limit(limit)
+        .options(
+            *without_schemas(parallel=not schema_parallel, non_parallel=not schema_non_parallel)
+        )
     )
     return result.scalars().all()
 

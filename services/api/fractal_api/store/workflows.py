@@ -8,7 +8,8 @@ from sqlalchemy import and_, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Job, ProjectMember, Task, Workflow, WorkflowTask
-from fractal_api.store import write_unique
+from fractal_api.store import any_of, ids_across_projects, write_unique
+from fractal_api.store.tasks import without_schemas
 from fractal_grpc.grpckit.errors import InvalidArgument, NotFound
 
 
@@ -19,16 +20,21 @@ async def create(session: AsyncSession, project_id: int, name: str) -> Workflow:
 
 
 async def task_list(
-    session: AsyncSession, workflow_ids: Sequence[int]
+    session: AsyncSession, workflow_ids: Sequence[int], *, with_schemas: bool = True
 ) -> dict[int, list[tuple[WorkflowTask, Task]]]:
-    """The task lists of several workflows, in order, with their tasks (one query)."""
+    """The task lists of several workflows, in order, with their tasks (one query). Without
+    ``with_schemas`` the tasks come without their args schemas (the largest columns, which a
+    light list does not show); reading one then raises instead of loading it."""
     result: dict[int, list[tuple[WorkflowTask, Task]]] = {wid: [] for wid in workflow_ids}
-    rows = await session.execute(
+    query = (
         select(WorkflowTask, Task)
         .join(Task, Task.id == WorkflowTask.task_id)
         .where(WorkflowTask.workflow_id.in_(workflow_ids))
         .order_by(WorkflowTask.workflow_id, WorkflowTask.order)
     )
+    if not with_schemas:
+        query = query.options(*without_schemas())
+    rows = await session.execute(query)
     for wftask, task in rows:
         result[wftask.workflow_id].append((wftask, task))
     return result
@@ -49,13 +55,16 @@ async def list_page(
 async def list_page_for_user(
     session: AsyncSession, user_id: int, *, after_id: int, limit: int
 ) -> Sequence[Workflow]:
-    """A page of the workflows of every project ``user_id`` is a member of."""
+    """A page of the workflows of every project ``user_id`` is a member of, by id.
+
+    The ids come first (``ids_across_projects``), then the rows by key (``any_of``)."""
+    members = (
+        select(ProjectMember.project_id).where(ProjectMember.user_id == user_id).subquery("members")
+    )
+    bounds = [Workflow.project_id == members.c.project_id, Workflow.id > after_id]
+    first = ids_across_projects(members, Workflow.id, bounds, descending=False, limit=limit)
     result = await session.execute(
-        select(Workflow)
-        .join(ProjectMember, ProjectMember.project_id == Workflow.project_id)
-        .where(ProjectMember.user_id == user_id, Workflow.id > after_id)
-        .order_by(Workflow.id)
-        .limit(limit)
+        select(Workflow).where(Workflow.id == any_of(first)).order_by(Workflow.id)
     )
     return result.scalars().all()
 
