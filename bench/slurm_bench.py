@@ -166,6 +166,17 @@ class RecordingCommands(SlurmCommands):
         return result
 
 
+def _gaps(times: Sequence[float]) -> dict[str, float | None]:
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    if not gaps:
+        return {"min": None, "median": None, "max": None}
+    return {
+        "min": round(min(gaps), 3),
+        "median": round(statistics.median(gaps), 3),
+        "max": round(max(gaps), 3),
+    }
+
+
 def _jobs_option(argv: Sequence[str]) -> tuple[str, ...]:
     for arg in argv:
         if arg.startswith("--jobs="):
@@ -198,7 +209,7 @@ def call_checks(log: Sequence[Recorded], interval: float) -> dict[str, Any]:
     per_window: Counter[int] = Counter()
     windows = 0
     if squeue_times:
-        first = squeue_times[0]
+        first = grid_start(squeue_times, interval)
         windows = int((squeue_times[-1] - first) // interval) + 1
         hits = Counter(int((t - first) // interval) for t in squeue_times)
         per_window = Counter(hits.get(w, 0) for w in range(windows))
@@ -211,8 +222,23 @@ def call_checks(log: Sequence[Recorded], interval: float) -> dict[str, Any]:
         "squeue_intervals_by_calls": {str(k): v for k, v in sorted(per_window.items())},
         "squeue_per_interval_while_watching": round(len(squeue_times) / max(windows, 1), 3),
         "squeue_max_in_one_interval": max(per_window, default=0),
+        "squeue_gaps_seconds": _gaps(squeue_times),
         "job_seconds": lifetimes,
     }
+
+
+def grid_start(times: Sequence[float], interval: float) -> float:
+    """Where the poller's grid of ``interval`` windows starts, seen from the call times: rounds
+    are due on a grid and start at or a little after their time, so the phases of the calls
+    (modulo the interval) form one cluster on the circle; the grid starts where that cluster
+    does (just after the widest empty arc). Windows anchored on the first call instead would
+    count its own lateness as a second call in the window of every earlier-phased one."""
+    first = times[0]
+    phases = sorted((t - first) % interval for t in times)
+    arcs = [(b - a, b) for a, b in zip(phases, phases[1:], strict=False)]
+    arcs.append((phases[0] + interval - phases[-1], phases[0]))  # the arc across 0
+    _, start = max(arcs)
+    return first + start - interval - 1e-9
 
 
 class Surroundings:
@@ -281,6 +307,11 @@ def _executor(ws: Workspace, poller: SlurmPoller) -> SlurmSudoExecutor:
         worker_python=WORKER_PYTHON,
         worker_env={"PYTHONPATH": RUNNER_SOURCE},
     )
+
+
+def _outcomes(executor: SlurmSudoExecutor) -> int:
+    """How many of the executor's calls have an outcome file in the user's folder."""
+    return sum(1 for _ in (executor.user_dir / SUBFOLDER).glob("*_out.pickle"))
 
 
 def _scripts(executor: SlurmSudoExecutor) -> list[str]:
@@ -394,11 +425,13 @@ async def bench_overhead(ws: Workspace, interval: float, repeat: int) -> dict[st
     ours: list[float] = []
     by_hand: list[float] = []
     bare: list[float] = []
+    own: list[tuple[float, float]] = []
     ids: set[str] = set()
     async with Surroundings(ids) as around:
         for _ in range(repeat):
             one = await ours_once(ws, 1, interval)
             ours.append(one.seconds)
+            own.append((one.prepare, one.collect))
             ids.update(one.job_ids)
             (script,) = one.scripts
             seconds, job_ids = await by_hand_once([script], interval)
@@ -414,6 +447,10 @@ async def bench_overhead(ws: Workspace, interval: float, repeat: int) -> dict[st
         "bare_sbatch_wait_seconds": [round(x, 3) for x in bare],
         "overhead_vs_by_hand_median": round(_median(ours) - _median(by_hand), 3),
         "overhead_vs_sbatch_wait_median": round(_median(ours) - _median(bare), 3),
+        # the parts of ours outside the poll cadence: start → sbatch, last sacct → outcome read
+        "ours_prepare_seconds": [round(p, 3) for p, _ in own],
+        "ours_collect_seconds": [round(c, 3) for _, c in own],
+        "ours_prepare_plus_collect_median": _median([p + c for p, c in own]),
         **around.summary(),
     }
 
@@ -461,6 +498,7 @@ async def bench_calls(
     ids: set[str] = set()
     started = time.perf_counter()
     stopped = False
+    done_calls = 0
     async with Surroundings(ids) as around:
         tasks = [asyncio.create_task(e.run_calls(_calls(ws, e.local_dir, n))) for e in executors]
         try:
@@ -470,6 +508,7 @@ async def bench_calls(
                 seconds = time.perf_counter() - started
                 counts = {k: calls.count(k) for k in SCHEDULER_KINDS}
                 log = list(commands.log)
+                done_calls = sum(_outcomes(e) for e in executors)
                 await asyncio.gather(*(e.cancel() for e in executors))
             results = await asyncio.gather(*tasks, return_exceptions=True)
         finally:
@@ -497,6 +536,8 @@ async def bench_calls(
         "interval": interval,
         "completed": not stopped,
         "window_seconds": round(seconds, 2) if stopped else None,
+        # stopped: the calls whose outcome the worker had written when the window ended
+        "calls_done_in_window": done_calls if stopped else None,
         "seconds": round(seconds, 2),
         "batching": split,
         "expected_sbatch": split["jobs"] * runs,
