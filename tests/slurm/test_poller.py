@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from slurm_cluster_env import CLUSTER, CLUSTER_USER, POLL_INTERVAL
 
@@ -176,3 +177,18 @@ async def test_one_squeue_per_interval_however_long_squeue_takes(
     # rounds start one interval apart; a loop sleeping the interval after each round would
     # start them interval + delay (1.5 s) apart
     assert statistics.median(gaps) < 1.25 * interval, gaps
+
+
+async def test_an_answer_that_came_while_the_loop_was_held_up_is_not_a_timeout(
+    commands: SlurmCommands,
+):
+    commands.timeout = 1.0
+    # squeue a moment late, so the call is surely waiting for its answer when the loop stalls
+    argv = ["sh", "-c", "sleep 0.3; exec squeue --noheader --format=%i"]
+    call = asyncio.create_task(commands.run(argv))
+    while not psutil.Process().children():
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.1)  # the call now waits for the answer
+    time.sleep(commands.timeout + 2)  # synchronous work elsewhere; squeue answers meanwhile
+    result = await call
+    assert result.returncode == 0 and result.stderr == ""
