@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 import subprocess
+import time
 from pathlib import Path
 
+import psutil
+import pytest
 from slurm_cluster_env import CLUSTER, CLUSTER_USER, POLL_INTERVAL
 
 from fractal_runner.slurm.job_end import UNKNOWN, describe_job_end
-from fractal_runner.slurm.poller import SlurmPoller
+from fractal_runner.slurm.poller import SlurmPoller, next_round
 from fractal_runner.slurm.scheduler import CommandResult, SchedulerCalls, SlurmCommands
 
 DEADLINE = 120  # seconds: generous, the machine is shared
@@ -122,3 +126,69 @@ async def test_a_job_unknown_to_squeue_and_sacct_resolves_unknown(commands: Slur
         await poller.close()
     assert end.state == UNKNOWN
     assert "unknown to SLURM" in describe_job_end(end)
+
+
+@pytest.mark.parametrize(
+    ("due", "now", "expected"),
+    [
+        (10.0, 10.2, 11.0),  # the round took 0.2 s: the next is due 1 s after this one was
+        (10.0, 10.99, 11.0),
+        (10.0, 11.0, 12.0),  # took exactly the interval: that round is skipped
+        (10.0, 11.5, 12.0),  # overran one round: skipped, the grid kept
+        (10.0, 13.25, 14.0),  # overran three: skipped, no burst to catch up
+        (10.0, 9.0, 11.0),  # a round that ran early (clock granularity): still one interval on
+    ],
+)
+def test_next_round(due: float, now: float, expected: float) -> None:
+    assert next_round(due, 1.0, now) == pytest.approx(expected)
+
+
+class SlowSqueue(SlurmCommands):
+    """The real commands, each squeue answering ``delay`` seconds late (a busy slurmctld);
+    when each squeue was asked is kept."""
+
+    delay: float
+    started: list[float]
+
+    async def run(self, argv, *, n_ids=0, as_user=False) -> CommandResult:
+        if argv[0] == "squeue":
+            self.started.append(time.monotonic())
+            await asyncio.sleep(self.delay)
+        return await super().run(argv, n_ids=n_ids, as_user=as_user)
+
+
+async def test_one_squeue_per_interval_however_long_squeue_takes(
+    job_dir: Path, calls: SchedulerCalls
+):
+    interval = 1.0
+    commands = SlowSqueue(cluster=CLUSTER, user=CLUSTER_USER, calls=calls, sudo_user=CLUSTER_USER)
+    commands.delay, commands.started = interval / 2, []
+    job_id = await _submit(commands, job_dir, "steady", "sleep 300", "50M")
+    poller = SlurmPoller(commands, interval=interval)
+    try:
+        end = poller.watch(job_id)
+        while poller.rounds < 8:
+            await asyncio.sleep(interval / 4)
+        assert not end.done()
+    finally:
+        await poller.close()
+        await commands.scancel([job_id])
+    gaps = [b - a for a, b in zip(commands.started, commands.started[1:], strict=False)]
+    # rounds start one interval apart; a loop sleeping the interval after each round would
+    # start them interval + delay (1.5 s) apart
+    assert statistics.median(gaps) < 1.25 * interval, gaps
+
+
+async def test_an_answer_that_came_while_the_loop_was_held_up_is_not_a_timeout(
+    commands: SlurmCommands,
+):
+    commands.timeout = 1.0
+    # squeue a moment late, so the call is surely waiting for its answer when the loop stalls
+    argv = ["sh", "-c", "sleep 0.3; exec squeue --noheader --format=%i"]
+    call = asyncio.create_task(commands.run(argv))
+    while not psutil.Process().children():
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.1)  # the call now waits for the answer
+    time.sleep(commands.timeout + 2)  # synchronous work elsewhere; squeue answers meanwhile
+    result = await call
+    assert result.returncode == 0 and result.stderr == ""

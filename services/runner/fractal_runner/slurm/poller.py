@@ -1,7 +1,8 @@
 """One :class:`SlurmPoller` per (cluster, user), shared by every run of the runner process.
 
-Each round (every ``interval`` seconds, while it watches anything) makes **one** squeue call for
-all the job ids it watches. The ids that squeue no longer lists are looked up in **one** sacct
+Each round (every ``interval`` seconds, while it watches anything, counted from when the previous
+round was due, so slow calls do not stretch the period) makes **one** squeue call for all the job
+ids it watches. The ids that squeue no longer lists are looked up in **one** sacct
 call; each job sacct reports in a final state resolves at once (its own future), whatever
 happens to the others. Nothing is concluded from a failed call: squeue or sacct failing, timing
 out or answering garbage means "unknown, ask again" at the next round (the reference took a
@@ -23,7 +24,7 @@ import time
 from fractal_runner.slurm.job_end import FINAL_STATES, UNKNOWN, JobEnd, parse_sacct, parse_squeue
 from fractal_runner.slurm.scheduler import SchedulerCallFailed, SlurmCommands
 
-__all__ = ["SlurmPoller"]
+__all__ = ["SlurmPoller", "next_round"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,15 +84,19 @@ class SlurmPoller:
             self.forget(job_id)
 
     async def _loop(self) -> None:
+        clock = asyncio.get_running_loop().time
+        due = clock() + self.interval
         while True:
             if not self._watched:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            await asyncio.sleep(self.interval)
+                due = clock() + self.interval
+            await asyncio.sleep(max(0.0, due - clock()))
             try:
                 await self.poll_once()
             except Exception:  # never let one bad round end the watching
                 logger.exception("SLURM poll round failed; retrying at the next interval")
+            due = next_round(due, self.interval, clock())
 
     async def poll_once(self) -> None:
         """One round: one squeue for every watched id, one sacct for those squeue left out."""
@@ -167,3 +172,13 @@ class SlurmPoller:
         self._unseen_since.pop(job_id, None)
         if future is not None and not future.done():
             future.set_result(end)
+
+
+def next_round(due: float, interval: float, now: float) -> float:
+    """When the round after one due at ``due`` starts: one ``interval`` later, so the
+    time the calls take does not stretch the period; rounds a slow call overran are skipped
+    (the next one is the first on that grid after ``now``), never made up in a burst."""
+    following = due + interval
+    if following > now:
+        return following
+    return now + interval - (now - following) % interval

@@ -11,6 +11,9 @@ operators can see how often the scheduler is asked.
 ``sudo --non-interactive -u {user}`` (the slurm_sudo backend); the ssh backend will provide the
 same ``run`` over a connection. A command that cannot be started, times out or exits non-zero
 gives a :class:`SchedulerCallFailed` (an answer we must not interpret: "unknown, ask again").
+A command that answered while the event loop was held up past the timeout is not timed out: the
+loop gets :data:`STALL_GRACE_SECONDS` more to read the answer (a 10,000-call task's input files,
+written on the loop, once made a concurrent run's ``mkdir`` "time out" after it had answered).
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_SECONDS = 60.0
+#: After the timeout, how long a running event loop gets to deliver an answer that came while
+#: the loop was held up (by synchronous work of the process): the timer and the answer are then
+#: ready together, and the timer must not win.
+STALL_GRACE_SECONDS = 1.0
 
 
 class SchedulerCallFailed(RuntimeError):
@@ -132,9 +139,16 @@ class SlurmCommands:
         except OSError as e:
             self._log(command, n_ids, f"not started ({e})", started)
             raise SchedulerCallFailed(f"cannot run {command}: {e}") from e
+        answer = asyncio.ensure_future(process.communicate())
         try:
-            out, err = await asyncio.wait_for(process.communicate(), self.timeout)
-        except TimeoutError:
+            done, _ = await asyncio.wait({answer}, timeout=self.timeout)
+            if not done:  # the loop may have been held up: one more look before giving up
+                done, _ = await asyncio.wait({answer}, timeout=STALL_GRACE_SECONDS)
+        except asyncio.CancelledError:
+            answer.cancel()
+            raise
+        if not done:
+            answer.cancel()
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
@@ -142,6 +156,7 @@ class SlurmCommands:
             raise SchedulerCallFailed(
                 f"{command} did not answer within {self.timeout:g} s"
             ) from None
+        out, err = answer.result()
         rc = process.returncode
         assert rc is not None
         self._log(command, n_ids, f"exit {rc}", started)
