@@ -22,17 +22,19 @@ from slurm_cluster_env import (
     CLUSTER,
     CLUSTER_USER,
     POLL_INTERVAL,
-    RUNNER_SOURCE,
-    WORKER_PYTHON,
+    SSH_USER,
+    SSHD_DIR,
+    SSHD_PORT,
 )
+from slurm_stack import PREFIX_SUFFIX, SshSide, started_api, started_runner
 from slurm_world import CONFIG
 
-from fractal_grpc.settings import RunnerSettings
+from fault.tcp_proxy import TcpProxy
 from fractal_runner.app import RunnerApp
 from fractal_runner.slurm.poller import SlurmPoller
 from fractal_runner.slurm.scheduler import SchedulerCalls, SlurmCommands
 from helpers import ApiClient, admin_of
-from world import RunningApi, delete_streams_async, running_api
+from world import RunningApi
 
 
 @pytest.fixture(scope="session")
@@ -85,51 +87,97 @@ def runner_base() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _owned_by(user: str, prefix: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    entry = pwd.getpwnam(user)
+    os.chown(path, entry.pw_uid, grp.getgrgid(entry.pw_gid).gr_gid)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="module")
+def proxy(slurm_cluster: None) -> Iterator[TcpProxy]:
+    """A TCP forwarder to the login node's sshd that a test can cut (every connection dropped,
+    new ones refused): what the runner sees when the sshd goes away and comes back. The sshd of
+    deploy/local itself is shared with other tests and left alone."""
+    forwarder = TcpProxy("127.0.0.1", SSHD_PORT)
+    forwarder.start()
+    yield forwarder
+    forwarder.stop()
+
+
+@pytest.fixture(scope="module")
+def ssh_dirs(proxy: TcpProxy) -> Iterator[dict[str, Path]]:
+    """The remote base of the job folders and the zarr dirs (the SSH user's), and a known_hosts
+    with the login node's host key at the forwarder's address."""
+    remote = _owned_by(SSH_USER, "fractal-ssh-jobs-")
+    data = _owned_by(SSH_USER, "fractal-ssh-zarr-")
+    local = Path(tempfile.mkdtemp(prefix="fractal-ssh-local-"))
+    host_key = (SSHD_DIR / "host_ed25519_key.pub").read_text().split()[:2]
+    (local / "known_hosts").write_text(f"[127.0.0.1]:{proxy.port} {' '.join(host_key)}\n")
+    yield {"remote": remote, "data": data, "local": local}
+    for path in (remote, data, local):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ssh_side(proxy: TcpProxy, ssh_dirs: dict[str, Path]) -> SshSide:
+    return SshSide(proxy.port, ssh_dirs["local"] / "known_hosts", ssh_dirs["remote"])
+
+
+def _prefix(nats_prefix: str, backend: str) -> str:
+    return f"{nats_prefix}{PREFIX_SUFFIX[backend]}"
+
+
 @pytest.fixture(scope="module")
 async def slurm_api(
     service_env: dict[str, str], nats_prefix: str, runner_base: Path
 ) -> AsyncIterator[RunningApi]:
-    prefix = f"{nats_prefix}s"
-    try:
-        async with running_api(
-            service_env,
-            nats_prefix=prefix,
-            runner_backend="slurm_sudo",
-            runner_working_base_dir=runner_base / "jobs",
-        ) as running:
-            yield running
-    finally:
-        await delete_streams_async(prefix)
+    prefix = _prefix(nats_prefix, "slurm_sudo")
+    async with started_api(service_env, prefix, "slurm_sudo", runner_base) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 async def slurm_runner(
     service_env: dict[str, str], nats_prefix: str, slurm_api: RunningApi, runner_base: Path
 ) -> AsyncIterator[RunnerApp]:
-    env = {k.removeprefix("FRACTAL_").lower(): v for k, v in service_env.items()}
-    env.update(
-        nats_prefix=f"{nats_prefix}s",
-        runner_backend="slurm_sudo",
-        runner_working_base_dir=str(runner_base / "jobs"),
-    )
-    settings = RunnerSettings(
-        **env,
-        runner_address="127.0.0.1:0",
-        api_url=slurm_api.internal_address,
-        grace_seconds=0.5,
-        slurm_config_file=runner_base / "slurm.json",
-        slurm_poll_interval=0.3,
-        slurm_worker_python=WORKER_PYTHON,
-        slurm_worker_pythonpath=RUNNER_SOURCE,
-        slurm_cluster="fractal",
-    )
-    app = RunnerApp(settings)
-    await app.start()
-    yield app
-    await app.stop()
+    prefix = _prefix(nats_prefix, "slurm_sudo")
+    async with started_runner(service_env, prefix, "slurm_sudo", slurm_api, runner_base) as app:
+        yield app
 
 
 @pytest.fixture(scope="module")
 async def slurm_admin(slurm_api: RunningApi) -> AsyncIterator[ApiClient]:
     async with admin_of(slurm_api) as admin:
+        yield admin
+
+
+@pytest.fixture(scope="module")
+async def ssh_api(
+    service_env: dict[str, str], nats_prefix: str, runner_base: Path, ssh_side: SshSide
+) -> AsyncIterator[RunningApi]:
+    prefix = _prefix(nats_prefix, "slurm_ssh")
+    async with started_api(service_env, prefix, "slurm_ssh", runner_base, ssh_side) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def ssh_runner(
+    service_env: dict[str, str],
+    nats_prefix: str,
+    ssh_api: RunningApi,
+    runner_base: Path,
+    ssh_side: SshSide,
+) -> AsyncIterator[RunnerApp]:
+    prefix = _prefix(nats_prefix, "slurm_ssh")
+    async with started_runner(
+        service_env, prefix, "slurm_ssh", ssh_api, runner_base, ssh_side
+    ) as app:
+        yield app
+
+
+@pytest.fixture(scope="module")
+async def ssh_admin(ssh_api: RunningApi) -> AsyncIterator[ApiClient]:
+    async with admin_of(ssh_api) as admin:
         yield admin

@@ -13,3 +13,8 @@ STATE = Path(os.environ.get("FRACTAL_SLURM_STATE", "/var/lib/fractal-slurm"))
 WORKER_PYTHON = str(STATE / "worker-python" / "bin" / "python")
 #: The runner's own source, on the worker's PYTHONPATH.
 RUNNER_SOURCE = str(REPO / "services" / "runner")
+#: The loopback sshd of deploy/local and its service user (the slurm_ssh backend's login node).
+SSHD_DIR = Path(os.environ.get("FRACTAL_SSHD_DIR", "/var/lib/fractal-sshd"))
+SSHD_PORT = int(os.environ.get("FRACTAL_SSHD_PORT", "2222"))
+SSH_USER = os.environ.get("FRACTAL_SSH_USER", "fractal-ssh")
+SSH_PRIVATE_KEY = SSHD_DIR / "id_ed25519"

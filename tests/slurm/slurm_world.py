@@ -151,9 +151,10 @@ def sacct_tagged(tag_prefix: str, since: str) -> list[str]:
     return [line for line in out.splitlines() if f"|{tag_prefix}" in line]
 
 
-def squeue_tags() -> str:
+def squeue_tags(user: str = CLUSTER_USER) -> str:
+    """``id|comment|state`` of ``user``'s jobs in squeue, one a line."""
     return subprocess.run(
-        ["squeue", "-h", "-u", CLUSTER_USER, "--format=%i|%k|%T"],
+        ["squeue", "-h", "-u", user, "--format=%i|%k|%T"],
         capture_output=True,
         text=True,
         check=True,
