@@ -4,9 +4,12 @@ project, a dataset and a workflow, and what SLURM says about the runner's jobs."
 from __future__ import annotations
 
 import asyncio
+import json
 import shlex
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,18 @@ CONFIG = {
         "max_num_jobs": 4,
     },
 }
+
+
+@contextmanager
+def config_changed(path: Path, **defaults: Any) -> Iterator[None]:
+    """The SLURM config file at ``path`` with ``defaults`` set in its default_slurm_config (the
+    runner re-reads it for every task), back to ``CONFIG`` after."""
+    changed = {**CONFIG, "default_slurm_config": {**CONFIG["default_slurm_config"], **defaults}}
+    path.write_text(json.dumps(changed))
+    try:
+        yield
+    finally:
+        path.write_text(json.dumps(CONFIG))
 
 
 def mock(script: str) -> str:

@@ -18,6 +18,7 @@ from slurm_cluster_env import SSH_USER
 from slurm_world import (
     JOB_TIMEOUT,
     World,
+    config_changed,
     mock,
     new_world,
     run_golden_scenario,
@@ -106,3 +107,35 @@ async def test_a_run_survives_its_ssh_connection_cut_off(
             break
         await asyncio.sleep(0.3)
     assert len(sacct_tagged(tag, since)) == 2
+
+
+async def test_pre_submission_commands_run_before_each_sbatch(
+    world: World, ssh_runner: RunnerApp, runner_base: Path, ssh_dirs: dict[str, Path]
+) -> None:
+    """Reference §7.6: on slurm_ssh the config's pre_submission_commands run in a wrapper
+    script, as the SSH user on the login node, before sbatch; one that fails refuses the
+    submission with its message."""
+    backend = _backend(ssh_runner)
+    marker = ssh_dirs["remote"] / f"pre-{time.monotonic_ns()}.log"
+    task = await world.task("t", command_non_parallel=mock("generic_task.py"))
+    await world.add(task)
+    sbatch_before = backend.calls.count("sbatch")
+    with config_changed(
+        runner_base / "slurm.json",
+        pre_submission_commands=[f"echo ran as $(whoami) >> {marker}", 'test -n "$HOME"'],
+    ):
+        job = await world.wait((await world.submit()).id)
+    assert job.status == job_pb2.JOB_STATUS_DONE, job.log
+    assert marker.read_text().splitlines() == [f"ran as {SSH_USER}"]  # once, for the one sbatch
+    assert backend.calls.count("sbatch") - sbatch_before == 1  # the wrapper counts as sbatch
+    wrapper = Path(job.working_dir, "0_t", "0_slurm_submit.sbatch_wrapper.sh")
+    assert wrapper.read_text().splitlines()[-1].startswith("sbatch --parsable /")
+
+    with config_changed(
+        runner_base / "slurm.json",
+        pre_submission_commands=["echo 'module: slurm/23 not found' >&2", "exit 3"],
+    ):
+        job = await world.wait((await world.submit()).id)
+    assert job.status == job_pb2.JOB_STATUS_FAILED
+    assert "SLURM submission failed: sbatch refused" in job.log
+    assert "module: slurm/23 not found" in job.log

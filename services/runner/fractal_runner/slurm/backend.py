@@ -107,6 +107,8 @@ class SlurmSudoBackend:
 
     #: The job reads its files in the runner's folder (same machine, or a shared disk).
     files_shared = True
+    #: The config's pre_submission_commands are ignored with a warning, as in the reference.
+    runs_pre_submission_commands = False
 
     def job_user_and_dir(self, spec: pb.JobSpec) -> tuple[str, Path]:
         """Who runs the job's SLURM jobs, and their folder (JobExecutionError if the job's user
@@ -127,6 +129,8 @@ class SlurmSshBackend(SlurmSudoBackend):
     over in one archive per batch and come back in one per SLURM job."""
 
     files_shared = False
+    #: A wrapper script runs the config's pre_submission_commands before each sbatch (§7.6).
+    runs_pre_submission_commands = True
 
     def __init__(self, *, target: SshTarget, remote_base_dir: Path, **options: Any) -> None:
         super().__init__(**options)
@@ -192,6 +196,7 @@ class SlurmJobExecutor:
             records=self.backend.records,
             fractal_job_id=spec.job_id,
             files_shared=self.backend.files_shared,
+            runs_pre_submission_commands=self.backend.runs_pre_submission_commands,
         )
 
     async def run_calls(
