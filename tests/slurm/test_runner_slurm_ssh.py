@@ -45,7 +45,9 @@ def _backend(runner: RunnerApp) -> SlurmSshBackend:
     return runner.slurm
 
 
-async def test_golden_scenario_on_slurm_ssh(world: World, ssh_runner: RunnerApp) -> None:
+async def test_golden_scenario_on_slurm_ssh(
+    world: World, ssh_runner: RunnerApp, ssh_dirs: dict[str, Path]
+) -> None:
     backend = _backend(ssh_runner)
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
     sbatch_before = backend.calls.count("sbatch")
@@ -59,6 +61,10 @@ async def test_golden_scenario_on_slurm_ssh(world: World, ssh_runner: RunnerApp)
     local = Path(job.working_dir)
     assert (local / "1_illumination_correction" / "1_par_0000001.done.json").is_file()
     assert (local / "1_illumination_correction" / "1_par_0000001.log").is_file()
+    # The Job names its remote folder as the reference's JobReadV2 does: working_dir_user is
+    # {FRACTAL_SLURM_SSH_WORKING_BASE_DIR}/{folder name}, where the SLURM jobs wrote.
+    assert job.working_dir_user == str(ssh_dirs["remote"] / local.name)
+    assert Path(job.working_dir_user, "1_illumination_correction", "1_par_0000001.log").is_file()
     assert backend.connection.generation == 1  # one shared connection, version-checked once
 
 

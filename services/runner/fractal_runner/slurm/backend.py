@@ -44,13 +44,17 @@ def job_comment(job_id: int) -> str:
     return f"fractal-job-{job_id}"
 
 
-def user_job_dir(spec: pb.JobSpec) -> Path:
+def user_job_dir(spec: pb.JobSpec, default_base: Path | None = None) -> Path:
     """The user-side job folder: ``working_dir_user`` when api set one apart from the runner's
-    folder, else ``{cache_dir}/{name of the runner's folder}``."""
+    folder, else ``{base}/{name of the runner's folder}`` with base the user's ``cache_dir``
+    (slurm_sudo) or ``default_base`` (slurm_ssh: the runner's remote base dir)."""
+    name = Path(spec.working_dir).name
     if spec.working_dir_user and spec.working_dir_user != spec.working_dir:
         path = Path(spec.working_dir_user)
+    elif default_base is not None:
+        path = default_base / name
     elif spec.HasField("user_cache_dir") and spec.user_cache_dir:
-        path = Path(spec.user_cache_dir) / Path(spec.working_dir).name
+        path = Path(spec.user_cache_dir) / name
     else:
         raise JobExecutionError("The job's user has no cache_dir: it cannot run on SLURM.")
     if not path.is_absolute():
@@ -152,7 +156,10 @@ class SlurmSshBackend(SlurmSudoBackend):
         return poller
 
     def job_user_and_dir(self, spec: pb.JobSpec) -> tuple[str, Path]:
-        return self.connection.target.user, self.remote_base_dir / Path(spec.working_dir).name
+        """The SSH user, and the job's remote folder: the ``working_dir_user`` api recorded
+        (``{FRACTAL_SLURM_SSH_WORKING_BASE_DIR}/{folder name}``, reference §7.6) when it set
+        one, else the same place under this runner's own setting."""
+        return self.connection.target.user, user_job_dir(spec, self.remote_base_dir)
 
     async def close(self) -> None:
         await super().close()
