@@ -403,7 +403,12 @@ class SlurmSudoExecutor:
             )
             job = replace(job, record=record)
             comment = record.tag
-        files = self._write_job_files(job, calls, config, parallel, comment)
+        try:
+            files = self._write_job_files(job, calls, config, parallel, comment)
+        except (SlurmConfigError, ValueError) as e:  # what the script cannot say (a path…)
+            if self.records is not None and job.record is not None:
+                await self.records.abandoned(job.record.id)
+            raise JobExecutionError(f"SLURM configuration error: {e}") from None
         return job, files
 
     async def _upload(self, prepared: Sequence[tuple[_Job, list[Path]]]) -> None:
