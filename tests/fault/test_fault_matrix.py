@@ -94,6 +94,18 @@ def down_for_a_while(stop: Callable[[Faulted], None], restart: Callable[[Faulted
     return fault
 
 
+def killed_for_a_while(service: str) -> Fault:
+    """``kill -9`` of a service (its process group); started again after the downtime."""
+    return down_for_a_while(
+        lambda f: kill(f.stack, service, signal.SIGKILL), lambda f: start(f.stack, service)
+    )
+
+
+POSTGRES_DOWN = down_for_a_while(
+    lambda f: f.servers.kill_postgres(), lambda f: f.servers.start_postgres()
+)
+
+
 async def postgres_blip_during_a_report(f: Faulted) -> None:
     """The services lose PostgreSQL (every connection dropped, new ones refused) just before
     the result reports of task b, and get it back as soon as api has failed one: an outage
@@ -124,20 +136,12 @@ SCENARIOS = [
         runner_stopped_by(signal.SIGTERM),
         id="sigterm-runner",
     ),
-    pytest.param(
-        down_for_a_while(
-            lambda f: kill(f.stack, "api", signal.SIGKILL), lambda f: start(f.stack, "api")
-        ),
-        id="kill-9-api",
-    ),
+    pytest.param(killed_for_a_while("api"), id="kill-9-api"),
     pytest.param(
         down_for_a_while(lambda f: f.servers.kill_nats(), lambda f: f.servers.start_nats()),
         id="kill-9-nats",
     ),
-    pytest.param(
-        down_for_a_while(lambda f: f.servers.kill_postgres(), lambda f: f.servers.start_postgres()),
-        id="kill-9-postgres",
-    ),
+    pytest.param(POSTGRES_DOWN, id="kill-9-postgres"),
     pytest.param(
         postgres_blip_during_a_report,
         id="postgres-blip-during-a-report",
@@ -151,16 +155,8 @@ SCENARIOS = [
 #: and under the results of those jobs. The gate opens while the component is down, so the
 #: held SLURM jobs end meanwhile.
 SLURM_SCENARIOS = [
-    pytest.param(
-        down_for_a_while(
-            lambda f: kill(f.stack, "runner", signal.SIGKILL), lambda f: start(f.stack, "runner")
-        ),
-        id="kill-9-runner-slurm_sudo",
-    ),
-    pytest.param(
-        down_for_a_while(lambda f: f.servers.kill_postgres(), lambda f: f.servers.start_postgres()),
-        id="kill-9-postgres-slurm_sudo",
-    ),
+    pytest.param(killed_for_a_while("runner"), id="kill-9-runner-slurm_sudo"),
+    pytest.param(POSTGRES_DOWN, id="kill-9-postgres-slurm_sudo"),
 ]
 
 

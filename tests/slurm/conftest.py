@@ -26,15 +26,14 @@ from slurm_cluster_env import (
     SSHD_DIR,
     SSHD_PORT,
 )
-from slurm_stack import PREFIX_SUFFIX, SshSide, started_api, started_runner
+from slurm_stack import PREFIX_SUFFIX, Deployment, SshSide, deployment
 from slurm_world import CONFIG
 
 from fault.tcp_proxy import TcpProxy
 from fractal_runner.app import RunnerApp
 from fractal_runner.slurm.poller import SlurmPoller
 from fractal_runner.slurm.scheduler import SchedulerCalls, SlurmCommands
-from helpers import ApiClient, admin_of
-from world import RunningApi
+from helpers import ApiClient
 
 
 @pytest.fixture(scope="session")
@@ -130,54 +129,38 @@ def _prefix(nats_prefix: str, backend: str) -> str:
 
 
 @pytest.fixture(scope="module")
-async def slurm_api(
+async def sudo_deployment(
     service_env: dict[str, str], nats_prefix: str, runner_base: Path
-) -> AsyncIterator[RunningApi]:
+) -> AsyncIterator[Deployment]:
     prefix = _prefix(nats_prefix, "slurm_sudo")
-    async with started_api(service_env, prefix, "slurm_sudo", runner_base) as running:
+    async with deployment(service_env, prefix, "slurm_sudo", runner_base) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-async def slurm_runner(
-    service_env: dict[str, str], nats_prefix: str, slurm_api: RunningApi, runner_base: Path
-) -> AsyncIterator[RunnerApp]:
-    prefix = _prefix(nats_prefix, "slurm_sudo")
-    async with started_runner(service_env, prefix, "slurm_sudo", slurm_api, runner_base) as app:
-        yield app
-
-
-@pytest.fixture(scope="module")
-async def slurm_admin(slurm_api: RunningApi) -> AsyncIterator[ApiClient]:
-    async with admin_of(slurm_api) as admin:
-        yield admin
-
-
-@pytest.fixture(scope="module")
-async def ssh_api(
+async def ssh_deployment(
     service_env: dict[str, str], nats_prefix: str, runner_base: Path, ssh_side: SshSide
-) -> AsyncIterator[RunningApi]:
+) -> AsyncIterator[Deployment]:
     prefix = _prefix(nats_prefix, "slurm_ssh")
-    async with started_api(service_env, prefix, "slurm_ssh", runner_base, ssh_side) as running:
+    async with deployment(service_env, prefix, "slurm_ssh", runner_base, ssh_side) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-async def ssh_runner(
-    service_env: dict[str, str],
-    nats_prefix: str,
-    ssh_api: RunningApi,
-    runner_base: Path,
-    ssh_side: SshSide,
-) -> AsyncIterator[RunnerApp]:
-    prefix = _prefix(nats_prefix, "slurm_ssh")
-    async with started_runner(
-        service_env, prefix, "slurm_ssh", ssh_api, runner_base, ssh_side
-    ) as app:
-        yield app
+def slurm_runner(sudo_deployment: Deployment) -> RunnerApp:
+    return sudo_deployment.runner
 
 
 @pytest.fixture(scope="module")
-async def ssh_admin(ssh_api: RunningApi) -> AsyncIterator[ApiClient]:
-    async with admin_of(ssh_api) as admin:
-        yield admin
+def slurm_admin(sudo_deployment: Deployment) -> ApiClient:
+    return sudo_deployment.admin
+
+
+@pytest.fixture(scope="module")
+def ssh_runner(ssh_deployment: Deployment) -> RunnerApp:
+    return ssh_deployment.runner
+
+
+@pytest.fixture(scope="module")
+def ssh_admin(ssh_deployment: Deployment) -> ApiClient:
+    return ssh_deployment.admin

@@ -2,8 +2,9 @@
 
 ``runner_env`` is the one place that says how a SLURM runner of these tests is configured (as the
 ``FRACTAL_*`` variables of a ``fractal-runner serve`` process); ``started_runner`` runs the same
-configuration in this process, and ``started_api`` is the api it reports to. The two backends
-differ only in the ``SshSide`` given (the login node's address and the remote job folders).
+configuration in this process, and ``started_api`` is the api it reports to; ``deployment``
+starts both and logs the admin in. The two backends differ only in the ``SshSide`` given (the
+login node's address and the remote job folders).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from slurm_cluster_env import RUNNER_SOURCE, SSH_PRIVATE_KEY, SSH_USER, WORKER_P
 
 from fractal_grpc.settings import RunnerSettings
 from fractal_runner.app import RunnerApp
+from helpers import ApiClient, admin_of
 from world import RunningApi, delete_streams_async, running_api
 
 #: The NATS prefix suffix of each backend's deployment (one deployment per backend and module).
@@ -113,3 +115,28 @@ async def started_runner(
         yield app
     finally:
         await app.stop()
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """An api and a runner of one backend, and the admin's client."""
+
+    api: RunningApi
+    runner: RunnerApp
+    admin: ApiClient
+
+
+@asynccontextmanager
+async def deployment(
+    service_env: dict[str, str],
+    prefix: str,
+    backend: str,
+    runner_base: Path,
+    ssh: SshSide | None = None,
+) -> AsyncIterator[Deployment]:
+    async with (
+        started_api(service_env, prefix, backend, runner_base, ssh) as api,
+        started_runner(service_env, prefix, backend, api, runner_base, ssh) as runner,
+        admin_of(api) as admin,
+    ):
+        yield Deployment(api, runner, admin)

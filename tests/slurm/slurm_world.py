@@ -104,10 +104,14 @@ class World:
         resp = await self.client.workflows.CreateWorkflowTask(req, metadata=self.client.md)
         return resp.workflow_task.id
 
-    async def submit(self) -> job_pb2.Job:
+    async def submit(self, **fields: str) -> job_pb2.Job:
+        """SubmitJob of the world's workflow on its dataset; ``fields``: slurm_account, …"""
         resp = await self.client.jobs.SubmitJob(
             job_service_pb2.SubmitJobRequest(
-                project_id=self.project_id, workflow_id=self.workflow_id, dataset_id=self.dataset_id
+                project_id=self.project_id,
+                workflow_id=self.workflow_id,
+                dataset_id=self.dataset_id,
+                **fields,
             ),
             metadata=self.client.md,
         )

@@ -84,22 +84,9 @@ async def world(slurm_admin: ApiClient, slurm_runner: RunnerApp, job_dir: Path) 
     return await _world(slurm_admin, job_dir)
 
 
-async def _submit(world: World, **fields: str) -> job_pb2.Job:
-    resp = await world.client.jobs.SubmitJob(
-        job_service_pb2.SubmitJobRequest(
-            project_id=world.project_id,
-            workflow_id=world.workflow_id,
-            dataset_id=world.dataset_id,
-            **fields,
-        ),
-        metadata=world.client.md,
-    )
-    return resp.job
-
-
 async def _refused(world: World, case: Case) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await _submit(world, **case.submit)
+        await world.submit(**case.submit)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
     assert case.refused is not None and case.refused in str(err.value.trailing_metadata())
     listed = await world.client.jobs.ListJobs(
@@ -110,7 +97,7 @@ async def _refused(world: World, case: Case) -> None:
 
 async def _failed(world: World, case: Case, runner: RunnerApp) -> None:
     try:
-        submitted = await _submit(world, **case.submit)
+        submitted = await world.submit(**case.submit)
     except grpc.aio.AioRpcError as e:
         assert e.code() not in FORBIDDEN_CODES, e
         raise AssertionError(f"refused, but a FAILED job is expected: {e.details()}") from e
@@ -152,7 +139,7 @@ async def test_the_runner_still_runs_a_good_job_after_them(world: World) -> None
     (one line in the script: a departure from the reference, which failed the job)."""
     task = await world.task("ok", command_non_parallel=mock("generic_task.py"))
     await world.add(task, meta_non_parallel={"mem": "200M", "cpus_per_task": 2})
-    submitted = await _submit(world, slurm_account=ACCOUNT, worker_init="export A=1\nexport A=1")
+    submitted = await world.submit(slurm_account=ACCOUNT, worker_init="export A=1\nexport A=1")
     job = await world.wait(submitted.id)
     assert job.status == job_pb2.JOB_STATUS_DONE, job.log
     script = Path(job.working_dir, "0_ok", "0_slurm_submit.sbatch").read_text()
