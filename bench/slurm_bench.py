@@ -147,11 +147,16 @@ class RecordingCommands(SlurmCommands):
         self.submitted: dict[str, float] = {}
 
     async def run(
-        self, argv: Sequence[str], *, n_ids: int = 0, as_user: bool = False
+        self,
+        argv: Sequence[str],
+        *,
+        n_ids: int = 0,
+        as_user: bool = False,
+        command: str | None = None,
     ) -> CommandResult:
         asked = time.perf_counter()
-        result = await super().run(argv, n_ids=n_ids, as_user=as_user)
-        kind, now = argv[0], time.perf_counter()
+        result = await super().run(argv, n_ids=n_ids, as_user=as_user, command=command)
+        kind, now = command or argv[0], time.perf_counter()
         if kind in ("squeue", "sacct"):  # when asked (the poller's cadence)
             ids = _jobs_option(argv)
             listed: frozenset[str] = frozenset()

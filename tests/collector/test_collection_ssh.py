@@ -47,9 +47,16 @@ from world import RunningApi, delete_streams_async, running_api
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "slurm"))
 
-from slurm_cluster_env import CHECK, RUNNER_SOURCE, WORKER_PYTHON  # noqa: E402
+from slurm_cluster_env import (  # noqa: E402
+    CHECK,
+    RUNNER_SOURCE,
+    SSH_USER,
+    SSHD_DIR,
+    SSHD_PORT,
+    WORKER_PYTHON,
+    owned_folder,
+)
 from slurm_world import CONFIG, JOB_TIMEOUT  # noqa: E402
-from test_runner_slurm_ssh import SSH_USER, SSHD_DIR, SSHD_PORT, _owned_by_ssh_user  # noqa: E402
 
 #: The login node's Python (the FRACTAL_TASKS_PYTHON_* paths are the remote host's).
 REMOTE_PYTHON = "/usr/bin/python3"
@@ -81,9 +88,9 @@ def ssh_dirs() -> Iterator[dict[str, Path]]:
             pytrace=False,
         )
     dirs = {
-        "tasks": _owned_by_ssh_user("fractal-ssh-tasks-"),
-        "jobs": _owned_by_ssh_user("fractal-ssh-cjobs-"),
-        "data": _owned_by_ssh_user("fractal-ssh-cdata-"),
+        "tasks": owned_folder(SSH_USER, "fractal-ssh-tasks-"),
+        "jobs": owned_folder(SSH_USER, "fractal-ssh-cjobs-"),
+        "data": owned_folder(SSH_USER, "fractal-ssh-cdata-"),
         "local": Path(tempfile.mkdtemp(prefix="fractal-ssh-clocal-")),
         "wheels": Path(tempfile.mkdtemp(prefix="fractal-ssh-wheels-")),
     }

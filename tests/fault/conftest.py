@@ -7,9 +7,13 @@ The embedded servers are imported here only (their package is moving).
 from __future__ import annotations
 
 import contextlib
+import grp
+import json
 import os
+import pwd
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,10 +25,14 @@ import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "slurm"))
 
 from e2e_stack import Stack, running_stack, stack_env  # noqa: E402
 from fault_checks import FIGURES, figures_table  # noqa: E402
-from fault_jobs import JOBS  # noqa: E402
+from fault_jobs import JOBS, SLURM_JOBS  # noqa: E402
+from slurm_cluster_env import CHECK, CLUSTER_USER  # noqa: E402
+from slurm_stack import runner_env  # noqa: E402
+from slurm_world import CONFIG  # noqa: E402
 from tcp_proxy import TcpProxy  # noqa: E402
 
 from fractal_devstack.embedded import EmbeddedNats, EmbeddedPostgres  # noqa: E402
@@ -110,12 +118,11 @@ def servers() -> Iterator[Servers]:
 _databases = count()
 
 
-@pytest.fixture
-def fault_stack(
-    servers: Servers, key_env: dict[str, str], tmp_path: Path, run_id: str
+def _stack(
+    servers: Servers, key_env: dict[str, str], run_id: str, state: Path, logs: Path, **extra: str
 ) -> Iterator[Stack]:
     """api and runner as processes, on a fresh database of this suite's PostgreSQL (through
-    its proxy) and a fresh NATS prefix of its NATS."""
+    its proxy) and a fresh NATS prefix of its NATS; ``extra`` adds to their environment."""
     number = next(_databases)
     url = create_database(f"fault_{run_id}_{number}", servers.pg_admin_url)
     env = stack_env(
@@ -123,12 +130,63 @@ def fault_stack(
         database_url=url,
         nats_url=servers.nats_url,
         nats_prefix=f"f{run_id}{number}",
-        state=tmp_path,
-        FRACTAL_RUNNER_MAX_JOBS=str(JOBS),
+        state=state,
         FRACTAL_LOG_LEVEL="INFO",
+        **extra,
     )
-    with running_stack(env, tmp_path / "logs") as stack:
+    if env.get("FRACTAL_RUNNER_BACKEND") == "slurm_sudo":
+        env.update(runner_env("slurm_sudo", state, env["FRACTAL_API_URL"]))
+    with running_stack(env, logs) as stack:
         yield stack
+
+
+@pytest.fixture
+def fault_stack(
+    servers: Servers, key_env: dict[str, str], tmp_path: Path, run_id: str
+) -> Iterator[Stack]:
+    """The stack on the local executor."""
+    yield from _stack(
+        servers, key_env, run_id, tmp_path, tmp_path / "logs", FRACTAL_RUNNER_MAX_JOBS=str(JOBS)
+    )
+
+
+@pytest.fixture
+def slurm_root() -> Iterator[Path]:
+    """The folders of a SLURM scenario: ``jobs`` (the runner's, readable by the cluster user)
+    and the SLURM config file, and ``user`` (the cluster user's: cache_dir, the invocation log,
+    the gate). The local cluster must be up (``make cluster``)."""
+    check = subprocess.run([str(CHECK)], capture_output=True, text=True, timeout=60)
+    if check.returncode != 0:
+        pytest.fail(
+            f"the local SLURM cluster is not up ({check.stderr.strip()}); run `make cluster`"
+        )
+    root = Path(tempfile.mkdtemp(prefix="fractal-fault-slurm-", dir="/tmp"))
+    root.chmod(0o755)
+    (root / "slurm.json").write_text(json.dumps(CONFIG))
+    entry = pwd.getpwnam(CLUSTER_USER)
+    gid = grp.getgrgid(entry.pw_gid).gr_gid
+    for sub in ("user", "user/cache"):
+        (root / sub).mkdir()
+        os.chown(root / sub, entry.pw_uid, gid)
+        (root / sub).chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def slurm_fault_stack(
+    servers: Servers, key_env: dict[str, str], tmp_path: Path, run_id: str, slurm_root: Path
+) -> Iterator[Stack]:
+    """The stack with the slurm_sudo backend on the local cluster."""
+    yield from _stack(
+        servers,
+        key_env,
+        run_id,
+        slurm_root,
+        tmp_path / "logs",
+        FRACTAL_RUNNER_BACKEND="slurm_sudo",
+        FRACTAL_RUNNER_MAX_JOBS=str(SLURM_JOBS),
+    )
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

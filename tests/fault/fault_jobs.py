@@ -51,6 +51,9 @@ from helpers import ApiClient, history_status
 #: How many jobs each scenario runs at once (one dataset each), and images per dataset.
 JOBS = 10
 IMAGES = 4
+#: Concurrent jobs of a SLURM scenario: each holds a 2-cpu SLURM job at the gate, on the
+#: 8-cpu local cluster that other tests and benchmarks share.
+SLURM_JOBS = 2
 TASK = Path(__file__).with_name("fault_task.py")
 MARKS = ("a", "b")
 #: How many calls of one task run at once: with 4 images, two rounds per task.
@@ -74,10 +77,26 @@ class FaultJob:
         return self.zarr_urls[len(self.zarr_urls) // 2 :]
 
 
+#: The meta of both tasks on the local executor: two calls at once.
+LOCAL_META: dict[str, Any] = {"parallel_tasks_per_job": CALLS_AT_ONCE}
+
+
 class FaultJobs:
-    def __init__(self, client: ApiClient, root: Path) -> None:
+    """``python`` runs the task (on SLURM: the cluster user's); ``meta`` is both tasks'
+    meta_parallel (on SLURM none: the batching heuristics of the test config put two calls in
+    each SLURM job, so the gated half of task b is one SLURM job in flight)."""
+
+    def __init__(
+        self,
+        client: ApiClient,
+        root: Path,
+        python: str = sys.executable,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
         self.c = client
         self.root = root
+        self.python = python
+        self.meta = LOCAL_META if meta is None else meta
         self.invocation_log = root / "invocations.jsonl"
         self.gate = root / "gate"
         self.jobs: list[FaultJob] = []
@@ -91,7 +110,7 @@ class FaultJobs:
                 task_service_pb2.CreateTaskRequest(
                     name=f"mark_{mark}",
                     source=f"fault-{mark}-{self.root.name}",
-                    command_parallel=f"{sys.executable} {TASK}",
+                    command_parallel=f"{self.python} {TASK}",
                     input_types={"a_done": True} if mark == "b" else {},
                 ),
                 metadata=self.c.md,
@@ -144,7 +163,7 @@ class FaultJobs:
                     "gated": job.gated() if mark == "b" else [],
                 }
             )
-            req.meta_parallel.update({"parallel_tasks_per_job": CALLS_AT_ONCE})
+            req.meta_parallel.update(self.meta)
             await self.c.workflows.CreateWorkflowTask(req, metadata=self.c.md)
         return job
 

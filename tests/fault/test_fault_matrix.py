@@ -28,7 +28,9 @@ from typing import Any
 import pytest
 from e2e_stack import Stack, kill, start
 from fault_checks import FIGURES, Figures
-from fault_jobs import IMAGES, JOBS, FaultJobs
+from fault_jobs import IMAGES, JOBS, SLURM_JOBS, FaultJobs
+from slurm_cluster_env import CLUSTER_USER, WORKER_PYTHON
+from slurm_world import set_user
 
 from fractal_grpc.client import open_channel
 from helpers import ApiClient
@@ -92,6 +94,18 @@ def down_for_a_while(stop: Callable[[Faulted], None], restart: Callable[[Faulted
     return fault
 
 
+def killed_for_a_while(service: str) -> Fault:
+    """``kill -9`` of a service (its process group); started again after the downtime."""
+    return down_for_a_while(
+        lambda f: kill(f.stack, service, signal.SIGKILL), lambda f: start(f.stack, service)
+    )
+
+
+POSTGRES_DOWN = down_for_a_while(
+    lambda f: f.servers.kill_postgres(), lambda f: f.servers.start_postgres()
+)
+
+
 async def postgres_blip_during_a_report(f: Faulted) -> None:
     """The services lose PostgreSQL (every connection dropped, new ones refused) just before
     the result reports of task b, and get it back as soon as api has failed one: an outage
@@ -122,24 +136,27 @@ SCENARIOS = [
         runner_stopped_by(signal.SIGTERM),
         id="sigterm-runner",
     ),
-    pytest.param(
-        down_for_a_while(
-            lambda f: kill(f.stack, "api", signal.SIGKILL), lambda f: start(f.stack, "api")
-        ),
-        id="kill-9-api",
-    ),
+    pytest.param(killed_for_a_while("api"), id="kill-9-api"),
     pytest.param(
         down_for_a_while(lambda f: f.servers.kill_nats(), lambda f: f.servers.start_nats()),
         id="kill-9-nats",
     ),
-    pytest.param(
-        down_for_a_while(lambda f: f.servers.kill_postgres(), lambda f: f.servers.start_postgres()),
-        id="kill-9-postgres",
-    ),
+    pytest.param(POSTGRES_DOWN, id="kill-9-postgres"),
     pytest.param(
         postgres_blip_during_a_report,
         id="postgres-blip-during-a-report",
     ),
+]
+
+
+#: The scenarios on the slurm_sudo backend that reach SLURM-specific paths: the runner dies
+#: while SLURM jobs run and end (its records and the cluster's squeue/sacct bring them back,
+#: nothing submitted again), and PostgreSQL dies under the runner's records of its SLURM jobs
+#: and under the results of those jobs. The gate opens while the component is down, so the
+#: held SLURM jobs end meanwhile.
+SLURM_SCENARIOS = [
+    pytest.param(killed_for_a_while("runner"), id="kill-9-runner-slurm_sudo"),
+    pytest.param(POSTGRES_DOWN, id="kill-9-postgres-slurm_sudo"),
 ]
 
 
@@ -155,11 +172,36 @@ async def test_jobs_survive(
     async with open_channel(fault_stack.api_address) as channel:
         admin = await ApiClient.login(channel, "admin@fractal.xy", "1234")
         jobs = await FaultJobs(admin, tmp_path).build(JOBS, IMAGES)
-        await jobs.submit()
-        await jobs.reach_fault_point()
-        fault_time = time.time()
-        await fault(Faulted(fault_stack, servers, jobs, fault_time))
-        figures = await jobs.measure(request.node.callspec.id, fault_time)
+        await run_scenario(fault, Faulted(fault_stack, servers, jobs, 0.0), request)
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("fault", SLURM_SCENARIOS)
+async def test_jobs_survive_on_slurm_sudo(
+    fault: Fault,
+    slurm_fault_stack: Stack,
+    servers: Any,
+    slurm_root: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The same checks with the jobs' calls run as SLURM jobs of the cluster user."""
+    user_dir = slurm_root / "user"
+    async with open_channel(slurm_fault_stack.api_address) as channel:
+        admin = await ApiClient.login(channel, "admin@fractal.xy", "1234")
+        await set_user(admin, admin, slurm_user=CLUSTER_USER, cache_dir=str(user_dir / "cache"))
+        jobs = FaultJobs(admin, user_dir, python=WORKER_PYTHON, meta={})
+        await jobs.build(SLURM_JOBS, IMAGES)
+        await run_scenario(fault, Faulted(slurm_fault_stack, servers, jobs, 0.0), request)
+
+
+async def run_scenario(fault: Fault, faulted: Faulted, request: pytest.FixtureRequest) -> None:
+    """Submit, reach the fault point, inject the fault, measure and check."""
+    jobs = faulted.jobs
+    await jobs.submit()
+    await jobs.reach_fault_point()
+    faulted.fault_time = time.time()
+    await fault(faulted)
+    figures = await jobs.measure(request.node.callspec.id, faulted.fault_time)
     FIGURES.append(figures)
     check(figures)
 

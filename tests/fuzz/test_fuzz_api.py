@@ -8,25 +8,21 @@ on a request with real ids (``hostile.py``), and hypothesis-generated well-typed
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 import grpc.aio
+from answers import FORBIDDEN_CODES, LEAK, MAX_MESSAGE_CHARS
 from fuzz_world import FuzzWorld, Principal
 from hostile import fill, hostile_requests, message_strategy
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from rpcs import Rpc
 
-FORBIDDEN_CODES = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
-MAX_MESSAGE_CHARS = 600
 MAX_TRAILER_BYTES = 8 * 1024
 CALL_TIMEOUT = 30.0
-# A Python exception class name, or a traceback, in a message meant for people.
-LEAK = re.compile(r"Traceback|\b[A-Z][A-Za-z]*(Error|Exception)\b|File \"")
 
 
 @dataclass

@@ -6,10 +6,7 @@ with what is missing (never a skip).
 
 from __future__ import annotations
 
-import grp
 import json
-import os
-import pwd
 import shutil
 import subprocess
 import tempfile
@@ -22,17 +19,19 @@ from slurm_cluster_env import (
     CLUSTER,
     CLUSTER_USER,
     POLL_INTERVAL,
-    RUNNER_SOURCE,
-    WORKER_PYTHON,
+    SSH_USER,
+    SSHD_DIR,
+    SSHD_PORT,
+    owned_folder,
 )
+from slurm_stack import PREFIX_SUFFIX, Deployment, SshSide, deployment
 from slurm_world import CONFIG
 
-from fractal_grpc.settings import RunnerSettings
+from fault.tcp_proxy import TcpProxy
 from fractal_runner.app import RunnerApp
 from fractal_runner.slurm.poller import SlurmPoller
 from fractal_runner.slurm.scheduler import SchedulerCalls, SlurmCommands
-from helpers import ApiClient, admin_of
-from world import RunningApi, delete_streams_async, running_api
+from helpers import ApiClient
 
 
 @pytest.fixture(scope="session")
@@ -49,10 +48,7 @@ def slurm_cluster() -> None:
 @pytest.fixture
 def job_dir(slurm_cluster: None) -> Iterator[Path]:
     """A folder the cluster user owns, readable by the runner (root)."""
-    path = Path(tempfile.mkdtemp(prefix="fractal-slurm-test-", dir="/tmp"))
-    entry = pwd.getpwnam(CLUSTER_USER)
-    os.chown(path, entry.pw_uid, grp.getgrgid(entry.pw_gid).gr_gid)
-    path.chmod(0o755)
+    path = owned_folder(CLUSTER_USER, "fractal-slurm-test-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -86,50 +82,72 @@ def runner_base() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-async def slurm_api(
+def proxy(slurm_cluster: None) -> Iterator[TcpProxy]:
+    """A TCP forwarder to the login node's sshd that a test can cut (every connection dropped,
+    new ones refused): what the runner sees when the sshd goes away and comes back. The sshd of
+    deploy/local itself is shared with other tests and left alone."""
+    forwarder = TcpProxy("127.0.0.1", SSHD_PORT)
+    forwarder.start()
+    yield forwarder
+    forwarder.stop()
+
+
+@pytest.fixture(scope="module")
+def ssh_dirs(proxy: TcpProxy) -> Iterator[dict[str, Path]]:
+    """The remote base of the job folders and the zarr dirs (the SSH user's), and a known_hosts
+    with the login node's host key at the forwarder's address."""
+    remote = owned_folder(SSH_USER, "fractal-ssh-jobs-")
+    data = owned_folder(SSH_USER, "fractal-ssh-zarr-")
+    local = Path(tempfile.mkdtemp(prefix="fractal-ssh-local-"))
+    host_key = (SSHD_DIR / "host_ed25519_key.pub").read_text().split()[:2]
+    (local / "known_hosts").write_text(f"[127.0.0.1]:{proxy.port} {' '.join(host_key)}\n")
+    yield {"remote": remote, "data": data, "local": local}
+    for path in (remote, data, local):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ssh_side(proxy: TcpProxy, ssh_dirs: dict[str, Path]) -> SshSide:
+    return SshSide(proxy.port, ssh_dirs["local"] / "known_hosts", ssh_dirs["remote"])
+
+
+def _prefix(nats_prefix: str, backend: str) -> str:
+    return f"{nats_prefix}{PREFIX_SUFFIX[backend]}"
+
+
+@pytest.fixture(scope="module")
+async def sudo_deployment(
     service_env: dict[str, str], nats_prefix: str, runner_base: Path
-) -> AsyncIterator[RunningApi]:
-    prefix = f"{nats_prefix}s"
-    try:
-        async with running_api(
-            service_env,
-            nats_prefix=prefix,
-            runner_backend="slurm_sudo",
-            runner_working_base_dir=runner_base / "jobs",
-        ) as running:
-            yield running
-    finally:
-        await delete_streams_async(prefix)
+) -> AsyncIterator[Deployment]:
+    prefix = _prefix(nats_prefix, "slurm_sudo")
+    async with deployment(service_env, prefix, "slurm_sudo", runner_base) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-async def slurm_runner(
-    service_env: dict[str, str], nats_prefix: str, slurm_api: RunningApi, runner_base: Path
-) -> AsyncIterator[RunnerApp]:
-    env = {k.removeprefix("FRACTAL_").lower(): v for k, v in service_env.items()}
-    env.update(
-        nats_prefix=f"{nats_prefix}s",
-        runner_backend="slurm_sudo",
-        runner_working_base_dir=str(runner_base / "jobs"),
-    )
-    settings = RunnerSettings(
-        **env,
-        runner_address="127.0.0.1:0",
-        api_url=slurm_api.internal_address,
-        grace_seconds=0.5,
-        slurm_config_file=runner_base / "slurm.json",
-        slurm_poll_interval=0.3,
-        slurm_worker_python=WORKER_PYTHON,
-        slurm_worker_pythonpath=RUNNER_SOURCE,
-        slurm_cluster="fractal",
-    )
-    app = RunnerApp(settings)
-    await app.start()
-    yield app
-    await app.stop()
+async def ssh_deployment(
+    service_env: dict[str, str], nats_prefix: str, runner_base: Path, ssh_side: SshSide
+) -> AsyncIterator[Deployment]:
+    prefix = _prefix(nats_prefix, "slurm_ssh")
+    async with deployment(service_env, prefix, "slurm_ssh", runner_base, ssh_side) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-async def slurm_admin(slurm_api: RunningApi) -> AsyncIterator[ApiClient]:
-    async with admin_of(slurm_api) as admin:
-        yield admin
+def slurm_runner(sudo_deployment: Deployment) -> RunnerApp:
+    return sudo_deployment.runner
+
+
+@pytest.fixture(scope="module")
+def slurm_admin(sudo_deployment: Deployment) -> ApiClient:
+    return sudo_deployment.admin
+
+
+@pytest.fixture(scope="module")
+def ssh_runner(ssh_deployment: Deployment) -> RunnerApp:
+    return ssh_deployment.runner
+
+
+@pytest.fixture(scope="module")
+def ssh_admin(ssh_deployment: Deployment) -> ApiClient:
+    return ssh_deployment.admin

@@ -4,9 +4,12 @@ project, a dataset and a workflow, and what SLURM says about the runner's jobs."
 from __future__ import annotations
 
 import asyncio
+import json
 import shlex
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,18 @@ CONFIG = {
         "max_num_jobs": 4,
     },
 }
+
+
+@contextmanager
+def config_changed(path: Path, **defaults: Any) -> Iterator[None]:
+    """The SLURM config file at ``path`` with ``defaults`` set in its default_slurm_config (the
+    runner re-reads it for every task), back to ``CONFIG`` after."""
+    changed = {**CONFIG, "default_slurm_config": {**CONFIG["default_slurm_config"], **defaults}}
+    path.write_text(json.dumps(changed))
+    try:
+        yield
+    finally:
+        path.write_text(json.dumps(CONFIG))
 
 
 def mock(script: str) -> str:
@@ -89,10 +104,14 @@ class World:
         resp = await self.client.workflows.CreateWorkflowTask(req, metadata=self.client.md)
         return resp.workflow_task.id
 
-    async def submit(self) -> job_pb2.Job:
+    async def submit(self, **fields: str) -> job_pb2.Job:
+        """SubmitJob of the world's workflow on its dataset; ``fields``: slurm_account, …"""
         resp = await self.client.jobs.SubmitJob(
             job_service_pb2.SubmitJobRequest(
-                project_id=self.project_id, workflow_id=self.workflow_id, dataset_id=self.dataset_id
+                project_id=self.project_id,
+                workflow_id=self.workflow_id,
+                dataset_id=self.dataset_id,
+                **fields,
             ),
             metadata=self.client.md,
         )
@@ -151,9 +170,10 @@ def sacct_tagged(tag_prefix: str, since: str) -> list[str]:
     return [line for line in out.splitlines() if f"|{tag_prefix}" in line]
 
 
-def squeue_tags() -> str:
+def squeue_tags(user: str = CLUSTER_USER) -> str:
+    """``id|comment|state`` of ``user``'s jobs in squeue, one a line."""
     return subprocess.run(
-        ["squeue", "-h", "-u", CLUSTER_USER, "--format=%i|%k|%T"],
+        ["squeue", "-h", "-u", user, "--format=%i|%k|%T"],
         capture_output=True,
         text=True,
         check=True,

@@ -24,10 +24,10 @@ class RecordingCommands(SlurmCommands):
 
     asked: list[tuple[str, set[str]]]
 
-    async def run(self, argv, *, n_ids=0, as_user=False) -> CommandResult:
+    async def run(self, argv, *, n_ids=0, as_user=False, command=None) -> CommandResult:
         ids = next((a.split("=", 1)[1] for a in argv if a.startswith("--jobs=")), "")
-        self.asked.append((argv[0], set(filter(None, ids.split(",")))))
-        return await super().run(argv, n_ids=n_ids, as_user=as_user)
+        self.asked.append((command or argv[0], set(filter(None, ids.split(",")))))
+        return await super().run(argv, n_ids=n_ids, as_user=as_user, command=command)
 
 
 async def _submit(commands: SlurmCommands, job_dir: Path, name: str, body: str, mem: str) -> str:

@@ -1,7 +1,7 @@
-"""``kill -9`` of a slurm_sudo runner process while its SLURM jobs run, then a new runner process:
-the job ends DONE, every image was processed once, and no task call was submitted twice (SLURM's
-own accounting of the jobs tagged with the run, and the runner's records, both count the jobs of
-the batching heuristics, not more).
+"""``kill -9`` of a SLURM runner process (slurm_sudo and slurm_ssh) while its SLURM jobs run, then
+a new runner process: the job ends DONE, every image was processed once, and no task call was
+submitted twice (SLURM's own accounting of the jobs tagged with the run, and the runner's
+records, both count the jobs of the batching heuristics, not more).
 
 Two restarts: at once (the jobs are still in squeue: watched again) and after the jobs ended
 (squeue no longer lists them: their end comes from sacct and their outputs are collected).
@@ -20,15 +20,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from slurm_cluster_env import CLUSTER_USER, RUNNER_SOURCE, WORKER_PYTHON
+from slurm_cluster_env import CLUSTER_USER, SSH_USER
+from slurm_stack import PREFIX_SUFFIX, SshSide, runner_env, started_api
 from slurm_world import JOB_TIMEOUT, World, mock, new_world, sacct_tagged, set_user, squeue_tags
 
 from e2e.e2e_stack import start_service, wait_serving
 from fractal.v2 import image_pb2, image_service_pb2, job_pb2
 from fractal_devstack.embedded import free_port
 from helpers import ApiClient, admin_of
-from world import RUN_ID, RunningApi, create_database, delete_streams_async, drop_database
-from world import running_api as start_api
+from world import RUN_ID, RunningApi, create_database, drop_database
 
 N_IMAGES = 6
 #: With the test config (1 cpu, 100M per call; max 2 cpus per job; target 2, max 4 jobs) the
@@ -37,35 +37,45 @@ EXPECTED_JOBS = 3
 SLEEP_SECONDS = 6.0
 
 
+@pytest.fixture(scope="module", params=["slurm_sudo", "slurm_ssh"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def own_database() -> Iterator[str]:
-    """A database of this module only: no other runner of the session sweeps its runs."""
-    name = f"fractal_slurm_restart_{RUN_ID}"
+def ssh(backend: str, request: pytest.FixtureRequest) -> SshSide | None:
+    """The login node of a slurm_ssh runner (None on slurm_sudo)."""
+    return request.getfixturevalue("ssh_side") if backend == "slurm_ssh" else None
+
+
+@pytest.fixture(scope="module")
+def own_database(backend: str) -> Iterator[str]:
+    """A database of this module and backend only: no other runner of the session sweeps its
+    runs."""
+    name = f"fractal_slurm_restart_{RUN_ID}_{PREFIX_SUFFIX[backend]}"
     url = create_database(name)
     yield url
     drop_database(name)
 
 
 @pytest.fixture(scope="module")
-def restart_env(service_env: dict[str, str], nats_prefix: str, own_database: str) -> dict[str, str]:
+def restart_env(
+    service_env: dict[str, str], nats_prefix: str, own_database: str, backend: str
+) -> dict[str, str]:
     return {
         **service_env,
         "FRACTAL_DATABASE_URL": own_database,
-        "FRACTAL_NATS_PREFIX": f"{nats_prefix}r",
+        "FRACTAL_NATS_PREFIX": f"{nats_prefix}r{PREFIX_SUFFIX[backend]}",
     }
 
 
 @pytest.fixture(scope="module")
-async def restart_api(restart_env: dict[str, str], runner_base: Path) -> AsyncIterator[RunningApi]:
-    try:
-        async with start_api(
-            restart_env,
-            runner_backend="slurm_sudo",
-            runner_working_base_dir=runner_base / "jobs",
-        ) as running:
-            yield running
-    finally:
-        await delete_streams_async(restart_env["FRACTAL_NATS_PREFIX"])
+async def restart_api(
+    restart_env: dict[str, str], runner_base: Path, backend: str, ssh: SshSide | None
+) -> AsyncIterator[RunningApi]:
+    prefix = restart_env["FRACTAL_NATS_PREFIX"]
+    async with started_api(restart_env, prefix, backend, runner_base, ssh) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +85,7 @@ async def restart_admin(restart_api: RunningApi) -> AsyncIterator[ApiClient]:
 
 
 class RunnerProcess:
-    """``fractal-runner serve`` with the slurm_sudo backend, as a process of its own."""
+    """``fractal-runner serve`` with a SLURM backend, as a process of its own."""
 
     def __init__(self, env: dict[str, str], logs: Path) -> None:
         self.env = env
@@ -110,21 +120,18 @@ class RunnerProcess:
 
 @pytest.fixture
 async def runner_process(
-    restart_env: dict[str, str], restart_api: RunningApi, runner_base: Path, tmp_path: Path
+    restart_env: dict[str, str],
+    restart_api: RunningApi,
+    runner_base: Path,
+    tmp_path: Path,
+    backend: str,
+    ssh: SshSide | None,
 ) -> AsyncIterator[RunnerProcess]:
     env = {
         **os.environ,
         **restart_env,
-        "FRACTAL_RUNNER_BACKEND": "slurm_sudo",
-        "FRACTAL_RUNNER_WORKING_BASE_DIR": str(runner_base / "jobs"),
-        "FRACTAL_API_URL": restart_api.internal_address,
+        **runner_env(backend, runner_base, restart_api.internal_address, ssh),
         "FRACTAL_RUNNER_ADDRESS": f"127.0.0.1:{free_port()}",
-        "FRACTAL_GRACE_SECONDS": "0.5",
-        "FRACTAL_SLURM_CONFIG_FILE": str(runner_base / "slurm.json"),
-        "FRACTAL_SLURM_POLL_INTERVAL": "0.3",
-        "FRACTAL_SLURM_WORKER_PYTHON": WORKER_PYTHON,
-        "FRACTAL_SLURM_WORKER_PYTHONPATH": RUNNER_SOURCE,
-        "FRACTAL_SLURM_CLUSTER": "fractal",
     }
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -135,11 +142,20 @@ async def runner_process(
 
 
 @pytest.fixture
-async def world(restart_admin: ApiClient, job_dir: Path) -> World:
+async def world(
+    restart_admin: ApiClient, job_dir: Path, backend: str, request: pytest.FixtureRequest
+) -> World:
+    """On slurm_sudo a user running as the cluster user; on slurm_ssh any user (the one SSH
+    service user runs every job), its zarr_dir the SSH user's."""
     user = await restart_admin.new_user(verified=True)
-    await set_user(restart_admin, user, slurm_user=CLUSTER_USER, cache_dir=str(job_dir / "cache"))
-    subprocess.run(["sudo", "-u", CLUSTER_USER, "mkdir", "-p", str(job_dir / "cache")], check=True)
-    w = await new_world(user, str(job_dir / "zarr"))
+    if backend == "slurm_sudo":
+        cache = job_dir / "cache"
+        await set_user(restart_admin, user, slurm_user=CLUSTER_USER, cache_dir=str(cache))
+        subprocess.run(["sudo", "-u", CLUSTER_USER, "mkdir", "-p", str(cache)], check=True)
+        zarr_dir = job_dir / "zarr"
+    else:
+        zarr_dir = request.getfixturevalue("ssh_dirs")["data"] / f"zarr{time.monotonic_ns()}"
+    w = await new_world(user, str(zarr_dir))
     await user.images.AddImages(
         image_service_pb2.AddImagesRequest(
             project_id=w.project_id,
@@ -151,8 +167,13 @@ async def world(restart_admin: ApiClient, job_dir: Path) -> World:
     return w
 
 
-def _states(tag: str) -> list[str]:
-    return [m.group(1) for m in re.finditer(f"\\|{re.escape(tag)}[^|]*\\|(\\w+)", squeue_tags())]
+def _slurm_user(backend: str) -> str:
+    return SSH_USER if backend == "slurm_ssh" else CLUSTER_USER
+
+
+def _states(tag: str, user: str) -> list[str]:
+    listed = squeue_tags(user)
+    return [m.group(1) for m in re.finditer(f"\\|{re.escape(tag)}[^|]*\\|(\\w+)", listed)]
 
 
 async def _until(what: str, check: object, timeout: float = JOB_TIMEOUT) -> None:
@@ -164,8 +185,9 @@ async def _until(what: str, check: object, timeout: float = JOB_TIMEOUT) -> None
 
 @pytest.mark.parametrize("restart", ["at_once", "after_the_jobs_ended"])
 async def test_runner_killed_while_slurm_jobs_run(
-    world: World, runner_process: RunnerProcess, restart: str
+    world: World, runner_process: RunnerProcess, restart: str, backend: str
 ) -> None:
+    user = _slurm_user(backend)
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
     task = await world.task(
         "sleepy", command_parallel=mock("generic_task_parallel.py"), output_types={"seen": True}
@@ -176,13 +198,13 @@ async def test_runner_killed_while_slurm_jobs_run(
 
     await _until(
         "every SLURM job of the run runs",
-        lambda: _states(tag) == ["RUNNING"] * EXPECTED_JOBS,
+        lambda: _states(tag, user) == ["RUNNING"] * EXPECTED_JOBS,
     )
     runner_process.kill()
     if restart == "after_the_jobs_ended":
-        await _until("SLURM no longer lists the jobs", lambda: _states(tag) == [])
+        await _until("SLURM no longer lists the jobs", lambda: _states(tag, user) == [])
     else:
-        assert _states(tag) == ["RUNNING"] * EXPECTED_JOBS
+        assert _states(tag, user) == ["RUNNING"] * EXPECTED_JOBS
     await runner_process.start()
 
     ended = await world.wait(job.id)

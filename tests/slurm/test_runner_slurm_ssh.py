@@ -2,131 +2,35 @@
 deploy/local as its service user: the golden scenario (results identical to the local
 executor's), and a run that survives its SSH connection being cut off and given back.
 
-The SSH traffic goes through a TCP forwarder the test can cut (every connection dropped, new ones
-refused), which is what the runner sees when the login node's sshd goes away and comes back; the
-sshd of deploy/local itself is shared with other tests and left alone.
+The SSH traffic goes through the TCP forwarder of conftest (``proxy``), which the test can cut.
 """
 
 from __future__ import annotations
 
 import asyncio
-import grp
 import json
-import os
-import pwd
 import re
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from slurm_cluster_env import RUNNER_SOURCE, WORKER_PYTHON
-from slurm_world import JOB_TIMEOUT, World, mock, new_world, run_golden_scenario, sacct_tagged
+from slurm_cluster_env import SSH_USER
+from slurm_world import (
+    JOB_TIMEOUT,
+    World,
+    config_changed,
+    mock,
+    new_world,
+    run_golden_scenario,
+    sacct_tagged,
+    squeue_tags,
+)
 
 from fault.tcp_proxy import TcpProxy
 from fractal.v2 import image_pb2, image_service_pb2, job_pb2
-from fractal_grpc.settings import RunnerSettings
 from fractal_runner.app import RunnerApp
 from fractal_runner.slurm.backend import SlurmSshBackend
-from helpers import ApiClient, admin_of
-from world import RunningApi, delete_streams_async, running_api
-
-SSHD_DIR = Path(os.environ.get("FRACTAL_SSHD_DIR", "/var/lib/fractal-sshd"))
-SSHD_PORT = int(os.environ.get("FRACTAL_SSHD_PORT", "2222"))
-SSH_USER = os.environ.get("FRACTAL_SSH_USER", "fractal-ssh")
-
-
-def _owned_by_ssh_user(prefix: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    entry = pwd.getpwnam(SSH_USER)
-    os.chown(path, entry.pw_uid, grp.getgrgid(entry.pw_gid).gr_gid)
-    path.chmod(0o755)
-    return path
-
-
-@pytest.fixture(scope="module")
-def proxy(slurm_cluster: None) -> Iterator[TcpProxy]:
-    forwarder = TcpProxy("127.0.0.1", SSHD_PORT)
-    forwarder.start()
-    yield forwarder
-    forwarder.stop()
-
-
-@pytest.fixture(scope="module")
-def ssh_dirs(proxy: TcpProxy) -> Iterator[dict[str, Path]]:
-    """The remote base of the job folders and the zarr dirs (the SSH user's), and a known_hosts
-    with the login node's host key at the forwarder's address."""
-    remote = _owned_by_ssh_user("fractal-ssh-jobs-")
-    data = _owned_by_ssh_user("fractal-ssh-zarr-")
-    local = Path(tempfile.mkdtemp(prefix="fractal-ssh-local-"))
-    host_key = (SSHD_DIR / "host_ed25519_key.pub").read_text().split()[:2]
-    (local / "known_hosts").write_text(f"[127.0.0.1]:{proxy.port} {' '.join(host_key)}\n")
-    yield {"remote": remote, "data": data, "local": local}
-    for path in (remote, data, local):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-async def ssh_api(
-    service_env: dict[str, str], nats_prefix: str, runner_base: Path
-) -> AsyncIterator[RunningApi]:
-    prefix = f"{nats_prefix}h"
-    try:
-        async with running_api(
-            service_env,
-            nats_prefix=prefix,
-            runner_backend="slurm_ssh",
-            runner_working_base_dir=runner_base / "jobs",
-        ) as running:
-            yield running
-    finally:
-        await delete_streams_async(prefix)
-
-
-@pytest.fixture(scope="module")
-async def ssh_runner(
-    service_env: dict[str, str],
-    nats_prefix: str,
-    ssh_api: RunningApi,
-    runner_base: Path,
-    proxy: TcpProxy,
-    ssh_dirs: dict[str, Path],
-) -> AsyncIterator[RunnerApp]:
-    env = {k.removeprefix("FRACTAL_").lower(): v for k, v in service_env.items()}
-    env.update(
-        nats_prefix=f"{nats_prefix}h",
-        runner_backend="slurm_ssh",
-        runner_working_base_dir=str(runner_base / "jobs"),
-    )
-    settings = RunnerSettings(
-        **env,
-        runner_address="127.0.0.1:0",
-        api_url=ssh_api.internal_address,
-        grace_seconds=0.5,
-        slurm_config_file=runner_base / "slurm.json",
-        slurm_poll_interval=0.3,
-        slurm_worker_python=WORKER_PYTHON,
-        slurm_worker_pythonpath=RUNNER_SOURCE,
-        slurm_cluster="fractal",
-        slurm_ssh_host="127.0.0.1",
-        slurm_ssh_port=proxy.port,
-        slurm_ssh_user=SSH_USER,
-        slurm_ssh_private_key_path=SSHD_DIR / "id_ed25519",
-        slurm_ssh_known_hosts=ssh_dirs["local"] / "known_hosts",
-        slurm_ssh_working_base_dir=ssh_dirs["remote"],
-    )
-    app = RunnerApp(settings)
-    await app.start()
-    yield app
-    await app.stop()
-
-
-@pytest.fixture(scope="module")
-async def ssh_admin(ssh_api: RunningApi) -> AsyncIterator[ApiClient]:
-    async with admin_of(ssh_api) as admin:
-        yield admin
+from helpers import ApiClient
 
 
 @pytest.fixture
@@ -141,7 +45,9 @@ def _backend(runner: RunnerApp) -> SlurmSshBackend:
     return runner.slurm
 
 
-async def test_golden_scenario_on_slurm_ssh(world: World, ssh_runner: RunnerApp) -> None:
+async def test_golden_scenario_on_slurm_ssh(
+    world: World, ssh_runner: RunnerApp, ssh_dirs: dict[str, Path]
+) -> None:
     backend = _backend(ssh_runner)
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
     sbatch_before = backend.calls.count("sbatch")
@@ -155,6 +61,10 @@ async def test_golden_scenario_on_slurm_ssh(world: World, ssh_runner: RunnerApp)
     local = Path(job.working_dir)
     assert (local / "1_illumination_correction" / "1_par_0000001.done.json").is_file()
     assert (local / "1_illumination_correction" / "1_par_0000001.log").is_file()
+    # The Job names its remote folder as the reference's JobReadV2 does: working_dir_user is
+    # {FRACTAL_SLURM_SSH_WORKING_BASE_DIR}/{folder name}, where the SLURM jobs wrote.
+    assert job.working_dir_user == str(ssh_dirs["remote"] / local.name)
+    assert Path(job.working_dir_user, "1_illumination_correction", "1_par_0000001.log").is_file()
     assert backend.connection.generation == 1  # one shared connection, version-checked once
 
 
@@ -182,7 +92,7 @@ async def test_a_run_survives_its_ssh_connection_cut_off(
     connections = backend.connection.generation
 
     deadline = time.monotonic() + JOB_TIMEOUT
-    while len(re.findall(f"\\|{re.escape(tag)}[^|]*\\|RUNNING", _squeue())) < 2:
+    while len(re.findall(f"\\|{re.escape(tag)}[^|]*\\|RUNNING", squeue_tags(SSH_USER))) < 2:
         assert time.monotonic() < deadline, (await world.get(job.id)).log
         await asyncio.sleep(0.2)
     proxy.cut()  # the login node is gone: every SSH connection dropped, new ones refused
@@ -205,12 +115,33 @@ async def test_a_run_survives_its_ssh_connection_cut_off(
     assert len(sacct_tagged(tag, since)) == 2
 
 
-def _squeue() -> str:
-    import subprocess
+async def test_pre_submission_commands_run_before_each_sbatch(
+    world: World, ssh_runner: RunnerApp, runner_base: Path, ssh_dirs: dict[str, Path]
+) -> None:
+    """Reference §7.6: on slurm_ssh the config's pre_submission_commands run in a wrapper
+    script, as the SSH user on the login node, before sbatch; one that fails refuses the
+    submission with its message."""
+    backend = _backend(ssh_runner)
+    marker = ssh_dirs["remote"] / f"pre-{time.monotonic_ns()}.log"
+    task = await world.task("t", command_non_parallel=mock("generic_task.py"))
+    await world.add(task)
+    sbatch_before = backend.calls.count("sbatch")
+    with config_changed(
+        runner_base / "slurm.json",
+        pre_submission_commands=[f"echo ran as $(whoami) >> {marker}", 'test -n "$HOME"'],
+    ):
+        job = await world.wait((await world.submit()).id)
+    assert job.status == job_pb2.JOB_STATUS_DONE, job.log
+    assert marker.read_text().splitlines() == [f"ran as {SSH_USER}"]  # once, for the one sbatch
+    assert backend.calls.count("sbatch") - sbatch_before == 1  # the wrapper counts as sbatch
+    wrapper = Path(job.working_dir, "0_t", "0_slurm_submit.sbatch_wrapper.sh")
+    assert wrapper.read_text().splitlines()[-1].startswith("sbatch --parsable /")
 
-    return subprocess.run(
-        ["squeue", "-h", "-u", SSH_USER, "--format=%i|%k|%T"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    with config_changed(
+        runner_base / "slurm.json",
+        pre_submission_commands=["echo 'module: slurm/23 not found' >&2", "exit 3"],
+    ):
+        job = await world.wait((await world.submit()).id)
+    assert job.status == job_pb2.JOB_STATUS_FAILED
+    assert "SLURM submission failed: sbatch refused" in job.log
+    assert "module: slurm/23 not found" in job.log

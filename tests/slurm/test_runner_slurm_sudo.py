@@ -5,6 +5,7 @@ task exiting non-zero, a stop during a run, and the submit-time checks of the ba
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import subprocess
@@ -17,6 +18,7 @@ from slurm_cluster_env import CLUSTER_USER, WORKER_PYTHON
 from slurm_world import (
     JOB_TIMEOUT,
     World,
+    config_changed,
     mock,
     new_world,
     run_golden_scenario,
@@ -32,6 +34,8 @@ from fractal.v2 import (
 from fractal_grpc.settings import RunnerSettings, SettingsError
 from fractal_runner.app import RunnerApp
 from helpers import ApiClient
+
+MEMORY_HOG = Path(__file__).with_name("memory_hog_task.py")
 
 
 @pytest.fixture
@@ -76,6 +80,52 @@ async def test_task_exiting_non_zero(world: World) -> None:
     assert job.status == job_pb2.JOB_STATUS_FAILED
     assert job.log.startswith("TASK ERROR: Task name: fail here, position in Workflow: 1\n")
     assert "generic_task: failing on purpose (raise_error=True)" in job.log
+
+
+async def test_a_task_over_its_memory_fails_the_job_with_slurm_s_reason(world: World) -> None:
+    """SubmitJob → runner → cluster: a task with ``mem`` 100M that takes 600 MB. The cluster
+    enforces memory with jobacct_gather's OverMemoryKill (no cgroups in this sandbox, see
+    deploy/local/slurm-up.sh), so SLURM's state is FAILED with signal 9 and slurmstepd's line in
+    the job's stderr, not OUT_OF_MEMORY; the job log names SLURM's own words either way."""
+    ok = await world.task(
+        "mark", command_non_parallel=mock("generic_task.py"), output_types={"marked": True}
+    )
+    hog = await world.task("hog", command_non_parallel=f"{WORKER_PYTHON} {MEMORY_HOG}")
+    await world.add(ok)
+    await world.add(hog, args_non_parallel={"megabytes": 600}, meta_non_parallel={"mem": "100M"})
+    job = await world.wait((await world.submit()).id)
+    assert job.status == job_pb2.JOB_STATUS_FAILED
+    assert re.search(
+        r"SLURM job \d+ ran out of memory: a task used more than its memory limit \(mem\)\. "
+        r"SLURM: (OUT_OF_MEMORY|(FAILED|CANCELLED), signal 9, "
+        r'slurmstepd: "exceeded memory limit")\.',
+        job.log,
+    ), job.log
+    assert "output pickle" not in job.log
+    # The tails of SLURM's stdout and stderr of the job.
+    stdout = job.log.split("SLURM stdout (tail):\n", 1)[1].split("SLURM stderr (tail):\n", 1)
+    assert "Working directory" in stdout[0], job.log
+    assert "exceeded memory limit" in stdout[1], job.log
+    # The task before it kept its result.
+    assert all(img["types"] == {"marked": True} for img in (await world.images()).values())
+
+
+async def test_pre_submission_commands_are_ignored_on_slurm_sudo(
+    world: World, runner_base: Path, job_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As in the reference (§7.3): only slurm_ssh runs them; slurm_sudo warns and submits."""
+    marker = job_dir / "pre-submission-ran"
+    task = await world.task("t", command_non_parallel=mock("generic_task.py"))
+    await world.add(task)
+    with (
+        caplog.at_level(logging.WARNING, logger="fractal_runner.slurm.sudo_executor"),
+        config_changed(runner_base / "slurm.json", pre_submission_commands=[f"touch {marker}"]),
+    ):
+        job = await world.wait((await world.submit()).id)
+    assert job.status == job_pb2.JOB_STATUS_DONE, job.log
+    assert not marker.exists()
+    assert "pre_submission_commands of the SLURM config are ignored on slurm_sudo" in caplog.text
+    assert not list(Path(job.working_dir).glob("*/*_wrapper.sh"))
 
 
 async def test_stop_during_a_run_scancels_its_jobs(world: World, slurm_runner: RunnerApp) -> None:

@@ -96,9 +96,9 @@ async def test_calls_of_one_job_with_an_in_job_queue(
     assert not outputs[5].exists()
     stderr = (subfolder / f"1_batch_000000_slurm_{job_id}.err").read_text()
     reason = describe_job_end(end, step_name=job_calls[5].step_name, stderr_tail=stderr)
-    assert (
-        reason
-        == f"SLURM job {job_id} ran out of memory: a task used more than its memory limit (mem)."
+    assert reason == (
+        f"SLURM job {job_id} ran out of memory: a task used more than its memory limit (mem). "
+        'SLURM: CANCELLED, signal 9, slurmstepd: "exceeded memory limit".'
     )
     assert "ran out of memory" not in describe_job_end(
         end, step_name=job_calls[3].step_name, stderr_tail=stderr

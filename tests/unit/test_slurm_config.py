@@ -7,7 +7,7 @@ import pytest
 from fractal_runner.slurm.config_file import load_slurm_config_file, parse_slurm_config
 from fractal_runner.slurm.errors import SlurmConfigError
 from fractal_runner.slurm.memory import parse_mem_mb
-from fractal_runner.slurm.task_config import task_slurm_config, with_job_settings
+from fractal_runner.slurm.task_config import sets_account, task_slurm_config, with_job_settings
 
 BATCHING = {
     "target_cpus_per_job": 1,
@@ -163,6 +163,12 @@ def test_task_merge(case, meta, expected):
         ({"cpus_per_task": 0}, "cpus_per_task: Input should be greater than 0"),
         ({"extra_lines": "export A=1"}, "meta.extra_lines must be a list of strings"),
         ({"tasks_per_job": "many"}, "tasks_per_job: Input should be a valid integer"),
+        ({"time": "1\n#SBATCH -A x"}, "time: may not contain a line break"),
+        ({"extra_lines": ["a\rb"]}, "extra_lines: may not contain a line break"),
+        (
+            {"extra_lines": ["#SBATCH --exclusive", "#SBATCH -A other"]},
+            "meta.extra_lines may not set the SLURM account",
+        ),
     ],
 )
 def test_task_merge_refused(meta, message):
@@ -184,5 +190,29 @@ def test_job_settings():
     assert merged.account == "lab"
     assert merged.extra_lines == ("#SBATCH --exclusive", "module load x", "source env.sh", "")
     assert with_job_settings(base, slurm_account=None, worker_init=None) == base
-    with pytest.raises(SlurmConfigError, match="worker_init may not set"):
+    with pytest.raises(SlurmConfigError, match="worker_init may not set the SLURM account"):
         with_job_settings(base, slurm_account=None, worker_init="  #SBATCH --account=x")
+
+
+@pytest.mark.parametrize(
+    ("line", "sets"),
+    [
+        ("#SBATCH --account=lab", True),
+        ("  #SBATCH --account lab", True),
+        ("#SBATCH -A lab", True),
+        ("#SBATCH -Alab", True),
+        ("#SBATCH -vA lab", True),
+        ("#SBATCH -JAnalysis", False),  # a job name
+        ("#SBATCH --acco=lab", True),
+        ("#SBATCH --mem=1G -A lab", True),
+        ("#SBATCH --exclusive", False),
+        ("#SBATCH --array=1-3", False),
+        ("#SBATCH --acctg-freq=task=1", False),
+        ("# SBATCH --account=lab", False),  # not a directive: SLURM ignores it
+        ("echo --account=lab", False),
+        ("export SBATCH_ACCOUNT=lab", False),  # read by sbatch only, not inside the job
+        ("", False),
+    ],
+)
+def test_sets_account(line, sets):
+    assert sets_account(line) is sets

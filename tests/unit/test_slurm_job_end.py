@@ -52,23 +52,26 @@ KILLED_0 = (
     ("end", "step_name", "stderr", "reason"),
     [
         (JobEnd("7", "OUT_OF_MEMORY"), None, "", "ran out of memory"),
+        (JobEnd("7", "OUT_OF_MEMORY"), None, "", "(mem). SLURM: OUT_OF_MEMORY."),
         (
             JobEnd("7", "COMPLETED", steps=(StepEnd("0", "s", "OUT_OF_MEMORY", 0, 9),)),
             "s",
             "",
-            "ran out of memory",
+            "a task used more than its memory limit (mem). SLURM: OUT_OF_MEMORY.",
         ),
         (
             JobEnd("7", "FAILED", 0, 9),
             None,
             "error: StepId=7.batch exceeded memory limit (639127552 > 104857600), being killed",
-            "ran out of memory",
+            "ran out of memory: a task used more than its memory limit (mem). SLURM: FAILED, "
+            'signal 9, slurmstepd: "exceeded memory limit".',
         ),
         (
             JobEnd("7", "COMPLETED", steps=(STEP_OOM, STEP_FAILED)),
             "1_par_0000001",
             KILLED_0,
-            "ran out of memory",
+            "ran out of memory: a task used more than its memory limit (mem). SLURM: CANCELLED, "
+            'signal 9, slurmstepd: "exceeded memory limit".',
         ),
         (
             JobEnd("7", "COMPLETED", steps=(STEP_OOM, STEP_FAILED)),

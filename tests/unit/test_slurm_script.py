@@ -6,7 +6,7 @@ import pytest
 
 from fractal_runner.slurm.config_file import parse_slurm_config
 from fractal_runner.slurm.errors import SlurmConfigError
-from fractal_runner.slurm.script import JobCall, SlurmJobSpec, sbatch_script
+from fractal_runner.slurm.script import JobCall, SlurmJobSpec, sbatch_script, wrapper_script
 from fractal_runner.slurm.task_config import task_slurm_config, with_job_settings
 
 FILE = parse_slurm_config(
@@ -186,3 +186,29 @@ def test_worker_environment_is_exported_last():
     ]:
         with pytest.raises((ValueError, SlurmConfigError), match=message):
             sbatch_script(dataclasses.replace(SPEC, worker_env=env))
+
+
+@pytest.mark.parametrize(
+    ("commands", "script", "lines"),
+    [
+        ((), "/r/1.sbatch", ["sbatch --parsable /r/1.sbatch"]),
+        (
+            ("module load slurm", "source /opt/env.sh"),
+            "/r/1.sbatch",
+            ["module load slurm", "source /opt/env.sh", "sbatch --parsable /r/1.sbatch"],
+        ),
+        (
+            ("echo a; echo b",),
+            "/r/my job/1.sbatch",
+            ["echo a; echo b", "sbatch --parsable '/r/my job/1.sbatch'"],
+        ),
+    ],
+)
+def test_wrapper_runs_the_pre_submission_commands_then_sbatch(commands, script, lines):
+    text = wrapper_script(commands, script)
+    assert text.splitlines() == ["#!/bin/bash", "set -e", *lines]
+
+
+def test_wrapper_refuses_a_command_with_a_line_break():
+    with pytest.raises(SlurmConfigError, match="pre_submission_commands may not contain a line"):
+        wrapper_script(["module load x\nsbatch evil.sh"], "/r/1.sbatch")

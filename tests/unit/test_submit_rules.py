@@ -52,16 +52,17 @@ def test_slurm_account(requested, accounts, expected):
 
 
 @pytest.mark.parametrize(
-    ("backend", "cache_dir", "expected"),
+    ("backend", "cache_dir", "ssh_base", "expected"),
     [
-        ("local", "/c", "/base/proj_1"),
-        ("slurm_ssh", "/c", "/base/proj_1"),
-        ("slurm_sudo", "/c/", "/c/proj_1"),
-        ("slurm_sudo", None, "/base/proj_1"),
+        ("local", "/c", "/r", "/base/proj_1"),
+        ("slurm_ssh", "/c", None, "/base/proj_1"),
+        ("slurm_ssh", "/c", "/remote/jobs/", "/remote/jobs/proj_1"),
+        ("slurm_sudo", "/c/", "/r", "/c/proj_1"),
+        ("slurm_sudo", None, "/r", "/base/proj_1"),
     ],
 )
-def test_user_working_dir(backend, cache_dir, expected):
-    assert user_working_dir(backend, "/base/proj_1", cache_dir) == expected
+def test_user_working_dir(backend, cache_dir, ssh_base, expected):
+    assert user_working_dir(backend, "/base/proj_1", cache_dir, ssh_base) == expected
 
 
 @pytest.mark.parametrize(("given", "kept"), [("slurm", "slurm_sudo"), ("slurm_sudo", "slurm_sudo")])

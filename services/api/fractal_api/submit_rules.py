@@ -56,10 +56,16 @@ def pick_slurm_account(requested: str | None, accounts: Sequence[str]) -> str | 
     return accounts[0] if accounts else None
 
 
-def user_working_dir(backend: str, working_dir: str, cache_dir: str | None) -> str:
-    """The job's user-side folder (``working_dir_user``): ``{cache_dir}/{folder name}`` for
-    ``slurm_sudo``, the job folder itself otherwise (slurm_ssh's remote base is not here yet)."""
+def user_working_dir(
+    backend: str, working_dir: str, cache_dir: str | None, ssh_base_dir: str | None = None
+) -> str:
+    """The job's user-side folder (``working_dir_user``, reference §5.9/§7.6):
+    ``{cache_dir}/{folder name}`` for ``slurm_sudo``, ``{ssh_base_dir}/{folder name}`` for
+    ``slurm_ssh`` (FRACTAL_SLURM_SSH_WORKING_BASE_DIR, the remote job folder), the job folder
+    itself otherwise (or when that setting is not given)."""
+    name = working_dir.rstrip("/").rsplit("/", 1)[-1]
     if backend == "slurm_sudo" and cache_dir:
-        name = working_dir.rstrip("/").rsplit("/", 1)[-1]
         return f"{cache_dir.rstrip('/')}/{name}"
+    if backend == "slurm_ssh" and ssh_base_dir:
+        return f"{ssh_base_dir.rstrip('/')}/{name}"
     return working_dir

@@ -114,6 +114,8 @@ class JobServicer(rpc.JobServiceServicer):
                     )
                 )
                 check_user_for_backend(settings.runner_backend, me.slurm_user, me.cache_dir)
+                remote = settings.slurm_ssh_working_base_dir
+                ssh_base = None if remote is None else str(remote)
                 slurm_account = pick_slurm_account(
                     request.slurm_account if request.HasField("slurm_account") else None,
                     me.slurm_accounts,
@@ -136,7 +138,7 @@ class JobServicer(rpc.JobServiceServicer):
                     worker_init=worker_init,
                     working_base_dir=str(settings.runner_working_base_dir),
                     user_dir=lambda folder: user_working_dir(
-                        settings.runner_backend, folder, me.cache_dir
+                        settings.runner_backend, folder, me.cache_dir, ssh_base
                     ),
                 )
 

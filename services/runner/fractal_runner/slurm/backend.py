@@ -44,13 +44,17 @@ def job_comment(job_id: int) -> str:
     return f"fractal-job-{job_id}"
 
 
-def user_job_dir(spec: pb.JobSpec) -> Path:
+def user_job_dir(spec: pb.JobSpec, default_base: Path | None = None) -> Path:
     """The user-side job folder: ``working_dir_user`` when api set one apart from the runner's
-    folder, else ``{cache_dir}/{name of the runner's folder}``."""
+    folder, else ``{base}/{name of the runner's folder}`` with base the user's ``cache_dir``
+    (slurm_sudo) or ``default_base`` (slurm_ssh: the runner's remote base dir)."""
+    name = Path(spec.working_dir).name
     if spec.working_dir_user and spec.working_dir_user != spec.working_dir:
         path = Path(spec.working_dir_user)
+    elif default_base is not None:
+        path = default_base / name
     elif spec.HasField("user_cache_dir") and spec.user_cache_dir:
-        path = Path(spec.user_cache_dir) / Path(spec.working_dir).name
+        path = Path(spec.user_cache_dir) / name
     else:
         raise JobExecutionError("The job's user has no cache_dir: it cannot run on SLURM.")
     if not path.is_absolute():
@@ -107,6 +111,8 @@ class SlurmSudoBackend:
 
     #: The job reads its files in the runner's folder (same machine, or a shared disk).
     files_shared = True
+    #: The config's pre_submission_commands are ignored with a warning, as in the reference.
+    runs_pre_submission_commands = False
 
     def job_user_and_dir(self, spec: pb.JobSpec) -> tuple[str, Path]:
         """Who runs the job's SLURM jobs, and their folder (JobExecutionError if the job's user
@@ -127,6 +133,8 @@ class SlurmSshBackend(SlurmSudoBackend):
     over in one archive per batch and come back in one per SLURM job."""
 
     files_shared = False
+    #: A wrapper script runs the config's pre_submission_commands before each sbatch (§7.6).
+    runs_pre_submission_commands = True
 
     def __init__(self, *, target: SshTarget, remote_base_dir: Path, **options: Any) -> None:
         super().__init__(**options)
@@ -148,7 +156,10 @@ class SlurmSshBackend(SlurmSudoBackend):
         return poller
 
     def job_user_and_dir(self, spec: pb.JobSpec) -> tuple[str, Path]:
-        return self.connection.target.user, self.remote_base_dir / Path(spec.working_dir).name
+        """The SSH user, and the job's remote folder: the ``working_dir_user`` api recorded
+        (``{FRACTAL_SLURM_SSH_WORKING_BASE_DIR}/{folder name}``, reference §7.6) when it set
+        one, else the same place under this runner's own setting."""
+        return self.connection.target.user, user_job_dir(spec, self.remote_base_dir)
 
     async def close(self) -> None:
         await super().close()
@@ -192,6 +203,7 @@ class SlurmJobExecutor:
             records=self.backend.records,
             fractal_job_id=spec.job_id,
             files_shared=self.backend.files_shared,
+            runs_pre_submission_commands=self.backend.runs_pre_submission_commands,
         )
 
     async def run_calls(

@@ -11,6 +11,8 @@ Memory on clusters without cgroups: SLURM's jobacct_gather ``OverMemoryKill`` (d
 kills a step over its ``--mem`` with SIGKILL and reports it as FAILED / CANCELLED with signal 9,
 not OUT_OF_MEMORY; slurmstepd then writes "exceeded memory limit" to the job's stderr. With the
 stderr tail given, that is reported as out of memory too (for one call: the line of its step).
+Either way the reason ends with what SLURM itself said ("SLURM: OUT_OF_MEMORY." or
+'SLURM: FAILED, signal 9, slurmstepd: "exceeded memory limit".').
 """
 
 from __future__ import annotations
@@ -113,7 +115,10 @@ def describe_job_end(end: JobEnd, *, step_name: str | None = None, stderr_tail: 
     step = next((s for s in end.steps if step_name is not None and s.name == step_name), None)
     subject = f"SLURM job {end.job_id}"
     if _over_memory(end, step, stderr_tail) or "OUT_OF_MEMORY" in (end.state, step and step.state):
-        return f"{subject} ran out of memory: a task used more than its memory limit (mem)."
+        return (
+            f"{subject} ran out of memory: a task used more than its memory limit (mem). "
+            f"SLURM: {_memory_state(end, step)}."
+        )
     if end.state == UNKNOWN:
         return f"{subject} is unknown to SLURM (neither squeue nor sacct lists it)."
     if end.state == "TIMEOUT":
@@ -131,6 +136,16 @@ def describe_job_end(end: JobEnd, *, step_name: str | None = None, stderr_tail: 
         how = f"signal {failed.signal}" if failed.signal else f"exit code {failed.exit_code}"
         return f"{subject} failed ({how})."
     return f"{subject} ended ({end.state}) without writing the task's output."
+
+
+def _memory_state(end: JobEnd, step: StepEnd | None) -> str:
+    """SLURM's own word for a job over its memory: OUT_OF_MEMORY (cgroup enforcement), or the
+    state and signal OverMemoryKill leaves with slurmstepd's line in the job's stderr."""
+    if "OUT_OF_MEMORY" in (end.state, step and step.state):
+        return "OUT_OF_MEMORY"
+    ended = step if step is not None else end
+    killed = f", signal {ended.signal}" if ended.signal else ""
+    return f'{ended.state}{killed}, slurmstepd: "{_MEMORY_MARKER}"'
 
 
 def _over_memory(end: JobEnd, step: StepEnd | None, stderr: str) -> bool:

@@ -119,11 +119,17 @@ class SlurmCommands:
         self.timeout = timeout
 
     async def run(
-        self, argv: Sequence[str], *, n_ids: int = 0, as_user: bool = False
+        self,
+        argv: Sequence[str],
+        *,
+        n_ids: int = 0,
+        as_user: bool = False,
+        command: str | None = None,
     ) -> CommandResult:
-        """Run ``argv`` (through sudo when ``as_user`` and a sudo user is set); never raises for a
-        non-zero exit, only SchedulerCallFailed when the command could not run or timed out."""
-        command = argv[0]
+        """Run ``argv`` (through sudo when ``as_user`` and a sudo user is set), counted as
+        ``command`` (default: ``argv[0]``); never raises for a non-zero exit, only
+        SchedulerCallFailed when the command could not run or timed out."""
+        command = command or argv[0]
         full = list(argv)
         if as_user and self.sudo_user is not None:
             full = ["sudo", "--non-interactive", "-u", self.sudo_user, *full]
@@ -162,11 +168,15 @@ class SlurmCommands:
         self._log(command, n_ids, f"exit {rc}", started)
         return CommandResult(rc, out.decode(errors="replace"), err.decode(errors="replace"), out)
 
-    async def sbatch(self, script: str) -> str:
+    async def sbatch(self, script: str, wrapper: str | None = None) -> str:
         """Submit the script file ``script`` as the user; the job id (SchedulerCallFailed if
-        sbatch refuses it, with sbatch's own message)."""
-        result = await self.run(["sbatch", "--parsable", script], as_user=True)
-        job_id = result.stdout.strip().split(";")[0]
+        sbatch refuses it, with sbatch's own message). With ``wrapper`` (a script that runs the
+        pre-submission commands, then ``sbatch --parsable``; :func:`script.wrapper_script`),
+        ``bash {wrapper}`` runs instead, counted as sbatch; the id is its last line."""
+        argv = ["sbatch", "--parsable", script] if wrapper is None else ["bash", wrapper]
+        result = await self.run(argv, as_user=True, command="sbatch")
+        lines = result.stdout.strip().splitlines()
+        job_id = lines[-1].strip().split(";")[0] if lines else ""
         if result.returncode != 0 or not job_id.isdigit():
             detail = (result.stderr.strip() or result.stdout.strip())[:2000]
             if result.returncode != 0:

@@ -32,7 +32,15 @@ from dataclasses import dataclass, field
 from fractal_runner.slurm.errors import SlurmConfigError
 from fractal_runner.slurm.task_config import SlurmConfig
 
-__all__ = ["SBATCH", "SHEBANG", "WORKER_MODULE", "JobCall", "SlurmJobSpec", "sbatch_script"]
+__all__ = [
+    "SBATCH",
+    "SHEBANG",
+    "WORKER_MODULE",
+    "JobCall",
+    "SlurmJobSpec",
+    "sbatch_script",
+    "wrapper_script",
+]
 
 SBATCH = "#SBATCH"
 SHEBANG = "#!/bin/sh"
@@ -114,6 +122,19 @@ def sbatch_script(spec: SlurmJobSpec) -> str:
             body.append(") &")
     body.append("wait")
     return "\n".join(lines + body) + "\n"
+
+
+def wrapper_script(pre_submission_commands: Sequence[str], script: str) -> str:
+    """The slurm_ssh wrapper of one sbatch (reference §7.6): the config's
+    ``pre_submission_commands``, then ``sbatch --parsable {script}``; run with ``bash``. It stops
+    at the first command that fails (``set -e``), so a failed ``module load`` refuses the
+    submission with that command's message instead of submitting without it."""
+    lines = ["#!/bin/bash", "set -e"]
+    lines.extend(
+        _one_line("pre_submission_commands", command) for command in pre_submission_commands
+    )
+    lines.append(shlex.join(["sbatch", "--parsable", script]))
+    return "\n".join(lines) + "\n"
 
 
 def _srun(spec: SlurmJobSpec, call: JobCall) -> str:

@@ -73,9 +73,15 @@ class SshSlurmCommands(SlurmCommands):
         self._check_lock = asyncio.Lock()
 
     async def run(
-        self, argv: Sequence[str], *, n_ids: int = 0, as_user: bool = False, stdin: bytes = b""
+        self,
+        argv: Sequence[str],
+        *,
+        n_ids: int = 0,
+        as_user: bool = False,
+        command: str | None = None,
+        stdin: bytes = b"",
     ) -> CommandResult:
-        command = argv[0]
+        command = command or argv[0]
         if command == "sbatch":
             await self.check_worker()
         attempts = 1 + (len(self.retry_pauses) if command in REPEATABLE else 0)

@@ -45,7 +45,7 @@ from fractal_runner.slurm.scheduler import (
     SchedulerCallFailed,
     SlurmCommands,
 )
-from fractal_runner.slurm.script import JobCall, SlurmJobSpec, sbatch_script
+from fractal_runner.slurm.script import JobCall, SlurmJobSpec, sbatch_script, wrapper_script
 from fractal_runner.slurm.tag_lookup import find_jobs_by_tag
 from fractal_runner.slurm.task_config import SlurmConfig, task_slurm_config, with_job_settings
 from fractal_runner.slurm.worker import read_worker_file, write_input_file
@@ -97,6 +97,7 @@ class SlurmSudoExecutor:
         records: SlurmJobRecords | None = None,
         fractal_job_id: int | None = None,
         files_shared: bool = True,
+        runs_pre_submission_commands: bool = False,
     ) -> None:
         self.commands = commands
         self.poller = poller
@@ -116,9 +117,14 @@ class SlurmSudoExecutor:
         #: one machine or a shared disk); False: they go over in one archive per batch
         #: (``commands.put_archive``, slurm_ssh).
         self.files_shared = files_shared
+        #: True (slurm_ssh): the config's ``pre_submission_commands`` run before each sbatch, in
+        #: a wrapper script; False (slurm_sudo, as in the reference): they are ignored, with a
+        #: warning.
+        self.runs_pre_submission_commands = runs_pre_submission_commands
         self._stopped = False
         self._active: set[str] = set()
         self._cancelled: set[str] = set()  # by us: their calls without outcome are not failures
+        self._warned: set[tuple[str, ...]] = set()  # pre_submission_commands warned about
         #: Every SLURM job id this executor submitted, in order.
         self.submitted_job_ids: list[str] = []
 
@@ -183,7 +189,7 @@ class SlurmSudoExecutor:
             for job, _ in prepared:
                 if self._stopped:  # cancel() while submitting: submit nothing more
                     break
-                job, job_id = await self._sbatch_job(job)
+                job, job_id = await self._sbatch_job(job, config)
                 watched[self.poller.watch(job_id)] = (job, job_id)
                 if self._stopped:  # cancel() ran during this sbatch, before the id was known
                     await self._scancel([job_id])
@@ -397,7 +403,12 @@ class SlurmSudoExecutor:
             )
             job = replace(job, record=record)
             comment = record.tag
-        files = self._write_job_files(job, calls, config, parallel, comment)
+        try:
+            files = self._write_job_files(job, calls, config, parallel, comment)
+        except (SlurmConfigError, ValueError) as e:  # what the script cannot say (a path…)
+            if self.records is not None and job.record is not None:
+                await self.records.abandoned(job.record.id)
+            raise JobExecutionError(f"SLURM configuration error: {e}") from None
         return job, files
 
     async def _upload(self, prepared: Sequence[tuple[_Job, list[Path]]]) -> None:
@@ -414,12 +425,16 @@ class SlurmSudoExecutor:
         except SchedulerCallFailed as e:
             raise JobExecutionError(f"Cannot send the job files to the cluster: {e}") from None
 
-    async def _sbatch_job(self, job: _Job) -> tuple[_Job, str]:
+    async def _sbatch_job(self, job: _Job, config: SlurmConfig) -> tuple[_Job, str]:
         """sbatch one prepared job; its id is recorded at once."""
         records = self.records
         script = job.script if self.files_shared else self._user_path(job.script)
+        wrapper = None
+        if self._wrapped(config):
+            local = _wrapper_path(job.script)
+            wrapper = str(local if self.files_shared else self._user_path(local))
         try:
-            job_id = await self.commands.sbatch(str(script))
+            job_id = await self.commands.sbatch(str(script), wrapper)
         except SchedulerCallFailed as e:
             # Refused: nothing runs under this record. Any other failure (a timeout, a dropped
             # connection) leaves it "submitting": the job may exist, and is looked up by its tag.
@@ -453,7 +468,7 @@ class SlurmSudoExecutor:
         await self._make_user_folders({fresh.subfolder})
         prepared = await self._prepare(fresh, calls, config, parallel, generation=1)
         await self._upload([prepared])
-        again = await self._sbatch_job(prepared[0])
+        again = await self._sbatch_job(prepared[0], config)
         assert self.records is not None
         await self.records.abandoned(job.record.id)
         return again
@@ -507,7 +522,31 @@ class SlurmSudoExecutor:
         job.script.write_text(sbatch_script(spec), encoding="utf-8")
         job.script.chmod(0o644)
         written.append(job.script)
+        if self._wrapped(config):
+            seen = job.script if self.files_shared else self._user_path(job.script)
+            wrapper = _wrapper_path(job.script)
+            wrapper.write_text(
+                wrapper_script(config.pre_submission_commands, str(seen)), encoding="utf-8"
+            )
+            wrapper.chmod(0o644)
+            written.append(wrapper)
         return written
+
+    def _wrapped(self, config: SlurmConfig) -> bool:
+        """Whether this job's sbatch goes through a wrapper running the pre-submission
+        commands (warns once per list of commands when the backend ignores them)."""
+        if not config.pre_submission_commands:
+            return False
+        if not self.runs_pre_submission_commands:
+            if config.pre_submission_commands not in self._warned:
+                self._warned.add(config.pre_submission_commands)
+                logger.warning(
+                    "pre_submission_commands of the SLURM config are ignored on slurm_sudo "
+                    "(as in the reference): %s",
+                    list(config.pre_submission_commands),
+                )
+            return False
+        return True
 
     async def _make_user_folders(self, subfolders: set[str]) -> None:
         folders = [str(self.user_dir / s) for s in sorted(subfolders)]
@@ -626,6 +665,11 @@ def _archive(base: Path, files: Sequence[Path]) -> bytes:
         for path in files:
             archive.add(path, arcname=str(path.relative_to(base)), recursive=False)
     return buffer.getvalue()
+
+
+def _wrapper_path(script: Path) -> Path:
+    """``{script}_wrapper.sh`` next to the sbatch script (the reference's name)."""
+    return script.with_name(f"{script.name}_wrapper.sh")
 
 
 def _tail(path: Path) -> str:

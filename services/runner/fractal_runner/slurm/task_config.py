@@ -9,30 +9,36 @@ Increasing priority:
    (int), ``mem`` (parsed), ``time``, ``gres``, ``gpus``, ``constraint`` (each when present and not
    None), ``extra_lines`` (appended to the file's), ``tasks_per_job`` and
    ``parallel_tasks_per_job``. ``account`` in meta is refused: the account comes only from the
-   job's ``slurm_account``. ``partition`` cannot be set per task.
+   job's ``slurm_account``; so is an ``extra_lines`` line that sets it (:func:`sets_account`).
+   ``partition`` cannot be set per task.
 4. ``job_name`` = the task name with spaces replaced by ``_``.
 
 Then :func:`with_job_settings` adds what the submission brings: ``slurm_account`` and the
-``worker_init`` lines (appended to ``extra_lines``; a line ``#SBATCH --account=…`` is refused).
+``worker_init`` lines (appended to ``extra_lines``; a line that sets the account is refused).
 
 Departures, on purpose: ``extra_lines`` are deduplicated keeping their order (the reference goes
 through a ``set``, so the order of the lines in the script was arbitrary), and a ``worker_init``
 line already present is not added twice (the reference then failed the job with "contains
 repetitions" at its first submission, e.g. for a worker_init with two blank lines). ``needs_gpu``
 without a ``gpu_slurm_config`` is a SlurmConfigError with a clear message (an AttributeError in the
-reference). All errors are SlurmConfigError with a message for the user.
+reference). The reference refused only a worker_init line starting with ``#SBATCH --account=``;
+here every spelling of the account option is refused (``-A x``, ``--account x``, ``--acco=x``),
+in worker_init and in the meta's ``extra_lines`` (both come from the user; the config file's
+``extra_lines`` come from the admin and may set it). All errors are SlurmConfigError with a
+message for the user.
 """
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from fractal_runner.slurm.config_file import SlurmConfigFile, validation_message
 from fractal_runner.slurm.errors import SlurmConfigError
 from fractal_runner.slurm.memory import parse_mem_mb
 
-__all__ = ["SlurmConfig", "task_slurm_config", "with_job_settings"]
+__all__ = ["SlurmConfig", "sets_account", "task_slurm_config", "with_job_settings"]
 
 _OPTIONAL_META_KEYS = ("time", "gres", "gpus", "constraint")
 
@@ -62,6 +68,25 @@ class SlurmConfig(BaseModel):
     max_mem_per_job: PositiveInt
     target_num_jobs: PositiveInt
     max_num_jobs: PositiveInt
+
+    @field_validator(
+        "partition",
+        "job_name",
+        "constraint",
+        "gres",
+        "gpus",
+        "time",
+        "account",
+        "extra_lines",
+        "pre_submission_commands",
+    )
+    @classmethod
+    def _one_line_each(cls, value: str | tuple[str, ...] | None) -> object:
+        """Each is one line of a script: a line break would add a line of its own."""
+        for text in (value,) if isinstance(value, str) else value or ():
+            if "\n" in text or "\r" in text:
+                raise ValueError(f"may not contain a line break: {text!r}")
+        return value
 
 
 def task_slurm_config(
@@ -99,6 +124,7 @@ def task_slurm_config(
     meta_lines = meta.get("extra_lines") or []
     if not isinstance(meta_lines, list | tuple) or not all(isinstance(x, str) for x in meta_lines):
         raise SlurmConfigError("meta.extra_lines must be a list of strings")
+    _refuse_account_lines(meta_lines, "meta.extra_lines")
     merged["extra_lines"] = _unique(list(merged.get("extra_lines", ())) + list(meta_lines))
     merged["tasks_per_job"] = meta.get("tasks_per_job")
     merged["parallel_tasks_per_job"] = meta.get("parallel_tasks_per_job")
@@ -111,16 +137,41 @@ def with_job_settings(
 ) -> SlurmConfig:
     """``config`` with the submission's account and ``worker_init`` lines (module docstring)."""
     lines = (worker_init or "").splitlines()
-    for line in lines:
-        if line.strip().startswith("#SBATCH --account="):
-            raise SlurmConfigError(
-                "worker_init may not set '#SBATCH --account=': the SLURM account is set when the "
-                "job is submitted (slurm_account)"
-            )
+    _refuse_account_lines(lines, "worker_init")
     changes: dict[str, Any] = {"extra_lines": _unique([*config.extra_lines, *lines])}
     if slurm_account is not None:
         changes["account"] = slurm_account
     return _build({**config.model_dump(), **changes}, "the job's SLURM options")
+
+
+#: A cluster of sbatch's short flags without argument, then -A (``-A``, ``-vA``, ``-HvAlab``).
+_SHORT_ACCOUNT = re.compile(r"-[hHkOQsvVW]*A")
+
+
+def sets_account(line: str) -> bool:
+    """Whether ``line`` is an ``#SBATCH`` directive that sets the SLURM account, in any of
+    sbatch's spellings: ``-A x``, ``-Ax``, ``-vA x`` (after flags without argument),
+    ``--account=x``, ``--account x``, or an abbreviation of the long option (``--acco=x``:
+    sbatch takes unambiguous prefixes)."""
+    words = line.split()
+    if not words or words[0] != "#SBATCH":
+        return False
+    for word in words[1:]:
+        if _SHORT_ACCOUNT.match(word):
+            return True
+        name = word[2:].split("=", 1)[0] if word.startswith("--") else ""
+        if len(name) >= 2 and "account".startswith(name):
+            return True
+    return False
+
+
+def _refuse_account_lines(lines: Iterable[str], where: str) -> None:
+    for line in lines:
+        if sets_account(line):
+            raise SlurmConfigError(
+                f"{where} may not set the SLURM account ({line.strip()!r}): the account is set "
+                "when the job is submitted (slurm_account)"
+            )
 
 
 def _set_options(options: BaseModel) -> dict[str, Any]:
