@@ -404,7 +404,11 @@ class SlurmSudoExecutor:
             job = replace(job, record=record)
             comment = record.tag
         try:
-            files = self._write_job_files(job, calls, config, parallel, comment)
+            # In a thread: a job of thousands of calls writes (and fsyncs) as many input
+            # files, which on the event loop held every run's poller for seconds.
+            files = await asyncio.to_thread(
+                self._write_job_files, job, calls, config, parallel, comment
+            )
         except (SlurmConfigError, ValueError) as e:  # what the script cannot say (a path…)
             if self.records is not None and job.record is not None:
                 await self.records.abandoned(job.record.id)
