@@ -9,8 +9,10 @@ from google.protobuf import json_format, struct_pb2
 from fractal.v2 import image_pb2
 from fractal_grpc.convert import (
     attributes_to_python,
+    dict_to_struct,
     fill_image,
     python_to_value,
+    stored_json_to_struct,
     value_to_python,
 )
 
@@ -75,3 +77,35 @@ def test_filters_json_keeps_null() -> None:
     )
     assert attributes_to_python(filters.attributes) == {"well": "A01", "skip": None}
     assert dict(filters.types) == {"3D": False}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        {},
+        {"id": 1, "name": "p", "timestamp_created": "2026-01-01T00:00:00+00:00"},
+        {"zarr_dir": "/z", "filters": {"attributes": {"well": "A01", "z": 3}, "types": {}}},
+        {"n": 1.5, "big": 10**20, "flag": False, "none": None, "list": [1, "a", [2.0, {}]]},
+        # Too large to remember: converted directly, same result.
+        {"schema": {"properties": {f"p{i}": {"type": "string"} for i in range(400)}}},
+    ],
+)
+def test_stored_json_to_struct_is_dict_to_struct(value):
+    expected = struct_pb2.Struct()
+    dict_to_struct(value, expected)
+    for _ in range(2):  # the second time from what the first remembered
+        got = struct_pb2.Struct()
+        stored_json_to_struct(value, got)
+        assert got == expected
+
+
+def test_stored_json_to_struct_keeps_equal_values_apart():
+    one, other = struct_pb2.Struct(), struct_pb2.Struct()
+    stored_json_to_struct({"a": 1, "b": "x"}, one)
+    stored_json_to_struct({"a": 1, "b": "y"}, other)
+    assert one["b"] == "x" and other["b"] == "y"
+    # Key order does not matter to a Struct, and the remembered form is shared.
+    again = struct_pb2.Struct()
+    stored_json_to_struct({"b": "x", "a": 1}, again)
+    assert again == one

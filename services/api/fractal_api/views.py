@@ -16,7 +16,7 @@ from fractal.v2 import (
 )
 from fractal_api import models
 from fractal_grpc.collection.naming import package_source
-from fractal_grpc.convert import dict_to_struct, fill_filters, timestamp
+from fractal_grpc.convert import dict_to_struct, fill_filters, stored_json_to_struct, timestamp
 
 TASK_TYPES = {
     "non_parallel": task_pb2.TASK_TYPE_NON_PARALLEL,
@@ -214,9 +214,9 @@ def job_view(
     if with_log:
         msg.log = log if log is not None else (job.log or "")
     if with_dumps:
-        dict_to_struct(job.project_dump, msg.project_dump)
-        dict_to_struct(job.workflow_dump, msg.workflow_dump)
-        dict_to_struct(job.dataset_dump, msg.dataset_dump)
+        stored_json_to_struct(job.project_dump, msg.project_dump)
+        stored_json_to_struct(job.workflow_dump, msg.workflow_dump)
+        stored_json_to_struct(job.dataset_dump, msg.dataset_dump)
     for item in job.task_statuses:
         msg.task_statuses.add(
             workflow_task_id=item["workflow_task_id"],
