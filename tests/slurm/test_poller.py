@@ -12,6 +12,7 @@ import psutil
 import pytest
 from slurm_cluster_env import CLUSTER, CLUSTER_USER, POLL_INTERVAL
 
+from fractal_runner.slurm import scheduler
 from fractal_runner.slurm.job_end import UNKNOWN, describe_job_end
 from fractal_runner.slurm.poller import SlurmPoller, next_round
 from fractal_runner.slurm.scheduler import CommandResult, SchedulerCalls, SlurmCommands
@@ -99,17 +100,25 @@ async def test_final_states_each_resolved_as_soon_as_seen(job_dir: Path, calls: 
     assert f'kind="squeue"}} {poller.rounds}' in rendered
 
 
-async def test_a_failed_scheduler_call_concludes_nothing(job_dir: Path, calls: SchedulerCalls):
+async def test_a_failed_scheduler_call_concludes_nothing(
+    job_dir: Path, calls: SchedulerCalls, monkeypatch: pytest.MonkeyPatch
+):
     commands = SlurmCommands(
         cluster=CLUSTER, user=CLUSTER_USER, calls=calls, sudo_user=CLUSTER_USER
     )
     job_id = await _submit(commands, job_dir, "quick", "true", "50M")
     poller = SlurmPoller(commands, interval=POLL_INTERVAL)
     try:
-        commands.timeout = 1e-6  # every squeue now times out: the job's fate is unknown
+        # Every squeue now times out (no grace for a held-up loop): the job's fate is unknown.
+        commands.timeout = 1e-6
+        monkeypatch.setattr(scheduler, "STALL_GRACE_SECONDS", 0.0)
         end = poller.watch(job_id)
-        while poller.rounds < 3:
-            await asyncio.sleep(POLL_INTERVAL / 2)
+
+        async def three_rounds() -> None:
+            while poller.rounds < 3:
+                await asyncio.sleep(POLL_INTERVAL / 2)
+
+        await asyncio.wait_for(three_rounds(), DEADLINE)
         assert not end.done() and calls.count("sacct") == 0
         commands.timeout = 60.0
         result = await asyncio.wait_for(end, DEADLINE)
@@ -150,11 +159,11 @@ class SlowSqueue(SlurmCommands):
     delay: float
     started: list[float]
 
-    async def run(self, argv, *, n_ids=0, as_user=False) -> CommandResult:
+    async def run(self, argv, *, n_ids=0, as_user=False, command=None) -> CommandResult:
         if argv[0] == "squeue":
             self.started.append(time.monotonic())
             await asyncio.sleep(self.delay)
-        return await super().run(argv, n_ids=n_ids, as_user=as_user)
+        return await super().run(argv, n_ids=n_ids, as_user=as_user, command=command)
 
 
 async def test_one_squeue_per_interval_however_long_squeue_takes(
