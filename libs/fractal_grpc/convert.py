@@ -57,25 +57,45 @@ _CACHED_KEY_BYTES = 4096
 
 
 @lru_cache(maxsize=2048)
-def _struct_bytes(key: bytes) -> bytes:
+def _struct_bytes(key: bytes | str) -> bytes:
+    value = orjson.loads(key)
+    if not value:
+        return b""
     target = struct_pb2.Struct()
-    target.update(orjson.loads(key))
+    target.update(value)
     return target.SerializeToString()
 
 
-def stored_json_to_struct(value: Mapping[str, Any] | None, target: struct_pb2.Struct) -> None:
-    """``dict_to_struct`` for JSON read from the database (no NaN, string keys), with the
-    conversions of small values that repeat remembered; the result is the same."""
+def stored_json(value: Any) -> Any:
+    """A JSON column's value as Python. Rows read through the ORM have it decoded; records of
+    the raw pool (``store.RawStatement``) have PostgreSQL's text of it, decoded here. Our JSON
+    columns hold objects, arrays or null, never a bare string, so a ``str`` is always text."""
+    return orjson.loads(value) if isinstance(value, str) else value
+
+
+def stored_json_to_struct(value: Mapping[str, Any] | str | None, target: struct_pb2.Struct) -> None:
+    """``dict_to_struct`` for JSON read from the database (no NaN, string keys; a dict, or the
+    text of a raw record, see ``stored_json``), with the conversions of small values that
+    repeat remembered; the result is the same. An empty object or null leaves ``target``
+    unset."""
     if not value:
         return
-    try:
-        key = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    except (TypeError, orjson.JSONEncodeError):
-        key = b""
-    if 0 < len(key) <= _CACHED_KEY_BYTES:
-        target.MergeFromString(_struct_bytes(key))
+    key: bytes | str
+    if isinstance(value, str):
+        key = value  # PostgreSQL's jsonb text is canonical: equal values, equal text
     else:
-        target.update(dict(value))
+        try:
+            key = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except (TypeError, orjson.JSONEncodeError):
+            key = b""
+    if 0 < len(key) <= _CACHED_KEY_BYTES:
+        wire = _struct_bytes(key)
+        if wire:
+            target.MergeFromString(wire)
+    else:
+        decoded = stored_json(value)
+        if decoded:
+            target.update(dict(decoded))
 
 
 # An integral JSON number up to this size is read as an int; beyond, a double is not exact.

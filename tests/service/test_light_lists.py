@@ -214,3 +214,63 @@ async def test_lists_across_projects_merge_their_pages_in_order(
         assert [w.id for w in listed] == every_flow, size
     one_flow = flows[projects[0]][2]
     assert await job_ids(2, project_id=projects[0], workflow_id=one_flow) == [jobs[projects[0]][2]]
+
+
+async def test_a_list_item_is_what_its_get_answers(
+    runnerless_admin: ApiClient, service_md: tuple[tuple[str, str], ...]
+) -> None:
+    """The lists read records of the raw pool, the Get methods rows of the ORM; both go
+    through one view per object, so an item of a list (with what the list leaves out asked
+    for) is exactly what Get answers: dumps, timestamps, task statuses, optional fields."""
+    user = await runnerless_admin.new_user()
+    pid = (await user.new_project()).id
+    ds = await user.datasets.CreateDataset(
+        dataset_service_pb2.CreateDatasetRequest(project_id=pid, name="d", zarr_dir="/zarr/g"),
+        metadata=user.md,
+    )
+    task_id = await compound_task(user)
+    wid = await workflow_with(user, pid, task_id)
+    job = await user.jobs.SubmitJob(
+        job_service_pb2.SubmitJobRequest(
+            project_id=pid, workflow_id=wid, dataset_id=ds.dataset.id, worker_init="export A=1"
+        ),
+        metadata=user.md,
+    )
+    await user.internal.FinishJob(
+        ipb.FinishJobRequest(job_id=job.job.id, status=job_pb2.JOB_STATUS_FAILED, log="boom"),
+        metadata=service_md,
+    )
+    got = await user.jobs.GetJob(
+        job_service_pb2.GetJobRequest(project_id=pid, job_id=job.job.id), metadata=user.md
+    )
+    listed = await user.jobs.ListJobs(
+        job_service_pb2.ListJobsRequest(project_id=pid, include_logs=True), metadata=user.md
+    )
+    assert got.job.HasField("end_time") and got.job.project_dump["id"] == pid
+    assert list(listed.jobs) == [got.job]
+
+    flow = await user.workflows.GetWorkflow(
+        workflow_service_pb2.GetWorkflowRequest(project_id=pid, workflow_id=wid), metadata=user.md
+    )
+    flows = await user.workflows.ListWorkflows(
+        workflow_service_pb2.ListWorkflowsRequest(project_id=pid, include_args_schemas=True),
+        metadata=user.md,
+    )
+    assert list(flows.workflows) == [flow.workflow]
+
+    task = await user.tasks.GetTask(
+        task_service_pb2.GetTaskRequest(task_id=task_id), metadata=user.md
+    )
+    listed_tasks, token = [], ""
+    while True:  # the catalogue is everybody's: read it to the end
+        page = await user.tasks.ListTasks(
+            task_service_pb2.ListTasksRequest(
+                page_token=token, args_schema_parallel=True, args_schema_non_parallel=True
+            ),
+            metadata=user.md,
+        )
+        listed_tasks += [t for t in page.tasks if t.id == task_id]
+        token = page.next_page_token
+        if not token:
+            break
+    assert listed_tasks == [task.task]

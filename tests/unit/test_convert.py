@@ -3,15 +3,18 @@ and their JSON form (what grpcurl users type)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from google.protobuf import json_format, struct_pb2
 
-from fractal.v2 import image_pb2
+from fractal.v2 import image_pb2, job_pb2
 from fractal_grpc.convert import (
     attributes_to_python,
     dict_to_struct,
     fill_image,
     python_to_value,
+    stored_json,
     stored_json_to_struct,
     value_to_python,
 )
@@ -94,10 +97,25 @@ def test_filters_json_keeps_null() -> None:
 def test_stored_json_to_struct_is_dict_to_struct(value):
     expected = struct_pb2.Struct()
     dict_to_struct(value, expected)
-    for _ in range(2):  # the second time from what the first remembered
-        got = struct_pb2.Struct()
-        stored_json_to_struct(value, got)
-        assert got == expected
+    # As a dict (read through the ORM) and as its text (a record of the raw pool; PostgreSQL
+    # sends jsonb as text), each twice: the second time from what the first remembered.
+    for form in (value, json.dumps(value)):
+        for _ in range(2):
+            got = struct_pb2.Struct()
+            stored_json_to_struct(form, got)
+            assert got == expected
+
+
+@pytest.mark.parametrize("value", [None, {}, "{}", "null"])
+def test_stored_json_to_struct_leaves_an_empty_value_unset(value):
+    job = job_pb2.Job()
+    stored_json_to_struct(value, job.project_dump)
+    assert not job.HasField("project_dump")
+
+
+def test_stored_json_reads_both_forms():
+    assert stored_json('{"a": [1, 2.5]}') == {"a": [1, 2.5]} == stored_json({"a": [1, 2.5]})
+    assert stored_json("null") is None and stored_json(None) is None
 
 
 def test_stored_json_to_struct_keeps_equal_values_apart():

@@ -32,6 +32,10 @@ SCHEMA = "api"
 class Base(DeclarativeBase):
     metadata = schema_metadata(SCHEMA)
 
+    def __getitem__(self, column: str) -> Any:
+        """``row[column]``, as a record of the raw pool answers it: the views take either."""
+        return getattr(self, column)
+
 
 Json = dict[str, Any]
 EMPTY_FILTERS = text("""'{"attributes": {}, "types": {}}'::jsonb""")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from fractal.v2 import (
     job_pb2,
@@ -16,7 +16,23 @@ from fractal.v2 import (
 )
 from fractal_api import models
 from fractal_grpc.collection.naming import package_source
-from fractal_grpc.convert import dict_to_struct, fill_filters, stored_json_to_struct, timestamp
+from fractal_grpc.convert import (
+    dict_to_struct,
+    fill_filters,
+    stored_json,
+    stored_json_to_struct,
+    timestamp,
+)
+
+
+class Row(Protocol):
+    """A row read through the ORM (``models.Base`` answers ``row[column]``) or a record of the
+    raw pool: the views of the objects that lists read raw take either, so each object has one
+    view. JSON columns come decoded from the ORM and as text from the raw pool; the views read
+    them through ``stored_json`` / ``stored_json_to_struct``, which take both."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
 
 TASK_TYPES = {
     "non_parallel": task_pb2.TASK_TYPE_NON_PARALLEL,
@@ -86,7 +102,7 @@ def dataset_view(dataset: models.Dataset, *, include_history: bool = True) -> pr
 
 
 def task_view(
-    task: models.Task,
+    task: Row,
     *,
     with_schemas: bool = True,
     with_schema_parallel: bool | None = None,
@@ -94,37 +110,32 @@ def task_view(
 ) -> task_pb2.Task:
     """The task; ``with_schemas`` sets both args schemas, the other two flags each one."""
     msg = task_pb2.Task(
-        id=task.id,
-        name=task.name,
-        type=TASK_TYPES[task.type],
-        source=task.source,
-        input_types=task.input_types,
-        output_types=task.output_types,
+        id=task["id"],
+        name=task["name"],
+        type=TASK_TYPES[task["type"]],
+        source=task["source"],
+        input_types=stored_json(task["input_types"]),
+        output_types=stored_json(task["output_types"]),
+        owner=task["owner"],
+        version=task["version"],
+        command_non_parallel=task["command_non_parallel"],
+        command_parallel=task["command_parallel"],
+        args_schema_version=task["args_schema_version"],
+        docs_info=task["docs_info"],
+        docs_link=task["docs_link"],
     )
-    for name in (
-        "owner",
-        "version",
-        "command_non_parallel",
-        "command_parallel",
-        "args_schema_version",
-        "docs_info",
-        "docs_link",
-    ):
-        value = getattr(task, name)
-        if value is not None:
-            setattr(msg, name, value)
-    dict_to_struct(task.meta_non_parallel, msg.meta_non_parallel)
-    dict_to_struct(task.meta_parallel, msg.meta_parallel)
+    stored_json_to_struct(task["meta_non_parallel"], msg.meta_non_parallel)
+    stored_json_to_struct(task["meta_parallel"], msg.meta_parallel)
     if with_schemas if with_schema_non_parallel is None else with_schema_non_parallel:
-        dict_to_struct(task.args_schema_non_parallel, msg.args_schema_non_parallel)
+        stored_json_to_struct(task["args_schema_non_parallel"], msg.args_schema_non_parallel)
     if with_schemas if with_schema_parallel is None else with_schema_parallel:
-        dict_to_struct(task.args_schema_parallel, msg.args_schema_parallel)
+        stored_json_to_struct(task["args_schema_parallel"], msg.args_schema_parallel)
     return msg
 
 
 def workflow_task_view(
-    wftask: models.WorkflowTask,
-    task: models.Task,
+    wftask: Row,
+    task: Row,
     *,
     with_schemas: bool = True,
     tasks_seen: dict[int, task_pb2.Task] | None = None,
@@ -132,39 +143,39 @@ def workflow_task_view(
     """The workflow task with its task; ``tasks_seen`` (task id → message) keeps the task
     messages already built for this answer, so a task used by many workflows of a page is
     converted once."""
-    task_msg = tasks_seen.get(task.id) if tasks_seen is not None else None
+    task_msg = tasks_seen.get(task["id"]) if tasks_seen is not None else None
     if task_msg is None:
         task_msg = task_view(task, with_schemas=with_schemas)
         if tasks_seen is not None:
-            tasks_seen[task.id] = task_msg
+            tasks_seen[task["id"]] = task_msg
     msg = workflow_pb2.WorkflowTask(
-        id=wftask.id,
-        workflow_id=wftask.workflow_id,
-        order=wftask.order,
-        task_id=wftask.task_id,
-        task_type=TASK_TYPES[wftask.task_type],
+        id=wftask["id"],
+        workflow_id=wftask["workflow_id"],
+        order=wftask["order"],
+        task_id=wftask["task_id"],
+        task_type=TASK_TYPES[wftask["task_type"]],
         task=task_msg,
     )
-    dict_to_struct(wftask.args_non_parallel, msg.args_non_parallel)
-    dict_to_struct(wftask.args_parallel, msg.args_parallel)
-    dict_to_struct(wftask.meta_non_parallel, msg.meta_non_parallel)
-    dict_to_struct(wftask.meta_parallel, msg.meta_parallel)
-    fill_filters(msg.input_filters, wftask.input_filters)
+    stored_json_to_struct(wftask["args_non_parallel"], msg.args_non_parallel)
+    stored_json_to_struct(wftask["args_parallel"], msg.args_parallel)
+    stored_json_to_struct(wftask["meta_non_parallel"], msg.meta_non_parallel)
+    stored_json_to_struct(wftask["meta_parallel"], msg.meta_parallel)
+    fill_filters(msg.input_filters, stored_json(wftask["input_filters"]))
     return msg
 
 
 def workflow_view(
-    workflow: models.Workflow,
-    tasks: list[tuple[models.WorkflowTask, models.Task]],
+    workflow: Row,
+    tasks: Sequence[tuple[Row, Row]],
     *,
     with_schemas: bool = True,
     tasks_seen: dict[int, task_pb2.Task] | None = None,
 ) -> workflow_pb2.Workflow:
     return workflow_pb2.Workflow(
-        id=workflow.id,
-        project_id=workflow.project_id,
-        name=workflow.name,
-        create_time=timestamp(workflow.created_at),
+        id=workflow["id"],
+        project_id=workflow["project_id"],
+        name=workflow["name"],
+        create_time=timestamp(workflow["created_at"]),
         task_list=[
             workflow_task_view(w, t, with_schemas=with_schemas, tasks_seen=tasks_seen)
             for w, t in tasks
@@ -173,60 +184,62 @@ def workflow_view(
 
 
 def workflow_views(
-    workflows: Sequence[models.Workflow],
-    listing: dict[int, list[tuple[models.WorkflowTask, models.Task]]],
+    workflows: Sequence[Row],
+    listing: dict[int, list[tuple[Row, Row]]],
     *,
     with_schemas: bool,
 ) -> list[workflow_pb2.Workflow]:
     """A page of workflows, each task converted once for the whole page."""
     seen: dict[int, task_pb2.Task] = {}
     return [
-        workflow_view(w, listing[w.id], with_schemas=with_schemas, tasks_seen=seen)
+        workflow_view(w, listing[w["id"]], with_schemas=with_schemas, tasks_seen=seen)
         for w in workflows
     ]
 
 
 def job_view(
-    job: models.Job, *, log: str | None = None, with_log: bool = True, with_dumps: bool = True
+    job: Row, *, log: str | None = None, with_log: bool = True, with_dumps: bool = True
 ) -> job_pb2.Job:
+    """The job; ``with_log`` reads its log column (or takes ``log``, a live one),
+    ``with_dumps`` its three dumps (a list's rows may come without the log)."""
+    started_at = job["started_at"]
     msg = job_pb2.Job(
-        id=job.id,
-        user_email=job.user_email,
-        status=JOB_STATUSES[job.status],
-        working_dir=job.working_dir or "",
-        working_dir_user=job.working_dir_user or "",
-        first_task_index=job.first_task_index,
-        last_task_index=job.last_task_index,
-        start_time=timestamp(job.start_timestamp),
-        version=job.version,
-        started=job.started_at is not None,
+        id=job["id"],
+        user_email=job["user_email"],
+        status=JOB_STATUSES[job["status"]],
+        working_dir=job["working_dir"] or "",
+        working_dir_user=job["working_dir_user"] or "",
+        first_task_index=job["first_task_index"],
+        last_task_index=job["last_task_index"],
+        start_time=timestamp(job["start_timestamp"]),
+        end_time=timestamp(job["end_timestamp"]),
+        started_time=timestamp(started_at),
+        version=job["version"],
+        started=started_at is not None,
+        project_id=job["project_id"],
+        workflow_id=job["workflow_id"],
+        dataset_id=job["dataset_id"],
+        slurm_account=job["slurm_account"],
+        worker_init=job["worker_init"],
+        task_statuses=[
+            job_pb2.JobTaskStatus(
+                workflow_task_id=item["workflow_task_id"],
+                order=item["order"],
+                task_name=item["task_name"],
+                state=TASK_STATES[item["state"]],
+                calls_done=item["calls_done"],
+                calls_failed=item["calls_failed"],
+                calls_total=item["calls_total"],
+            )
+            for item in stored_json(job["task_statuses"])
+        ],
     )
-    end = timestamp(job.end_timestamp)
-    if end is not None:
-        msg.end_time.CopyFrom(end)
-    started = timestamp(job.started_at)
-    if started is not None:
-        msg.started_time.CopyFrom(started)
-    for name in ("project_id", "workflow_id", "dataset_id", "slurm_account", "worker_init"):
-        value = getattr(job, name)
-        if value is not None:
-            setattr(msg, name, value)
     if with_log:
-        msg.log = log if log is not None else (job.log or "")
+        msg.log = log if log is not None else (job["log"] or "")
     if with_dumps:
-        stored_json_to_struct(job.project_dump, msg.project_dump)
-        stored_json_to_struct(job.workflow_dump, msg.workflow_dump)
-        stored_json_to_struct(job.dataset_dump, msg.dataset_dump)
-    for item in job.task_statuses:
-        msg.task_statuses.add(
-            workflow_task_id=item["workflow_task_id"],
-            order=item["order"],
-            task_name=item["task_name"],
-            state=TASK_STATES[item["state"]],
-            calls_done=item["calls_done"],
-            calls_failed=item["calls_failed"],
-            calls_total=item["calls_total"],
-        )
+        stored_json_to_struct(job["project_dump"], msg.project_dump)
+        stored_json_to_struct(job["workflow_dump"], msg.workflow_dump)
+        stored_json_to_struct(job["dataset_dump"], msg.dataset_dump)
     return msg
 
 

@@ -184,23 +184,27 @@ class JobServicer(rpc.JobServiceServicer):
         size = page_size(request.page_size)
         query = f"jobs:{request.project_id}:{request.workflow_id}"
         state = decode_token(request.page_token, query, ("before",))
-        async with self.ctx.reads() as session:
-            if request.workflow_id:
-                await projects.workflow_checked(
-                    session, request.project_id, request.workflow_id, user_id
-                )
-            elif request.project_id:
-                await projects.get_checked(session, request.project_id, user_id)
-            rows = await jobs.list_page(
-                session,
-                user_id,
-                request.project_id,
-                before_id=state["before"] if state else None,
-                limit=size + 1,
-                workflow_id=request.workflow_id,
-                with_log=request.include_logs,
-            )
-        page, token = split_page(rows, size, query, lambda j: {"before": j.id})
+        rows = await jobs.list_page(
+            self.ctx.raw,
+            user_id,
+            request.project_id,
+            before_id=state["before"] if state else None,
+            limit=size + 1,
+            workflow_id=request.workflow_id,
+            with_log=request.include_logs,
+        )
+        if not rows and request.project_id:
+            # Rows come only through the caller's memberships (and a job's workflow is of the
+            # job's project), so a page with rows proves the project and workflow are the
+            # caller's; an empty one may be someone else's, which answers NOT_FOUND.
+            async with self.ctx.reads() as session:
+                if request.workflow_id:
+                    await projects.workflow_checked(
+                        session, request.project_id, request.workflow_id, user_id
+                    )
+                else:
+                    await projects.get_checked(session, request.project_id, user_id)
+        page, token = split_page(rows, size, query, lambda j: {"before": j["id"]})
         return pb.ListJobsResponse(
             jobs=[job_view(j, with_log=request.include_logs) for j in page],
             next_page_token=token,

@@ -132,17 +132,14 @@ class TaskServicer(rpc.TaskServiceServicer):
     ) -> Any:
         size = page_size(request.page_size)
         state = decode_token(request.page_token, "tasks", ("after",)) or {"after": 0}
-        async with self.ctx.reads() as session:
-            rows: list[Task] = list(
-                await tasks.list_page(
-                    session,
-                    after_id=state["after"],
-                    limit=size + 1,
-                    schema_parallel=request.args_schema_parallel,
-                    schema_non_parallel=request.args_schema_non_parallel,
-                )
-            )
-        token = encode_token("tasks", after=rows[size - 1].id) if len(rows) > size else ""
+        rows = await tasks.list_page(
+            self.ctx.raw,
+            after_id=state["after"],
+            limit=size + 1,
+            schema_parallel=request.args_schema_parallel,
+            schema_non_parallel=request.args_schema_non_parallel,
+        )
+        token = encode_token("tasks", after=rows[size - 1]["id"]) if len(rows) > size else ""
         return pb.ListTasksResponse(
             tasks=[
                 task_view(

@@ -88,25 +88,19 @@ class WorkflowServicer(rpc.WorkflowServiceServicer):
         query = f"workflows:{request.project_id}"
         state = decode_token(request.page_token, query, ("after",)) or {"after": 0}
         user_id = current_user().user_id or 0
-        async with self.ctx.reads() as session:
-            rows: list[Workflow]
-            if request.project_id == 0:  # across the caller's projects
-                rows = list(
-                    await workflows.list_page_for_user(
-                        session, user_id, after_id=state["after"], limit=size + 1
-                    )
-                )
-            else:
+        # project_id 0: across the caller's projects.
+        rows = await workflows.list_page(
+            self.ctx.raw, user_id, request.project_id, after_id=state["after"], limit=size + 1
+        )
+        if not rows and request.project_id:
+            # A page with rows came through the caller's membership; an empty one may be a
+            # project that is not theirs, which answers NOT_FOUND.
+            async with self.ctx.reads() as session:
                 await projects.get_checked(session, request.project_id, user_id)
-                rows = list(
-                    await workflows.list_page(
-                        session, request.project_id, after_id=state["after"], limit=size + 1
-                    )
-                )
-            page, token = split_page(rows, size, query, lambda w: {"after": w.id})
-            listing = await workflows.task_list(
-                session, [w.id for w in page], with_schemas=request.include_args_schemas
-            )
+        page, token = split_page(rows, size, query, lambda w: {"after": w["id"]})
+        listing = await workflows.task_lists(
+            self.ctx.raw, [w["id"] for w in page], with_schemas=request.include_args_schemas
+        )
         return pb.ListWorkflowsResponse(
             workflows=workflow_views(page, listing, with_schemas=request.include_args_schemas),
             next_page_token=token,

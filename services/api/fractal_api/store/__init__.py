@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from sqlalchemy import ColumnElement, Select, Subquery, any_, func, select, true
+from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.sql.elements import BindParameter
 
 from fractal_api.models import Base
 from fractal_api.store.conflicts import conflict, violated_constraint
@@ -45,7 +49,7 @@ def ids_across_projects(
     where: Sequence[ColumnElement[bool]],
     *,
     descending: bool,
-    limit: int,
+    limit: int | BindParameter[Any],
 ) -> Select[Any]:
     """The ids of a page of rows of several projects, in id order: up to ``limit`` per project
     of ``members`` (a subquery of ``project_id``; ``where`` ties the rows to it and holds the
@@ -67,3 +71,26 @@ def ids_across_projects(
         .order_by(merged.desc() if descending else merged)
         .limit(limit)
     )
+
+
+_ASYNCPG = asyncpg_dialect.dialect()
+
+
+@dataclass(frozen=True)
+class RawStatement:
+    """A statement written with SQLAlchemy Core (so it shares its pieces with the ORM's
+    queries), compiled once, and run on the raw asyncpg pool: a prepared statement whose
+    records the views read directly. For the hottest lists, where building ORM rows cost more
+    than the query (a page of 100 jobs: ~4 ms of the api's CPU for ~0.6 ms raw)."""
+
+    sql: str
+    names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, statement: Select[Any]) -> RawStatement:
+        compiled = statement.compile(dialect=_ASYNCPG)
+        return cls(compiled.string, tuple(compiled.positiontup or ()))
+
+    async def fetch(self, pg: asyncpg.Pool, **values: Any) -> list[asyncpg.Record]:
+        """The records, the statement's bind parameters given by name."""
+        return list(await pg.fetch(self.sql, *(values[name] for name in self.names)))

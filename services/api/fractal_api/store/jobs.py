@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, select
+import asyncpg
+from sqlalchemy import ColumnElement, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlalchemy.sql.base import ExecutableOption
@@ -28,7 +30,7 @@ from fractal_api.models import (
     WorkflowTask,
     outbox,
 )
-from fractal_api.store import any_of, ids_across_projects, write_unique
+from fractal_api.store import RawStatement, any_of, ids_across_projects, write_unique
 from fractal_grpc.events.bus import Subjects
 from fractal_grpc.events.outbox import add_to_outbox
 from fractal_grpc.grpckit.errors import FailedPrecondition, NotFound, ResourceExhausted
@@ -296,7 +298,7 @@ async def request_stop(session: AsyncSession, subjects: Subjects, job: Job) -> J
 
 
 async def list_page(
-    session: AsyncSession,
+    pg: asyncpg.Pool,
     user_id: int,
     project_id: int,
     *,
@@ -304,29 +306,55 @@ async def list_page(
     limit: int,
     workflow_id: int = 0,
     with_log: bool = False,
-) -> list[Job]:
+) -> list[asyncpg.Record]:
     """A page of the jobs of the user's projects (or of one project, or of one workflow),
-    newest first. The rows come without their task snapshots (a list never shows them) and,
-    unless ``with_log``, without their logs; reading either raises instead of loading it.
+    newest first, as records of the raw pool (``views.job_view`` reads them). The rows come
+    without their task snapshots (a list never shows them) and, unless ``with_log``, without
+    their logs."""
+    statement = _list_statement(
+        one_project=bool(project_id),
+        one_workflow=bool(workflow_id),
+        bounded=before_id is not None,
+        with_log=with_log,
+    )
+    return await statement.fetch(
+        pg,
+        user_id=user_id,
+        project_id=project_id,
+        workflow_id=workflow_id,
+        before_id=before_id,
+        limit=limit,
+    )
 
-    The ids come first (``ids_across_projects``), then the rows by key (``any_of``)."""
-    member_projects = select(ProjectMember.project_id).where(ProjectMember.user_id == user_id)
-    if project_id:
-        member_projects = member_projects.where(ProjectMember.project_id == project_id)
+
+_LIST_LEFT_OUT = ("tasks_snapshot", "log")
+
+
+@lru_cache(maxsize=16)
+def _list_statement(
+    *, one_project: bool, one_workflow: bool, bounded: bool, with_log: bool
+) -> RawStatement:
+    """The query of ``list_page``, one compiled statement per shape: the ids come first
+    (``ids_across_projects``), then the rows by key (``any_of``)."""
+    member_projects = select(ProjectMember.project_id).where(
+        ProjectMember.user_id == bindparam("user_id")
+    )
+    if one_project:
+        member_projects = member_projects.where(ProjectMember.project_id == bindparam("project_id"))
     members = member_projects.subquery("members")
     conditions: list[ColumnElement[bool]] = [Job.project_id == members.c.project_id]
-    if workflow_id:
-        conditions.append(Job.workflow_id == workflow_id)
-    if before_id is not None:
-        conditions.append(Job.id < before_id)
-    newest = ids_across_projects(members, Job.id, conditions, descending=True, limit=limit)
-    result = await session.execute(
-        select(Job)
-        .where(Job.id == any_of(newest))
-        .order_by(Job.id.desc())
-        .options(*list_options(with_log=with_log))
+    if one_workflow:
+        conditions.append(Job.workflow_id == bindparam("workflow_id"))
+    if bounded:
+        conditions.append(Job.id < bindparam("before_id"))
+    newest = ids_across_projects(
+        members, Job.id, conditions, descending=True, limit=bindparam("limit")
     )
-    return list(result.scalars())
+    table = Job.__table__
+    columns = [c for c in table.c if c.name not in _LIST_LEFT_OUT or (with_log and c.name == "log")]
+    return RawStatement.of(
+        select(*columns).where(table.c.id == any_of(newest)).order_by(table.c.id.desc())
+    )
 
 
 def list_options(*, with_log: bool) -> list[ExecutableOption]:

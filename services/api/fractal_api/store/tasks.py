@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import delete, select
+import asyncpg
+from sqlalchemy import BigInteger, ColumnElement, any_, bindparam, delete, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlalchemy.sql.base import ExecutableOption
 
 from fractal_api.models import Task
-from fractal_api.store import write_unique
+from fractal_api.store import RawStatement, write_unique
 from fractal_grpc.grpckit.errors import NotFound
 
 
@@ -47,24 +50,49 @@ def without_schemas(*, parallel: bool = True, non_parallel: bool = True) -> list
 
 
 async def list_page(
-    session: AsyncSession,
+    pg: asyncpg.Pool,
     *,
     after_id: int,
     limit: int,
     schema_parallel: bool = True,
     schema_non_parallel: bool = True,
-) -> Sequence[Task]:
-    """A page of the catalogue by id; each args schema only when asked for."""
-    result = await session.execute(
-        select(Task)
-        .where(Task.id > after_id)
+) -> list[asyncpg.Record]:
+    """A page of the catalogue by id, as records of the raw pool; each args schema only when
+    asked for (left out, its column is not in the records)."""
+    statement = _list_statement(schema_parallel, schema_non_parallel)
+    return await statement.fetch(pg, after_id=after_id, limit=limit)
+
+
+def _columns(schema_parallel: bool, schema_non_parallel: bool) -> list[ColumnElement[Any]]:
+    left_out = {
+        name
+        for name, wanted in (
+            ("args_schema_parallel", schema_parallel),
+            ("args_schema_non_parallel", schema_non_parallel),
+        )
+        if not wanted
+    }
+    return [c for c in Task.__table__.c if c.name not in left_out]
+
+
+@lru_cache(maxsize=4)
+def _list_statement(schema_parallel: bool, schema_non_parallel: bool) -> RawStatement:
+    return RawStatement.of(
+        select(*_columns(schema_parallel, schema_non_parallel))
+        .where(Task.id > bindparam("after_id"))
         .order_by(Task.id)
-        .limit(limit)
-        .options(
-            *without_schemas(parallel=not schema_parallel, non_parallel=not schema_non_parallel)
+        .limit(bindparam("limit"))
+    )
+
+
+@lru_cache(maxsize=2)
+def tasks_by_id(with_schemas: bool) -> RawStatement:
+    """The tasks whose id is in ``task_ids``; their args schemas only ``with_schemas``."""
+    return RawStatement.of(
+        select(*_columns(with_schemas, with_schemas)).where(
+            Task.id == any_(bindparam("task_ids", type_=ARRAY(BigInteger)))
         )
     )
-    return result.scalars().all()
 
 
 async def delete_task(session: AsyncSession, task_id: int) -> None:

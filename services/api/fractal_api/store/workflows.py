@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import and_, delete, select, update
+import asyncpg
+from sqlalchemy import BigInteger, and_, any_, bindparam, delete, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Job, ProjectMember, Task, Workflow, WorkflowTask
-from fractal_api.store import any_of, ids_across_projects, write_unique
-from fractal_api.store.tasks import without_schemas
+from fractal_api.store import RawStatement, any_of, ids_across_projects, write_unique
+from fractal_api.store.tasks import tasks_by_id, without_schemas
 from fractal_grpc.grpckit.errors import InvalidArgument, NotFound
 
 
@@ -41,32 +43,60 @@ async def task_list(
 
 
 async def list_page(
-    session: AsyncSession, project_id: int, *, after_id: int, limit: int
-) -> Sequence[Workflow]:
-    result = await session.execute(
-        select(Workflow)
-        .where(Workflow.project_id == project_id, Workflow.id > after_id)
-        .order_by(Workflow.id)
-        .limit(limit)
+    pg: asyncpg.Pool, user_id: int, project_id: int, *, after_id: int, limit: int
+) -> list[asyncpg.Record]:
+    """A page of the workflows of the projects ``user_id`` is a member of (or of one of them,
+    ``project_id``), by id, as records of the raw pool. Rows come only through the caller's
+    memberships: a page with rows proves that the project is the caller's."""
+    statement = _LIST_OF_PROJECT if project_id else _LIST_FOR_USER
+    return await statement.fetch(
+        pg, user_id=user_id, project_id=project_id, after_id=after_id, limit=limit
     )
-    return result.scalars().all()
 
 
-async def list_page_for_user(
-    session: AsyncSession, user_id: int, *, after_id: int, limit: int
-) -> Sequence[Workflow]:
-    """A page of the workflows of every project ``user_id`` is a member of, by id.
+async def task_lists(
+    pg: asyncpg.Pool, workflow_ids: Sequence[int], *, with_schemas: bool
+) -> dict[int, list[tuple[asyncpg.Record, asyncpg.Record]]]:
+    """``task_list`` for a page of a list, as records of the raw pool: the workflow tasks,
+    then each of their tasks once (a task used by many workflows of the page is read once)."""
+    result: dict[int, list[tuple[asyncpg.Record, asyncpg.Record]]] = {
+        wid: [] for wid in workflow_ids
+    }
+    wftasks = await _TASK_LISTS.fetch(pg, workflow_ids=list(workflow_ids))
+    if not wftasks:
+        return result
+    task_ids = list({row["task_id"] for row in wftasks})
+    found = await tasks_by_id(with_schemas).fetch(pg, task_ids=task_ids)
+    by_id = {row["id"]: row for row in found}
+    for row in wftasks:
+        result[row["workflow_id"]].append((row, by_id[row["task_id"]]))
+    return result
 
-    The ids come first (``ids_across_projects``), then the rows by key (``any_of``)."""
-    members = (
-        select(ProjectMember.project_id).where(ProjectMember.user_id == user_id).subquery("members")
+
+def _list_statement(*, one_project: bool) -> RawStatement:
+    """The ids come first (``ids_across_projects``), then the rows by key (``any_of``)."""
+    member_projects = select(ProjectMember.project_id).where(
+        ProjectMember.user_id == bindparam("user_id")
     )
-    bounds = [Workflow.project_id == members.c.project_id, Workflow.id > after_id]
-    first = ids_across_projects(members, Workflow.id, bounds, descending=False, limit=limit)
-    result = await session.execute(
-        select(Workflow).where(Workflow.id == any_of(first)).order_by(Workflow.id)
+    if one_project:
+        member_projects = member_projects.where(ProjectMember.project_id == bindparam("project_id"))
+    members = member_projects.subquery("members")
+    bounds = [Workflow.project_id == members.c.project_id, Workflow.id > bindparam("after_id")]
+    first = ids_across_projects(
+        members, Workflow.id, bounds, descending=False, limit=bindparam("limit")
     )
-    return result.scalars().all()
+    return RawStatement.of(
+        select(*Workflow.__table__.c).where(Workflow.id == any_of(first)).order_by(Workflow.id)
+    )
+
+
+_LIST_OF_PROJECT = _list_statement(one_project=True)
+_LIST_FOR_USER = _list_statement(one_project=False)
+_TASK_LISTS = RawStatement.of(
+    select(*WorkflowTask.__table__.c)
+    .where(WorkflowTask.workflow_id == any_(bindparam("workflow_ids", type_=ARRAY(BigInteger))))
+    .order_by(WorkflowTask.workflow_id, WorkflowTask.order)
+)
 
 
 async def lock(session: AsyncSession, workflow_id: int) -> None:
