@@ -9,6 +9,7 @@ import pytest
 
 from fractal.v2 import dataset_service_pb2 as dpb
 from fractal_grpc.convert import fill_image
+from fractal_grpc.grpckit.interceptors import Encoded, passing_encoded
 from fractal_grpc.images.wire import ImageEncoder, varint
 
 FIELD = dpb.ExportDatasetResponse.IMAGES_FIELD_NUMBER
@@ -51,6 +52,9 @@ CASES = [
     ("/z/a.zarr/A/01/1", "/z/a.zarr/A/01/0", '{"well": "A01", "z": 3}', '{"3D": true}'),
     ("/z/é.zarr/ü/" + "x" * 300, "/z/" + "o" * 200, '{"k": 1.5, "b": false}', '{"a": false}'),
     ("/z/n", None, '{"big": 9007199254740992, "neg": -4, "s": "' + "é" * 100 + '"}', "{}"),
+    # Lengths past the looked-up varints (2**14): url, origin and body computed.
+    ("/z/" + "l" * 20_000, "/o/" + "m" * 17_000, '{"w": "A01"}', '{"3D": false}'),
+    ("/z/" + "k" * 16_379, None, "{}", "{}"),  # a url just below 2**14 bytes, its body past it
 ]
 
 
@@ -91,3 +95,17 @@ def test_header_bytes_then_images_parse_as_one_message() -> None:
     expected = slow(CASES)
     expected.MergeFrom(header)
     assert message == expected
+
+
+def test_encoded_responses_pass_the_serializer_as_they_are() -> None:
+    serialize = passing_encoded(dpb.ExportDatasetResponse.SerializeToString)
+    assert serialize is not None
+    message = dpb.ExportDatasetResponse(name="ds")
+    assert serialize(message) == message.SerializeToString()  # a message is serialized
+    wire = message.SerializeToString() + ImageEncoder(FIELD).encode(CASES)
+    sent = serialize(Encoded(wire))
+    assert sent == wire and dpb.ExportDatasetResponse.FromString(sent).name == "ds"
+    assert type(sent) is bytes  # what gRPC's Cython layer takes (a subclass is refused)
+    # Every interceptor wraps the handler: the serializer is wrapped once.
+    assert passing_encoded(serialize) is serialize
+    assert passing_encoded(None) is None

@@ -65,7 +65,7 @@ class _HandlerWrapper(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         serializers = {
             "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
+            "response_serializer": passing_encoded(handler.response_serializer),
         }
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
@@ -97,6 +97,33 @@ class _HandlerWrapper(grpc.aio.ServerInterceptor):
 
     def around_stream_stream(self, method: str, inner: Stream) -> Stream:
         return self.around_stream(method, inner)
+
+
+class Encoded:
+    """A response message already serialized, by a servicer that writes the bytes itself (an
+    export of a million images in wire form, ``fractal_grpc.images.wire``): ``wire`` is sent
+    as it is, where a message would be parsed from those bytes only for gRPC to serialize it
+    again. The servicer answers for the bytes being a valid message of the method's response
+    type."""
+
+    __slots__ = ("wire",)
+
+    def __init__(self, wire: bytes) -> None:
+        self.wire = wire
+
+
+def passing_encoded(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """``serializer``, letting :class:`Encoded` responses through unchanged (idempotent: the
+    handler of each method is wrapped by every interceptor, the serializer once)."""
+    if serializer is None or getattr(serializer, "passes_encoded", False):
+        return serializer
+    inner = serializer
+
+    def serialize(message: Any) -> bytes:
+        return message.wire if type(message) is Encoded else inner(message)
+
+    serialize.passes_encoded = True  # type: ignore[attr-defined]
+    return serialize
 
 
 def _iterating(behaviour: Callable[[Any, grpc.aio.ServicerContext], Any]) -> Stream:

@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from fractal_grpc.grpckit.interceptors import _HandlerWrapper
 from fractal_grpc.grpckit.reflection_docs import documented_pool
 
 log = logging.getLogger("fractal.grpc")
@@ -60,7 +61,12 @@ class GrpcServer:
     ) -> None:
         self.address = address
         options = [*message_size_options(max_message_bytes), ("grpc.so_reuseport", 0)]
-        self.server = grpc.aio.server(interceptors=list(interceptors), options=options)
+        interceptors = list(interceptors)
+        if not any(isinstance(i, _HandlerWrapper) for i in interceptors):
+            # Our interceptors let Encoded responses through the serializers; without one of
+            # them, the base wrapper alone does.
+            interceptors.append(_HandlerWrapper())
+        self.server = grpc.aio.server(interceptors=interceptors, options=options)
         self.health = _Health()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names: list[str] = []

@@ -15,6 +15,7 @@ from fractal_api.views import dataset_view
 from fractal_grpc.convert import fill_filters
 from fractal_grpc.db import transaction
 from fractal_grpc.grpckit.errors import InvalidArgument, Violations, invalid_field
+from fractal_grpc.grpckit.interceptors import Encoded
 from fractal_grpc.images.wire import ImageEncoder
 
 EXPORT_BATCH = 10_000
@@ -24,7 +25,7 @@ _HEADER_FIELDS = ("project_id", "name", "zarr_dir", "request_id")
 
 async def export(
     ctx: ApiContext, request: dpb.ExportDatasetRequest, user_id: int
-) -> AsyncIterator[dpb.ExportDatasetResponse]:
+) -> AsyncIterator[Encoded]:
     """The dataset's header, then its images in batches, all from one snapshot."""
     async with ctx.sessions() as session:
         # One snapshot for the header and every batch (a write meanwhile is wholly in or out).
@@ -38,17 +39,18 @@ async def export(
             name=dataset.name, zarr_dir=dataset.zarr_dir, image_count=dataset.image_count
         )
         fill_filters(first.filters, dataset.filters)
-        # Each message parsed from bytes written by the encoder (the header's, then the
-        # images'): several times the rate of filling images one by one.
+        # Each message is the bytes written by the encoder (the header's, then the images'),
+        # sent as they are: several times the rate of filling images one by one, and no
+        # message is built only to be serialized again.
         header: bytes | None = first.SerializeToString()
         encoder = ImageEncoder(dpb.ExportDatasetResponse.IMAGES_FIELD_NUMBER)
         async for rows in images.rows_in_batches(session, dataset.id, EXPORT_BATCH):
             blob = encoder.encode(rows)
             if header is not None:
                 blob, header = header + blob, None
-            yield dpb.ExportDatasetResponse.FromString(blob)
+            yield Encoded(blob)
         if header is not None:  # no images
-            yield first
+            yield Encoded(header)
 
 
 async def _gathered(stream: AsyncIterator[dpb.ImportDatasetRequest]) -> dpb.ImportDatasetRequest:

@@ -9,10 +9,12 @@ positions after the token's, read from the ``(dataset_id, position)`` index.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
+import asyncpg
 import orjson
 from pyroaring import BitMap64
 from sqlalchemy import (
@@ -326,11 +328,14 @@ async def facets(
 
 async def rows_in_batches(
     session: AsyncSession, dataset_id: int, batch: int
-) -> AsyncIterator[list[tuple[str, str | None, str, str]]]:
-    """Every image of the dataset in list order, ``batch`` rows at a time, as (zarr_url,
-    origin, attributes JSON text, types JSON text), read in the session's transaction (its
-    snapshot) through a server-side cursor: the list is never all in memory. Straight from
-    asyncpg, JSON left as text, for :class:`fractal_grpc.images.wire.ImageEncoder`."""
+) -> AsyncIterator[list[asyncpg.Record]]:
+    """Every image of the dataset in list order, ``batch`` rows at a time, as records of
+    (zarr_url, origin, attributes JSON text, types JSON text), read in the session's
+    transaction (its snapshot) through a server-side cursor: the list is never all in memory.
+    Straight from asyncpg, JSON left as text, for :class:`fractal_grpc.images.wire.ImageEncoder`.
+
+    The next batch is asked for before this one is handed over, so PostgreSQL reads it while
+    the caller encodes and sends this one (one request in flight: the connection's limit)."""
     connection = await session.connection()
     raw = (await connection.get_raw_connection()).driver_connection
     assert raw is not None
@@ -339,5 +344,15 @@ async def rows_in_batches(
         " WHERE dataset_id = $1 ORDER BY position",
         dataset_id,
     )
-    while records := await cursor.fetch(batch):
-        yield [tuple(record) for record in records]
+    pending = asyncio.ensure_future(cursor.fetch(batch))
+    try:
+        while records := await pending:
+            pending = asyncio.ensure_future(cursor.fetch(batch))
+            await asyncio.sleep(0)  # the next fetch goes out before the caller's work
+            yield records
+    finally:
+        if not pending.done():
+            # The caller stopped early: the fetch in flight ends first (at most one batch),
+            # so the connection goes back to the pool with no request pending on it.
+            with contextlib.suppress(Exception):
+                await pending
