@@ -300,7 +300,11 @@ def _read_until(proc: subprocess.Popen[bytes], marker: str, timeout: float = 90.
     raise AssertionError(f"no {marker!r} in the output:\n{output.decode(errors='replace')}")
 
 
-def _finish(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> tuple[int, str]:
+def _finish(proc: subprocess.Popen[bytes], timeout: float = 180.0) -> tuple[int, str]:
+    """Wait for ``proc`` to exit. The bound is a guard against a hang, not a speed check: a
+    stop takes a second or two, but once in CI (2026-12-01) nats-server outlived its 10 s
+    SIGTERM grace and, SIGKILLed, was not reaped for over 50 s more (a process blocked in the
+    kernel on a slow disk, as far as could be told), and a 60 s bound ended the test first."""
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
