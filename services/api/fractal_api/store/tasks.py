@@ -10,8 +10,6 @@ import asyncpg
 from sqlalchemy import BigInteger, ColumnElement, any_, bindparam, delete, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import defer
-from sqlalchemy.sql.base import ExecutableOption
 
 from fractal_api.models import Task
 from fractal_api.store import RawStatement, write_unique
@@ -36,17 +34,6 @@ async def create(session: AsyncSession, **fields: Any) -> Task:
     task = Task(**fields)
     await write_unique(session, task)
     return task
-
-
-def without_schemas(*, parallel: bool = True, non_parallel: bool = True) -> list[ExecutableOption]:
-    """Loader options leaving a task's args schemas (each can be large) out of the SELECT; a
-    later read of a left-out one raises instead of loading it."""
-    options: list[ExecutableOption] = []
-    if parallel:
-        options.append(defer(Task.args_schema_parallel, raiseload=True))
-    if non_parallel:
-        options.append(defer(Task.args_schema_non_parallel, raiseload=True))
-    return options
 
 
 async def list_page(

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fractal_api.models import Job, ProjectMember, Task, Workflow, WorkflowTask
 from fractal_api.store import RawStatement, any_of, ids_across_projects, write_unique
-from fractal_api.store.tasks import tasks_by_id, without_schemas
+from fractal_api.store.tasks import tasks_by_id
 from fractal_grpc.grpckit.errors import InvalidArgument, NotFound
 
 
@@ -22,11 +22,10 @@ async def create(session: AsyncSession, project_id: int, name: str) -> Workflow:
 
 
 async def task_list(
-    session: AsyncSession, workflow_ids: Sequence[int], *, with_schemas: bool = True
+    session: AsyncSession, workflow_ids: Sequence[int]
 ) -> dict[int, list[tuple[WorkflowTask, Task]]]:
-    """The task lists of several workflows, in order, with their tasks (one query). Without
-    ``with_schemas`` the tasks come without their args schemas (the largest columns, which a
-    light list does not show); reading one then raises instead of loading it."""
+    """The task lists of several workflows, in order, with their tasks (one query), as ORM
+    rows for the methods that read or change one workflow (a list reads ``task_lists``)."""
     result: dict[int, list[tuple[WorkflowTask, Task]]] = {wid: [] for wid in workflow_ids}
     query = (
         select(WorkflowTask, Task)
@@ -34,8 +33,6 @@ async def task_list(
         .where(WorkflowTask.workflow_id.in_(workflow_ids))
         .order_by(WorkflowTask.workflow_id, WorkflowTask.order)
     )
-    if not with_schemas:
-        query = query.options(*without_schemas())
     rows = await session.execute(query)
     for wftask, task in rows:
         result[wftask.workflow_id].append((wftask, task))
